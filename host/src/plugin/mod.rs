@@ -1,0 +1,411 @@
+//! The plugin runtime: compiles backend components once, and runs each turn in a fresh
+//! `Store` built from a prebuilt `InstancePre`, under CPU, memory and wall-clock limits.
+//!
+//! A plugin gets a WASI context with nothing in it (no files, env, args, stdio or sockets)
+//! and the `host` interface of the contract; every effect goes through [`effects::HostEffects`].
+
+pub mod effects;
+mod host_impl;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use effects::{EventSource, HostEffects, StreamStart};
+
+/// The contract version this host implements (the `package` line of `wit/backend.wit`).
+pub const CONTRACT_VERSION: &str = "0.1.0";
+const CONTRACT_PACKAGE: &str = "swapbot:backend";
+
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "backend",
+        imports: { default: async },
+        exports: { default: async },
+        additional_derives: [PartialEq],
+        with: {
+            "swapbot:backend/host.event-stream": super::effects::EventStreamHandle,
+        },
+    });
+}
+
+pub use bindings::swapbot::backend::types::{
+    Answer, ChatError, ContextChunk, Description, ErrorKind, HistoryMessage, Role, Settings, Turn,
+    Usage,
+};
+
+/// Why the runtime could not run or accept a plugin (as opposed to a backend error the plugin
+/// reported itself, which is a [`ChatError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("not a valid component: {0}")]
+    Compile(String),
+    #[error("plugin built for contract {plugin}, this host implements {host}")]
+    ContractMismatch { plugin: String, host: String },
+    #[error("plugin does not fit the contract: {0}")]
+    Link(String),
+    #[error("plugin describes itself as {found:?}, expected {expected:?}")]
+    WrongName { expected: String, found: String },
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    #[error("plugin exceeded its CPU budget ({0:?} without returning to the host)")]
+    CpuLimit(Duration),
+    #[error("plugin exceeded its memory limit of {0} MiB")]
+    MemoryLimit(usize),
+    #[error("turn took longer than {0:?}")]
+    Timeout(Duration),
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Linear memory per instance.
+    pub memory_bytes: usize,
+    /// Continuous guest CPU time between two host calls.
+    pub cpu_slice: Duration,
+    /// The whole turn, host calls included.
+    pub turn_timeout: Duration,
+    /// Use the pooling instance allocator (faster instantiation, memory reserved up front).
+    pub pooling: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            cpu_slice: Duration::from_secs(2),
+            turn_timeout: Duration::from_secs(120),
+            pooling: false,
+        }
+    }
+}
+
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// What a store holds for one turn.
+pub struct TurnState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    effects: Box<dyn HostEffects>,
+    /// Epoch ticks the guest has run since it last called the host.
+    ticks_in_guest: u64,
+}
+
+impl WasiView for TurnState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// A compiled, validated plugin ready to serve turns.
+pub struct LoadedPlugin {
+    pre: bindings::BackendPre<TurnState>,
+    pub description: Description,
+    pub sha256: String,
+    pub size: usize,
+    pub compile_time: Duration,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.description.name)
+            .field("version", &self.description.version)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+/// The engine, the linker with the host's imports, and the epoch ticker.
+#[derive(Clone)]
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Arc<Linker<TurnState>>,
+    limits: Limits,
+    _ticker: Arc<EpochTicker>,
+}
+
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl PluginRuntime {
+    pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        if limits.pooling {
+            let mut pool = wasmtime::PoolingAllocationConfig::default();
+            pool.total_component_instances(256);
+            pool.total_memories(256);
+            pool.total_tables(256);
+            pool.max_memory_size(limits.memory_bytes);
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config).map_err(anyhow_of)?;
+        let mut linker = Linker::<TurnState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_of)?;
+        bindings::Backend::add_to_linker::<TurnState, wasmtime::component::HasSelf<TurnState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(anyhow_of)?;
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let ticker_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })?;
+
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            limits,
+            _ticker: Arc::new(EpochTicker { stop }),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Compiles and validates a module: its contract version, its fit to the contract, and
+    /// its `describe` answer. `expected_name` guards against `responses.wasm` holding the
+    /// other backend.
+    pub async fn load(&self, bytes: &[u8], expected_name: Option<&str>) -> Result<LoadedPlugin, PluginError> {
+        let started = Instant::now();
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let engine = self.engine.clone();
+        let owned = bytes.to_vec();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &owned))
+            .await
+            .map_err(|e| PluginError::Compile(e.to_string()))?
+            .map_err(|e| PluginError::Compile(first_line(&e)))?;
+        self.finish_load(component, sha256, bytes.len(), started, expected_name).await
+    }
+
+    /// Like [`load`], from a precompiled artifact of [`Component::serialize`] (the disk cache).
+    ///
+    /// # Safety
+    /// The bytes must come from `serialize` of this wasmtime version, as the cache guarantees
+    /// by keying on the engine's compatibility hash.
+    pub async unsafe fn load_precompiled(
+        &self,
+        artifact: &Path,
+        sha256: String,
+        size: usize,
+        expected_name: Option<&str>,
+    ) -> Result<LoadedPlugin, PluginError> {
+        let started = Instant::now();
+        let component = unsafe { Component::deserialize_file(&self.engine, artifact) }
+            .map_err(|e| PluginError::Compile(first_line(&e)))?;
+        self.finish_load(component, sha256, size, started, expected_name).await
+    }
+
+    async fn finish_load(
+        &self,
+        component: Component,
+        sha256: String,
+        size: usize,
+        started: Instant,
+        expected_name: Option<&str>,
+    ) -> Result<LoadedPlugin, PluginError> {
+        check_contract_version(&self.engine, &component)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Link(first_line(&e)))?;
+        let pre = bindings::BackendPre::new(instance_pre).map_err(|e| PluginError::Link(first_line(&e)))?;
+        let compile_time = started.elapsed();
+        let mut plugin = LoadedPlugin {
+            pre,
+            description: Description {
+                name: String::new(),
+                version: String::new(),
+                contract: String::new(),
+                id_map: String::new(),
+                session_label: String::new(),
+                turn_label: String::new(),
+            },
+            sha256,
+            size,
+            compile_time,
+        };
+        let description = self
+            .call(&plugin, Box::new(effects::NoEffects), |backend, store| {
+                Box::pin(async move { backend.call_describe(store).await })
+            })
+            .await?;
+        if description.contract != CONTRACT_VERSION {
+            return Err(PluginError::ContractMismatch {
+                plugin: description.contract,
+                host: CONTRACT_VERSION.into(),
+            });
+        }
+        if let Some(expected) = expected_name {
+            if description.name != expected {
+                return Err(PluginError::WrongName { expected: expected.into(), found: description.name });
+            }
+        }
+        plugin.description = description;
+        Ok(plugin)
+    }
+
+    /// Serialises a compiled plugin for the on-disk cache.
+    pub fn serialize(&self, bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let component = Component::new(&self.engine, bytes).map_err(anyhow_of)?;
+        component.serialize().map_err(anyhow_of)
+    }
+
+    /// One turn in a fresh store.
+    pub async fn chat(
+        &self,
+        plugin: &LoadedPlugin,
+        turn: Turn,
+        effects: Box<dyn HostEffects>,
+    ) -> Result<Result<Answer, ChatError>, PluginError> {
+        self.call(plugin, effects, move |backend, store| {
+            Box::pin(async move { backend.call_chat(store, &turn).await })
+        })
+        .await
+    }
+
+    pub async fn replay(
+        &self,
+        plugin: &LoadedPlugin,
+        session_id: String,
+        history: Vec<HistoryMessage>,
+        settings: Settings,
+        effects: Box<dyn HostEffects>,
+    ) -> Result<Result<u32, ChatError>, PluginError> {
+        self.call(plugin, effects, move |backend, store| {
+            Box::pin(async move { backend.call_replay(store, &session_id, &history, &settings).await })
+        })
+        .await
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        plugin: &LoadedPlugin,
+        effects: Box<dyn HostEffects>,
+        f: impl for<'a> FnOnce(
+            &'a bindings::Backend,
+            &'a mut Store<TurnState>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>
+        + Send,
+    ) -> Result<R, PluginError> {
+        let mut store = self.new_store(effects);
+        let cpu_ticks = (self.limits.cpu_slice.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        let memory_mib = self.limits.memory_bytes >> 20;
+        let run = async {
+            let backend = plugin
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| classify_trap(&e, &store, cpu_ticks, memory_mib))?;
+            let result = f(&backend, &mut store).await;
+            result.map_err(|e| classify_trap(&e, &store, cpu_ticks, memory_mib))
+        };
+        match tokio::time::timeout(self.limits.turn_timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(PluginError::Timeout(self.limits.turn_timeout)),
+        }
+    }
+
+    fn new_store(&self, effects: Box<dyn HostEffects>) -> Store<TurnState> {
+        // Nothing ambient: no args, env, preopened dirs, stdio or network.
+        let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = TurnState { wasi, table: ResourceTable::new(), limits, effects, ticks_in_guest: 0 };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        let cpu_ticks = (self.limits.cpu_slice.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(1);
+        // Time spent waiting on the host does not count: host calls reset the counter.
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            state.ticks_in_guest += 1;
+            if state.ticks_in_guest > cpu_ticks {
+                return Err(wasmtime::Error::msg(CPU_LIMIT_MARKER));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+}
+
+const CPU_LIMIT_MARKER: &str = "swapbot: guest CPU budget exhausted";
+
+fn classify_trap(err: &wasmtime::Error, _store: &Store<TurnState>, cpu_ticks: u64, memory_mib: usize) -> PluginError {
+    let text = format!("{err:?}");
+    if text.contains(CPU_LIMIT_MARKER) {
+        return PluginError::CpuLimit(EPOCH_TICK * cpu_ticks as u32);
+    }
+    if text.contains("forcing trap when growing memory") || text.contains("memory minimum size") {
+        return PluginError::MemoryLimit(memory_mib);
+    }
+    PluginError::Trap(first_line(err))
+}
+
+/// Refuses a component whose imports name another version of the contract package, naming both.
+fn check_contract_version(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+    let ty = component.component_type();
+    for (name, _) in ty.imports(engine) {
+        if let Some(rest) = name.strip_prefix(CONTRACT_PACKAGE) {
+            // e.g. "swapbot:backend/host@0.2.0"
+            let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("unversioned");
+            if version != CONTRACT_VERSION {
+                return Err(PluginError::ContractMismatch { plugin: version.into(), host: CONTRACT_VERSION.into() });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn first_line(err: &wasmtime::Error) -> String {
+    // The root cause is usually the informative part.
+    let mut text = err.to_string();
+    if let Some(root) = err.chain().last() {
+        let root = root.to_string();
+        if root != text {
+            text = format!("{text}: {root}");
+        }
+    }
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// Since wasmtime 42 its error is not `anyhow::Error`; convert at the edge, keeping the chain.
+pub fn anyhow_of(err: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{err:?}")
+}

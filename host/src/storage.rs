@@ -1,0 +1,362 @@
+//! Durable per-user state: the id maps (`user_threads.json`, `user_conversations.json`, in the
+//! format the Python bot wrote) and each user's recent messages for replay.
+//!
+//! Id maps are rewritten whole with temp file + fsync + rename + directory fsync, so a crash
+//! leaves each file old or new. History is an append-only JSON-lines file per user, fsynced
+//! per record; a torn last line (crash mid-append) is skipped on load.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::{HistoryMessage, Role};
+
+/// Messages kept per user: at least the last 50 turns (user + assistant).
+pub const HISTORY_LIMIT: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    {
+        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        file.write_all(bytes).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    // The rename itself must survive a power cut.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Moves an untrustworthy file aside (never deletes it) and says so.
+fn quarantine(path: &Path, why: &str) -> Option<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = path.with_file_name(format!(
+        "{}.corrupt-{stamp}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    match fs::rename(path, &aside) {
+        Ok(()) => {
+            tracing::error!(file = %path.display(), moved_to = %aside.display(), "{why}: file moved aside, starting without it");
+            Some(aside)
+        }
+        Err(err) => {
+            tracing::error!(file = %path.display(), %err, "{why}, and it could not be moved aside");
+            None
+        }
+    }
+}
+
+/// A `{"<user id>": "<id>"}` map kept in one JSON file.
+pub struct IdMap {
+    path: PathBuf,
+    entries: Mutex<BTreeMap<i64, String>>,
+    /// Serialises file writes so a slower older write never lands after a newer one.
+    write_lock: Mutex<()>,
+}
+
+impl IdMap {
+    /// Loads the map; a corrupt or unreadable file is moved aside and the map starts empty.
+    pub fn open(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let entries = match fs::read(&path) {
+            Ok(bytes) => match parse_id_map(&bytes) {
+                Ok(map) => map,
+                Err(why) => {
+                    quarantine(&path, &format!("{} is not a valid id map ({why})", path.display()));
+                    BTreeMap::new()
+                }
+            },
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(err) => {
+                quarantine(&path, &format!("{} is unreadable ({err})", path.display()));
+                BTreeMap::new()
+            }
+        };
+        Self { path, entries: Mutex::new(entries), write_lock: Mutex::new(()) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn get(&self, user: i64) -> Option<String> {
+        self.entries.lock().unwrap().get(&user).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records `id` for `user` and makes it durable before returning.
+    pub fn set(&self, user: i64, id: &str) -> Result<(), StorageError> {
+        let _write = self.write_lock.lock().unwrap();
+        let snapshot = {
+            let mut entries = self.entries.lock().unwrap();
+            if entries.get(&user).map(String::as_str) == Some(id) {
+                return Ok(());
+            }
+            entries.insert(user, id.to_owned());
+            render_id_map(&entries)
+        };
+        write_atomic(&self.path, snapshot.as_bytes())
+    }
+
+    pub fn remove(&self, user: i64) -> Result<(), StorageError> {
+        let _write = self.write_lock.lock().unwrap();
+        let snapshot = {
+            let mut entries = self.entries.lock().unwrap();
+            if entries.remove(&user).is_none() {
+                return Ok(());
+            }
+            render_id_map(&entries)
+        };
+        write_atomic(&self.path, snapshot.as_bytes())
+    }
+}
+
+fn parse_id_map(bytes: &[u8]) -> Result<BTreeMap<i64, String>, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let object = value.as_object().ok_or("not a JSON object")?;
+    let mut map = BTreeMap::new();
+    for (key, id) in object {
+        let user: i64 = key.trim().parse().map_err(|_| format!("key {key:?} is not a user id"))?;
+        let id = id.as_str().ok_or_else(|| format!("value for {key} is not a string"))?;
+        map.insert(user, id.to_owned());
+    }
+    Ok(map)
+}
+
+fn render_id_map(entries: &BTreeMap<i64, String>) -> String {
+    let object: serde_json::Map<String, serde_json::Value> =
+        entries.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect();
+    serde_json::to_string_pretty(&object).unwrap_or_else(|_| "{}".into())
+}
+
+/// Start-up migration: an operator coming from the Python bot has `user_threads.json` only.
+/// Create an empty `user_conversations.json` and never touch `user_threads.json` (a rollback
+/// still needs it). Returns whether it migrated.
+pub fn migrate(data_dir: &Path) -> Result<bool, StorageError> {
+    let threads = data_dir.join("user_threads.json");
+    let conversations = data_dir.join("user_conversations.json");
+    if threads.exists() && !conversations.exists() {
+        write_atomic(&conversations, b"{}")?;
+        tracing::info!(
+            from = %threads.display(),
+            created = %conversations.display(),
+            "migration: created an empty conversation map; the legacy map is kept for rollback"
+        );
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+#[derive(Serialize, Deserialize)]
+struct HistoryRecord {
+    role: String,
+    text: String,
+}
+
+/// Each user's recent messages, both roles, bounded, durable.
+pub struct HistoryStore {
+    dir: PathBuf,
+    users: Mutex<HashMap<i64, Arc<Mutex<UserHistory>>>>,
+}
+
+struct UserHistory {
+    messages: VecDeque<HistoryMessage>,
+    lines_on_disk: usize,
+}
+
+impl HistoryStore {
+    pub fn open(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), users: Mutex::new(HashMap::new()) }
+    }
+
+    fn file(&self, user: i64) -> PathBuf {
+        self.dir.join(format!("{user}.jsonl"))
+    }
+
+    fn user(&self, user: i64) -> Arc<Mutex<UserHistory>> {
+        let mut users = self.users.lock().unwrap();
+        users.entry(user).or_insert_with(|| Arc::new(Mutex::new(self.load(user)))).clone()
+    }
+
+    fn load(&self, user: i64) -> UserHistory {
+        let path = self.file(user);
+        let mut messages = VecDeque::new();
+        let mut lines = 0;
+        if let Ok(file) = File::open(&path) {
+            for line in BufReader::new(file).lines() {
+                let Ok(line) = line else { break };
+                lines += 1;
+                // A torn last line from a crash mid-append is skipped, the rest is kept.
+                let Ok(record) = serde_json::from_str::<HistoryRecord>(&line) else { continue };
+                let role = if record.role == "assistant" { Role::Assistant } else { Role::User };
+                messages.push_back(HistoryMessage { role, text: record.text });
+                if messages.len() > HISTORY_LIMIT {
+                    messages.pop_front();
+                }
+            }
+        }
+        UserHistory { messages, lines_on_disk: lines }
+    }
+
+    /// The user's messages, oldest first.
+    pub fn recent(&self, user: i64) -> Vec<HistoryMessage> {
+        self.user(user).lock().unwrap().messages.iter().cloned().collect()
+    }
+
+    /// Appends one finished exchange durably.
+    pub fn append_turn(&self, user: i64, question: &str, answer: &str) -> Result<(), StorageError> {
+        let handle = self.user(user);
+        let mut history = handle.lock().unwrap();
+        let path = self.file(user);
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        let mut out = String::new();
+        for (role, text) in [("user", question), ("assistant", answer)] {
+            let line = serde_json::to_string(&HistoryRecord { role: role.into(), text: text.into() })
+                .unwrap_or_default();
+            out.push_str(&line);
+            out.push('\n');
+        }
+        {
+            let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+            // A torn line from an earlier crash must not glue onto this record.
+            if file.metadata().map(|m| m.len() > 0).unwrap_or(false) && !ends_with_newline(&path) {
+                file.write_all(b"\n").map_err(io_err(&path))?;
+            }
+            file.write_all(out.as_bytes()).map_err(io_err(&path))?;
+            file.sync_data().map_err(io_err(&path))?;
+        }
+        history.lines_on_disk += 2;
+        history.messages.push_back(HistoryMessage { role: Role::User, text: question.into() });
+        history.messages.push_back(HistoryMessage { role: Role::Assistant, text: answer.into() });
+        while history.messages.len() > HISTORY_LIMIT {
+            history.messages.pop_front();
+        }
+        if history.lines_on_disk > HISTORY_LIMIT * 2 {
+            let mut compact = String::new();
+            for m in &history.messages {
+                let role = if m.role == Role::Assistant { "assistant" } else { "user" };
+                compact.push_str(&serde_json::to_string(&HistoryRecord { role: role.into(), text: m.text.clone() }).unwrap_or_default());
+                compact.push('\n');
+            }
+            write_atomic(&path, compact.as_bytes())?;
+            history.lines_on_disk = history.messages.len();
+        }
+        Ok(())
+    }
+
+    /// How many users' histories are held in memory.
+    pub fn users_in_memory(&self) -> usize {
+        self.users.lock().unwrap().len()
+    }
+}
+
+fn ends_with_newline(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else { return true };
+    if f.seek(SeekFrom::End(-1)).is_err() {
+        return true;
+    }
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last).is_ok() && last[0] == b'\n'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_python_bots_file_and_keeps_big_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user_threads.json");
+        // json.dump of Dict[int, str] writes int keys as strings.
+        fs::write(&path, r#"{"123456789012": "thread_abc", "42": "thread_x"}"#).unwrap();
+        let map = IdMap::open(&path);
+        assert_eq!(map.get(123456789012).as_deref(), Some("thread_abc"));
+        assert_eq!(map.get(42).as_deref(), Some("thread_x"));
+        map.set(7, "thread_new").unwrap();
+        let reread = IdMap::open(&path);
+        assert_eq!(reread.get(7).as_deref(), Some("thread_new"));
+        assert_eq!(reread.get(123456789012).as_deref(), Some("thread_abc"));
+    }
+
+    #[test]
+    fn a_corrupt_map_is_moved_aside_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user_conversations.json");
+        fs::write(&path, "{\"1\": \"conv_a\", tor").unwrap();
+        let map = IdMap::open(&path);
+        assert!(map.is_empty());
+        let aside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(fs::read_to_string(aside[0].path()).unwrap(), "{\"1\": \"conv_a\", tor");
+    }
+
+    #[test]
+    fn migration_creates_an_empty_map_and_leaves_threads_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let threads = dir.path().join("user_threads.json");
+        fs::write(&threads, r#"{"1": "thread_1"}"#).unwrap();
+        assert!(migrate(dir.path()).unwrap());
+        assert_eq!(fs::read_to_string(&threads).unwrap(), r#"{"1": "thread_1"}"#);
+        assert_eq!(fs::read_to_string(dir.path().join("user_conversations.json")).unwrap(), "{}");
+        assert!(!migrate(dir.path()).unwrap(), "runs once");
+    }
+
+    #[test]
+    fn history_is_bounded_durable_and_survives_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path());
+        for i in 0..60 {
+            store.append_turn(5, &format!("q{i}"), &format!("a{i}")).unwrap();
+        }
+        let recent = store.recent(5);
+        assert_eq!(recent.len(), HISTORY_LIMIT);
+        assert_eq!(recent[0].text, "q10");
+        assert_eq!(recent.last().unwrap().text, "a59");
+        // A crash mid-append leaves half a line.
+        let path = dir.path().join("5.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"role\":\"user\",\"te").unwrap();
+        drop(f);
+        let reopened = HistoryStore::open(dir.path());
+        assert_eq!(reopened.recent(5), recent);
+        reopened.append_turn(5, "after crash", "ok").unwrap();
+        let again = HistoryStore::open(dir.path()).recent(5);
+        assert_eq!(again.last().unwrap().text, "ok");
+        assert_eq!(again[again.len() - 2].text, "after crash");
+    }
+}
