@@ -1,0 +1,791 @@
+//! A fake Telegram Bot API server on 127.0.0.1 for swapbot's tests.
+//!
+//! It speaks the subset of the Bot API the bot uses (`POST {api_url}/bot{token}/{method}` with a JSON body),
+//! keeps a model of every chat (messages after edits and deletes, drafts), records every call with its
+//! parameters, the token it was made with and when it came, and can inject faults (429, 502, "can't parse
+//! entities") into the next calls of a method.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use swapbot_fake_telegram::{FakeTelegram, FakeFailure};
+//! let fake = FakeTelegram::start().await;
+//! // teloxide: Bot::new("123:TEST").set_api_url(fake.api_url())
+//! fake.push_text(42, 42, "hello", true);
+//! fake.fail_next("sendMessage", 1, FakeFailure::TooManyRequests { retry_after: 1 });
+//! let msgs = fake.wait_for_messages(42, 1, std::time::Duration::from_secs(10)).await;
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::{
+    Router,
+    extract::{Path, State as AxState},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::{oneshot, watch};
+
+/// The bot user the fake answers `getMe` with.
+pub const BOT_USER_ID: i64 = 7_000_000_001;
+/// The bot's username in `getMe`.
+pub const BOT_USERNAME: &str = "swapbot_test_bot";
+
+/// A fault to inject into the next call(s) of a method.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FakeFailure {
+    /// HTTP 429 with `{"ok":false,"error_code":429,...,"parameters":{"retry_after":N}}`.
+    TooManyRequests { retry_after: u64 },
+    /// HTTP 502 with nginx's HTML body (what a proxy in front of the Bot API answers).
+    BadGateway,
+    /// HTTP 400 "Bad Request: can't parse entities: ..." (only meaningful for sendMessage / editMessageText;
+    /// the fault applies to the next call whatever its parse_mode).
+    CantParseEntities,
+}
+
+/// One recorded Bot API call.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// Canonical camelCase method name (`sendMessage`), whatever case the client used.
+    pub method: String,
+    /// The JSON parameters as sent.
+    pub params: Value,
+    /// The chat the call was about (`chat_id` parameter), when it had one.
+    pub chat_id: Option<i64>,
+    /// When the call arrived (for ordering and pacing checks).
+    pub at: Instant,
+    /// The token in the URL (`/bot{token}/...`).
+    pub token: String,
+    /// `None` when the call succeeded, otherwise the error description answered.
+    pub error: Option<String>,
+}
+
+impl Call {
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+    /// `params.text` as a string, if any.
+    pub fn text(&self) -> Option<&str> {
+        self.params.get("text").and_then(Value::as_str)
+    }
+}
+
+/// A message as it looks in the chat now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeMessage {
+    pub message_id: i64,
+    pub chat_id: i64,
+    /// Visible text (HTML markup already rendered away).
+    pub text: String,
+    pub from_bot: bool,
+    /// parse_mode of the last send or edit.
+    pub parse_mode: Option<String>,
+    /// How many successful edits the message had.
+    pub edits: u32,
+    pub deleted: bool,
+}
+
+#[derive(Clone, Debug)]
+struct ChatInfo {
+    private: bool,
+}
+
+#[derive(Default)]
+struct ChatState {
+    info: Option<ChatInfo>,
+    next_message_id: i64,
+    messages: BTreeMap<i64, FakeMessage>,
+    /// Current draft per draft_id (cleared by a sent message).
+    drafts: BTreeMap<i64, String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    updates: VecDeque<(i64, Value)>,
+    next_update_id: i64,
+    calls: Vec<Call>,
+    chats: HashMap<i64, ChatState>,
+    failures: HashMap<String, VecDeque<FakeFailure>>,
+    tokens: Vec<String>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
+
+/// The running fake server. Dropping it stops the server.
+pub struct FakeTelegram {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for FakeTelegram {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+const KNOWN_METHODS: &[&str] = &[
+    "getMe",
+    "getUpdates",
+    "sendMessage",
+    "editMessageText",
+    "sendChatAction",
+    "sendMessageDraft",
+    "deleteMessage",
+    "setMyCommands",
+    "deleteWebhook",
+    "getWebhookInfo",
+    "close",
+    "logOut",
+];
+
+/// Canonical camelCase name of a method name in any case (`SendMessage`, `sendmessage` → `sendMessage`).
+pub fn canonical_method(name: &str) -> String {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| m.eq_ignore_ascii_case(name))
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| name.to_string())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn utf16_len(s: &str) -> usize {
+    s.encode_utf16().count()
+}
+
+/// Renders Bot API HTML the way Telegram validates it: known tags are removed, `&lt; &gt; &amp; &quot;`
+/// and numeric entities are decoded; a stray `<` or `&` is an error ("can't parse entities").
+pub fn render_html(s: &str) -> Result<String, String> {
+    const TAGS: &[&str] = &[
+        "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code", "pre", "tg-spoiler", "span",
+        "blockquote", "tg-emoji", "br",
+    ];
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(pos) = rest.find(['<', '&']) {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if tail.starts_with('<') {
+            let end = tail
+                .find('>')
+                .ok_or_else(|| format!("Unclosed start tag at byte offset {}", s.len() - tail.len()))?;
+            let inner = tail[1..end].trim_start_matches('/');
+            let name: String =
+                inner.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>();
+            if !TAGS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "Unsupported start tag \"{}\" at byte offset {}",
+                    name,
+                    s.len() - tail.len()
+                ));
+            }
+            rest = &tail[end + 1..];
+        } else {
+            let end = tail
+                .find(';')
+                .filter(|e| *e <= 10)
+                .ok_or_else(|| format!("Character entity expected at byte offset {}", s.len() - tail.len()))?;
+            let ent = &tail[1..end];
+            let decoded = match ent {
+                "lt" => '<',
+                "gt" => '>',
+                "amp" => '&',
+                "quot" => '"',
+                _ if ent.starts_with('#') => {
+                    let n = if let Some(h) = ent[1..].strip_prefix(['x', 'X']) {
+                        u32::from_str_radix(h, 16).ok()
+                    } else {
+                        ent[1..].parse::<u32>().ok()
+                    };
+                    n.and_then(char::from_u32)
+                        .ok_or_else(|| format!("Unsupported HTML entity \"&{ent};\""))?
+                }
+                _ => return Err(format!("Unsupported HTML entity \"&{ent};\"")),
+            };
+            out.push(decoded);
+            rest = &tail[end + 1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl FakeTelegram {
+    /// Binds 127.0.0.1:0 and serves until dropped.
+    pub async fn start() -> FakeTelegram {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (changed, _) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner { next_update_id: 1, ..Default::default() }),
+            changed,
+        });
+        let app = Router::new()
+            .route("/{bot}/{method}", post(handle).get(handle_get))
+            .with_state(shared.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        FakeTelegram { addr, shared, stop: Some(stop) }
+    }
+
+    /// Base URL for `TELOXIDE_API_URL` / `Bot::set_api_url` (no trailing slash).
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Same as [`api_url`](Self::api_url), parsed.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.shared.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push_message(&self, user_id: i64, chat_id: i64, private: bool, content: Value) -> i64 {
+        let mut g = self.lock();
+        let chat = g.chats.entry(chat_id).or_default();
+        chat.info = Some(ChatInfo { private });
+        chat.next_message_id += 1;
+        let message_id = chat.next_message_id;
+        let mut message = json!({
+            "message_id": message_id,
+            "date": unix_now(),
+            "chat": chat_json(chat_id, private),
+            "from": {
+                "id": user_id,
+                "is_bot": false,
+                "first_name": format!("User{user_id}"),
+                "username": format!("user{user_id}"),
+                "language_code": "en",
+            },
+        });
+        if let (Some(m), Some(c)) = (message.as_object_mut(), content.as_object()) {
+            for (k, v) in c {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        let update_id = g.next_update_id;
+        g.next_update_id += 1;
+        g.updates.push_back((update_id, json!({ "update_id": update_id, "message": message })));
+        drop(g);
+        self.shared.bump();
+        message_id
+    }
+
+    /// Queues a text message from `user_id` in `chat_id`; returns its message_id.
+    /// A text starting with `/` carries a `bot_command` entity like Telegram's.
+    pub fn push_text(&self, user_id: i64, chat_id: i64, text: &str, private: bool) -> i64 {
+        let mut content = json!({ "text": text });
+        if text.starts_with('/') {
+            let len = utf16_len(text.split_whitespace().next().unwrap_or(text));
+            content["entities"] = json!([{ "type": "bot_command", "offset": 0, "length": len }]);
+        }
+        self.push_message(user_id, chat_id, private, content)
+    }
+
+    /// Queues a photo message (no text) from `user_id` in `chat_id`; returns its message_id.
+    pub fn push_photo(&self, user_id: i64, chat_id: i64, private: bool) -> i64 {
+        let content = json!({
+            "photo": [{
+                "file_id": "AgACAgIAAxkBAAIBfakephoto",
+                "file_unique_id": "AQADfakephoto",
+                "width": 90,
+                "height": 90,
+                "file_size": 1234,
+            }],
+        });
+        self.push_message(user_id, chat_id, private, content)
+    }
+
+    /// Makes the next `n` calls of `method` (any case) fail with `failure`.
+    pub fn fail_next(&self, method: &str, n: usize, failure: FakeFailure) {
+        let mut g = self.lock();
+        let q = g.failures.entry(method.to_ascii_lowercase()).or_default();
+        for _ in 0..n {
+            q.push_back(failure.clone());
+        }
+    }
+
+    /// Every call received so far, in arrival order (failed ones included, with `error` set).
+    pub fn sent(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Calls of one method (any case), in order.
+    pub fn calls_of(&self, method: &str) -> Vec<Call> {
+        self.lock().calls.iter().filter(|c| c.method.eq_ignore_ascii_case(method)).cloned().collect()
+    }
+
+    /// Calls about one chat, in arrival order (each with its `at` timestamp).
+    pub fn calls_in(&self, chat_id: i64) -> Vec<Call> {
+        self.lock().calls.iter().filter(|c| c.chat_id == Some(chat_id)).cloned().collect()
+    }
+
+    /// Distinct tokens seen in request URLs, in order of first use.
+    pub fn tokens_seen(&self) -> Vec<String> {
+        self.lock().tokens.clone()
+    }
+
+    /// The bot's messages in a chat as they look now (after edits; deleted ones left out), oldest first.
+    pub fn messages_in(&self, chat_id: i64) -> Vec<FakeMessage> {
+        let g = self.lock();
+        g.chats
+            .get(&chat_id)
+            .map(|c| c.messages.values().filter(|m| m.from_bot && !m.deleted).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Current drafts in a chat (draft_id → text); a sent message clears them.
+    pub fn drafts_in(&self, chat_id: i64) -> BTreeMap<i64, String> {
+        self.lock().chats.get(&chat_id).map(|c| c.drafts.clone()).unwrap_or_default()
+    }
+
+    /// Number of updates queued and not yet confirmed by a later getUpdates offset.
+    pub fn pending_updates(&self) -> usize {
+        self.lock().updates.len()
+    }
+
+    /// Waits until the bot has at least `n` visible messages in `chat_id` (or `timeout`), returns them.
+    pub async fn wait_for_messages(&self, chat_id: i64, n: usize, timeout: Duration) -> Vec<FakeMessage> {
+        self.wait_for(timeout, |f| f.messages_in(chat_id).len() >= n).await;
+        self.messages_in(chat_id)
+    }
+
+    /// Waits until `cond` holds (checked after every change) or `timeout`; returns whether it holds.
+    pub async fn wait_for(&self, timeout: Duration, cond: impl Fn(&FakeTelegram) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.shared.changed.subscribe();
+        loop {
+            if cond(self) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return cond(self),
+            }
+        }
+    }
+}
+
+fn chat_json(chat_id: i64, private: bool) -> Value {
+    if private {
+        json!({ "id": chat_id, "type": "private", "first_name": format!("User{chat_id}"), "username": format!("user{chat_id}") })
+    } else {
+        json!({ "id": chat_id, "type": "group", "title": format!("Group {chat_id}") })
+    }
+}
+
+fn bot_user_json() -> Value {
+    json!({ "id": BOT_USER_ID, "is_bot": true, "first_name": "SwapBot", "username": BOT_USERNAME })
+}
+
+fn ok(result: Value) -> Response {
+    (StatusCode::OK, axum::Json(json!({ "ok": true, "result": result }))).into_response()
+}
+
+struct ApiErr {
+    code: u16,
+    description: String,
+    retry_after: Option<u64>,
+    html: bool,
+}
+
+impl ApiErr {
+    fn bad_request(d: impl Into<String>) -> Self {
+        ApiErr { code: 400, description: format!("Bad Request: {}", d.into()), retry_after: None, html: false }
+    }
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::BAD_REQUEST);
+        if self.html {
+            let body = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0</center>\r\n</body>\r\n</html>\r\n";
+            return (status, [("content-type", "text/html")], body).into_response();
+        }
+        let mut v = json!({ "ok": false, "error_code": self.code, "description": self.description });
+        if let Some(r) = self.retry_after {
+            v["parameters"] = json!({ "retry_after": r });
+        }
+        (status, axum::Json(v)).into_response()
+    }
+}
+
+fn failure_err(f: &FakeFailure) -> ApiErr {
+    match f {
+        FakeFailure::TooManyRequests { retry_after } => ApiErr {
+            code: 429,
+            description: format!("Too Many Requests: retry after {retry_after}"),
+            retry_after: Some(*retry_after),
+            html: false,
+        },
+        FakeFailure::BadGateway => {
+            ApiErr { code: 502, description: "502 Bad Gateway".into(), retry_after: None, html: true }
+        }
+        FakeFailure::CantParseEntities => ApiErr::bad_request(
+            "can't parse entities: Can't find end of the entity starting at byte offset 0",
+        ),
+    }
+}
+
+fn param_i64(p: &Value, key: &str) -> Option<i64> {
+    match p.get(key)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+async fn handle_get(
+    state: AxState<Arc<Shared>>,
+    path: Path<(String, String)>,
+    query: axum::extract::RawQuery,
+) -> Response {
+    // Accept GET with query parameters too (curl-style debugging); values are strings.
+    let mut params = serde_json::Map::new();
+    if let Some(q) = query.0 {
+        for pair in q.split('&') {
+            if let Some((k, v)) = pair.split_once('=') {
+                params.insert(k.to_string(), Value::String(v.to_string()));
+            }
+        }
+    }
+    handle(state, path, Bytes::from(Value::Object(params).to_string())).await
+}
+
+async fn handle(AxState(shared): AxState<Arc<Shared>>, Path((bot, method)): Path<(String, String)>, body: Bytes) -> Response {
+    let Some(token) = bot.strip_prefix("bot").map(str::to_string) else {
+        return (StatusCode::NOT_FOUND, axum::Json(json!({"ok":false,"error_code":404,"description":"Not Found"})))
+            .into_response();
+    };
+    let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => {
+                return ApiErr::bad_request("invalid JSON body").into_response();
+            }
+        }
+    };
+    let method = canonical_method(&method);
+    let chat_id = param_i64(&params, "chat_id");
+    let at = Instant::now();
+
+    // Injected failure?
+    let injected = {
+        let mut g = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.tokens.contains(&token) {
+            g.tokens.push(token.clone());
+        }
+        g.failures.get_mut(&method.to_ascii_lowercase()).and_then(VecDeque::pop_front)
+    };
+    if let Some(f) = injected {
+        let err = failure_err(&f);
+        record(&shared, &method, &params, chat_id, at, &token, Some(err.description.clone()));
+        return err.into_response();
+    }
+
+    if method == "getUpdates" {
+        let res = get_updates(&shared, &params).await;
+        record(&shared, &method, &params, chat_id, at, &token, None);
+        return ok(res);
+    }
+
+    let res = {
+        let mut g = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+        dispatch(&mut g, &method, &params, chat_id)
+    };
+    match res {
+        Ok(v) => {
+            record(&shared, &method, &params, chat_id, at, &token, None);
+            ok(v)
+        }
+        Err(e) => {
+            record(&shared, &method, &params, chat_id, at, &token, Some(e.description.clone()));
+            e.into_response()
+        }
+    }
+}
+
+fn record(
+    shared: &Shared,
+    method: &str,
+    params: &Value,
+    chat_id: Option<i64>,
+    at: Instant,
+    token: &str,
+    error: Option<String>,
+) {
+    {
+        let mut g = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.calls.push(Call {
+            method: method.to_string(),
+            params: params.clone(),
+            chat_id,
+            at,
+            token: token.to_string(),
+            error,
+        });
+    }
+    shared.bump();
+}
+
+async fn get_updates(shared: &Shared, params: &Value) -> Value {
+    let offset = param_i64(params, "offset").unwrap_or(0);
+    let limit = param_i64(params, "limit").unwrap_or(100).clamp(1, 100) as usize;
+    let timeout = param_i64(params, "timeout").unwrap_or(0).clamp(0, 50) as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    let mut rx = shared.changed.subscribe();
+    loop {
+        {
+            let mut g = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if offset < 0 {
+                let keep = (-offset) as usize;
+                while g.updates.len() > keep {
+                    g.updates.pop_front();
+                }
+            } else {
+                while g.updates.front().is_some_and(|(id, _)| *id < offset) {
+                    g.updates.pop_front();
+                }
+            }
+            let out: Vec<Value> = g.updates.iter().take(limit).map(|(_, u)| u.clone()).collect();
+            if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Value::Array(out);
+            }
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            // One last look happens at the top of the loop.
+            continue;
+        }
+    }
+}
+
+fn text_param(params: &Value) -> Result<(String, Option<String>), ApiErr> {
+    let raw = params.get("text").and_then(Value::as_str).unwrap_or("");
+    let parse_mode = params.get("parse_mode").and_then(Value::as_str).map(str::to_string);
+    let text = match parse_mode.as_deref() {
+        Some(m) if m.eq_ignore_ascii_case("html") => {
+            render_html(raw).map_err(|e| ApiErr::bad_request(format!("can't parse entities: {e}")))?
+        }
+        Some(m) if m.eq_ignore_ascii_case("markdownv2") || m.eq_ignore_ascii_case("markdown") => raw.to_string(),
+        Some(m) => return Err(ApiErr::bad_request(format!("unsupported parse_mode {m:?}"))),
+        None => raw.to_string(),
+    };
+    if text.trim().is_empty() {
+        return Err(ApiErr::bad_request("message text is empty"));
+    }
+    if utf16_len(&text) > 4096 {
+        return Err(ApiErr::bad_request("message is too long"));
+    }
+    Ok((text, parse_mode))
+}
+
+fn message_json(m: &FakeMessage, private: bool, edited: bool) -> Value {
+    let mut v = json!({
+        "message_id": m.message_id,
+        "date": unix_now(),
+        "chat": chat_json(m.chat_id, private),
+        "from": bot_user_json(),
+        "text": m.text,
+    });
+    if edited {
+        v["edit_date"] = json!(unix_now());
+    }
+    v
+}
+
+fn known_chat<'a>(g: &'a mut Inner, chat_id: Option<i64>) -> Result<(i64, &'a mut ChatState), ApiErr> {
+    let id = chat_id.ok_or_else(|| ApiErr::bad_request("chat_id is empty"))?;
+    match g.chats.get_mut(&id) {
+        Some(c) if c.info.is_some() => Ok((id, c)),
+        _ => Err(ApiErr::bad_request("chat not found")),
+    }
+}
+
+fn dispatch(g: &mut Inner, method: &str, params: &Value, chat_id: Option<i64>) -> Result<Value, ApiErr> {
+    match method {
+        "getMe" => Ok(json!({
+            "id": BOT_USER_ID,
+            "is_bot": true,
+            "first_name": "SwapBot",
+            "username": BOT_USERNAME,
+            "can_join_groups": true,
+            "can_read_all_group_messages": false,
+            "supports_inline_queries": false,
+            "can_connect_to_business": false,
+            "has_main_web_app": false,
+        })),
+        "deleteWebhook" | "setMyCommands" | "close" | "logOut" => Ok(json!(true)),
+        "getWebhookInfo" => Ok(json!({ "url": "", "has_custom_certificate": false, "pending_update_count": g.updates.len() })),
+        "sendChatAction" => {
+            known_chat(g, chat_id)?;
+            Ok(json!(true))
+        }
+        "sendMessage" => {
+            let (text, parse_mode) = text_param(params)?;
+            let (chat_id, chat) = known_chat(g, chat_id)?;
+            let private = chat.info.as_ref().is_some_and(|i| i.private);
+            chat.next_message_id += 1;
+            let m = FakeMessage {
+                message_id: chat.next_message_id,
+                chat_id,
+                text,
+                from_bot: true,
+                parse_mode,
+                edits: 0,
+                deleted: false,
+            };
+            chat.drafts.clear();
+            let v = message_json(&m, private, false);
+            chat.messages.insert(m.message_id, m);
+            Ok(v)
+        }
+        "editMessageText" => {
+            let (chat_id, chat) = known_chat(g, chat_id)?;
+            let private = chat.info.as_ref().is_some_and(|i| i.private);
+            let mid = param_i64(params, "message_id").ok_or_else(|| ApiErr::bad_request("message_id is empty"))?;
+            let (text, parse_mode) = text_param(params)?;
+            let m = chat
+                .messages
+                .get_mut(&mid)
+                .filter(|m| !m.deleted)
+                .ok_or_else(|| ApiErr::bad_request("message to edit not found"))?;
+            if !m.from_bot {
+                return Err(ApiErr::bad_request("message can't be edited"));
+            }
+            if m.text == text {
+                return Err(ApiErr::bad_request(
+                    "message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
+                ));
+            }
+            m.text = text;
+            m.parse_mode = parse_mode;
+            m.edits += 1;
+            let _ = chat_id;
+            Ok(message_json(m, private, true))
+        }
+        "deleteMessage" => {
+            let (_, chat) = known_chat(g, chat_id)?;
+            let mid = param_i64(params, "message_id").ok_or_else(|| ApiErr::bad_request("message_id is empty"))?;
+            match chat.messages.get_mut(&mid).filter(|m| !m.deleted) {
+                Some(m) => {
+                    m.deleted = true;
+                    Ok(json!(true))
+                }
+                None => Err(ApiErr::bad_request("message to delete not found")),
+            }
+        }
+        "sendMessageDraft" => {
+            let (_, chat) = known_chat(g, chat_id)?;
+            if !chat.info.as_ref().is_some_and(|i| i.private) {
+                return Err(ApiErr::bad_request("TEXTDRAFT_PEER_INVALID"));
+            }
+            let draft_id = param_i64(params, "draft_id").unwrap_or(0);
+            if draft_id == 0 {
+                return Err(ApiErr::bad_request("draft_id must be non-zero"));
+            }
+            let (text, _) = text_param(params)?;
+            chat.drafts.insert(draft_id, text);
+            Ok(json!(true))
+        }
+        _ => Err(ApiErr { code: 404, description: "Not Found".into(), retry_after: None, html: false }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_rendering() {
+        assert_eq!(render_html("a &lt;b&gt; &amp; <b>c</b>").unwrap(), "a <b> & c");
+        assert!(render_html("1 < 2").is_err());
+        assert!(render_html("a & b").is_err());
+        assert!(render_html("<foo>x</foo>").is_err());
+        assert_eq!(render_html("&#65;&#x42;").unwrap(), "AB");
+    }
+
+    #[test]
+    fn canonical_names() {
+        assert_eq!(canonical_method("SendMessage"), "sendMessage");
+        assert_eq!(canonical_method("GETUPDATES"), "getUpdates");
+        assert_eq!(canonical_method("whatever"), "whatever");
+    }
+
+    #[tokio::test]
+    async fn roundtrip_and_long_poll() {
+        let fake = FakeTelegram::start().await;
+        let c = reqwest::Client::new();
+        let url = |m: &str| format!("{}/bot1:SECRET/{m}", fake.api_url());
+        let me: Value = c.post(url("GetMe")).json(&json!({})).send().await.unwrap().json().await.unwrap();
+        assert_eq!(me["result"]["username"], BOT_USERNAME);
+
+        // A long poll is answered as soon as an update arrives.
+        let poll = c.post(url("getUpdates")).json(&json!({"offset": 0, "timeout": 20})).send();
+        let pusher = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            fake.push_text(5, 5, "/start", true);
+        };
+        let (resp, ()) = tokio::join!(poll, pusher);
+        let v: Value = resp.unwrap().json().await.unwrap();
+        let ups = v["result"].as_array().unwrap();
+        assert_eq!(ups.len(), 1);
+        let id = ups[0]["update_id"].as_i64().unwrap();
+        // Offset confirms it.
+        let v: Value =
+            c.post(url("getUpdates")).json(&json!({"offset": id + 1, "timeout": 0})).send().await.unwrap().json().await.unwrap();
+        assert_eq!(v["result"].as_array().unwrap().len(), 0);
+
+        let v: Value = c
+            .post(url("sendMessage"))
+            .json(&json!({"chat_id": 5, "text": "x &lt; y", "parse_mode": "HTML"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mid = v["result"]["message_id"].as_i64().unwrap();
+        let r = c
+            .post(url("editMessageText"))
+            .json(&json!({"chat_id": 5, "message_id": mid, "text": "x < y"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        fake.fail_next("sendmessage", 1, FakeFailure::TooManyRequests { retry_after: 3 });
+        let r = c.post(url("SendMessage")).json(&json!({"chat_id": 5, "text": "hi"})).send().await.unwrap();
+        assert_eq!(r.status(), 429);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["parameters"]["retry_after"], 3);
+        assert_eq!(fake.messages_in(5).iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["x < y"]);
+        assert_eq!(fake.tokens_seen(), vec!["1:SECRET".to_string()]);
+        assert!(fake.calls_in(5).len() >= 3);
+    }
+}
