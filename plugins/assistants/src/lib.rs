@@ -1,0 +1,269 @@
+//! The legacy Assistants v2 backend (threads and runs), as the old Python bot did it.
+//!
+//! OpenAI shut the Assistants API down on 2026-08-26; this path stays for rollback and for
+//! Assistants-compatible servers, and says clearly when the API is gone.
+//!
+//! The logic is generic over [`Effects`]: the wasm guest runs it on the host's imports, native
+//! tests on a scripted fake.
+
+use serde_json::{Value, json};
+pub use swapbot_plugin_common as common;
+use swapbot_plugin_common::*;
+
+#[cfg(target_arch = "wasm32")]
+mod guest;
+
+pub const NAME: &str = "assistants";
+pub const ID_MAP: &str = "user_threads.json";
+
+/// The message of an `api-gone` error.
+pub const API_GONE: &str = "the OpenAI Assistants API was shut down on 2026-08-26; \
+     set USE_OPENAI_RESPONSES=true to use the Responses backend";
+
+/// How many messages to read back after a completed run.
+const MESSAGES_LIMIT: u32 = 20;
+
+pub fn describe() -> Description {
+    Description {
+        name: NAME.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        contract: CONTRACT.into(),
+        id_map: ID_MAP.into(),
+        session_label: "thread_id".into(),
+        turn_label: "run_id".into(),
+    }
+}
+
+/// A request with `OpenAI-Beta: assistants=v2` (and a JSON body when given).
+fn request(method: &str, path: String, body: Option<&Value>) -> HttpRequest {
+    let req = HttpRequest::new(method, path).header("OpenAI-Beta", "assistants=v2");
+    match body {
+        Some(b) => req.json(b),
+        None => req.header("Content-Type", "application/json"),
+    }
+}
+
+fn thread_path(thread: &str) -> String {
+    format!("/threads/{}", path_segment(thread))
+}
+
+/// An api-gone error, when a status or an error text says the Assistants API no longer exists.
+fn api_gone(resp: &HttpResponse, creating_thread: bool) -> Option<ChatError> {
+    let api = ApiError::from_body(&resp.body);
+    let gone = resp.status == 410
+        || (creating_thread && resp.status == 404)
+        || ((400..500).contains(&resp.status) && api.says_api_gone());
+    gone.then(|| ChatError::new(ErrorKind::ApiGone, format!("{API_GONE} (HTTP {})", resp.status), false))
+}
+
+/// POST /threads.
+pub fn create_thread<E: Effects>(fx: &mut E) -> Result<String, ChatError> {
+    let v = call_json(fx, request("POST", "/threads".into(), Some(&json!({}))), |r| api_gone(r, true))?;
+    let id = req_str("POST /threads", &v, "id")?.to_owned();
+    fx.log(Level::Info, &format!("created thread {id}"));
+    Ok(id)
+}
+
+/// POST /threads/{id}/messages. `Ok(false)` when the thread is gone (404).
+fn add_message<E: Effects>(fx: &mut E, thread: &str, role: Role, text: &str) -> Result<bool, ChatError> {
+    let body = json!({"role": role.as_str(), "content": text});
+    let mut gone = false;
+    let r = call_json(fx, request("POST", format!("{}/messages", thread_path(thread)), Some(&body)), |r| {
+        if let Some(e) = api_gone(r, false) {
+            return Some(e);
+        }
+        gone = r.status == 404;
+        None
+    });
+    match r {
+        Ok(_) => Ok(true),
+        Err(_) if gone => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The `replay` export (and the replay into a new thread): messages oldest first.
+pub fn replay<E: Effects>(
+    fx: &mut E,
+    thread: &str,
+    history: &[HistoryMessage],
+    _settings: &Settings,
+) -> Result<u32, ChatError> {
+    let mut n = 0;
+    for m in replayable(history) {
+        if !add_message(fx, thread, m.role, &m.text)? {
+            return Err(ChatError::new(ErrorKind::SessionGone, format!("thread {thread} is gone (404)"), false));
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The thread a turn runs in, with the user's message added.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Session {
+    pub id: String,
+    pub new: bool,
+    pub replayed: u32,
+}
+
+fn new_thread_with_message<E: Effects>(fx: &mut E, text: &str) -> Result<Session, ChatError> {
+    let id = create_thread(fx)?;
+    let history = fx.recent_history();
+    let settings = Settings::default();
+    let inner = |fx: &mut E| -> Result<u32, ChatError> {
+        let n = replay(fx, &id, &history, &settings)?;
+        if !add_message(fx, &id, Role::User, text)? {
+            return Err(ChatError::new(ErrorKind::SessionGone, format!("new thread {id} is gone (404)"), false));
+        }
+        Ok(n)
+    };
+    match inner(fx) {
+        Ok(replayed) => Ok(Session { id, new: true, replayed }),
+        Err(e) => Err(e.with_session(Some(&id))),
+    }
+}
+
+/// Add the user's message to the stored thread, or to a new one when there is none or it is gone.
+pub fn thread_with_message<E: Effects>(fx: &mut E, session_id: Option<&str>, text: &str) -> Result<Session, ChatError> {
+    if let Some(id) = session_id.filter(|s| !s.is_empty()) {
+        if add_message(fx, id, Role::User, text)? {
+            return Ok(Session { id: id.to_owned(), new: false, replayed: 0 });
+        }
+        fx.log(Level::Info, &format!("thread {id} is gone (404): starting a new one"));
+    }
+    new_thread_with_message(fx, text)
+}
+
+/// The text of assistant messages (`content[].text.value`, type "text") from a list answer in
+/// descending order, joined in creation order.
+pub fn run_text(list: &Value) -> String {
+    let mut texts: Vec<String> = Vec::new();
+    let data = list.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+    for msg in data.iter().rev() {
+        if msg.get("role").and_then(Value::as_str) != Some("assistant") {
+            continue;
+        }
+        for part in msg.get("content").and_then(Value::as_array).into_iter().flatten() {
+            if part.get("type").and_then(Value::as_str) == Some("text") {
+                if let Some(t) = part.pointer("/text/value").and_then(Value::as_str) {
+                    let t = t.trim();
+                    if !t.is_empty() {
+                        texts.push(t.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    texts.join("\n\n").trim().to_owned()
+}
+
+fn run_usage(run: &Value) -> Option<Usage> {
+    let u = run.get("usage").filter(|u| u.is_object())?;
+    Some(Usage {
+        input_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
+        output_tokens: u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
+    })
+}
+
+fn run_failed(run: &Value, run_id: &str, status: &str) -> ChatError {
+    let detail = match status {
+        "incomplete" => run.pointer("/incomplete_details/reason").and_then(Value::as_str).unwrap_or("").to_owned(),
+        _ => {
+            let e = run.get("last_error").map(ApiError::from_value).unwrap_or_default();
+            match (e.code.is_empty(), e.message.is_empty()) {
+                (true, true) => String::new(),
+                (false, true) => e.code,
+                (true, false) => e.message,
+                (false, false) => format!("{} ({})", e.message, e.code),
+            }
+        }
+    };
+    let msg = if detail.is_empty() { format!("run {run_id} {status}") } else { format!("run {run_id} {status}: {detail}") };
+    ChatError::model_failed(msg)
+}
+
+/// One user turn.
+pub fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
+    let Some(assistant_id) = turn.settings.assistant_id.as_deref().filter(|s| !s.trim().is_empty()) else {
+        return Err(ChatError::config("no assistant id configured for the Assistants backend (ASSISTANT_ID)"));
+    };
+    let session = thread_with_message(fx, turn.session_id.as_deref(), &turn.text)?;
+    let created = if session.new { Some(session.id.as_str()) } else { None };
+    run_turn(fx, turn, assistant_id, &session).map_err(|e| e.with_session(created))
+}
+
+fn run_turn<E: Effects>(fx: &mut E, turn: &Turn, assistant_id: &str, session: &Session) -> Result<Answer, ChatError> {
+    let thread = session.id.as_str();
+    let started = fx.now_ms();
+    let mut body = json!({"assistant_id": assistant_id});
+    let extra = build_instructions(&turn.settings.instructions, &turn.context);
+    if !extra.is_empty() {
+        body["additional_instructions"] = Value::String(extra);
+    }
+    let runs = format!("{}/runs", thread_path(thread));
+    let mut run = call_json(fx, request("POST", runs.clone(), Some(&body)), |r| api_gone(r, false))?;
+    let run_id = req_str("POST /threads/…/runs", &run, "id")?.to_owned();
+    let rid = Some(run_id.as_str());
+    let run_path = format!("{runs}/{}", path_segment(&run_id));
+    let poll = turn.settings.poll_interval();
+    let deadline = turn.settings.deadline();
+    loop {
+        let status = opt_str(&run, "status").unwrap_or("queued").to_owned();
+        match status.as_str() {
+            "completed" => break,
+            "failed" | "cancelled" | "expired" | "incomplete" => return Err(run_failed(&run, &run_id, &status).with_turn(rid)),
+            "requires_action" => {
+                cancel(fx, &run_path);
+                return Err(ChatError::model_failed(format!("run {run_id} requires action (tools are not supported): cancelled"))
+                    .with_turn(rid));
+            }
+            _ => {}
+        }
+        let elapsed = fx.now_ms().saturating_sub(started);
+        if elapsed >= deadline {
+            cancel(fx, &run_path);
+            return Err(ChatError::new(
+                ErrorKind::Timeout,
+                format!("run {run_id} still {status} after {elapsed} ms: cancelled"),
+                false,
+            )
+            .with_turn(rid));
+        }
+        fx.sleep_ms(u64::from(poll).min(deadline - elapsed).max(1) as u32);
+        match call_json(fx, request("GET", run_path.clone(), None), |_| None) {
+            Ok(v) => run = v,
+            Err(e) if is_transient(&e) => fx.log(Level::Warn, &format!("polling run {run_id}: {e}")),
+            Err(e) => return Err(e.with_turn(rid)),
+        }
+    }
+    let list_path = format!(
+        "{}/messages?order=desc&limit={MESSAGES_LIMIT}&run_id={}",
+        thread_path(thread),
+        path_segment(&run_id)
+    );
+    let list = call_json(fx, request("GET", list_path, None), |_| None).map_err(|e| e.with_turn(rid))?;
+    let text = run_text(&list);
+    if text.is_empty() {
+        return Err(ChatError::model_failed(format!("run {run_id} completed without assistant text")).with_turn(rid));
+    }
+    Ok(Answer {
+        text,
+        session_id: thread.to_owned(),
+        turn_id: run_id.clone(),
+        new_session: session.new,
+        replayed: session.replayed,
+        usage: run_usage(&run),
+    })
+}
+
+/// POST …/runs/{run_id}/cancel; a failure is only logged.
+fn cancel<E: Effects>(fx: &mut E, run_path: &str) {
+    let req = request("POST", format!("{run_path}/cancel"), Some(&json!({})));
+    if let Err(e) = call_json(fx, req, |_| None) {
+        fx.log(Level::Warn, &format!("cancelling {run_path}: {e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests;

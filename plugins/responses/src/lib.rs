@@ -1,0 +1,387 @@
+//! The Responses backend: one conversation per user (`/conversations`), one `POST /responses`
+//! per turn, streamed (variant B) or not (variant A, plain or `background: true` + polling).
+//!
+//! The logic is generic over [`Effects`]: the wasm guest runs it on the host's imports, native
+//! tests on a scripted fake.
+
+use serde_json::{Value, json};
+pub use swapbot_plugin_common as common;
+use swapbot_plugin_common::*;
+
+#[cfg(target_arch = "wasm32")]
+mod guest;
+
+pub const NAME: &str = "responses";
+pub const ID_MAP: &str = "user_conversations.json";
+
+pub fn describe() -> Description {
+    Description {
+        name: NAME.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        contract: CONTRACT.into(),
+        id_map: ID_MAP.into(),
+        session_label: "conversation_id".into(),
+        turn_label: "response_id".into(),
+    }
+}
+
+/// The session a turn runs in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Session {
+    pub id: String,
+    pub new: bool,
+    pub replayed: u32,
+}
+
+/// One conversation item for a replayed message. Plain string content for both roles: the one
+/// form the live API and the spec both accept.
+pub fn history_item(m: &HistoryMessage) -> Value {
+    json!({"type": "message", "role": m.role.as_str(), "content": m.text})
+}
+
+/// Ensure the conversation: check a stored one, or create one (replaying `recent_history()`).
+pub fn get_or_create_conversation<E: Effects>(fx: &mut E, session_id: Option<&str>) -> Result<Session, ChatError> {
+    if let Some(id) = session_id.filter(|s| !s.is_empty()) {
+        let req = HttpRequest::get(format!("/conversations/{}", path_segment(id)));
+        let mut gone = false;
+        let r = call_json(fx, req, |resp| {
+            gone = resp.status == 404;
+            None
+        });
+        match r {
+            Ok(_) => return Ok(Session { id: id.to_owned(), new: false, replayed: 0 }),
+            Err(_) if gone => {
+                fx.log(Level::Info, &format!("conversation {id} is gone (404): starting a new one"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let history = fx.recent_history();
+    create_conversation(fx, &history)
+}
+
+/// `POST /conversations` with the first ≤20 items, then the rest in batches.
+pub fn create_conversation<E: Effects>(fx: &mut E, history: &[HistoryMessage]) -> Result<Session, ChatError> {
+    let items: Vec<Value> = replayable(history).into_iter().map(history_item).collect();
+    let first = items.len().min(MAX_ITEMS_PER_CALL);
+    let body = if first == 0 { json!({}) } else { json!({"items": items[..first]}) };
+    let req = HttpRequest::post("/conversations").json(&body);
+    let v = call_json(fx, req, |_| None)?;
+    let id = req_str("POST /conversations", &v, "id")?.to_owned();
+    fx.log(Level::Info, &format!("created conversation {id} with {first} item(s)"));
+    append_items(fx, &id, &items[first..]).map_err(|e| e.with_session(Some(&id)))?;
+    Ok(Session { id, new: true, replayed: items.len() as u32 })
+}
+
+fn append_items<E: Effects>(fx: &mut E, id: &str, items: &[Value]) -> Result<(), ChatError> {
+    for batch in items.chunks(MAX_ITEMS_PER_CALL) {
+        let req = HttpRequest::post(format!("/conversations/{}/items", path_segment(id))).json(&json!({"items": batch}));
+        let mut gone = false;
+        call_json(fx, req, |r| {
+            gone = r.status == 404;
+            None
+        })
+        .map_err(|e| {
+            if gone { ChatError::new(ErrorKind::SessionGone, e.message, false) } else { e }
+        })?;
+    }
+    Ok(())
+}
+
+/// The `replay` export: items into an existing conversation, in batches of ≤20.
+pub fn replay<E: Effects>(
+    fx: &mut E,
+    session_id: &str,
+    history: &[HistoryMessage],
+    _settings: &Settings,
+) -> Result<u32, ChatError> {
+    let items: Vec<Value> = replayable(history).into_iter().map(history_item).collect();
+    append_items(fx, session_id, &items)?;
+    Ok(items.len() as u32)
+}
+
+/// The `POST /responses` body for a turn (without `stream` / `background`).
+pub fn response_body(turn: &Turn, conversation: &str) -> Value {
+    let mut body = json!({
+        "model": turn.settings.model,
+        "conversation": conversation,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": turn.text}]}],
+    });
+    let instructions = build_instructions(&turn.settings.instructions, &turn.context);
+    if !instructions.is_empty() {
+        body["instructions"] = Value::String(instructions);
+    }
+    body
+}
+
+/// One user turn.
+pub fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
+    if turn.settings.model.trim().is_empty() {
+        return Err(ChatError::config("no model configured for the Responses backend"));
+    }
+    let session = get_or_create_conversation(fx, turn.session_id.as_deref())?;
+    let created = if session.new { Some(session.id.as_str()) } else { None };
+    let result = if turn.settings.stream {
+        stream_turn(fx, turn, &session.id)
+    } else {
+        plain_turn(fx, turn, &session.id)
+    };
+    match result {
+        Ok(done) => Ok(Answer {
+            text: done.text,
+            session_id: session.id.clone(),
+            turn_id: done.id,
+            new_session: session.new,
+            replayed: session.replayed,
+            usage: done.usage,
+        }),
+        Err(e) => Err(e.with_session(created)),
+    }
+}
+
+/// What a finished response gave.
+#[derive(Debug)]
+pub struct Finished {
+    pub id: String,
+    pub text: String,
+    pub usage: Option<Usage>,
+}
+
+/// The text of a response object: every `output_text` part of every `message` item, joined.
+pub fn output_text(response: &Value) -> String {
+    let mut out = String::new();
+    for item in response.get("output").and_then(Value::as_array).into_iter().flatten() {
+        if item.get("type").and_then(Value::as_str) != Some("message") {
+            continue;
+        }
+        for part in item.get("content").and_then(Value::as_array).into_iter().flatten() {
+            if part.get("type").and_then(Value::as_str) == Some("output_text") {
+                if let Some(t) = part.get("text").and_then(Value::as_str) {
+                    out.push_str(t);
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn usage_of(response: &Value) -> Option<Usage> {
+    let u = response.get("usage")?;
+    if !u.is_object() {
+        return None;
+    }
+    Some(Usage {
+        input_tokens: u.get("input_tokens").and_then(Value::as_u64).unwrap_or(0),
+        output_tokens: u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+    })
+}
+
+/// A response object that ended without an answer → model-failed (with its reason).
+fn unfinished(response: &Value, status: &str) -> ChatError {
+    let id = opt_str(response, "id");
+    let detail = match status {
+        "incomplete" => response
+            .pointer("/incomplete_details/reason")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown reason")
+            .to_owned(),
+        _ => {
+            let e = response.get("error").map(ApiError::from_value).unwrap_or_default();
+            match (e.code.is_empty(), e.message.is_empty()) {
+                (true, true) => "no details".to_owned(),
+                (false, true) => e.code,
+                (true, false) => e.message,
+                (false, false) => format!("{} ({})", e.message, e.code),
+            }
+        }
+    };
+    ChatError::model_failed(format!("response {} {status}: {detail}", id.unwrap_or("?"))).with_turn(id)
+}
+
+fn finish(response: &Value, id: &str) -> Result<Finished, ChatError> {
+    let text = output_text(response).trim().to_owned();
+    if text.is_empty() {
+        return Err(ChatError::model_failed(format!("response {id} completed without output text")).with_turn(Some(id)));
+    }
+    Ok(Finished { id: id.to_owned(), text, usage: usage_of(response) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Variant B: streaming
+// ---------------------------------------------------------------------------------------------
+
+/// Stream one response, pushing text deltas as they arrive.
+pub fn stream_turn<E: Effects>(fx: &mut E, turn: &Turn, conversation: &str) -> Result<Finished, ChatError> {
+    let mut body = response_body(turn, conversation);
+    body["stream"] = Value::Bool(true);
+    let req = HttpRequest::post("/responses").header("Accept", "text/event-stream").json(&body);
+    let what = req.what();
+    let start = fx.http_stream(req).map_err(|e| classify_transport(&what, &e))?;
+    let mut events = match start {
+        StreamStart::Events(s) => s,
+        StreamStart::Refused(resp) => return Err(classify_http(&what, &resp)),
+    };
+    let mut st = StreamState::default();
+    let r = st.run(fx, &mut events);
+    // Never make a turn retryable once its text reached the user.
+    r.map_err(|e| {
+        let retryable = e.retryable && !st.pushed;
+        e.with_turn(st.id.as_deref()).with_retryable(retryable)
+    })
+}
+
+#[derive(Default)]
+struct StreamState {
+    id: Option<String>,
+    deltas: String,
+    done_texts: Vec<String>,
+    pushed: bool,
+}
+
+impl StreamState {
+    fn run<E: Effects>(&mut self, fx: &mut E, events: &mut E::Stream) -> Result<Finished, ChatError> {
+        loop {
+            let ev = match events.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return Err(self.cut("the stream ended before a terminal event")),
+                Err(e) => {
+                    let why = match e {
+                        TransportError::Timeout(m) => format!("timed out: {m}"),
+                        TransportError::Connection(m) | TransportError::Refused(m) => m,
+                    };
+                    return Err(self.cut(&format!("the stream broke: {why}")));
+                }
+            };
+            let data = ev.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                return Err(self.cut("[DONE] before a terminal event"));
+            }
+            let v: Value = match serde_json::from_str(data) {
+                Ok(v) => v,
+                Err(e) => {
+                    fx.log(Level::Warn, &format!("skipping an unparsable stream event ({e}): {}", truncate(data, 80)));
+                    continue;
+                }
+            };
+            let ty = v.get("type").and_then(Value::as_str).or(ev.event.as_deref()).unwrap_or("");
+            match ty {
+                "response.created" | "response.in_progress" | "response.queued" => {
+                    if self.id.is_none() {
+                        self.id = v.pointer("/response/id").and_then(Value::as_str).map(str::to_owned);
+                    }
+                }
+                "response.output_text.delta" => {
+                    if let Some(d) = v.get("delta").and_then(Value::as_str) {
+                        if !d.is_empty() {
+                            fx.push_text(d);
+                            self.pushed = true;
+                            self.deltas.push_str(d);
+                        }
+                    }
+                }
+                "response.output_text.done" => {
+                    if let Some(t) = v.get("text").and_then(Value::as_str) {
+                        self.done_texts.push(t.to_owned());
+                    }
+                }
+                "response.completed" => {
+                    let resp = v.get("response").cloned().unwrap_or(Value::Null);
+                    return self.complete(fx, &resp);
+                }
+                "response.failed" | "response.incomplete" | "response.cancelled" => {
+                    let resp = v.get("response").cloned().unwrap_or(Value::Null);
+                    let status = ty.trim_start_matches("response.");
+                    return Err(unfinished(&resp, status));
+                }
+                "error" => {
+                    let api = ApiError::from_value(&v);
+                    return Err(classify_api_error("error event in the stream", &api));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn cut(&self, why: &str) -> ChatError {
+        ChatError::new(ErrorKind::StreamCut, format!("POST /responses: {why}"), !self.pushed)
+    }
+
+    fn complete<E: Effects>(&mut self, fx: &mut E, resp: &Value) -> Result<Finished, ChatError> {
+        let id = opt_str(resp, "id").map(str::to_owned).or(self.id.take()).unwrap_or_default();
+        let from_output = output_text(resp);
+        let from_done = self.done_texts.concat();
+        // The completed response is authoritative; then the done events; then the deltas.
+        let text = if !from_output.trim().is_empty() {
+            if from_output != self.deltas {
+                fx.log(Level::Debug, "streamed deltas differ from the completed response's text");
+            }
+            from_output
+        } else if !from_done.trim().is_empty() {
+            from_done
+        } else {
+            self.deltas.clone()
+        };
+        let text = text.trim().to_owned();
+        if text.is_empty() {
+            return Err(ChatError::model_failed(format!("response {id} completed without output text")));
+        }
+        Ok(Finished { id, text, usage: usage_of(resp) })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Variant A: no streaming
+// ---------------------------------------------------------------------------------------------
+
+const TERMINAL: [&str; 4] = ["completed", "failed", "cancelled", "incomplete"];
+
+/// One `POST /responses` without `stream`; with `background: true` poll until it ends.
+pub fn plain_turn<E: Effects>(fx: &mut E, turn: &Turn, conversation: &str) -> Result<Finished, ChatError> {
+    let started = fx.now_ms();
+    let mut body = response_body(turn, conversation);
+    if turn.settings.background {
+        body["background"] = Value::Bool(true);
+    }
+    let req = HttpRequest::post("/responses").json(&body);
+    let mut resp = call_json(fx, req, |_| None)?;
+    let id = req_str("POST /responses", &resp, "id")?.to_owned();
+    let poll = turn.settings.poll_interval();
+    let deadline = turn.settings.deadline();
+    loop {
+        let status = opt_str(&resp, "status").unwrap_or("completed").to_owned();
+        match status.as_str() {
+            "completed" => return finish(&resp, &id),
+            s if TERMINAL.contains(&s) => return Err(unfinished(&resp, s).with_turn(Some(&id))),
+            _ => {}
+        }
+        let elapsed = fx.now_ms().saturating_sub(started);
+        if elapsed >= deadline {
+            let cancel = HttpRequest::post(format!("/responses/{}/cancel", path_segment(&id))).json(&json!({}));
+            if let Err(e) = call_json(fx, cancel, |_| None) {
+                fx.log(Level::Warn, &format!("cancelling response {id}: {e}"));
+            }
+            return Err(ChatError::new(
+                ErrorKind::Timeout,
+                format!("response {id} still {status} after {elapsed} ms: cancelled"),
+                false,
+            )
+            .with_turn(Some(&id)));
+        }
+        let wait = u64::from(poll).min(deadline - elapsed).max(1) as u32;
+        fx.sleep_ms(wait);
+        let get = HttpRequest::get(format!("/responses/{}", path_segment(&id)));
+        match call_json(fx, get, |_| None) {
+            Ok(v) => resp = v,
+            Err(e) if is_transient(&e) => {
+                fx.log(Level::Warn, &format!("polling response {id}: {e}"));
+            }
+            Err(e) => return Err(e.with_turn(Some(&id))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
