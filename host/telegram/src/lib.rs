@@ -1,0 +1,689 @@
+//! swapbot's Telegram front end.
+//!
+//! [`run_polling`] long-polls the Bot API with teloxide, answers /start, /help and /new, refuses users outside
+//! `allowed_user_ids`, and runs every text message as one turn of a [`TurnHandler`] (the host). While a turn
+//! runs, "typing…" is repeated; streamed text is shown as `sendMessageDraft` previews in private chats and as
+//! one paced, edited message in groups; the final answer is sent once, split at paragraph / sentence / word
+//! boundaries when longer than Telegram allows, as escaped HTML with a plain-text fallback.
+//!
+//! Updates of one chat are handled in order, chats in parallel (teloxide's dispatcher); turns of one user are
+//! additionally serialised here (a user can write from a private chat and a group at once).
+
+pub mod draft;
+pub mod pacing;
+pub mod text;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use teloxide::{
+    ApiError, Bot, RequestError,
+    dispatching::{Dispatcher, UpdateFilterExt},
+    dptree,
+    prelude::Requester,
+    requests::Request,
+    types::{BotCommand, ChatAction, ChatId, Me, Message, MessageId, MessageKind, ParseMode, Update},
+    update_listeners::Polling,
+};
+use teloxide::payloads::{EditMessageTextSetters, SendMessageSetters};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::pacing::{Pacer, delivery_backoff, next_preview_at, polling_backoff};
+use crate::text::{draft_preview, escape_html, group_preview, split_answer};
+
+/// The host side of a conversation turn.
+#[async_trait::async_trait]
+pub trait TurnHandler: Send + Sync + 'static {
+    /// One user turn. Answer text deltas arrive on `deltas` while the answer streams (may be none for
+    /// non-streaming backends).
+    async fn turn(&self, who: Sender, text: String, deltas: tokio::sync::mpsc::UnboundedSender<String>) -> TurnResult;
+    /// /new: forget the user's conversation on every backend.
+    async fn reset(&self, user_id: i64) -> anyhow::Result<()>;
+    /// Admin text commands such as "/rollout ..."; `None` = not handled (then answered as unknown in private
+    /// chats, ignored in groups).
+    async fn admin(&self, _user_id: i64, _command: &str) -> Option<String> {
+        None
+    }
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    pub user_id: i64,
+    pub chat_id: i64,
+    pub private: bool,
+    pub username: Option<String>,
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TurnResult {
+    /// The complete answer (shown verbatim, trimmed).
+    Answer(String),
+    /// One short human sentence to show instead.
+    Failed(String),
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone)]
+pub struct BotOptions {
+    /// `None` = everyone may talk to the bot; otherwise others get a refusal.
+    pub allowed_user_ids: Option<HashSet<i64>>,
+    /// Minimum time between two draft updates in a private chat.
+    pub draft_interval: Duration,
+    /// Minimum time between two edits of the streamed message in a group (at least 1 s is enforced).
+    pub edit_interval: Duration,
+    /// How often "typing…" is repeated while a turn runs.
+    pub typing_interval: Duration,
+}
+
+impl Default for BotOptions {
+    fn default() -> Self {
+        BotOptions {
+            allowed_user_ids: None,
+            draft_interval: Duration::from_millis(500),
+            // Groups allow about 20 messages a minute and edits count: one edit per 3 s stays inside.
+            edit_interval: Duration::from_secs(3),
+            typing_interval: Duration::from_secs(4),
+        }
+    }
+}
+
+/// What /start and /help answer.
+pub const HELP_TEXT: &str = "Hi! I'm an AI assistant. Send me a message and I'll answer. \
+I remember our conversation, so you can ask follow-up questions.\n\n\
+Commands:\n/new — forget our conversation and start a fresh one\n/help — show this message";
+/// What /new answers.
+pub const RESET_DONE_TEXT: &str = "Done — I've forgotten our conversation. Your next message starts a fresh one.";
+pub const RESET_FAILED_TEXT: &str = "Sorry, I couldn't reset our conversation right now. Please try again in a moment.";
+/// What a message without text gets.
+pub const NON_TEXT_TEXT: &str = "Sorry, I can only read text messages. Please send your question as text.";
+/// What users outside `allowed_user_ids` get.
+pub const REFUSAL_TEXT: &str = "Sorry, this bot is private and you're not on its list of allowed users.";
+pub const UNKNOWN_COMMAND_TEXT: &str = "Sorry, I don't know that command. Send /help to see what I can do.";
+pub const EMPTY_ANSWER_TEXT: &str = "Sorry, I couldn't come up with an answer. Please try again.";
+pub const INTERNAL_ERROR_TEXT: &str = "Sorry, something went wrong on my side. Please try again.";
+
+/// A parsed bot command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// Lowercase name without `/` and `@bot`.
+    pub name: String,
+    /// The text with `@botname` removed from the command word (`/rollout 10`).
+    pub normalized: String,
+    /// `/cmd@otherbot`: meant for another bot in the group.
+    pub for_other_bot: bool,
+}
+
+/// Parses `/cmd[@bot] args`; `None` when the text is not a command.
+pub fn parse_command(text: &str, bot_username: &str) -> Option<Command> {
+    let t = text.trim();
+    let rest = t.strip_prefix('/')?;
+    let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    let (word, args) = rest.split_at(word_end);
+    if word.is_empty() {
+        return None;
+    }
+    let (name, target) = match word.split_once('@') {
+        Some((n, b)) => (n, Some(b)),
+        None => (word, None),
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    let for_other_bot = target.is_some_and(|b| !b.eq_ignore_ascii_case(bot_username));
+    Some(Command {
+        name: name.to_ascii_lowercase(),
+        normalized: format!("/{name}{args}"),
+        for_other_bot,
+    })
+}
+
+/// Removes the bot token (and its secret part after `:`) from a string meant for a log line.
+pub fn redact(s: &str, token: &str) -> String {
+    let mut out = s.to_string();
+    if !token.is_empty() {
+        out = out.replace(token, "<token:redacted>");
+        if let Some((_, secret)) = token.split_once(':')
+            && secret.len() >= 8
+        {
+            out = out.replace(secret, "<redacted>");
+        }
+    }
+    out
+}
+
+/// How a Telegram error should be treated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    RetryAfter(Duration),
+    NotModified,
+    CantParse,
+    Transient,
+    Permanent,
+}
+
+pub(crate) fn classify(e: &RequestError) -> Failure {
+    match e {
+        RequestError::RetryAfter(s) => Failure::RetryAfter(s.duration()),
+        RequestError::Api(ApiError::MessageNotModified) => Failure::NotModified,
+        RequestError::Api(ApiError::CantParseEntities(_)) => Failure::CantParse,
+        RequestError::Api(ApiError::Unknown(s)) if s.contains("can't parse entities") => Failure::CantParse,
+        RequestError::Api(ApiError::Unknown(s)) if s.contains("message is not modified") => Failure::NotModified,
+        RequestError::Network(_) | RequestError::InvalidJson { .. } | RequestError::Io(_) => Failure::Transient,
+        _ => Failure::Permanent,
+    }
+}
+
+/// A short, token-free description of a Telegram error for logs.
+fn describe(e: &RequestError, token: &str) -> String {
+    let s = match e {
+        RequestError::InvalidJson { raw, .. } => {
+            format!("the Bot API answered something that is not JSON ({} bytes, e.g. a 502 page)", raw.len())
+        }
+        other => other.to_string(),
+    };
+    redact(&s, token)
+}
+
+/// Calls `f` until it succeeds, waiting out 429s (`retry_after`) and retrying transient failures a few times.
+async fn with_retries<T, F, Fut>(bot: &Bot, what: &str, chat: i64, mut f: F) -> Result<T, RequestError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RequestError>>,
+{
+    let mut limited = 0u32;
+    let mut transient = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => match classify(&e) {
+                Failure::RetryAfter(d) if limited < 30 => {
+                    limited += 1;
+                    warn!(chat_id = chat, method = what, retry_after_s = d.as_secs(), "Telegram rate limit: waiting");
+                    tokio::time::sleep(d + Duration::from_millis(50)).await;
+                }
+                Failure::Transient if transient < 6 => {
+                    let d = delivery_backoff(transient);
+                    transient += 1;
+                    warn!(chat_id = chat, method = what, error = %describe(&e, bot.token()), "Telegram call failed, retrying in {d:?}");
+                    tokio::time::sleep(d).await;
+                }
+                _ => return Err(e),
+            },
+        }
+    }
+}
+
+/// Sends one message: escaped HTML first, plain text if Telegram rejects the entities.
+async fn send_text(bot: &Bot, chat: i64, text: &str) -> Result<Message, RequestError> {
+    let html = escape_html(text);
+    let r = with_retries(bot, "sendMessage", chat, || {
+        bot.send_message(ChatId(chat), html.clone()).parse_mode(ParseMode::Html).send()
+    })
+    .await;
+    match r {
+        Err(e) if classify(&e) == Failure::CantParse => {
+            info!(chat_id = chat, "Telegram rejected the formatting; sending plain text");
+            with_retries(bot, "sendMessage", chat, || bot.send_message(ChatId(chat), text.to_string()).send()).await
+        }
+        r => r,
+    }
+}
+
+/// Edits a message into `text` (HTML, plain fallback); "not modified" is success.
+async fn edit_text(bot: &Bot, chat: i64, id: MessageId, text: &str) -> Result<(), RequestError> {
+    let html = escape_html(text);
+    let r = with_retries(bot, "editMessageText", chat, || {
+        bot.edit_message_text(ChatId(chat), id, html.clone()).parse_mode(ParseMode::Html).send()
+    })
+    .await;
+    let r = match r {
+        Err(e) if classify(&e) == Failure::CantParse => {
+            info!(chat_id = chat, "Telegram rejected the formatting; editing as plain text");
+            with_retries(bot, "editMessageText", chat, || bot.edit_message_text(ChatId(chat), id, text.to_string()).send())
+                .await
+        }
+        r => r,
+    };
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if classify(&e) == Failure::NotModified => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sends a short reply (help, refusal, …), logging a failure.
+async fn reply(bot: &Bot, chat: i64, text: &str) {
+    if let Err(e) = send_text(bot, chat, text).await {
+        warn!(chat_id = chat, error = %describe(&e, bot.token()), "could not send a reply");
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Repeats "typing…" until dropped.
+fn start_typing(bot: &Bot, chat: i64, every: Duration) -> AbortOnDrop {
+    let bot = bot.clone();
+    let every = every.max(Duration::from_millis(500));
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            if let Err(e) = bot.send_chat_action(ChatId(chat), ChatAction::Typing).send().await {
+                debug!(chat_id = chat, error = %describe(&e, bot.token()), "sendChatAction failed");
+            }
+            tokio::time::sleep(every).await;
+        }
+    }))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PreviewKind {
+    /// Private chat: `sendMessageDraft` with this id.
+    Draft(i64),
+    /// Group: one message, edited.
+    Edit,
+}
+
+/// The streamed preview of one turn.
+struct Preview {
+    kind: PreviewKind,
+    chat: i64,
+    enabled: bool,
+    /// Group: the message being edited (becomes the answer's first message).
+    message: Option<MessageId>,
+    shown: Option<String>,
+    pacer: Pacer,
+}
+
+impl Preview {
+    fn new(kind: PreviewKind, chat: i64, options: &BotOptions) -> Self {
+        let interval = match kind {
+            PreviewKind::Draft(_) => options.draft_interval,
+            PreviewKind::Edit => options.edit_interval.max(Duration::from_secs(1)),
+        };
+        Preview { kind, chat, enabled: true, message: None, shown: None, pacer: Pacer::new(interval) }
+    }
+
+    fn wanted(&self, acc: &str) -> Option<String> {
+        match self.kind {
+            PreviewKind::Draft(_) => draft_preview(acc),
+            PreviewKind::Edit => group_preview(acc),
+        }
+    }
+
+    /// When the next update should go out, if one is needed.
+    fn due(&self, acc: &str) -> Option<Instant> {
+        if !self.enabled {
+            return None;
+        }
+        next_preview_at(&self.pacer, Instant::now(), self.shown.as_deref(), self.wanted(acc).as_deref())
+    }
+
+    async fn push(&mut self, bot: &Bot, acc: &str) {
+        let Some(text) = self.wanted(acc) else { return };
+        if self.shown.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let chat = self.chat;
+        self.pacer.sent(Instant::now());
+        let r = match (self.kind, self.message) {
+            (PreviewKind::Draft(id), _) => draft::send_message_draft(bot, chat, id, text.clone()).await,
+            (PreviewKind::Edit, None) => bot.send_message(ChatId(chat), text.clone()).send().await.map(|m| {
+                self.message = Some(m.id);
+            }),
+            (PreviewKind::Edit, Some(id)) => bot.edit_message_text(ChatId(chat), id, text.clone()).send().await.map(|_| ()),
+        };
+        match r {
+            Ok(()) => self.shown = Some(text),
+            Err(e) => match classify(&e) {
+                Failure::NotModified => self.shown = Some(text),
+                Failure::RetryAfter(d) => {
+                    debug!(chat_id = chat, "preview rate-limited for {d:?}");
+                    self.pacer.retry_after(Instant::now(), d);
+                }
+                Failure::Transient => {
+                    debug!(chat_id = chat, error = %describe(&e, bot.token()), "preview update failed; will retry");
+                }
+                _ => {
+                    warn!(chat_id = chat, error = %describe(&e, bot.token()), "streaming preview disabled for this turn");
+                    self.enabled = false;
+                }
+            },
+        }
+    }
+}
+
+/// Delivers the final text of a turn (answer or failure sentence) as exactly one message, or several when too
+/// long. In groups the streamed message becomes the first part; if it can't be edited it is replaced.
+async fn deliver(bot: &Bot, chat: i64, preview: &mut Preview, text: &str) {
+    let chunks = split_answer(text);
+    let mut rest: &[String] = &chunks;
+    if let (Some(mid), Some(first)) = (preview.message, chunks.first()) {
+        tokio::time::sleep_until(preview.pacer.next_allowed(Instant::now())).await;
+        rest = &chunks[1..];
+        if let Err(e) = edit_text(bot, chat, mid, first).await {
+            warn!(chat_id = chat, error = %describe(&e, bot.token()), "could not edit the streamed message; sending the answer anew");
+            match send_text(bot, chat, first).await {
+                Ok(_) => {
+                    if let Err(e) = bot.delete_message(ChatId(chat), mid).send().await {
+                        debug!(chat_id = chat, error = %describe(&e, bot.token()), "could not delete the streamed message");
+                    }
+                }
+                Err(e) => {
+                    warn!(chat_id = chat, error = %describe(&e, bot.token()), "could not deliver the answer");
+                    return;
+                }
+            }
+        }
+    }
+    for chunk in rest {
+        if let Err(e) = send_text(bot, chat, chunk).await {
+            warn!(chat_id = chat, error = %describe(&e, bot.token()), "could not deliver the answer");
+            return;
+        }
+    }
+}
+
+struct Ctx {
+    handler: Arc<dyn TurnHandler>,
+    options: BotOptions,
+    user_locks: std::sync::Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Ctx {
+    fn user_lock(&self, user_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut g = self.user_locks.lock().unwrap_or_else(|e| e.into_inner());
+        g.entry(user_id).or_default().clone()
+    }
+}
+
+async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: String) {
+    let chat = sender.chat_id;
+    let user_id = sender.user_id;
+    let lock = ctx.user_lock(user_id);
+    let _turn_guard = lock.lock().await;
+    let received = Instant::now();
+    let _typing = start_typing(bot, chat, ctx.options.typing_interval);
+
+    let kind = if sender.private { PreviewKind::Draft(i64::from(msg.id.0).max(1)) } else { PreviewKind::Edit };
+    let mut preview = Preview::new(kind, chat, &ctx.options);
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let handler = ctx.handler.clone();
+    let mut turn = tokio::spawn(async move { handler.turn(sender, text, tx).await });
+
+    let mut acc = String::new();
+    let mut deltas_open = true;
+    let mut first_text_at: Option<Instant> = None;
+    let result = loop {
+        let due = preview.due(&acc);
+        tokio::select! {
+            biased;
+            r = &mut turn => break r,
+            d = rx.recv(), if deltas_open => match d {
+                Some(d) => acc.push_str(&d),
+                None => deltas_open = false,
+            },
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                preview.push(bot, &acc).await;
+                if first_text_at.is_none() && preview.shown.is_some() {
+                    first_text_at = Some(Instant::now());
+                }
+            }
+        }
+    };
+    let (outcome, final_text) = match result {
+        Ok(TurnResult::Answer(a)) if !a.trim().is_empty() => ("answer", a.trim().to_string()),
+        Ok(TurnResult::Answer(_)) => ("empty", EMPTY_ANSWER_TEXT.to_string()),
+        Ok(TurnResult::Failed(s)) => ("failed", if s.trim().is_empty() { INTERNAL_ERROR_TEXT.to_string() } else { s }),
+        Err(e) => {
+            warn!(user_id, chat_id = chat, panicked = e.is_panic(), "turn task ended abnormally");
+            ("failed", INTERNAL_ERROR_TEXT.to_string())
+        }
+    };
+    drop(_typing);
+    deliver(bot, chat, &mut preview, &final_text).await;
+    info!(
+        user_id,
+        chat_id = chat,
+        outcome,
+        streamed = preview.shown.is_some(),
+        first_text_ms = first_text_at.map(|t| (t - received).as_millis() as u64),
+        total_ms = received.elapsed().as_millis() as u64,
+        "telegram turn delivered"
+    );
+}
+
+async fn on_message(bot: Bot, me: Me, msg: Message, ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let Some(from) = msg.from.as_ref() else { return Ok(()) };
+    if from.is_bot {
+        return Ok(());
+    }
+    // Service messages (members joining, pins, …) are not addressed to the bot.
+    if !matches!(msg.kind, MessageKind::Common(_)) {
+        return Ok(());
+    }
+    let sender = Sender {
+        user_id: from.id.0 as i64,
+        chat_id: msg.chat.id.0,
+        private: msg.chat.is_private(),
+        username: from.username.clone(),
+    };
+    let chat = sender.chat_id;
+    if let Some(allowed) = &ctx.options.allowed_user_ids
+        && !allowed.contains(&sender.user_id)
+    {
+        info!(user_id = sender.user_id, chat_id = chat, "refused: user not in ALLOWED_USER_IDS");
+        reply(&bot, chat, REFUSAL_TEXT).await;
+        return Ok(());
+    }
+    let Some(text) = msg.text() else {
+        reply(&bot, chat, NON_TEXT_TEXT).await;
+        return Ok(());
+    };
+    let bot_name = me.user.username.as_deref().unwrap_or("");
+    if let Some(cmd) = parse_command(text, bot_name) {
+        if cmd.for_other_bot {
+            return Ok(());
+        }
+        match cmd.name.as_str() {
+            "start" | "help" => reply(&bot, chat, HELP_TEXT).await,
+            "new" => {
+                let lock = ctx.user_lock(sender.user_id);
+                let _g = lock.lock().await;
+                let answer = match ctx.handler.reset(sender.user_id).await {
+                    Ok(()) => {
+                        info!(user_id = sender.user_id, "conversation reset by /new");
+                        RESET_DONE_TEXT
+                    }
+                    Err(e) => {
+                        warn!(user_id = sender.user_id, error = %redact(&format!("{e:#}"), bot.token()), "/new failed");
+                        RESET_FAILED_TEXT
+                    }
+                };
+                reply(&bot, chat, answer).await;
+            }
+            _ => match ctx.handler.admin(sender.user_id, &cmd.normalized).await {
+                Some(answer) => reply(&bot, chat, &answer).await,
+                None if sender.private => reply(&bot, chat, UNKNOWN_COMMAND_TEXT).await,
+                None => {}
+            },
+        }
+        return Ok(());
+    }
+    let text = text.to_string();
+    run_turn(&bot, &ctx, &msg, sender, text).await;
+    Ok(())
+}
+
+/// Best-effort start-up calls: drop a webhook that would block polling, register the command menu.
+async fn setup(bot: Bot) {
+    for attempt in 0..5u32 {
+        match bot.delete_webhook().send().await {
+            Ok(_) => break,
+            Err(e) => {
+                debug!(error = %describe(&e, bot.token()), "deleteWebhook failed");
+                tokio::time::sleep(polling_backoff(attempt)).await;
+            }
+        }
+    }
+    let commands = vec![
+        BotCommand::new("new", "Forget our conversation and start a fresh one"),
+        BotCommand::new("help", "What this bot does"),
+    ];
+    for attempt in 0..5u32 {
+        match bot.set_my_commands(commands.clone()).send().await {
+            Ok(_) => break,
+            Err(e) => {
+                debug!(error = %describe(&e, bot.token()), "setMyCommands failed");
+                tokio::time::sleep(polling_backoff(attempt)).await;
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            if r.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        () = term => {}
+    }
+}
+
+/// How long a stop waits for the dispatcher to wind down before returning anyway.
+const STOP_GRACE: Duration = Duration::from_millis(1500);
+
+/// Serves Telegram by long polling until SIGINT or SIGTERM; returns within about 2 s of the signal.
+pub async fn run_polling(bot: Bot, handler: Arc<dyn TurnHandler>, options: BotOptions) -> anyhow::Result<()> {
+    run_polling_until(bot, handler, options, shutdown_signal()).await
+}
+
+/// Like [`run_polling`], stopping when `shutdown` resolves (tests, or a host with its own signal handling).
+/// Returns within about 2 s of that. Turns still running are not awaited past that grace time.
+pub async fn run_polling_until(
+    bot: Bot,
+    handler: Arc<dyn TurnHandler>,
+    options: BotOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let ctx = Arc::new(Ctx { handler, options, user_locks: Default::default() });
+    let token = bot.token().to_string();
+    tokio::pin!(shutdown);
+    let _setup = AbortOnDrop(tokio::spawn(setup(bot.clone())));
+
+    let mut attempt = 0u32;
+    loop {
+        let schema = Update::filter_message().endpoint(on_message);
+        let mut dispatcher = Dispatcher::builder(bot.clone(), schema)
+            .dependencies(dptree::deps![ctx.clone()])
+            .default_handler(|_| async {})
+            .build();
+        let stop = dispatcher.shutdown_token();
+        let listener = Polling::builder(bot.clone())
+            .timeout(Duration::from_secs(10))
+            .backoff_strategy(Box::new(polling_backoff))
+            .build();
+        let listener_token = token.clone();
+        let listener_errors = Arc::new(move |e: RequestError| {
+            let token = listener_token.clone();
+            async move {
+                warn!(error = %describe(&e, &token), "Telegram getUpdates failed; polling continues");
+            }
+        });
+        let run = dispatcher.try_dispatch_with_listener(listener, listener_errors);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => match r {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let d = polling_backoff(attempt);
+                    attempt += 1;
+                    warn!(error = %describe(&e, &token), "Telegram getMe failed; retrying in {d:?}");
+                    tokio::select! {
+                        () = tokio::time::sleep(d) => continue,
+                        () = &mut shutdown => return Ok(()),
+                    }
+                }
+            },
+            () = &mut shutdown => {
+                info!("stopping Telegram polling");
+                if stop.shutdown().is_ok() {
+                    let _ = tokio::time::timeout(STOP_GRACE, &mut run).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        let c = parse_command("/new", "mybot").unwrap();
+        assert_eq!((c.name.as_str(), c.for_other_bot), ("new", false));
+        let c = parse_command("/Help@MyBot", "mybot").unwrap();
+        assert_eq!((c.name.as_str(), c.for_other_bot), ("help", false));
+        let c = parse_command("/new@otherbot", "mybot").unwrap();
+        assert!(c.for_other_bot);
+        let c = parse_command("/rollout@mybot 10 percent", "mybot").unwrap();
+        assert_eq!(c.normalized, "/rollout 10 percent");
+        assert_eq!(parse_command("hello /new", "mybot"), None);
+        assert_eq!(parse_command("/", "mybot"), None);
+        assert_eq!(parse_command("/ hello", "mybot"), None);
+        assert_eq!(parse_command("/path/to/file", "mybot"), None);
+    }
+
+    #[test]
+    fn redacts_token() {
+        let t = "123456:ABCDEFGHijklmnop";
+        assert_eq!(redact("url /bot123456:ABCDEFGHijklmnop/x", t), "url /bot<token:redacted>/x");
+        assert_eq!(redact("secret ABCDEFGHijklmnop", t), "secret <redacted>");
+    }
+
+    #[test]
+    fn classifies_errors() {
+        assert_eq!(classify(&RequestError::Api(ApiError::MessageNotModified)), Failure::NotModified);
+        assert_eq!(
+            classify(&RequestError::Api(ApiError::CantParseEntities("Bad Request: can't parse entities: x".into()))),
+            Failure::CantParse
+        );
+        assert_eq!(
+            classify(&RequestError::RetryAfter(teloxide::types::Seconds::from_seconds(7))),
+            Failure::RetryAfter(Duration::from_secs(7))
+        );
+        assert_eq!(classify(&RequestError::Api(ApiError::BotBlocked)), Failure::Permanent);
+    }
+
+    #[test]
+    fn default_options_respect_limits() {
+        let o = BotOptions::default();
+        assert!(o.edit_interval >= Duration::from_secs(1));
+        assert!(o.typing_interval < Duration::from_secs(5));
+    }
+}
