@@ -1,0 +1,476 @@
+//! Assistants v2: threads, messages, runs (polling and streaming).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::model::{self, Msg};
+use crate::util::{self, ApiError, check_known, metadata, now, opt_bool, opt_str};
+use crate::{Shared, Store as SbState};
+
+const RUN_FIELDS: &[&str] = &[
+    "additional_instructions", "additional_messages", "assistant_id", "instructions", "max_completion_tokens",
+    "max_prompt_tokens", "metadata", "model", "parallel_tool_calls", "reasoning_effort", "response_format", "stream",
+    "temperature", "tool_choice", "tools", "top_p", "truncation_strategy",
+];
+
+pub struct Thread {
+    pub id: String,
+    pub created_at: u64,
+    pub metadata: Value,
+    /// Oldest first.
+    pub messages: Vec<Value>,
+    pub runs: Vec<Run>,
+    pub active_run: Option<String>,
+}
+
+pub struct Run {
+    pub id: String,
+    pub thread_id: String,
+    pub assistant_id: String,
+    pub model: String,
+    pub instructions: Option<String>,
+    pub status: String,
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    pub completed_at: Option<u64>,
+    pub cancelled_at: Option<u64>,
+    pub metadata: Value,
+    pub polls: u32,
+    pub started: Instant,
+    pub total_delay: Duration,
+    pub answer: String,
+    pub prompt_tokens: u64,
+    pub usage: Value,
+}
+
+impl Run {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id, "object": "thread.run", "created_at": self.created_at,
+            "assistant_id": self.assistant_id, "thread_id": self.thread_id, "status": self.status,
+            "started_at": self.started_at, "expires_at": if is_active(&self.status) { json!(self.created_at + 600) } else { Value::Null },
+            "cancelled_at": self.cancelled_at, "failed_at": null, "completed_at": self.completed_at,
+            "required_action": null, "last_error": null, "model": self.model, "instructions": self.instructions,
+            "tools": [], "tool_resources": {}, "metadata": self.metadata, "temperature": 1.0, "top_p": 1.0,
+            "max_completion_tokens": null, "max_prompt_tokens": null,
+            "truncation_strategy": {"type": "auto", "last_messages": null}, "incomplete_details": null,
+            "usage": self.usage, "response_format": "auto", "tool_choice": "auto", "parallel_tool_calls": true,
+        })
+    }
+}
+
+fn is_active(status: &str) -> bool {
+    matches!(status, "queued" | "in_progress" | "requires_action" | "cancelling")
+}
+
+impl Thread {
+    fn to_json(&self) -> Value {
+        json!({"id": self.id, "object": "thread", "created_at": self.created_at, "metadata": self.metadata, "tool_resources": {}})
+    }
+}
+
+fn thread_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("No thread found with id '{id}'."), None)
+}
+
+fn run_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("No run found with id '{id}'."), None)
+}
+
+fn message_obj(sh: &Shared, thread_id: &str, role: &str, text: &str, run: Option<(&str, &str)>, meta: Value) -> Value {
+    let t = now();
+    json!({
+        "id": sh.id("msg"), "object": "thread.message", "created_at": t,
+        "assistant_id": run.map(|r| r.1), "thread_id": thread_id, "run_id": run.map(|r| r.0),
+        "role": role, "status": "completed", "incomplete_details": null, "completed_at": t, "incomplete_at": null,
+        "content": [{"type": "text", "text": {"value": text, "annotations": []}}],
+        "attachments": [], "metadata": meta,
+    })
+}
+
+/// Validate a `{role, content, attachments?, metadata?}` message and return (role, text, metadata).
+fn parse_message(v: &Value, param: &str) -> Result<(String, String, Value), ApiError> {
+    let Value::Object(o) = v else { return Err(ApiError::invalid_type(param, "an object", v)) };
+    if let Some(k) = o.keys().find(|k| !["attachments", "content", "metadata", "role"].contains(&k.as_str())) {
+        return Err(ApiError::unknown_parameter(&format!("{param}.{k}").trim_start_matches('.').to_string()));
+    }
+    let role = match o.get("role") {
+        Some(Value::String(r)) if r == "user" || r == "assistant" => r.clone(),
+        Some(Value::String(r)) => {
+            return Err(ApiError::invalid_value(
+                format!("Invalid value: '{r}'. Supported values are: 'user' and 'assistant'."),
+                &format!("{param}.role").trim_start_matches('.').to_string(),
+            ));
+        }
+        _ => return Err(ApiError::missing(format!("{param}.role").trim_start_matches('.'))),
+    };
+    let text = match o.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => {
+            let mut s = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => s.push_str(p.get("text").and_then(Value::as_str).unwrap_or("")),
+                    Some("image_file") | Some("image_url") => {}
+                    _ => {
+                        return Err(ApiError::invalid_value(
+                            "Invalid value. Supported values are: 'image_file', 'image_url', and 'text'.",
+                            format!("{param}.content[{j}].type").trim_start_matches('.'),
+                        ));
+                    }
+                }
+            }
+            s
+        }
+        None | Some(Value::Null) => return Err(ApiError::missing(format!("{param}.content").trim_start_matches('.'))),
+        Some(other) => return Err(ApiError::invalid_type("content", "a string or an array", other)),
+    };
+    let meta = metadata(o)?;
+    Ok((role, text, meta))
+}
+
+fn message_text(m: &Value) -> String {
+    m["content"]
+        .as_array()
+        .map(|parts| parts.iter().filter_map(|p| p["text"]["value"].as_str()).collect::<Vec<_>>().join(""))
+        .unwrap_or_default()
+}
+
+/// POST /v1/threads
+pub async fn create_thread(State(sh): State<Arc<Shared>>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
+    let body = util::parse_object(&bytes)?;
+    check_known(&body, &["messages", "metadata", "tool_resources"])?;
+    let meta = metadata(&body)?;
+    let id = sh.id("thread");
+    let mut messages = Vec::new();
+    match body.get("messages") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            for (i, m) in a.iter().enumerate() {
+                let (role, text, mm) = parse_message(m, &format!("messages[{i}]"))?;
+                messages.push(message_obj(&sh, &id, &role, &text, None, mm));
+            }
+        }
+        Some(other) => return Err(ApiError::invalid_type("messages", "an array", other)),
+    }
+    let t = Thread { id: id.clone(), created_at: now(), metadata: meta, messages, runs: vec![], active_run: None };
+    let out = t.to_json();
+    sh.state.lock().unwrap().threads.insert(id, t);
+    Ok(Json(out))
+}
+
+/// GET /v1/threads/{id}
+pub async fn get_thread(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let st = sh.state.lock().unwrap();
+    st.threads.get(&id).map(|t| Json(t.to_json())).ok_or_else(|| thread_not_found(&id))
+}
+
+/// POST /v1/threads/{id}/messages
+pub async fn create_message(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body = util::parse_object(&bytes)?;
+    let (role, text, meta) = parse_message(&Value::Object(body), "")?;
+    let mut st = sh.state.lock().unwrap();
+    let t = st.threads.get_mut(&id).ok_or_else(|| thread_not_found(&id))?;
+    refresh_active(t);
+    if let Some(run) = &t.active_run {
+        return Err(ApiError::bad_request(format!("Can't add messages to {id} while a run {run} is active."), None, None));
+    }
+    let m = message_obj(&sh, &id, &role, &text, None, meta);
+    t.messages.push(m.clone());
+    Ok(Json(m))
+}
+
+/// GET /v1/threads/{id}/messages?order&limit&after&before&run_id
+pub async fn list_messages(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = util::list_query(q.as_deref())?;
+    let run_id = q.extra.iter().find(|(k, _)| k == "run_id").map(|(_, v)| v.clone());
+    let st = sh.state.lock().unwrap();
+    let t = st.threads.get(&id).ok_or_else(|| thread_not_found(&id))?;
+    let msgs: Vec<Value> = t
+        .messages
+        .iter()
+        .filter(|m| run_id.as_deref().is_none_or(|r| m["run_id"].as_str() == Some(r)))
+        .cloned()
+        .collect();
+    Ok(Json(util::paginate(&msgs, &q)))
+}
+
+fn refresh_active(t: &mut Thread) {
+    if let Some(r) = &t.active_run {
+        if !t.runs.iter().any(|x| &x.id == r && is_active(&x.status)) {
+            t.active_run = None;
+        }
+    }
+}
+
+/// POST /v1/threads/{id}/runs
+pub async fn create_run(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let body = util::parse_object(&bytes)?;
+    check_known(&body, RUN_FIELDS)?;
+    let assistant_id = match body.get("assistant_id") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(_)) | None | Some(Value::Null) => return Err(ApiError::missing("assistant_id")),
+        Some(other) => return Err(ApiError::invalid_type("assistant_id", "a string", other)),
+    };
+    let instructions = opt_str(&body, "instructions")?;
+    let additional = opt_str(&body, "additional_instructions")?;
+    let model_name = opt_str(&body, "model")?.unwrap_or_else(|| "gpt-4o".to_string());
+    let stream = opt_bool(&body, "stream")?.unwrap_or(false);
+    let meta = metadata(&body)?;
+    let mut extra = Vec::new();
+    match body.get("additional_messages") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            for (i, m) in a.iter().enumerate() {
+                extra.push(parse_message(m, &format!("additional_messages[{i}]"))?);
+            }
+        }
+        Some(other) => return Err(ApiError::invalid_type("additional_messages", "an array", other)),
+    }
+    let cfg = sh.config();
+    let run_json = {
+        let mut st = sh.state.lock().unwrap();
+        let t = st.threads.get_mut(&id).ok_or_else(|| thread_not_found(&id))?;
+        refresh_active(t);
+        if let Some(r) = &t.active_run {
+            return Err(ApiError::bad_request(format!("Thread {id} already has an active run {r}."), None, None));
+        }
+        for (role, text, mm) in extra {
+            let m = message_obj(&sh, &id, &role, &text, None, mm);
+            t.messages.push(m);
+        }
+        let msgs: Vec<Msg> = t.messages.iter().map(|m| Msg::new(m["role"].as_str().unwrap_or("user"), &message_text(m))).collect();
+        let cur = msgs.iter().rposition(|m| m.role == "user");
+        let current = cur.map(|i| msgs[i].text.clone()).unwrap_or_default();
+        let history: Vec<Msg> = match cur {
+            Some(i) => msgs[..i].to_vec(),
+            None => msgs.clone(),
+        };
+        let kb = format!("{}\n{}", instructions.clone().unwrap_or_default(), additional.clone().unwrap_or_default());
+        let answer = model::answer(&history, &current, &kb);
+        let n = model::tokens(&answer).len() as u32;
+        let prompt_tokens = (model::count_tokens(&kb) + msgs.iter().map(|m| model::count_tokens(&m.text)).sum::<u64>()).max(1);
+        let run = Run {
+            id: sh.id("run"),
+            thread_id: id.clone(),
+            assistant_id,
+            model: model_name,
+            instructions: instructions.or(Some(String::new())).map(|i| match &additional {
+                Some(a) if !a.is_empty() => if i.is_empty() { a.clone() } else { format!("{i}\n{a}") },
+                _ => i,
+            }),
+            status: "queued".into(),
+            created_at: now(),
+            started_at: None,
+            completed_at: None,
+            cancelled_at: None,
+            metadata: meta,
+            polls: 0,
+            started: Instant::now(),
+            total_delay: cfg.time_to_first_token + cfg.token_interval * n.saturating_sub(1),
+            answer,
+            prompt_tokens,
+            usage: Value::Null,
+        };
+        let out = run.to_json();
+        t.active_run = Some(run.id.clone());
+        t.runs.push(run);
+        out
+    };
+    if stream {
+        return Ok(stream_run(sh, id, run_json, cfg.time_to_first_token, cfg.token_interval));
+    }
+    Ok(Json(run_json).into_response())
+}
+
+/// Complete a run: add the assistant message (with run_id) and release the thread.
+fn complete_run(sh: &Shared, t: &mut Thread, run_id: &str) -> Option<Value> {
+    let idx = t.runs.iter().position(|r| r.id == run_id)?;
+    let (answer, assistant) = (t.runs[idx].answer.clone(), t.runs[idx].assistant_id.clone());
+    let msg = message_obj(sh, &t.id, "assistant", &answer, Some((run_id, &assistant)), json!({}));
+    t.messages.push(msg.clone());
+    let r = &mut t.runs[idx];
+    r.status = "completed".into();
+    r.completed_at = Some(now());
+    r.started_at.get_or_insert(now());
+    let completion = model::tokens(&r.answer).len() as u64;
+    r.usage = json!({"prompt_tokens": r.prompt_tokens, "completion_tokens": completion, "total_tokens": r.prompt_tokens + completion});
+    if t.active_run.as_deref() == Some(run_id) {
+        t.active_run = None;
+    }
+    Some(msg)
+}
+
+fn advance(sh: &Shared, st: &mut SbState, thread_id: &str, run_id: &str) {
+    let run_steps = sh.config().run_steps;
+    let Some(t) = st.threads.get_mut(thread_id) else { return };
+    let Some(r) = t.runs.iter_mut().find(|r| r.id == run_id) else { return };
+    match r.status.as_str() {
+        "queued" | "in_progress" => {
+            r.polls += 1;
+            if r.polls > run_steps && r.started.elapsed() >= r.total_delay {
+                complete_run(sh, t, run_id);
+            } else {
+                r.status = "in_progress".into();
+                r.started_at.get_or_insert(now());
+            }
+        }
+        "cancelling" => {
+            r.status = "cancelled".into();
+            r.cancelled_at = Some(now());
+            if t.active_run.as_deref() == Some(run_id) {
+                t.active_run = None;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// GET /v1/threads/{id}/runs/{run_id}: each call is a poll.
+pub async fn get_run(
+    State(sh): State<Arc<Shared>>,
+    Path((id, run_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let mut st = sh.state.lock().unwrap();
+    if !st.threads.contains_key(&id) {
+        return Err(thread_not_found(&id));
+    }
+    advance(&sh, &mut st, &id, &run_id);
+    let t = st.threads.get(&id).ok_or_else(|| thread_not_found(&id))?;
+    t.runs.iter().find(|r| r.id == run_id).map(|r| Json(r.to_json())).ok_or_else(|| run_not_found(&run_id))
+}
+
+/// GET /v1/threads/{id}/runs (does not poll)
+pub async fn list_runs(
+    State(sh): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = util::list_query(q.as_deref())?;
+    let st = sh.state.lock().unwrap();
+    let t = st.threads.get(&id).ok_or_else(|| thread_not_found(&id))?;
+    let runs: Vec<Value> = t.runs.iter().map(Run::to_json).collect();
+    Ok(Json(util::paginate(&runs, &q)))
+}
+
+/// POST /v1/threads/{id}/runs/{run_id}/cancel → cancelling (the next poll sees cancelled).
+pub async fn cancel_run(
+    State(sh): State<Arc<Shared>>,
+    Path((id, run_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let mut st = sh.state.lock().unwrap();
+    let t = st.threads.get_mut(&id).ok_or_else(|| thread_not_found(&id))?;
+    let r = t.runs.iter_mut().find(|r| r.id == run_id).ok_or_else(|| run_not_found(&run_id))?;
+    match r.status.as_str() {
+        "queued" | "in_progress" | "requires_action" => {
+            r.status = "cancelling".into();
+            Ok(Json(r.to_json()))
+        }
+        "cancelling" => Ok(Json(r.to_json())),
+        s => Err(ApiError::bad_request(format!("Cannot cancel run with status '{s}'."), None, None)),
+    }
+}
+
+fn sse(event: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// `stream: true` on a run: thread.run.created/queued/in_progress, step, message created/in_progress,
+/// thread.message.delta ×N, message completed, step completed, thread.run.completed, `event: done` / `data: [DONE]`.
+fn stream_run(sh: Arc<Shared>, thread_id: String, run: Value, ttft: Duration, interval: Duration) -> Response {
+    let run_id = run["id"].as_str().unwrap_or("").to_string();
+    let s = async_stream::stream! {
+        let mut run = run;
+        yield Ok::<Bytes, std::io::Error>(sse("thread.run.created", &run));
+        yield Ok(sse("thread.run.queued", &run));
+        run["status"] = json!("in_progress");
+        run["started_at"] = json!(now());
+        {
+            let mut st = sh.state.lock().unwrap();
+            if let Some(r) = st.threads.get_mut(&thread_id).and_then(|t| t.runs.iter_mut().find(|r| r.id == run_id)) {
+                r.status = "in_progress".into();
+                r.started_at = Some(now());
+            }
+        }
+        yield Ok(sse("thread.run.in_progress", &run));
+        let answer = {
+            let st = sh.state.lock().unwrap();
+            st.threads.get(&thread_id).and_then(|t| t.runs.iter().find(|r| r.id == run_id)).map(|r| r.answer.clone()).unwrap_or_default()
+        };
+        let msg_id = sh.id("msg");
+        let step_id = sh.id("step");
+        let step = json!({"id": step_id, "object": "thread.run.step", "created_at": now(), "run_id": run_id,
+            "assistant_id": run["assistant_id"], "thread_id": thread_id, "type": "message_creation", "status": "in_progress",
+            "cancelled_at": null, "completed_at": null, "expires_at": null, "failed_at": null, "last_error": null,
+            "step_details": {"type": "message_creation", "message_creation": {"message_id": msg_id}}, "usage": null});
+        yield Ok(sse("thread.run.step.created", &step));
+        yield Ok(sse("thread.run.step.in_progress", &step));
+        let mut msg = json!({"id": msg_id, "object": "thread.message", "created_at": now(), "assistant_id": run["assistant_id"],
+            "thread_id": thread_id, "run_id": run_id, "status": "in_progress", "incomplete_details": null,
+            "incomplete_at": null, "completed_at": null, "role": "assistant", "content": [], "attachments": [], "metadata": {}});
+        yield Ok(sse("thread.message.created", &msg));
+        yield Ok(sse("thread.message.in_progress", &msg));
+        for (i, tok) in model::tokens(&answer).iter().enumerate() {
+            let wait = if i == 0 { ttft } else { interval };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            yield Ok(sse("thread.message.delta", &json!({"id": msg_id, "object": "thread.message.delta",
+                "delta": {"content": [{"index": 0, "type": "text", "text": {"value": tok, "annotations": []}}]}})));
+        }
+        let (done_msg, done_run) = {
+            let mut st = sh.state.lock().unwrap();
+            match st.threads.get_mut(&thread_id) {
+                Some(t) => {
+                    let m = complete_run(&sh, t, &run_id);
+                    let r = t.runs.iter().find(|r| r.id == run_id).map(Run::to_json);
+                    (m, r)
+                }
+                None => (None, None),
+            }
+        };
+        if let Some(mut m) = done_msg {
+            m["id"] = json!(msg_id);
+            // keep the id announced in the stream
+            {
+                let mut st = sh.state.lock().unwrap();
+                if let Some(t) = st.threads.get_mut(&thread_id) {
+                    if let Some(last) = t.messages.last_mut() { last["id"] = json!(msg_id); }
+                }
+            }
+            msg = m;
+        }
+        yield Ok(sse("thread.message.completed", &msg));
+        let mut step = step;
+        step["status"] = json!("completed");
+        step["completed_at"] = json!(now());
+        yield Ok(sse("thread.run.step.completed", &step));
+        if let Some(r) = done_run {
+            yield Ok(sse("thread.run.completed", &r));
+        }
+        yield Ok(Bytes::from("event: done\ndata: [DONE]\n\n"));
+    };
+    let mut r = Response::new(Body::from_stream(s));
+    r.headers_mut().insert("content-type", HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    r
+}
+
