@@ -1,1 +1,139 @@
+//! Native tests: every harness case file as its own test (the same scripted exchanges the
+//! host's `swapbot plugin test` replays against the wasm build), plus unit tests.
 
+use super::*;
+use swapbot_plugin_common::testing::*;
+
+fn chat_fn(fx: &mut ScriptedEffects, turn: Turn) -> Result<Answer, ChatError> {
+    chat(fx, &turn)
+}
+
+fn replay_fn(fx: &mut ScriptedEffects, sid: &str, h: Vec<HistoryMessage>, s: &Settings) -> Result<u32, ChatError> {
+    replay(fx, sid, &h, s)
+}
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        mod cases {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    run_case(
+                        include_str!(concat!("../cases/", stringify!($name), ".json")),
+                        chat_fn,
+                        replay_fn,
+                    );
+                }
+            )*
+        }
+        const LISTED: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+cases!(
+    new_thread_run_poll,
+    existing_thread_reused,
+    gone_thread_replaced,
+    run_failed,
+    run_expired_new_thread,
+    run_timeout_cancels,
+    api_gone,
+    api_gone_with_stored_thread,
+    rate_limited,
+    server_error,
+    active_run_busy,
+    active_run_busy_on_run,
+    missing_assistant_id,
+    replay_messages,
+);
+
+/// Every case file in `cases/` is listed above (and so runs as its own test).
+#[test]
+fn every_case_file_is_listed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cases");
+    let n = run_case_dir(&dir, chat_fn, replay_fn);
+    assert_eq!(n, LISTED.len(), "case files vs listed tests");
+}
+
+fn exchange(v: serde_json::Value) -> Exchange {
+    parse_exchange(&v)
+}
+
+fn turn(session: Option<&str>) -> Turn {
+    Turn {
+        user_id: 5_000_000_001,
+        session_id: session.map(Into::into),
+        text: "hi".into(),
+        context: vec![],
+        settings: Settings { assistant_id: Some("asst_1".into()), ..Settings::default() },
+    }
+}
+
+#[test]
+fn describe_names_the_backend() {
+    let d = describe();
+    assert_eq!(d.name, "assistants");
+    assert_eq!(d.contract, "0.1.0");
+    assert_eq!(d.id_map, "user_threads.json");
+}
+
+#[test]
+fn every_request_carries_the_beta_header() {
+    let mut fx = ScriptedEffects::new(
+        vec![
+            exchange(json!({"request": {"method": "POST", "path": "/threads/t/messages"}, "response": {"status": 200, "body": {"id": "m"}}})),
+            exchange(json!({"request": {"method": "POST", "path": "/threads/t/runs"}, "response": {"status": 200, "body": {"id": "r", "status": "completed"}}})),
+            exchange(json!({"request": {"method": "GET", "path": "/threads/t/messages?order=desc&limit=20&run_id=r"}, "response": {"status": 200, "body": {"data": [
+                {"role": "assistant", "content": [{"type": "image_file", "image_file": {}}, {"type": "text", "text": {"value": "ok"}}]},
+                {"role": "user", "content": [{"type": "text", "text": {"value": "hi"}}]}]}}})),
+        ],
+        vec![],
+    );
+    let a = chat(&mut fx, &turn(Some("t"))).unwrap();
+    assert_eq!(a.text, "ok");
+    assert_eq!(a.usage, None);
+    for r in &fx.requests {
+        assert!(r.headers.iter().any(|(n, v)| n == "OpenAI-Beta" && v == "assistants=v2"), "{}", r.path);
+        assert!(r.headers.iter().any(|(n, v)| n == "Content-Type" && v == "application/json"), "{}", r.path);
+        if let Some(b) = &r.body {
+            assert!(!b.contains("null"), "{b}");
+        }
+    }
+}
+
+#[test]
+fn api_gone_message_names_the_date_and_the_flag() {
+    let mut fx = ScriptedEffects::new(
+        vec![exchange(json!({"request": {"method": "POST", "path": "/threads"}, "response": {"status": 410, "body": {"raw": "Gone"}}}))],
+        vec![],
+    );
+    let e = chat(&mut fx, &turn(None)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ApiGone);
+    assert!(e.message.contains("2026-08-26"));
+    assert!(e.message.contains("USE_OPENAI_RESPONSES=true"));
+}
+
+#[test]
+fn requires_action_is_cancelled() {
+    let mut fx = ScriptedEffects::new(
+        vec![
+            exchange(json!({"request": {"method": "POST", "path": "/threads/t/messages"}, "response": {"status": 200, "body": {"id": "m"}}})),
+            exchange(json!({"request": {"method": "POST", "path": "/threads/t/runs"}, "response": {"status": 200, "body": {"id": "r", "status": "requires_action"}}})),
+            exchange(json!({"request": {"method": "POST", "path": "/threads/t/runs/r/cancel"}, "response": {"status": 200, "body": {"id": "r"}}})),
+        ],
+        vec![],
+    );
+    let e = chat(&mut fx, &turn(Some("t"))).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ModelFailed);
+    assert_eq!(e.turn_id.as_deref(), Some("r"));
+}
+
+#[test]
+fn run_text_keeps_creation_order() {
+    let list = json!({"data": [
+        {"role": "assistant", "content": [{"type": "text", "text": {"value": "second"}}]},
+        {"role": "assistant", "content": [{"type": "text", "text": {"value": "first"}}]},
+    ]});
+    assert_eq!(run_text(&list), "first\n\nsecond");
+}

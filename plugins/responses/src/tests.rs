@@ -1,1 +1,201 @@
+//! Native tests: every harness case file as its own test (the same scripted exchanges the
+//! host's `swapbot plugin test` replays against the wasm build), plus unit tests.
 
+use super::*;
+use swapbot_plugin_common::testing::*;
+
+fn chat_fn(fx: &mut ScriptedEffects, turn: Turn) -> Result<Answer, ChatError> {
+    chat(fx, &turn)
+}
+
+fn replay_fn(fx: &mut ScriptedEffects, sid: &str, h: Vec<HistoryMessage>, s: &Settings) -> Result<u32, ChatError> {
+    replay(fx, sid, &h, s)
+}
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        mod cases {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    run_case(
+                        include_str!(concat!("../cases/", stringify!($name), ".json")),
+                        chat_fn,
+                        replay_fn,
+                    );
+                }
+            )*
+        }
+        const LISTED: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+cases!(
+    creates_conversation_when_none,
+    creates_conversation_without_history,
+    reuses_live_conversation,
+    replaces_gone_conversation,
+    stream_pushes_deltas,
+    stream_done_marker,
+    non_stream_plain,
+    background_poll,
+    background_timeout_cancels,
+    server_error_5xx,
+    rate_limited_retry_after,
+    quota_exhausted,
+    malformed_json,
+    cut_stream,
+    stream_eof_before_text,
+    conversation_locked,
+    response_failed,
+    response_incomplete,
+    error_event_nested,
+    error_event_flat,
+    transport_timeout,
+    replay_batches,
+);
+
+/// Every case file in `cases/` is listed above (and so runs as its own test).
+#[test]
+fn every_case_file_is_listed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cases");
+    let n = run_case_dir(&dir, chat_fn, replay_fn);
+    assert_eq!(n, LISTED.len(), "case files vs listed tests");
+}
+
+fn settings() -> Settings {
+    Settings { model: "gpt-4.1-mini".into(), instructions: "Be brief.".into(), ..Settings::default() }
+}
+
+fn turn(session: Option<&str>) -> Turn {
+    Turn { user_id: 5_000_000_001, session_id: session.map(Into::into), text: "hi".into(), context: vec![], settings: settings() }
+}
+
+fn exchange(v: serde_json::Value) -> Exchange {
+    parse_exchange(&v)
+}
+
+#[test]
+fn describe_names_the_backend() {
+    let d = describe();
+    assert_eq!(d.name, "responses");
+    assert_eq!(d.contract, "0.1.0");
+    assert_eq!(d.id_map, "user_conversations.json");
+    assert_eq!(d.version, env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn deltas_are_pushed_before_the_stream_ends() {
+    // The stream is cut after the deltas: they were already pushed one by one.
+    let mut fx = ScriptedEffects::new(
+        vec![
+            exchange(json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}})),
+            exchange(json!({"request": {"method": "POST", "path": "/responses"}, "sse": [
+                {"data": {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}},
+                {"data": {"type": "response.output_text.delta", "delta": "a"}},
+                {"data": {"type": "response.output_text.delta", "delta": "b"}},
+            ], "cut": true})),
+        ],
+        vec![],
+    );
+    let e = chat(&mut fx, &turn(Some("conv_1"))).unwrap_err();
+    assert_eq!(fx.pushes, 2);
+    assert_eq!(fx.pushed, "ab");
+    assert_eq!(e.kind, ErrorKind::StreamCut);
+    assert!(!e.retryable);
+    assert_eq!(e.turn_id.as_deref(), Some("resp_1"));
+    assert_eq!(e.session_id, None);
+}
+
+#[test]
+fn request_body_omits_optional_fields() {
+    let mut t = turn(Some("conv_1"));
+    t.settings.instructions = String::new();
+    let b = response_body(&t, "conv_1");
+    let o = b.as_object().unwrap();
+    let mut keys: Vec<_> = o.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["conversation", "input", "model"]);
+    assert!(!b.to_string().contains("null"));
+}
+
+#[test]
+fn missing_model_is_a_config_error() {
+    let mut t = turn(None);
+    t.settings.model = " ".into();
+    let mut fx = ScriptedEffects::new(vec![], vec![]);
+    let e = chat(&mut fx, &t).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Config);
+    assert!(fx.requests.is_empty());
+}
+
+#[test]
+fn live_conversation_does_not_read_history() {
+    let mut fx = ScriptedEffects::new(
+        vec![exchange(json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}))],
+        vec![HistoryMessage::user("x")],
+    );
+    let s = get_or_create_conversation(&mut fx, Some("conv_1")).unwrap();
+    assert_eq!(s, Session { id: "conv_1".into(), new: false, replayed: 0 });
+    assert_eq!(fx.history_calls, 0);
+}
+
+#[test]
+fn failure_while_appending_keeps_the_new_conversation() {
+    let h: Vec<HistoryMessage> = (0..21).map(|i| HistoryMessage::user(format!("m{i}"))).collect();
+    let mut fx = ScriptedEffects::new(
+        vec![
+            exchange(json!({"request": {"method": "POST", "path": "/conversations"}, "response": {"status": 200, "body": {"id": "conv_9"}}})),
+            exchange(json!({"request": {"method": "POST", "path": "/conversations/conv_9/items"}, "response": {"status": 503, "body": {}}})),
+        ],
+        h,
+    );
+    let e = chat(&mut fx, &turn(None)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Server);
+    assert_eq!(e.session_id.as_deref(), Some("conv_9"));
+}
+
+#[test]
+fn empty_history_texts_are_not_replayed() {
+    let h = vec![HistoryMessage::user("a"), HistoryMessage::assistant("  "), HistoryMessage::assistant("b")];
+    let mut fx = ScriptedEffects::new(
+        vec![exchange(json!({"request": {"method": "POST", "path": "/conversations", "body": {"items": [
+            {"type": "message", "role": "user", "content": "a"},
+            {"type": "message", "role": "assistant", "content": "b"}]}},
+            "response": {"status": 200, "body": {"id": "conv_1"}}}))],
+        vec![],
+    );
+    let s = create_conversation(&mut fx, &h).unwrap();
+    assert_eq!(s.replayed, 2);
+}
+
+#[test]
+fn output_text_joins_every_message_part_in_order() {
+    let r = json!({"output": [
+        {"type": "message", "content": [{"type": "output_text", "text": "A"}, {"type": "refusal", "refusal": "no"}]},
+        {"type": "function_call"},
+        {"type": "message", "content": [{"type": "output_text", "text": "B"}]},
+    ]});
+    assert_eq!(output_text(&r), "AB");
+}
+
+#[test]
+fn background_poll_tolerates_a_transient_poll_failure() {
+    let mut t = turn(Some("conv_1"));
+    t.settings.stream = false;
+    t.settings.background = true;
+    let done = json!({"id": "resp_1", "status": "completed", "output": [{"type": "message", "content": [{"type": "output_text", "text": "ok"}]}]});
+    let mut fx = ScriptedEffects::new(
+        vec![
+            exchange(json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}})),
+            exchange(json!({"request": {"method": "POST", "path": "/responses", "body": {"background": true}}, "response": {"status": 200, "body": {"id": "resp_1", "status": "queued"}}})),
+            exchange(json!({"request": {"method": "GET", "path": "/responses/resp_1"}, "transport_error": "connection"})),
+            exchange(json!({"request": {"method": "GET", "path": "/responses/resp_1"}, "response": {"status": 200, "body": done}})),
+        ],
+        vec![],
+    );
+    let a = chat(&mut fx, &t).unwrap();
+    assert_eq!(a.text, "ok");
+    assert_eq!(fx.slept, 2 * u64::from(t.settings.poll_interval_ms));
+}
