@@ -438,3 +438,82 @@ where
     assert!(failures.is_empty(), "failing cases: {failures:?}");
     paths.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CASE: &str = r#"{
+      "name": "t", "call": "chat", "turn": {"session_id": "s1", "text": "hi", "settings": {"model": "m"}},
+      "exchanges": [{"request": {"method": "POST", "path": "/x", "headers": {"content-type": "application/json"},
+                                 "body": {"a": [1, {"b": 2}]}, "absent": ["c"]},
+                     "response": {"status": 200, "body": {"id": "r1"}}}],
+      "expect": {"ok": {"text": "hi", "turn_id": "r1"}}
+    }"#;
+
+    fn echo(fx: &mut ScriptedEffects, t: Turn, body: Value) -> Result<Answer, ChatError> {
+        let v = call_json(fx, HttpRequest::post("/x").json(&body), |_| None)?;
+        Ok(Answer {
+            text: t.text,
+            session_id: t.session_id.unwrap_or_default(),
+            turn_id: v["id"].as_str().unwrap().into(),
+            new_session: false,
+            replayed: 0,
+            usage: None,
+        })
+    }
+
+    fn no_replay(_: &mut ScriptedEffects, _: &str, _: Vec<HistoryMessage>, _: &Settings) -> Result<u32, ChatError> {
+        unreachable!()
+    }
+
+    #[test]
+    fn matching_case_passes() {
+        run_case(CASE, |fx, t| echo(fx, t, json!({"a": [1, {"b": 2, "extra": true}], "d": 1})), no_replay);
+    }
+
+    #[test]
+    #[should_panic(expected = "must be absent")]
+    fn absent_key_is_enforced() {
+        run_case(CASE, |fx, t| echo(fx, t, json!({"a": [1, {"b": 2}], "c": null})), no_replay);
+    }
+
+    #[test]
+    #[should_panic(expected = "elements")]
+    fn array_lengths_must_match() {
+        run_case(CASE, |fx, t| echo(fx, t, json!({"a": [1, {"b": 2}, 3]})), no_replay);
+    }
+
+    #[test]
+    #[should_panic(expected = "expect.ok.text")]
+    fn wrong_answer_fails() {
+        run_case(CASE, |fx, mut t| {
+            t.text = "other".into();
+            echo(fx, t, json!({"a": [1, {"b": 2}]}))
+        }, no_replay);
+    }
+
+    #[test]
+    #[should_panic(expected = "never requested")]
+    fn unused_exchanges_fail() {
+        let case = CASE.replace(r#"{"ok": {"text": "hi", "turn_id": "r1"}}"#, r#"{"error": {"kind": "config"}}"#);
+        run_case(&case, |_, _| Err(ChatError::config("x")), no_replay);
+    }
+
+    #[test]
+    #[should_panic(expected = "unexpected request")]
+    fn extra_requests_fail() {
+        run_case(CASE, |fx, t| {
+            let _ = echo(fx, t.clone(), json!({"a": [1, {"b": 2}]}));
+            echo(fx, t, json!({"a": [1, {"b": 2}]}))
+        }, no_replay);
+    }
+
+    #[test]
+    fn sse_text_parses() {
+        let evs = parse_sse_text("event: a\ndata: {\"x\":1}\n\ndata: one\ndata: two\n\n");
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].event.as_deref(), Some("a"));
+        assert_eq!(evs[1].data, "one\ntwo");
+    }
+}
