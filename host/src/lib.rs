@@ -1,3 +1,13 @@
 //! swapbot: a Telegram assistant bot whose OpenAI backend is a hot-swappable WebAssembly plugin.
 
+pub mod app;
+pub mod config;
+pub mod harness;
 pub mod plugin;
+pub mod plugins;
+pub mod router;
+pub mod service;
+pub mod storage;
+pub mod telemetry;
+pub mod terminal;
+pub mod turnlog;

@@ -1,1 +1,147 @@
-fn main() {}
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use swapbot::config::Config;
+use swapbot::router::Backend;
+
+#[derive(Parser)]
+#[command(name = "swapbot", version, about = "A Telegram assistant bot whose OpenAI backend is a hot-swappable WebAssembly plugin")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the bot: Telegram when TELOXIDE_TOKEN is set, else a terminal chat.
+    Run {
+        /// The user id of the terminal chat.
+        #[arg(long, default_value_t = 1, env = "CHAT_USER_ID")]
+        user: i64,
+    },
+    /// Run one turn from the command line, printing the answer as it streams.
+    Ask {
+        #[arg(long, value_parser = ["responses", "assistants"])]
+        backend: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        user: i64,
+        text: String,
+    },
+    /// Plugin tools for plugin authors.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run harness cases (files or directories of .json) against one plugin.
+    Test { plugin: PathBuf, cases: Vec<PathBuf> },
+    /// Validate a plugin and print its description.
+    Info { plugin: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("swapbot: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("swapbot: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Plugin { command: PluginCommand::Test { plugin, cases } } => {
+            init_logs(None, vec![]);
+            let ok = swapbot::harness::run_files(&plugin, &cases).await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Plugin { command: PluginCommand::Info { plugin } } => {
+            init_logs(None, vec![]);
+            let runtime = swapbot::plugin::PluginRuntime::new(Default::default())?;
+            let bytes = std::fs::read(&plugin).map_err(|e| anyhow::anyhow!("{}: {e}", plugin.display()))?;
+            let loaded = runtime.load(&bytes, None).await.map_err(|e| anyhow::anyhow!("{} refused: {e}", plugin.display()))?;
+            let d = &loaded.description;
+            println!(
+                "name={} version={} contract={} id_map={} size={} sha256={} compile_ms={}",
+                d.name,
+                d.version,
+                d.contract,
+                d.id_map,
+                loaded.size,
+                loaded.sha256,
+                loaded.compile_time.as_millis()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ask { backend, user, text } => {
+            let config = Config::from_env()?;
+            init_logs(None, config.secrets());
+            let app = swapbot::app::build(config, None).await?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let printer = tokio::spawn(async move {
+                let mut streamed = false;
+                while let Some(delta) = rx.recv().await {
+                    streamed = true;
+                    print!("{delta}");
+                    let _ = std::io::stdout().flush();
+                }
+                streamed
+            });
+            let outcome = match backend.as_deref().and_then(Backend::parse) {
+                Some(backend) => app.service.turn_on(backend, "cli", user, &text, Some(tx)).await,
+                None => app.service.turn(user, &text, Some(tx)).await,
+            };
+            let streamed = printer.await.unwrap_or(false);
+            match outcome.reply {
+                Ok(answer) => {
+                    if streamed {
+                        println!();
+                    } else {
+                        println!("{answer}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(human) => {
+                    if streamed {
+                        println!();
+                    }
+                    eprintln!("{human} ({})", outcome.record.error_kind.as_deref().unwrap_or("error"));
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Run { user } => {
+            let config = Config::from_env()?;
+            let _guard = init_logs(Some(&config.log_dir), config.secrets());
+            let telegram = config.telegram_token.is_some();
+            let app = swapbot::app::build(config, None).await?;
+            if telegram {
+                anyhow::bail!("Telegram serving is not wired yet");
+            }
+            tracing::info!("no TELOXIDE_TOKEN: serving a terminal chat through the same pipeline");
+            swapbot::terminal::run(app.service.clone(), user).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logs(
+    dir: Option<&std::path::Path>,
+    secrets: Vec<String>,
+) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    swapbot::telemetry::init(dir, secrets)
+}

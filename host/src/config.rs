@@ -1,0 +1,209 @@
+//! Settings from the environment (a `.env` file fills only what the environment leaves unset).
+//! A missing or invalid setting is one clear error naming it.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::router::Routing;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid setting {name}: {message}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { name, message: message.into() }
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub openai_api_key: Option<String>,
+    pub openai_base_url: String,
+    pub model: String,
+    pub instructions: String,
+    pub assistant_id: Option<String>,
+    pub responses_stream: bool,
+    pub responses_background: bool,
+    pub poll_interval: Duration,
+    pub run_deadline: Duration,
+    pub openai_timeout: Duration,
+    pub turn_timeout: Duration,
+    pub routing: Routing,
+    pub data_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub plugin_dir: PathBuf,
+    pub telegram_token: Option<String>,
+    pub allowed_user_ids: Option<BTreeSet<i64>>,
+    pub admin_user_ids: BTreeSet<i64>,
+    pub plugin_memory_mb: usize,
+}
+
+impl std::fmt::Debug for Config {
+    // Secrets are never printed, not even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<set>"))
+            .field("openai_base_url", &self.openai_base_url)
+            .field("model", &self.model)
+            .field("routing", &self.routing)
+            .field("data_dir", &self.data_dir)
+            .field("plugin_dir", &self.plugin_dir)
+            .field("telegram_token", &self.telegram_token.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
+}
+
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
+pub const DEFAULT_INSTRUCTIONS: &str =
+    "You are a helpful assistant in a Telegram chat. Answer concisely. Use the knowledge base context when it is relevant.";
+
+impl Config {
+    /// Reads `.env` (if present) without overriding the environment, then the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let text = |name: &'static str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let flag = |name: &'static str, default: bool| -> Result<bool, ConfigError> {
+            match text(name) {
+                None => Ok(default),
+                Some(v) => match v.to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => Ok(true),
+                    "0" | "false" | "no" | "off" => Ok(false),
+                    _ => Err(invalid(name, format!("expected true or false, got {v:?}"))),
+                },
+            }
+        };
+        let number = |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+            match text(name) {
+                None => Ok(default),
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if (min..=max).contains(&n) => Ok(n),
+                    _ => Err(invalid(name, format!("expected an integer from {min} to {max}, got {v:?}"))),
+                },
+            }
+        };
+        let ids = |name: &'static str| -> Result<Option<BTreeSet<i64>>, ConfigError> {
+            let Some(v) = text(name) else { return Ok(None) };
+            v.split([',', ' ', ';'])
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<i64>().map_err(|_| invalid(name, format!("{s:?} is not a Telegram user id"))))
+                .collect::<Result<BTreeSet<_>, _>>()
+                .map(Some)
+        };
+
+        let openai_base_url = text("OPENAI_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.into());
+        if !(openai_base_url.starts_with("http://") || openai_base_url.starts_with("https://")) {
+            return Err(invalid("OPENAI_BASE_URL", "must start with http:// or https://"));
+        }
+        let instructions = match (text("OPENAI_INSTRUCTIONS"), text("OPENAI_INSTRUCTIONS_FILE")) {
+            (Some(inline), _) => inline,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map_err(|e| invalid("OPENAI_INSTRUCTIONS_FILE", format!("cannot read {path}: {e}")))?
+                .trim()
+                .to_owned(),
+            (None, None) => DEFAULT_INSTRUCTIONS.into(),
+        };
+        let routing = Routing {
+            use_responses: flag("USE_OPENAI_RESPONSES", false)?,
+            rollout_percent: number("RESPONSES_ROLLOUT_PERCENT", 100, 0, 100)? as u8,
+            test_users: ids("RESPONSES_TEST_USERS")?.unwrap_or_default(),
+        };
+        let assistant_id = text("ASSISTANT_ID");
+        if let Some(id) = &assistant_id {
+            if !id.starts_with("asst_") {
+                return Err(invalid("ASSISTANT_ID", format!("expected an id like asst_…, got {id:?}")));
+            }
+        }
+        Ok(Config {
+            openai_api_key: text("OPENAI_API_KEY"),
+            openai_base_url,
+            model: text("OPENAI_MODEL").unwrap_or_else(|| DEFAULT_MODEL.into()),
+            instructions,
+            assistant_id,
+            responses_stream: flag("RESPONSES_STREAM", true)?,
+            responses_background: flag("RESPONSES_BACKGROUND", false)?,
+            poll_interval: Duration::from_millis(number("POLL_INTERVAL_MS", 500, 50, 60_000)?),
+            run_deadline: Duration::from_secs(number("RUN_DEADLINE_SECS", 90, 1, 3600)?),
+            openai_timeout: Duration::from_secs(number("OPENAI_TIMEOUT_SECS", 60, 1, 3600)?),
+            turn_timeout: Duration::from_secs(number("TURN_TIMEOUT_SECS", 150, 1, 3600)?),
+            routing,
+            data_dir: text("DATA_DIR").unwrap_or_else(|| "data".into()).into(),
+            log_dir: text("LOG_DIR").unwrap_or_else(|| "logs".into()).into(),
+            plugin_dir: text("PLUGIN_DIR").unwrap_or_else(|| "target/plugins".into()).into(),
+            telegram_token: text("TELOXIDE_TOKEN"),
+            allowed_user_ids: ids("ALLOWED_USER_IDS")?,
+            admin_user_ids: ids("ADMIN_USER_IDS")?.unwrap_or_default(),
+            plugin_memory_mb: number("PLUGIN_MEMORY_MB", 64, 8, 4096)? as usize,
+        })
+    }
+
+    /// The API key, or the clear start-up error naming it.
+    pub fn require_api_key(&self) -> Result<&str, ConfigError> {
+        self.openai_api_key
+            .as_deref()
+            .ok_or_else(|| invalid("OPENAI_API_KEY", "not set (make sandbox prints a local one)"))
+    }
+
+    /// The secrets a log line must never contain.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = vec![];
+        if let Some(key) = &self.openai_api_key {
+            secrets.push(key.clone());
+        }
+        if let Some(token) = &self.telegram_token {
+            secrets.push(token.clone());
+            if let Some((_, secret)) = token.split_once(':') {
+                secrets.push(secret.to_owned());
+            }
+        }
+        secrets.retain(|s| s.len() >= 6);
+        secrets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_run_contract() {
+        let c = config(&[]).unwrap();
+        assert!(!c.routing.use_responses);
+        assert_eq!(c.routing.rollout_percent, 100);
+        assert!(c.responses_stream);
+        assert_eq!(c.openai_base_url, DEFAULT_BASE_URL);
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(c.plugin_dir, PathBuf::from("target/plugins"));
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        assert_eq!(config(&[("RESPONSES_ROLLOUT_PERCENT", "150")]).unwrap_err().name, "RESPONSES_ROLLOUT_PERCENT");
+        assert_eq!(config(&[("USE_OPENAI_RESPONSES", "maybe")]).unwrap_err().name, "USE_OPENAI_RESPONSES");
+        assert_eq!(config(&[("RESPONSES_TEST_USERS", "1,x")]).unwrap_err().name, "RESPONSES_TEST_USERS");
+        assert_eq!(config(&[("ASSISTANT_ID", "gpt")]).unwrap_err().name, "ASSISTANT_ID");
+        let c = config(&[("RESPONSES_TEST_USERS", "1, 5000000000"), ("USE_OPENAI_RESPONSES", "true")]).unwrap();
+        assert_eq!(c.routing.test_users, [1, 5_000_000_000].into());
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let c = config(&[("OPENAI_API_KEY", "sk-live-123456"), ("TELOXIDE_TOKEN", "123:ABCDEFsecret")]).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("sk-live-123456") && !shown.contains("ABCDEFsecret"));
+        assert!(c.secrets().contains(&"ABCDEFsecret".to_string()));
+    }
+}

@@ -1,0 +1,401 @@
+//! The turn pipeline every front end uses (Telegram, the terminal chat, `swapbot ask`):
+//! route → one turn per user at a time → session id → knowledge base → plugin (with one safe
+//! retry) → ids and history made durable → one log line.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use swapbot_openai::OpenAi;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::plugin::effects::{LiveEffects, TurnObservations};
+use crate::plugin::{ChatError, ContextChunk, ErrorKind, PluginError, Settings, Turn};
+use crate::plugins::PluginSet;
+use crate::router::{Backend, Routing};
+use crate::storage::{HistoryStore, IdMap};
+use crate::turnlog::{TurnLog, TurnRecord};
+
+/// Knowledge-base context for a turn. A source that fails returns no chunks and a note.
+#[async_trait::async_trait]
+pub trait ContextSource: Send + Sync {
+    async fn context(&self, question: &str) -> (Vec<ContextChunk>, Option<String>);
+}
+
+/// The settings a turn hands to plugins, from the operator's configuration.
+#[derive(Clone, Debug)]
+pub struct TurnSettings {
+    pub model: String,
+    pub instructions: String,
+    pub assistant_id: Option<String>,
+    pub stream: bool,
+    pub background: bool,
+    pub poll_interval: Duration,
+    pub deadline: Duration,
+}
+
+impl TurnSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            model: config.model.clone(),
+            instructions: config.instructions.clone(),
+            assistant_id: config.assistant_id.clone(),
+            stream: config.responses_stream,
+            background: config.responses_background,
+            poll_interval: config.poll_interval,
+            deadline: config.run_deadline,
+        }
+    }
+
+    fn to_wit(&self) -> Settings {
+        Settings {
+            model: self.model.clone(),
+            instructions: self.instructions.clone(),
+            assistant_id: self.assistant_id.clone(),
+            stream: self.stream,
+            background: self.background,
+            poll_interval_ms: self.poll_interval.as_millis().min(u32::MAX as u128) as u32,
+            deadline_ms: self.deadline.as_millis().min(u32::MAX as u128) as u32,
+        }
+    }
+}
+
+/// How a turn ended, for the front end.
+#[derive(Debug, Clone)]
+pub struct TurnOutcome {
+    pub backend: Backend,
+    /// The answer, or one short human sentence for the user.
+    pub reply: Result<String, String>,
+    pub record: TurnRecord,
+}
+
+#[derive(Default, Clone, Copy, Debug)]
+pub struct BackendStats {
+    pub turns: u64,
+    pub errors: u64,
+}
+
+pub struct TurnService {
+    plugins: Arc<PluginSet>,
+    openai: OpenAi,
+    settings: TurnSettings,
+    routing: ArcSwap<Routing>,
+    id_maps: HashMap<String, Arc<IdMap>>,
+    history: HistoryStore,
+    user_locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    turn_log: TurnLog,
+    context: Option<Arc<dyn ContextSource>>,
+    stats: Mutex<HashMap<Backend, BackendStats>>,
+}
+
+/// The id map files the host keeps, named by the plugins' descriptions.
+const ID_MAP_FILES: [&str; 2] = ["user_threads.json", "user_conversations.json"];
+
+impl TurnService {
+    pub fn new(
+        plugins: Arc<PluginSet>,
+        openai: OpenAi,
+        settings: TurnSettings,
+        routing: Routing,
+        data_dir: &std::path::Path,
+        turn_log: TurnLog,
+        context: Option<Arc<dyn ContextSource>>,
+    ) -> Self {
+        let id_maps = ID_MAP_FILES
+            .iter()
+            .map(|name| (name.to_string(), Arc::new(IdMap::open(data_dir.join(name)))))
+            .collect();
+        Self {
+            plugins,
+            openai,
+            settings,
+            routing: ArcSwap::from_pointee(routing),
+            id_maps,
+            history: HistoryStore::open(data_dir.join("history")),
+            user_locks: Mutex::new(HashMap::new()),
+            turn_log,
+            context,
+            stats: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn plugins(&self) -> &Arc<PluginSet> {
+        &self.plugins
+    }
+
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing.load_full()
+    }
+
+    pub fn set_routing(&self, routing: Routing) {
+        self.routing.store(Arc::new(routing));
+    }
+
+    pub fn stats(&self) -> HashMap<Backend, BackendStats> {
+        self.stats.lock().unwrap().clone()
+    }
+
+    pub fn id_map(&self, file: &str) -> Option<&Arc<IdMap>> {
+        self.id_maps.get(file)
+    }
+
+    pub fn history(&self) -> &HistoryStore {
+        &self.history
+    }
+
+    fn user_lock(&self, user_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        self.user_locks.lock().unwrap().entry(user_id).or_default().clone()
+    }
+
+    /// /new: forget the user's sessions on every backend and the history that would be replayed.
+    pub async fn reset(&self, user_id: i64) -> anyhow::Result<()> {
+        let lock = self.user_lock(user_id);
+        let _turn = lock.lock().await;
+        for map in self.id_maps.values() {
+            map.remove(user_id)?;
+        }
+        self.history.clear(user_id)?;
+        tracing::info!(user_id, "user started a new conversation");
+        Ok(())
+    }
+
+    /// Runs one turn on the backend the routing picks for this user.
+    pub async fn turn(&self, user_id: i64, text: &str, deltas: Option<UnboundedSender<String>>) -> TurnOutcome {
+        let (backend, reason) = self.routing.load().route(user_id);
+        let span = tracing::info_span!(
+            "turn",
+            user_id,
+            backend = backend.name(),
+            route = reason.as_str(),
+            session_id = tracing::field::Empty,
+            turn_id = tracing::field::Empty,
+        );
+        self.turn_on(backend, reason.as_str(), user_id, text, deltas).instrument(span).await
+    }
+
+    /// Runs one turn on a given backend (`swapbot ask --backend`).
+    pub async fn turn_on(
+        &self,
+        backend: Backend,
+        route: &str,
+        user_id: i64,
+        text: &str,
+        deltas: Option<UnboundedSender<String>>,
+    ) -> TurnOutcome {
+        let lock = self.user_lock(user_id);
+        let _one_turn_per_user = lock.lock().await;
+        let started = Instant::now();
+        let t0_unix_ms = unix_ms();
+        let mut record = TurnRecord {
+            t0_unix_ms,
+            user_id,
+            backend: backend.name().into(),
+            route: route.into(),
+            ..Default::default()
+        };
+
+        let reply = self.run_turn(backend, user_id, text, deltas, started, &mut record).await;
+
+        record.tn_unix_ms = unix_ms();
+        record.latency_ms = started.elapsed().as_millis() as u64;
+        if record.ttft_ms.is_none() && reply.is_ok() {
+            record.ttft_ms = Some(record.latency_ms);
+        }
+        record.outcome = if reply.is_ok() { "ok".into() } else { "error".into() };
+        {
+            let mut stats = self.stats.lock().unwrap();
+            let entry = stats.entry(backend).or_default();
+            entry.turns += 1;
+            entry.errors += reply.is_err() as u64;
+        }
+        self.turn_log.write(&record);
+        TurnOutcome { backend, reply, record }
+    }
+
+    async fn run_turn(
+        &self,
+        backend: Backend,
+        user_id: i64,
+        text: &str,
+        deltas: Option<UnboundedSender<String>>,
+        started: Instant,
+        record: &mut TurnRecord,
+    ) -> Result<String, String> {
+        let Some(plugin) = self.plugins.get(backend) else {
+            tracing::error!(backend = backend.name(), dir = %self.plugins.dir().display(), "no plugin loaded for this backend");
+            record.error_kind = Some("plugin-missing".into());
+            return Err(UNAVAILABLE.into());
+        };
+        record.plugin_version = plugin.description.version.clone();
+        record.session_label = plugin.description.session_label.clone();
+        record.turn_label = plugin.description.turn_label.clone();
+        let Some(id_map) = self.id_maps.get(&plugin.description.id_map).cloned() else {
+            tracing::error!(id_map = %plugin.description.id_map, "plugin asks for an id map the host does not keep");
+            record.error_kind = Some("plugin-invalid".into());
+            return Err(UNAVAILABLE.into());
+        };
+        let mut session_id = id_map.get(user_id);
+        record.session_id = session_id.clone();
+
+        let context = match &self.context {
+            Some(source) => {
+                let kb_started = Instant::now();
+                let (chunks, note) = source.context(text).await;
+                record.kb_ms = kb_started.elapsed().as_millis() as u64;
+                record.kb_chunks = chunks.len() as u32;
+                if let Some(note) = note {
+                    tracing::warn!(note = %note, "answering without knowledge-base context");
+                }
+                chunks
+            }
+            None => vec![],
+        };
+
+        let observations = Arc::new(Mutex::new(TurnObservations::default()));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let turn = Turn {
+                user_id,
+                session_id: session_id.clone(),
+                text: text.to_owned(),
+                context: context.clone(),
+                settings: self.settings.to_wit(),
+            };
+            let effects = LiveEffects {
+                openai: self.openai.clone(),
+                deltas: deltas.clone(),
+                history: self.history.recent(user_id),
+                observations: observations.clone(),
+                plugin: plugin.description.name.clone(),
+                started: Instant::now(),
+            };
+            let result = self.plugins.runtime().chat(&plugin, turn, Box::new(effects)).await;
+            let obs = observations.lock().unwrap().clone();
+            if let Some(first) = obs.first_text_at {
+                record.ttft_ms = Some(first.duration_since(started).as_millis() as u64);
+            }
+            match result {
+                Ok(Ok(answer)) => {
+                    let current = tracing::Span::current();
+                    current.record("session_id", answer.session_id.as_str());
+                    current.record("turn_id", answer.turn_id.as_str());
+                    record.session_id = Some(answer.session_id.clone());
+                    record.turn_id = Some(answer.turn_id.clone());
+                    record.new_session = answer.new_session;
+                    record.replayed = answer.replayed;
+                    record.input_tokens = answer.usage.map(|u| u.input_tokens);
+                    record.output_tokens = answer.usage.map(|u| u.output_tokens);
+                    // The id is durable before the user sees the answer.
+                    if let Err(err) = id_map.set(user_id, &answer.session_id) {
+                        tracing::error!(%err, "could not store the session id");
+                    }
+                    let answer_text = answer.text.trim().to_owned();
+                    if answer_text.is_empty() {
+                        record.error_kind = Some("empty-answer".into());
+                        return Err(EMPTY.into());
+                    }
+                    if let Err(err) = self.history.append_turn(user_id, text, &answer_text) {
+                        tracing::error!(%err, "could not store the history");
+                    }
+                    return Ok(answer_text);
+                }
+                Ok(Err(error)) => {
+                    record.error_kind = Some(kind_name(error.kind).into());
+                    record.turn_id = error.turn_id.clone().or(record.turn_id.take());
+                    if let Some(new_session) = &error.session_id {
+                        // A session created before the failure is kept: the retry and the
+                        // next turn use it instead of creating another.
+                        if session_id.as_deref() != Some(new_session) {
+                            if let Err(err) = id_map.set(user_id, new_session) {
+                                tracing::error!(%err, "could not store the session id");
+                            }
+                            session_id = Some(new_session.clone());
+                            record.session_id = session_id.clone();
+                        }
+                    }
+                    if matches!(error.kind, ErrorKind::ApiGone) {
+                        tracing::error!(
+                            backend = backend.name(),
+                            "the backend API no longer exists ({}); switch users to the new path with USE_OPENAI_RESPONSES=true",
+                            error.message
+                        );
+                        return Err(UNAVAILABLE.into());
+                    }
+                    let shown_text = obs.pushed_chars > 0;
+                    if error.retryable && attempt < 2 && !shown_text {
+                        let wait = retry_wait(&error, attempt);
+                        tracing::warn!(kind = kind_name(error.kind), wait_ms = wait.as_millis() as u64, message = %error.message, "retrying the turn once");
+                        record.retries += 1;
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    tracing::warn!(kind = kind_name(error.kind), message = %error.message, retryable = error.retryable, shown_text, "turn failed");
+                    return Err(human_message(&error).into());
+                }
+                Err(plugin_error) => {
+                    record.error_kind = Some(plugin_error_name(&plugin_error).into());
+                    tracing::error!(error = %plugin_error, "plugin failed the turn");
+                    return Err(GENERIC.into());
+                }
+            }
+        }
+    }
+}
+
+const GENERIC: &str = "Sorry, something went wrong while answering. Please try again.";
+const UNAVAILABLE: &str = "Sorry, the assistant is unavailable right now. Please try again later.";
+const EMPTY: &str = "Sorry, I could not come up with an answer. Please rephrase your question.";
+
+fn human_message(error: &ChatError) -> &'static str {
+    match error.kind {
+        ErrorKind::RateLimited | ErrorKind::Quota => "The assistant is busy right now. Please try again in a minute.",
+        ErrorKind::Timeout => "The assistant took too long to answer. Please try again.",
+        ErrorKind::SessionBusy => "I am still working on your previous message. Please wait a moment.",
+        ErrorKind::Auth | ErrorKind::Config | ErrorKind::ApiGone => UNAVAILABLE,
+        _ => GENERIC,
+    }
+}
+
+fn retry_wait(error: &ChatError, attempt: u32) -> Duration {
+    match error.retry_after_ms {
+        Some(ms) => Duration::from_millis(ms as u64),
+        None => swapbot_openai::backoff(attempt),
+    }
+}
+
+pub fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::Connection => "connection",
+        ErrorKind::RateLimited => "rate-limited",
+        ErrorKind::Quota => "quota",
+        ErrorKind::Server => "server",
+        ErrorKind::SessionBusy => "session-busy",
+        ErrorKind::SessionGone => "session-gone",
+        ErrorKind::ApiGone => "api-gone",
+        ErrorKind::Auth => "auth",
+        ErrorKind::BadRequest => "bad-request",
+        ErrorKind::BadResponse => "bad-response",
+        ErrorKind::StreamCut => "stream-cut",
+        ErrorKind::ModelFailed => "model-failed",
+        ErrorKind::Config => "config",
+    }
+}
+
+fn plugin_error_name(err: &PluginError) -> &'static str {
+    match err {
+        PluginError::CpuLimit(_) => "plugin-cpu-limit",
+        PluginError::MemoryLimit(_) => "plugin-memory-limit",
+        PluginError::Timeout(_) => "turn-timeout",
+        PluginError::Trap(_) => "plugin-trap",
+        _ => "plugin-invalid",
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,429 @@
+//! The real teloxide client (`run_polling_until`) against the fake Bot API on 127.0.0.1, with a scripted
+//! TurnHandler. No timing assertions beyond lower bounds the pacer guarantees and generous upper bounds for
+//! "it arrives at all".
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use swapbot_fake_telegram::{FakeFailure, FakeTelegram};
+use swapbot_telegram::{
+    BotOptions, HELP_TEXT, NON_TEXT_TEXT, REFUSAL_TEXT, RESET_DONE_TEXT, Sender, TurnHandler, TurnResult,
+    run_polling_until,
+    text::{TELEGRAM_LIMIT, utf16_len},
+};
+use teloxide::Bot;
+use tokio::sync::{mpsc::UnboundedSender, oneshot};
+
+const TOKEN: &str = "5550001234:AAHfakeTokenSecretPart_abcdefgh";
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+struct Script {
+    deltas: Vec<String>,
+    delta_gap: Duration,
+    before: Duration,
+    result: TurnResult,
+}
+
+fn answer(text: &str) -> Script {
+    Script { deltas: vec![], delta_gap: Duration::ZERO, before: Duration::ZERO, result: TurnResult::Answer(text.into()) }
+}
+
+fn streamed(parts: &[&str], gap_ms: u64) -> Script {
+    Script {
+        deltas: parts.iter().map(|s| s.to_string()).collect(),
+        delta_gap: Duration::from_millis(gap_ms),
+        before: Duration::ZERO,
+        result: TurnResult::Answer(parts.concat()),
+    }
+}
+
+type ScriptFn = dyn Fn(&Sender, &str) -> Script + Send + Sync;
+
+struct Scripted {
+    script: Box<ScriptFn>,
+    turns: Mutex<Vec<(Sender, String)>>,
+    finished: Mutex<Vec<String>>,
+    resets: Mutex<Vec<i64>>,
+}
+
+#[async_trait::async_trait]
+impl TurnHandler for Scripted {
+    async fn turn(&self, who: Sender, text: String, deltas: UnboundedSender<String>) -> TurnResult {
+        self.turns.lock().unwrap().push((who.clone(), text.clone()));
+        let s = (self.script)(&who, &text);
+        tokio::time::sleep(s.before).await;
+        for d in s.deltas {
+            let _ = deltas.send(d);
+            tokio::time::sleep(s.delta_gap).await;
+        }
+        self.finished.lock().unwrap().push(text);
+        s.result
+    }
+    async fn reset(&self, user_id: i64) -> anyhow::Result<()> {
+        self.resets.lock().unwrap().push(user_id);
+        Ok(())
+    }
+    async fn admin(&self, _user_id: i64, command: &str) -> Option<String> {
+        command.starts_with("/rollout").then(|| format!("admin got {command}"))
+    }
+}
+
+struct Harness {
+    fake: FakeTelegram,
+    handler: Arc<Scripted>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Harness {
+    async fn start(options: BotOptions, script: impl Fn(&Sender, &str) -> Script + Send + Sync + 'static) -> Harness {
+        let fake = FakeTelegram::start().await;
+        Self::start_with(fake, options, script)
+    }
+
+    fn start_with(
+        fake: FakeTelegram,
+        options: BotOptions,
+        script: impl Fn(&Sender, &str) -> Script + Send + Sync + 'static,
+    ) -> Harness {
+        let handler = Arc::new(Scripted {
+            script: Box::new(script),
+            turns: Default::default(),
+            finished: Default::default(),
+            resets: Default::default(),
+        });
+        let bot = Bot::new(TOKEN).set_api_url(fake.api_url().parse().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let h: Arc<dyn TurnHandler> = handler.clone();
+        let task = tokio::spawn(run_polling_until(bot, h, options, async move {
+            let _ = stopped.await;
+        }));
+        Harness { fake, handler, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the bot; asserts it returns within 3 s.
+    async fn stop(self) -> FakeTelegram {
+        let Harness { fake, stop, task, .. } = self;
+        let _ = stop.unwrap().send(());
+        let r = tokio::time::timeout(Duration::from_secs(3), task.unwrap()).await;
+        assert!(r.is_ok(), "run_polling did not stop within 3 s");
+        r.unwrap().unwrap().unwrap();
+        // Every request used the configured token.
+        assert_eq!(fake.tokens_seen(), vec![TOKEN.to_string()]);
+        fake
+    }
+
+    fn finished(&self) -> usize {
+        self.handler.finished.lock().unwrap().len()
+    }
+
+    fn texts(&self, chat: i64) -> Vec<String> {
+        self.fake.messages_in(chat).into_iter().map(|m| m.text).collect()
+    }
+}
+
+fn fast() -> BotOptions {
+    BotOptions {
+        allowed_user_ids: None,
+        draft_interval: Duration::from_millis(50),
+        edit_interval: Duration::from_secs(1),
+        typing_interval: Duration::from_secs(4),
+    }
+}
+
+const USER: i64 = 5_000_000_001; // > 2^32, like real Telegram ids
+const GROUP: i64 = -1_001_234_567_890;
+
+/// Lets any stray extra message show up before we count.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(400)).await;
+}
+
+#[tokio::test]
+async fn private_chat_gets_drafts_then_exactly_one_final_message() {
+    let h = Harness::start(fast(), |_, _| streamed(&["Hello", ", world!", " How", " are", " you?"], 150)).await;
+    h.fake.push_text(USER, USER, "hi there", true);
+    let msgs = h.fake.wait_for_messages(USER, 1, WAIT).await;
+    assert_eq!(msgs.len(), 1);
+    settle().await;
+    assert_eq!(h.texts(USER), vec!["Hello, world! How are you?"]);
+
+    let calls = h.fake.calls_in(USER);
+    let drafts: Vec<_> = calls.iter().filter(|c| c.method == "sendMessageDraft").collect();
+    assert!(drafts.len() >= 2, "expected several draft updates, got {}", drafts.len());
+    let ids: HashSet<i64> = drafts.iter().map(|c| c.params["draft_id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "one draft animated in place");
+    assert!(!ids.contains(&0));
+    for d in &drafts {
+        assert!("Hello, world! How are you?".starts_with(d.text().unwrap()), "draft {:?}", d.text());
+    }
+    // Drafts come before the final message, and there is exactly one sendMessage.
+    let first_send = calls.iter().position(|c| c.method == "sendMessage").unwrap();
+    let last_draft = calls.iter().rposition(|c| c.method == "sendMessageDraft").unwrap();
+    assert!(last_draft < first_send);
+    assert_eq!(calls.iter().filter(|c| c.method == "sendMessage").count(), 1);
+    assert!(calls.iter().any(|c| c.method == "sendChatAction" && c.params["action"] == "typing"));
+    assert!(h.fake.drafts_in(USER).is_empty(), "the final message clears the draft");
+    // HTML parse mode on the final message.
+    assert_eq!(h.fake.messages_in(USER)[0].parse_mode.as_deref(), Some("HTML"));
+    // The handler saw who wrote.
+    let (who, text) = h.handler.turns.lock().unwrap()[0].clone();
+    assert_eq!((who.user_id, who.chat_id, who.private, text.as_str()), (USER, USER, true, "hi there"));
+    assert_eq!(who.username.as_deref(), Some("user5000000001"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn group_gets_one_message_edited_to_the_full_answer() {
+    let parts = ["One", " two", " three", " four", " five", " six", " seven."];
+    let full = parts.concat();
+    let h = Harness::start(fast(), move |_, _| streamed(&parts, 400)).await;
+    h.fake.push_text(USER, GROUP, "count please", false);
+    let f = full.clone();
+    assert!(h.fake.wait_for(WAIT, |fk| fk.messages_in(GROUP).first().is_some_and(|m| m.text == f)).await);
+    settle().await;
+    assert_eq!(h.texts(GROUP), vec![full.clone()]);
+    let calls = h.fake.calls_in(GROUP);
+    assert_eq!(calls.iter().filter(|c| c.method == "sendMessage" && c.ok()).count(), 1);
+    assert!(calls.iter().all(|c| c.method != "sendMessageDraft"));
+    let edits: Vec<_> = calls.iter().filter(|c| c.method == "editMessageText").collect();
+    assert!(!edits.is_empty());
+    // Preview sends/edits are paced: at least ~1 s apart (lower bound guaranteed by the pacer).
+    let paced: Vec<_> =
+        calls.iter().filter(|c| c.method == "editMessageText" || c.method == "sendMessage").map(|c| c.at).collect();
+    for w in paced.windows(2) {
+        assert!(w[1] - w[0] >= Duration::from_millis(900), "edits too close: {:?}", w[1] - w[0]);
+    }
+    h.stop().await;
+}
+
+fn long_answer() -> String {
+    let para = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs! \
+                How vexingly quick daft zebras jump? "
+        .repeat(6);
+    let mut paras = Vec::new();
+    for i in 0..10 {
+        paras.push(format!("Part {i}: {}", para.trim()));
+    }
+    paras.join("\n\n")
+}
+
+#[tokio::test]
+async fn long_answer_is_split_at_boundaries() {
+    let text = long_answer();
+    assert!(text.chars().count() > 5000);
+    let t = text.clone();
+    let h = Harness::start(fast(), move |_, _| answer(&t)).await;
+    h.fake.push_text(USER, USER, "tell me a long story", true);
+    assert!(h.fake.wait_for(WAIT, |_| h.finished() == 1).await);
+    let _ = h.fake.wait_for_messages(USER, 2, WAIT).await;
+    settle().await;
+    let msgs = h.fake.messages_in(USER);
+    assert!(msgs.len() >= 2 && msgs.len() <= 3, "{} messages", msgs.len());
+    for m in &msgs {
+        assert!(utf16_len(&m.text) <= TELEGRAM_LIMIT);
+        // Every part ends at a paragraph (the paragraphs end with '?').
+        assert!(m.text.ends_with('?'), "part does not end at a boundary: …{:?}", &m.text[m.text.len() - 20..]);
+    }
+    let joined = msgs.iter().map(|m| m.text.as_str()).collect::<Vec<_>>().join("\n\n");
+    assert_eq!(joined, text);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn long_streamed_answer_in_group_is_split_and_complete() {
+    let text = long_answer();
+    let t = text.clone();
+    let h = Harness::start(fast(), move |_, _| {
+        let pieces: Vec<String> = t.split_inclusive("\n\n").map(str::to_string).collect();
+        Script {
+            deltas: pieces,
+            delta_gap: Duration::from_millis(150),
+            before: Duration::ZERO,
+            result: TurnResult::Answer(t.clone()),
+        }
+    })
+    .await;
+    h.fake.push_text(USER, GROUP, "long one", false);
+    assert!(h.fake.wait_for(WAIT, |_| h.finished() == 1).await);
+    let t2 = text.clone();
+    let complete = move |fk: &FakeTelegram| {
+        let ms = fk.messages_in(GROUP);
+        ms.iter().map(|m| m.text.as_str()).collect::<Vec<_>>().join("\n\n") == t2
+    };
+    assert!(h.fake.wait_for(WAIT, complete).await, "got {:?}", h.texts(GROUP).iter().map(|t| t.len()).collect::<Vec<_>>());
+    settle().await;
+    for m in h.fake.messages_in(GROUP) {
+        assert!(utf16_len(&m.text) <= TELEGRAM_LIMIT);
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn commands_and_non_text() {
+    let h = Harness::start(fast(), |_, _| answer("unused")).await;
+    h.fake.push_text(USER, USER, "/start", true);
+    h.fake.push_photo(USER, USER, true);
+    h.fake.push_text(USER, USER, "/new", true);
+    h.fake.push_text(USER, USER, "/help", true);
+    h.fake.push_text(USER, USER, "/rollout 10", true);
+    let msgs = h.fake.wait_for_messages(USER, 5, WAIT).await;
+    let texts: Vec<_> = msgs.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, vec![HELP_TEXT, NON_TEXT_TEXT, RESET_DONE_TEXT, HELP_TEXT, "admin got /rollout 10"]);
+    assert_eq!(*h.handler.resets.lock().unwrap(), vec![USER]);
+    assert!(h.handler.turns.lock().unwrap().is_empty());
+    // Commands for another bot in a group are ignored; ours with @name are handled.
+    h.fake.push_text(USER, GROUP, "/new@some_other_bot", false);
+    h.fake.push_text(USER, GROUP, "/help@swapbot_test_bot", false);
+    let msgs = h.fake.wait_for_messages(GROUP, 1, WAIT).await;
+    settle().await;
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].text, HELP_TEXT);
+    assert_eq!(h.handler.resets.lock().unwrap().len(), 1);
+    // The command menu was registered.
+    assert!(h.fake.wait_for(WAIT, |f| !f.calls_of("setMyCommands").is_empty()).await);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn disallowed_user_is_refused() {
+    let mut o = fast();
+    o.allowed_user_ids = Some([USER].into_iter().collect());
+    let h = Harness::start(o, |_, _| answer("secret answer")).await;
+    let stranger = 6_000_000_002;
+    h.fake.push_text(stranger, stranger, "let me in", true);
+    h.fake.push_text(USER, USER, "hello", true);
+    let msgs = h.fake.wait_for_messages(stranger, 1, WAIT).await;
+    assert_eq!(msgs[0].text, REFUSAL_TEXT);
+    let msgs = h.fake.wait_for_messages(USER, 1, WAIT).await;
+    assert_eq!(msgs[0].text, "secret answer");
+    let turns = h.handler.turns.lock().unwrap().clone();
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].0.user_id, USER);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_is_waited_out_and_the_answer_arrives() {
+    let h = Harness::start(fast(), |_, _| answer("worth the wait")).await;
+    h.fake.fail_next("sendMessage", 1, FakeFailure::TooManyRequests { retry_after: 1 });
+    h.fake.push_text(USER, USER, "hello", true);
+    let msgs = h.fake.wait_for_messages(USER, 1, WAIT).await;
+    settle().await;
+    assert_eq!(h.texts(USER), vec!["worth the wait"]);
+    let sends = h.fake.calls_of("sendMessage");
+    assert_eq!(sends.len(), 2);
+    assert!(!sends[0].ok() && sends[1].ok());
+    assert!(sends[1].at - sends[0].at >= Duration::from_secs(1), "retry_after honoured");
+    drop(msgs);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn rejected_formatting_falls_back_to_plain_text() {
+    let h = Harness::start(fast(), |_, _| answer("if a < b && c > d then <done>")).await;
+    h.fake.fail_next("sendMessage", 1, FakeFailure::CantParseEntities);
+    h.fake.push_text(USER, USER, "compare", true);
+    let msgs = h.fake.wait_for_messages(USER, 1, WAIT).await;
+    settle().await;
+    assert_eq!(h.texts(USER), vec!["if a < b && c > d then <done>"]);
+    let sends = h.fake.calls_of("sendMessage");
+    assert_eq!(sends.len(), 2);
+    assert_eq!(sends[0].params["parse_mode"], "HTML");
+    assert!(sends[1].params.get("parse_mode").is_none());
+    assert_eq!(msgs[0].parse_mode, None);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn html_special_characters_survive_rendering() {
+    let h = Harness::start(fast(), |_, _| answer("<b>not bold</b> & 1 < 2")).await;
+    h.fake.push_text(USER, USER, "x", true);
+    let msgs = h.fake.wait_for_messages(USER, 1, WAIT).await;
+    assert_eq!(msgs[0].text, "<b>not bold</b> & 1 < 2");
+    assert_eq!(h.fake.calls_of("sendMessage").len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn failed_turn_gets_the_human_sentence() {
+    let sentence = "Sorry, I couldn't reach the assistant. Please try again in a minute.";
+    let h = Harness::start(fast(), move |_, text| {
+        if text == "stream then fail" {
+            Script {
+                deltas: vec!["Partial ans".into(), "wer".into()],
+                delta_gap: Duration::from_millis(200),
+                before: Duration::ZERO,
+                result: TurnResult::Failed(sentence.into()),
+            }
+        } else {
+            Script { result: TurnResult::Failed(sentence.into()), ..answer("") }
+        }
+    })
+    .await;
+    h.fake.push_text(USER, USER, "hello", true);
+    let msgs = h.fake.wait_for_messages(USER, 1, WAIT).await;
+    assert_eq!(msgs[0].text, sentence);
+    // In a group the streamed partial answer is replaced by the sentence: still one message.
+    h.fake.push_text(USER, GROUP, "stream then fail", false);
+    assert!(h.fake.wait_for(WAIT, |f| f.messages_in(GROUP).first().is_some_and(|m| m.text == sentence)).await);
+    settle().await;
+    assert_eq!(h.texts(GROUP), vec![sentence]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_gateway_from_get_updates_then_recovery() {
+    let fake = FakeTelegram::start().await;
+    fake.fail_next("getUpdates", 2, FakeFailure::BadGateway);
+    fake.fail_next("getMe", 1, FakeFailure::BadGateway);
+    let h = Harness::start_with(fake, fast(), |_, _| answer("back online"));
+    h.fake.push_text(USER, USER, "are you there?", true);
+    let msgs = h.fake.wait_for_messages(USER, 1, Duration::from_secs(90)).await;
+    assert_eq!(msgs.first().map(|m| m.text.as_str()), Some("back online"));
+    let failed = h.fake.calls_of("getUpdates").iter().filter(|c| !c.ok()).count();
+    assert_eq!(failed, 2);
+    // And it still stops promptly (checked in stop()).
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn stops_promptly_during_a_turn_and_a_long_poll() {
+    let h = Harness::start(fast(), |_, _| Script { before: Duration::from_secs(30), ..answer("late") }).await;
+    assert!(h.fake.wait_for(WAIT, |f| !f.calls_of("getMe").is_empty()).await);
+    h.fake.push_text(USER, GROUP, "take your time", false);
+    assert!(h.fake.wait_for(WAIT, |_| !h.handler.turns.lock().unwrap().is_empty()).await);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_chat_does_not_block_another() {
+    let h = Harness::start(fast(), |_, text| {
+        if text == "slow" { Script { before: Duration::from_secs(3), ..answer("slow answer") } } else { answer("fast answer") }
+    })
+    .await;
+    let other = 5_000_000_777;
+    h.fake.push_text(USER, USER, "slow", true);
+    assert!(h.fake.wait_for(WAIT, |_| !h.handler.turns.lock().unwrap().is_empty()).await);
+    h.fake.push_text(other, other, "fast", true);
+    let msgs = h.fake.wait_for_messages(other, 1, WAIT).await;
+    assert_eq!(msgs[0].text, "fast answer");
+    assert!(h.fake.messages_in(USER).is_empty(), "the fast chat was answered while the slow one still ran");
+    let msgs = h.fake.wait_for_messages(USER, 1, WAIT).await;
+    assert_eq!(msgs[0].text, "slow answer");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn turns_of_one_chat_run_in_order() {
+    let h = Harness::start(fast(), |_, text| answer(&format!("re: {text}"))).await;
+    for i in 0..5 {
+        h.fake.push_text(USER, USER, &format!("m{i}"), true);
+    }
+    let msgs = h.fake.wait_for_messages(USER, 5, WAIT).await;
+    let texts: Vec<_> = msgs.iter().map(|m| m.text.clone()).collect();
+    assert_eq!(texts, (0..5).map(|i| format!("re: m{i}")).collect::<Vec<_>>());
+    h.stop().await;
+}
