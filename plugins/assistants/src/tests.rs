@@ -137,3 +137,14 @@ fn run_text_keeps_creation_order() {
     ]});
     assert_eq!(run_text(&list), "first\n\nsecond");
 }
+
+#[test]
+fn usage_comes_from_the_run() {
+    let case = Case::parse(include_str!("../cases/new_thread_run_poll.json"));
+    let mut fx = ScriptedEffects::new(case.exchanges, case.history);
+    let a = chat(&mut fx, &case.turn).unwrap();
+    fx.assert_done();
+    assert_eq!(a.usage, Some(Usage { input_tokens: 123, output_tokens: 45 }));
+    // the poll slept once per GET of the run
+    assert_eq!(fx.slept, 2 * 500);
+}

@@ -199,3 +199,21 @@ fn background_poll_tolerates_a_transient_poll_failure() {
     assert_eq!(a.text, "ok");
     assert_eq!(fx.slept, 2 * u64::from(t.settings.poll_interval_ms));
 }
+
+/// Runs a case file's script natively and returns the answer (for checks the harness format
+/// does not express, e.g. usage).
+fn run_script(case: &str) -> Answer {
+    let case = Case::parse(case);
+    let mut fx = ScriptedEffects::new(case.exchanges, case.history);
+    let a = chat(&mut fx, &case.turn).unwrap();
+    fx.assert_done();
+    a
+}
+
+#[test]
+fn usage_comes_from_the_completed_response() {
+    let want = Some(Usage { input_tokens: 37, output_tokens: 11 });
+    assert_eq!(run_script(include_str!("../cases/creates_conversation_when_none.json")).usage, want);
+    assert_eq!(run_script(include_str!("../cases/non_stream_plain.json")).usage, want);
+    assert_eq!(run_script(include_str!("../cases/background_poll.json")).usage, want);
+}
