@@ -60,7 +60,12 @@ async fn chroma_and_embedded_give_the_same_chunks() {
         assert!(a.note.is_none() && b.note.is_none(), "{a:?} {b:?}");
         assert_eq!(&a.chunks[0].source, source, "{q}: {a:#?}");
         assert!(a.chunks[0].text.contains(phrase));
-        let key = |r: &swapbot_kb::Retrieval| r.chunks.iter().map(|c| (c.source.clone(), c.text.clone())).collect::<Vec<_>>();
+        // Same chunks in the same order, except among ties: the fake embedder gives every chunk
+        // without a shared word a score of 0, and equal scores may come back in any order.
+        let key = |r: &swapbot_kb::Retrieval| {
+            r.chunks.iter().filter(|c| c.score > 0.02).map(|c| (c.source.clone(), c.text.clone())).collect::<Vec<_>>()
+        };
+        assert!(!key(&a).is_empty());
         assert_eq!(key(&a), key(&b), "{q}");
         for (x, y) in a.chunks.iter().zip(&b.chunks) {
             assert!((x.score - y.score).abs() < 1e-3, "{q}: chroma {} vs embedded {}", x.score, y.score);
