@@ -487,10 +487,11 @@ pub async fn create(State(sh): State<Arc<Shared>>, req: Request) -> Result<Respo
                 pending.finish("failed");
                 let half = snapshot.to_string();
                 let half = half[..half.len() / 2].to_string();
-                let body = futures::stream::iter(vec![
-                    Ok::<Bytes, std::io::Error>(Bytes::from(half)),
-                    Err(std::io::Error::other("connection cut by sandbox fault")),
-                ]);
+                let body = async_stream::stream! {
+                    yield Ok::<Bytes, std::io::Error>(Bytes::from(half));
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    yield Err(std::io::Error::other("connection cut by sandbox fault"));
+                };
                 let mut r = Response::new(Body::from_stream(body));
                 r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
                 return Ok(r);
@@ -548,6 +549,8 @@ pub async fn create(State(sh): State<Arc<Shared>>, req: Request) -> Result<Respo
         for (i, tok) in tokens.iter().enumerate() {
             if cut == Some(i) {
                 pending.finish("failed");
+                // let hyper flush what was sent, then break the connection
+                tokio::time::sleep(Duration::from_millis(30)).await;
                 yield Err(std::io::Error::other("stream cut by sandbox fault"));
                 return;
             }
@@ -562,6 +565,7 @@ pub async fn create(State(sh): State<Arc<Shared>>, req: Request) -> Result<Respo
         }
         if cut.is_some_and(|n| n >= tokens.len()) {
             pending.finish("failed");
+            tokio::time::sleep(Duration::from_millis(30)).await;
             yield Err(std::io::Error::other("stream cut by sandbox fault"));
             return;
         }
