@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# `make run`: start the bot with whatever is configured, filling the gaps for a first try:
+# no OPENAI_API_KEY → a local OpenAI sandbox; no TELOXIDE_TOKEN → a terminal chat.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# .env fills only what the environment leaves unset (the binary reads it too).
+if [[ -f .env ]]; then
+  while IFS='=' read -r key value; do
+    [[ -z "$key" || "$key" == \#* ]] && continue
+    key="${key// /}"
+    [[ -z "${!key:-}" ]] && export "$key=${value%\"}" && export "$key=${!key#\"}"
+  done < .env
+fi
+
+if [[ -z "${OPENAI_API_KEY:-}" ]]; then
+  log=$(mktemp)
+  target/release/swapbot-sandbox --port 0 >"$log" 2>&1 &
+  sandbox_pid=$!
+  trap 'kill $sandbox_pid 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do grep -q OPENAI_BASE_URL "$log" && break; sleep 0.05; done
+  eval "$(grep '^export ' "$log")"
+  export ASSISTANT_ID="${ASSISTANT_ID:-asst_sandbox}"
+  echo "no OPENAI_API_KEY: answering from the local OpenAI sandbox at $OPENAI_BASE_URL (offline, deterministic)" >&2
+fi
+if [[ -z "${TELOXIDE_TOKEN:-}" ]]; then
+  echo "no TELOXIDE_TOKEN: opening a terminal chat through the same pipeline (router, plugins, storage, logs)" >&2
+fi
+target/release/swapbot run
