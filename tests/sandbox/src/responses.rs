@@ -300,11 +300,14 @@ fn is_reasoning_model(model: &str) -> bool {
     ["gpt-5", "o1", "o3", "o4"].iter().any(|p| model.starts_with(p))
 }
 
-fn sse(event: &str, mut data: Value, seq: &mut u64) -> Bytes {
-    data["type"] = json!(event);
-    data["sequence_number"] = json!(*seq);
+/// One SSE frame; the data starts with `type` and `sequence_number` like the live API.
+fn sse(event: &str, data: Value, seq: &mut u64) -> Bytes {
+    let rest = data.to_string();
+    let rest = rest.strip_prefix('{').and_then(|r| r.strip_suffix('}')).unwrap_or("");
+    let sep = if rest.is_empty() { "" } else { "," };
+    let frame = format!("event: {event}\ndata: {{\"type\":{},\"sequence_number\":{}{sep}{rest}}}\n\n", json!(event), *seq);
     *seq += 1;
-    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+    Bytes::from(frame)
 }
 
 fn conv_not_found(id: &str) -> ApiError {
