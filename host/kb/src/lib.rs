@@ -195,6 +195,17 @@ impl Kb {
     }
 }
 
+impl Kb {
+    /// For `make run` on a fresh machine: ingests `dir` (e.g. `kb-sample/`) only when the store
+    /// holds no chunks yet. `Ok(None)` when it already had some.
+    pub async fn seed_if_empty(&self, dir: &Path) -> Result<Option<IngestSummary>, KbError> {
+        if self.store.meta().await?.count > 0 {
+            return Ok(None);
+        }
+        self.ingest(dir, IngestOptions::default()).await.map(Some)
+    }
+}
+
 /// The answer of [`Kb::search`]; its `Display` is what the CLI prints.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SearchReport {

@@ -161,6 +161,19 @@ async fn model_or_dimension_mismatch_is_refused_clearly() {
 }
 
 #[tokio::test]
+async fn seed_if_empty_ingests_the_sample_once() {
+    let data = tempfile::tempdir().unwrap();
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kb-sample");
+    let kb = embedded_kb(data.path(), CountingEmbedder::new(DIM));
+    let s = kb.seed_if_empty(&sample).await.unwrap().expect("first run ingests");
+    assert!(s.files >= 3 && s.chunks >= 5, "{s}");
+    assert!(kb.seed_if_empty(&sample).await.unwrap().is_none());
+    let r = kb.retrieve("How do I roll back to the legacy Assistants path? USE_OPENAI_RESPONSES").await;
+    assert_eq!(r.chunks[0].source, "rollout.md", "{r:#?}");
+    assert!(r.chunks[0].text.starts_with("Rollout of the Responses path > Rollback"), "{r:#?}");
+}
+
+#[tokio::test]
 async fn empty_store_gives_a_note_without_embedding() {
     let data = tempfile::tempdir().unwrap();
     let emb = CountingEmbedder::new(DIM);

@@ -235,9 +235,17 @@ impl VectorStore for ChromaStore {
 
     fn query<'a>(&'a self, vector: &'a [f32], k: usize) -> BoxFuture<'a, Result<Vec<Chunk>, KbError>> {
         Box::pin(async move {
-            let coll = match self.cached.lock().unwrap().clone() {
+            let cached = self.cached.lock().unwrap().clone();
+            let coll = match cached {
                 Some(c) => c,
-                None => return Err(KbError::Unavailable(format!("{} is not looked up", self.where_()))),
+                None => match self.lookup(self.cfg.request_timeout).await {
+                    Ok(Some(c)) => {
+                        *self.cached.lock().unwrap() = Some(c.clone());
+                        c
+                    }
+                    Ok(None) => return Err(KbError::Store(format!("{} does not exist", self.where_()))),
+                    Err(f) => return Err(f.into_kb("collection lookup")),
+                },
             };
             let body = json!({
                 "query_embeddings": [vector],
