@@ -13,10 +13,12 @@ impl Guest for Component {
 
     fn chat(turn: wt::Turn) -> Result<wt::Answer, wt::ChatError> {
         let turn = from_turn(turn);
-        crate::chat(&mut HostEffects, &turn).map(to_answer).map_err(|e| {
-            log_error(&e);
-            to_error(e)
-        })
+        crate::chat(&mut HostEffects, &turn)
+            .map(to_answer)
+            .map_err(|e| {
+                log_error(&e);
+                to_error(e)
+            })
     }
 
     fn replay(
@@ -25,7 +27,13 @@ impl Guest for Component {
         settings: wt::Settings,
     ) -> Result<u32, wt::ChatError> {
         let history: Vec<c::HistoryMessage> = history.into_iter().map(from_history).collect();
-        crate::replay(&mut HostEffects, &session_id, &history, &from_settings(settings)).map_err(|e| {
+        crate::replay(
+            &mut HostEffects,
+            &session_id,
+            &history,
+            &from_settings(settings),
+        )
+        .map_err(|e| {
             log_error(&e);
             to_error(e)
         })

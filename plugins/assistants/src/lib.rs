@@ -53,28 +53,51 @@ fn api_gone(resp: &HttpResponse, creating_thread: bool) -> Option<ChatError> {
     let gone = resp.status == 410
         || (creating_thread && resp.status == 404)
         || ((400..500).contains(&resp.status) && api.says_api_gone());
-    gone.then(|| ChatError::new(ErrorKind::ApiGone, format!("{API_GONE} (HTTP {})", resp.status), false))
+    gone.then(|| {
+        ChatError::new(
+            ErrorKind::ApiGone,
+            format!("{API_GONE} (HTTP {})", resp.status),
+            false,
+        )
+    })
 }
 
 /// POST /threads.
 pub fn create_thread<E: Effects>(fx: &mut E) -> Result<String, ChatError> {
-    let v = call_json(fx, request("POST", "/threads".into(), Some(&json!({}))), |r| api_gone(r, true))?;
+    let v = call_json(
+        fx,
+        request("POST", "/threads".into(), Some(&json!({}))),
+        |r| api_gone(r, true),
+    )?;
     let id = req_str("POST /threads", &v, "id")?.to_owned();
     fx.log(Level::Info, &format!("created thread {id}"));
     Ok(id)
 }
 
 /// POST /threads/{id}/messages. `Ok(false)` when the thread is gone (404).
-fn add_message<E: Effects>(fx: &mut E, thread: &str, role: Role, text: &str) -> Result<bool, ChatError> {
+fn add_message<E: Effects>(
+    fx: &mut E,
+    thread: &str,
+    role: Role,
+    text: &str,
+) -> Result<bool, ChatError> {
     let body = json!({"role": role.as_str(), "content": text});
     let mut gone = false;
-    let r = call_json(fx, request("POST", format!("{}/messages", thread_path(thread)), Some(&body)), |r| {
-        if let Some(e) = api_gone(r, false) {
-            return Some(e);
-        }
-        gone = r.status == 404;
-        None
-    });
+    let r = call_json(
+        fx,
+        request(
+            "POST",
+            format!("{}/messages", thread_path(thread)),
+            Some(&body),
+        ),
+        |r| {
+            if let Some(e) = api_gone(r, false) {
+                return Some(e);
+            }
+            gone = r.status == 404;
+            None
+        },
+    );
     match r {
         Ok(_) => Ok(true),
         Err(_) if gone => Ok(false),
@@ -92,7 +115,11 @@ pub fn replay<E: Effects>(
     let mut n = 0;
     for m in replayable(history) {
         if !add_message(fx, thread, m.role, &m.text)? {
-            return Err(ChatError::new(ErrorKind::SessionGone, format!("thread {thread} is gone (404)"), false));
+            return Err(ChatError::new(
+                ErrorKind::SessionGone,
+                format!("thread {thread} is gone (404)"),
+                false,
+            ));
         }
         n += 1;
     }
@@ -114,23 +141,42 @@ fn new_thread_with_message<E: Effects>(fx: &mut E, text: &str) -> Result<Session
     let inner = |fx: &mut E| -> Result<u32, ChatError> {
         let n = replay(fx, &id, &history, &settings)?;
         if !add_message(fx, &id, Role::User, text)? {
-            return Err(ChatError::new(ErrorKind::SessionGone, format!("new thread {id} is gone (404)"), false));
+            return Err(ChatError::new(
+                ErrorKind::SessionGone,
+                format!("new thread {id} is gone (404)"),
+                false,
+            ));
         }
         Ok(n)
     };
     match inner(fx) {
-        Ok(replayed) => Ok(Session { id, new: true, replayed }),
+        Ok(replayed) => Ok(Session {
+            id,
+            new: true,
+            replayed,
+        }),
         Err(e) => Err(e.with_session(Some(&id))),
     }
 }
 
 /// Add the user's message to the stored thread, or to a new one when there is none or it is gone.
-pub fn thread_with_message<E: Effects>(fx: &mut E, session_id: Option<&str>, text: &str) -> Result<Session, ChatError> {
+pub fn thread_with_message<E: Effects>(
+    fx: &mut E,
+    session_id: Option<&str>,
+    text: &str,
+) -> Result<Session, ChatError> {
     if let Some(id) = session_id.filter(|s| !s.is_empty()) {
         if add_message(fx, id, Role::User, text)? {
-            return Ok(Session { id: id.to_owned(), new: false, replayed: 0 });
+            return Ok(Session {
+                id: id.to_owned(),
+                new: false,
+                replayed: 0,
+            });
         }
-        fx.log(Level::Info, &format!("thread {id} is gone (404): starting a new one"));
+        fx.log(
+            Level::Info,
+            &format!("thread {id} is gone (404): starting a new one"),
+        );
     }
     new_thread_with_message(fx, text)
 }
@@ -139,18 +185,27 @@ pub fn thread_with_message<E: Effects>(fx: &mut E, session_id: Option<&str>, tex
 /// descending order, joined in creation order.
 pub fn run_text(list: &Value) -> String {
     let mut texts: Vec<String> = Vec::new();
-    let data = list.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+    let data = list
+        .get("data")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for msg in data.iter().rev() {
         if msg.get("role").and_then(Value::as_str) != Some("assistant") {
             continue;
         }
-        for part in msg.get("content").and_then(Value::as_array).into_iter().flatten() {
-            if part.get("type").and_then(Value::as_str) == Some("text") {
-                if let Some(t) = part.pointer("/text/value").and_then(Value::as_str) {
-                    let t = t.trim();
-                    if !t.is_empty() {
-                        texts.push(t.to_owned());
-                    }
+        for part in msg
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if part.get("type").and_then(Value::as_str) == Some("text")
+                && let Some(t) = part.pointer("/text/value").and_then(Value::as_str)
+            {
+                let t = t.trim();
+                if !t.is_empty() {
+                    texts.push(t.to_owned());
                 }
             }
         }
@@ -162,15 +217,25 @@ fn run_usage(run: &Value) -> Option<Usage> {
     let u = run.get("usage").filter(|u| u.is_object())?;
     Some(Usage {
         input_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-        output_tokens: u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0),
+        output_tokens: u
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
     })
 }
 
 fn run_failed(run: &Value, run_id: &str, status: &str) -> ChatError {
     let detail = match status {
-        "incomplete" => run.pointer("/incomplete_details/reason").and_then(Value::as_str).unwrap_or("").to_owned(),
+        "incomplete" => run
+            .pointer("/incomplete_details/reason")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
         _ => {
-            let e = run.get("last_error").map(ApiError::from_value).unwrap_or_default();
+            let e = run
+                .get("last_error")
+                .map(ApiError::from_value)
+                .unwrap_or_default();
             match (e.code.is_empty(), e.message.is_empty()) {
                 (true, true) => String::new(),
                 (false, true) => e.code,
@@ -179,21 +244,41 @@ fn run_failed(run: &Value, run_id: &str, status: &str) -> ChatError {
             }
         }
     };
-    let msg = if detail.is_empty() { format!("run {run_id} {status}") } else { format!("run {run_id} {status}: {detail}") };
+    let msg = if detail.is_empty() {
+        format!("run {run_id} {status}")
+    } else {
+        format!("run {run_id} {status}: {detail}")
+    };
     ChatError::model_failed(msg)
 }
 
 /// One user turn.
 pub fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
-    let Some(assistant_id) = turn.settings.assistant_id.as_deref().filter(|s| !s.trim().is_empty()) else {
-        return Err(ChatError::config("no assistant id configured for the Assistants backend (ASSISTANT_ID)"));
+    let Some(assistant_id) = turn
+        .settings
+        .assistant_id
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    else {
+        return Err(ChatError::config(
+            "no assistant id configured for the Assistants backend (ASSISTANT_ID)",
+        ));
     };
     let session = thread_with_message(fx, turn.session_id.as_deref(), &turn.text)?;
-    let created = if session.new { Some(session.id.as_str()) } else { None };
+    let created = if session.new {
+        Some(session.id.as_str())
+    } else {
+        None
+    };
     run_turn(fx, turn, assistant_id, &session).map_err(|e| e.with_session(created))
 }
 
-fn run_turn<E: Effects>(fx: &mut E, turn: &Turn, assistant_id: &str, session: &Session) -> Result<Answer, ChatError> {
+fn run_turn<E: Effects>(
+    fx: &mut E,
+    turn: &Turn,
+    assistant_id: &str,
+    session: &Session,
+) -> Result<Answer, ChatError> {
     let thread = session.id.as_str();
     let started = fx.now_ms();
     let mut body = json!({"assistant_id": assistant_id});
@@ -202,7 +287,9 @@ fn run_turn<E: Effects>(fx: &mut E, turn: &Turn, assistant_id: &str, session: &S
         body["additional_instructions"] = Value::String(extra);
     }
     let runs = format!("{}/runs", thread_path(thread));
-    let mut run = call_json(fx, request("POST", runs.clone(), Some(&body)), |r| api_gone(r, false))?;
+    let mut run = call_json(fx, request("POST", runs.clone(), Some(&body)), |r| {
+        api_gone(r, false)
+    })?;
     let run_id = req_str("POST /threads/…/runs", &run, "id")?.to_owned();
     let rid = Some(run_id.as_str());
     let run_path = format!("{runs}/{}", path_segment(&run_id));
@@ -212,11 +299,15 @@ fn run_turn<E: Effects>(fx: &mut E, turn: &Turn, assistant_id: &str, session: &S
         let status = opt_str(&run, "status").unwrap_or("queued").to_owned();
         match status.as_str() {
             "completed" => break,
-            "failed" | "cancelled" | "expired" | "incomplete" => return Err(run_failed(&run, &run_id, &status).with_turn(rid)),
+            "failed" | "cancelled" | "expired" | "incomplete" => {
+                return Err(run_failed(&run, &run_id, &status).with_turn(rid));
+            }
             "requires_action" => {
                 cancel(fx, &run_path);
-                return Err(ChatError::model_failed(format!("run {run_id} requires action (tools are not supported): cancelled"))
-                    .with_turn(rid));
+                return Err(ChatError::model_failed(format!(
+                    "run {run_id} requires action (tools are not supported): cancelled"
+                ))
+                .with_turn(rid));
             }
             _ => {}
         }
@@ -233,7 +324,9 @@ fn run_turn<E: Effects>(fx: &mut E, turn: &Turn, assistant_id: &str, session: &S
         fx.sleep_ms(u64::from(poll).min(deadline - elapsed).max(1) as u32);
         match call_json(fx, request("GET", run_path.clone(), None), |_| None) {
             Ok(v) => run = v,
-            Err(e) if is_transient(&e) => fx.log(Level::Warn, &format!("polling run {run_id}: {e}")),
+            Err(e) if is_transient(&e) => {
+                fx.log(Level::Warn, &format!("polling run {run_id}: {e}"))
+            }
             Err(e) => return Err(e.with_turn(rid)),
         }
     }
@@ -242,10 +335,14 @@ fn run_turn<E: Effects>(fx: &mut E, turn: &Turn, assistant_id: &str, session: &S
         thread_path(thread),
         path_segment(&run_id)
     );
-    let list = call_json(fx, request("GET", list_path, None), |_| None).map_err(|e| e.with_turn(rid))?;
+    let list =
+        call_json(fx, request("GET", list_path, None), |_| None).map_err(|e| e.with_turn(rid))?;
     let text = run_text(&list);
     if text.is_empty() {
-        return Err(ChatError::model_failed(format!("run {run_id} completed without assistant text")).with_turn(rid));
+        return Err(ChatError::model_failed(format!(
+            "run {run_id} completed without assistant text"
+        ))
+        .with_turn(rid));
     }
     Ok(Answer {
         text,

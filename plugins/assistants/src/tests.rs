@@ -8,7 +8,12 @@ fn chat_fn(fx: &mut ScriptedEffects, turn: Turn) -> Result<Answer, ChatError> {
     chat(fx, &turn)
 }
 
-fn replay_fn(fx: &mut ScriptedEffects, sid: &str, h: Vec<HistoryMessage>, s: &Settings) -> Result<u32, ChatError> {
+fn replay_fn(
+    fx: &mut ScriptedEffects,
+    sid: &str,
+    h: Vec<HistoryMessage>,
+    s: &Settings,
+) -> Result<u32, ChatError> {
     replay(fx, sid, &h, s)
 }
 
@@ -66,7 +71,10 @@ fn turn(session: Option<&str>) -> Turn {
         session_id: session.map(Into::into),
         text: "hi".into(),
         context: vec![],
-        settings: Settings { assistant_id: Some("asst_1".into()), ..Settings::default() },
+        settings: Settings {
+            assistant_id: Some("asst_1".into()),
+            ..Settings::default()
+        },
     }
 }
 
@@ -82,11 +90,17 @@ fn describe_names_the_backend() {
 fn every_request_carries_the_beta_header() {
     let mut fx = ScriptedEffects::new(
         vec![
-            exchange(json!({"request": {"method": "POST", "path": "/threads/t/messages"}, "response": {"status": 200, "body": {"id": "m"}}})),
-            exchange(json!({"request": {"method": "POST", "path": "/threads/t/runs"}, "response": {"status": 200, "body": {"id": "r", "status": "completed"}}})),
-            exchange(json!({"request": {"method": "GET", "path": "/threads/t/messages?order=desc&limit=20&run_id=r"}, "response": {"status": 200, "body": {"data": [
+            exchange(
+                json!({"request": {"method": "POST", "path": "/threads/t/messages"}, "response": {"status": 200, "body": {"id": "m"}}}),
+            ),
+            exchange(
+                json!({"request": {"method": "POST", "path": "/threads/t/runs"}, "response": {"status": 200, "body": {"id": "r", "status": "completed"}}}),
+            ),
+            exchange(
+                json!({"request": {"method": "GET", "path": "/threads/t/messages?order=desc&limit=20&run_id=r"}, "response": {"status": 200, "body": {"data": [
                 {"role": "assistant", "content": [{"type": "image_file", "image_file": {}}, {"type": "text", "text": {"value": "ok"}}]},
-                {"role": "user", "content": [{"type": "text", "text": {"value": "hi"}}]}]}}})),
+                {"role": "user", "content": [{"type": "text", "text": {"value": "hi"}}]}]}}}),
+            ),
         ],
         vec![],
     );
@@ -94,8 +108,20 @@ fn every_request_carries_the_beta_header() {
     assert_eq!(a.text, "ok");
     assert_eq!(a.usage, None);
     for r in &fx.requests {
-        assert!(r.headers.iter().any(|(n, v)| n == "OpenAI-Beta" && v == "assistants=v2"), "{}", r.path);
-        assert!(r.headers.iter().any(|(n, v)| n == "Content-Type" && v == "application/json"), "{}", r.path);
+        assert!(
+            r.headers
+                .iter()
+                .any(|(n, v)| n == "OpenAI-Beta" && v == "assistants=v2"),
+            "{}",
+            r.path
+        );
+        assert!(
+            r.headers
+                .iter()
+                .any(|(n, v)| n == "Content-Type" && v == "application/json"),
+            "{}",
+            r.path
+        );
         if let Some(b) = &r.body {
             assert!(!b.contains("null"), "{b}");
         }
@@ -105,7 +131,9 @@ fn every_request_carries_the_beta_header() {
 #[test]
 fn api_gone_message_names_the_date_and_the_flag() {
     let mut fx = ScriptedEffects::new(
-        vec![exchange(json!({"request": {"method": "POST", "path": "/threads"}, "response": {"status": 410, "body": {"raw": "Gone"}}}))],
+        vec![exchange(
+            json!({"request": {"method": "POST", "path": "/threads"}, "response": {"status": 410, "body": {"raw": "Gone"}}}),
+        )],
         vec![],
     );
     let e = chat(&mut fx, &turn(None)).unwrap_err();
@@ -118,9 +146,15 @@ fn api_gone_message_names_the_date_and_the_flag() {
 fn requires_action_is_cancelled() {
     let mut fx = ScriptedEffects::new(
         vec![
-            exchange(json!({"request": {"method": "POST", "path": "/threads/t/messages"}, "response": {"status": 200, "body": {"id": "m"}}})),
-            exchange(json!({"request": {"method": "POST", "path": "/threads/t/runs"}, "response": {"status": 200, "body": {"id": "r", "status": "requires_action"}}})),
-            exchange(json!({"request": {"method": "POST", "path": "/threads/t/runs/r/cancel"}, "response": {"status": 200, "body": {"id": "r"}}})),
+            exchange(
+                json!({"request": {"method": "POST", "path": "/threads/t/messages"}, "response": {"status": 200, "body": {"id": "m"}}}),
+            ),
+            exchange(
+                json!({"request": {"method": "POST", "path": "/threads/t/runs"}, "response": {"status": 200, "body": {"id": "r", "status": "requires_action"}}}),
+            ),
+            exchange(
+                json!({"request": {"method": "POST", "path": "/threads/t/runs/r/cancel"}, "response": {"status": 200, "body": {"id": "r"}}}),
+            ),
         ],
         vec![],
     );
@@ -144,7 +178,13 @@ fn usage_comes_from_the_run() {
     let mut fx = ScriptedEffects::new(case.exchanges, case.history);
     let a = chat(&mut fx, &case.turn).unwrap();
     fx.assert_done();
-    assert_eq!(a.usage, Some(Usage { input_tokens: 123, output_tokens: 45 }));
+    assert_eq!(
+        a.usage,
+        Some(Usage {
+            input_tokens: 123,
+            output_tokens: 45
+        })
+    );
     // the poll slept once per GET of the run
     assert_eq!(fx.slept, 2 * 500);
 }

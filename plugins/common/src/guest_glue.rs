@@ -17,7 +17,10 @@ pub struct HostStream(wh::EventStream);
 impl c::EventSource for HostStream {
     fn next_event(&mut self) -> Result<Option<c::SseEvent>, c::TransportError> {
         match self.0.next() {
-            Ok(Some(e)) => Ok(Some(c::SseEvent { event: e.event, data: e.data })),
+            Ok(Some(e)) => Ok(Some(c::SseEvent {
+                event: e.event,
+                data: e.data,
+            })),
             Ok(None) => Ok(None),
             Err(e) => Err(from_transport(e)),
         }
@@ -25,11 +28,20 @@ impl c::EventSource for HostStream {
 }
 
 fn to_request(r: c::HttpRequest) -> wh::Request {
-    wh::Request { method: r.method, path: r.path, headers: r.headers, body: r.body }
+    wh::Request {
+        method: r.method,
+        path: r.path,
+        headers: r.headers,
+        body: r.body,
+    }
 }
 
 fn from_response(r: wh::Response) -> c::HttpResponse {
-    c::HttpResponse { status: r.status, headers: r.headers, body: r.body }
+    c::HttpResponse {
+        status: r.status,
+        headers: r.headers,
+        body: r.body,
+    }
 }
 
 fn from_transport(e: wh::TransportError) -> c::TransportError {
@@ -44,10 +56,15 @@ impl c::Effects for HostEffects {
     type Stream = HostStream;
 
     fn http(&mut self, req: c::HttpRequest) -> Result<c::HttpResponse, c::TransportError> {
-        wh::http(&to_request(req)).map(from_response).map_err(from_transport)
+        wh::http(&to_request(req))
+            .map(from_response)
+            .map_err(from_transport)
     }
 
-    fn http_stream(&mut self, req: c::HttpRequest) -> Result<c::StreamStart<HostStream>, c::TransportError> {
+    fn http_stream(
+        &mut self,
+        req: c::HttpRequest,
+    ) -> Result<c::StreamStart<HostStream>, c::TransportError> {
         match wh::http_stream(&to_request(req)) {
             Ok(wh::StreamStart::Events(s)) => Ok(c::StreamStart::Events(HostStream(s))),
             Ok(wh::StreamStart::Refused(r)) => Ok(c::StreamStart::Refused(from_response(r))),
@@ -110,7 +127,11 @@ fn from_turn(t: wt::Turn) -> c::Turn {
         context: t
             .context
             .into_iter()
-            .map(|ch| c::ContextChunk { source: ch.source, text: ch.text, score: ch.score })
+            .map(|ch| c::ContextChunk {
+                source: ch.source,
+                text: ch.text,
+                score: ch.score,
+            })
             .collect(),
         settings: from_settings(t.settings),
     }
@@ -123,7 +144,10 @@ fn to_answer(a: c::Answer) -> wt::Answer {
         turn_id: a.turn_id,
         new_session: a.new_session,
         replayed: a.replayed,
-        usage: a.usage.map(|u| wt::Usage { input_tokens: u.input_tokens, output_tokens: u.output_tokens }),
+        usage: a.usage.map(|u| wt::Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+        }),
     }
 }
 

@@ -48,10 +48,16 @@ pub struct HistoryMessage {
 
 impl HistoryMessage {
     pub fn user(text: impl Into<String>) -> Self {
-        Self { role: Role::User, text: text.into() }
+        Self {
+            role: Role::User,
+            text: text.into(),
+        }
     }
     pub fn assistant(text: impl Into<String>) -> Self {
-        Self { role: Role::Assistant, text: text.into() }
+        Self {
+            role: Role::Assistant,
+            text: text.into(),
+        }
     }
 }
 
@@ -90,11 +96,19 @@ impl Default for Settings {
 impl Settings {
     /// The poll interval, with 0 meaning the default.
     pub fn poll_interval(&self) -> u32 {
-        if self.poll_interval_ms == 0 { DEFAULT_POLL_INTERVAL_MS } else { self.poll_interval_ms }
+        if self.poll_interval_ms == 0 {
+            DEFAULT_POLL_INTERVAL_MS
+        } else {
+            self.poll_interval_ms
+        }
     }
     /// The deadline, with 0 meaning the default.
     pub fn deadline(&self) -> u64 {
-        u64::from(if self.deadline_ms == 0 { DEFAULT_DEADLINE_MS } else { self.deadline_ms })
+        u64::from(if self.deadline_ms == 0 {
+            DEFAULT_DEADLINE_MS
+        } else {
+            self.deadline_ms
+        })
     }
 }
 
@@ -241,7 +255,13 @@ impl ChatError {
 
 impl std::fmt::Display for ChatError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (retryable={}): {}", self.kind.as_str(), self.retryable, self.message)
+        write!(
+            f,
+            "{} (retryable={}): {}",
+            self.kind.as_str(),
+            self.retryable,
+            self.message
+        )
     }
 }
 
@@ -272,7 +292,12 @@ pub struct HttpRequest {
 
 impl HttpRequest {
     pub fn new(method: &str, path: impl Into<String>) -> Self {
-        Self { method: method.to_owned(), path: path.into(), headers: Vec::new(), body: None }
+        Self {
+            method: method.to_owned(),
+            path: path.into(),
+            headers: Vec::new(),
+            body: None,
+        }
     }
     pub fn get(path: impl Into<String>) -> Self {
         Self::new("GET", path)
@@ -287,8 +312,13 @@ impl HttpRequest {
     /// Set a JSON body and `Content-Type: application/json`.
     pub fn json(mut self, body: &Value) -> Self {
         self.body = Some(body.to_string());
-        if !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
-            self.headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
+        if !self
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            self.headers
+                .push(("Content-Type".to_owned(), "application/json".to_owned()));
         }
         self
     }
@@ -307,7 +337,10 @@ pub struct HttpResponse {
 
 impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
@@ -353,7 +386,10 @@ pub enum Level {
 pub trait Effects {
     type Stream: EventSource;
     fn http(&mut self, req: HttpRequest) -> Result<HttpResponse, TransportError>;
-    fn http_stream(&mut self, req: HttpRequest) -> Result<StreamStart<Self::Stream>, TransportError>;
+    fn http_stream(
+        &mut self,
+        req: HttpRequest,
+    ) -> Result<StreamStart<Self::Stream>, TransportError>;
     /// Show a piece of answer text to the user while it streams.
     fn push_text(&mut self, delta: &str);
     fn log(&mut self, level: Level, msg: &str);
@@ -392,20 +428,31 @@ impl ApiError {
                 _ => String::new(),
             },
         };
-        ApiError { message, kind: s("type"), code: s("code") }
+        ApiError {
+            message,
+            kind: s("type"),
+            code: s("code"),
+        }
     }
 
     /// Read an error from a response body (JSON or not).
     pub fn from_body(body: &str) -> ApiError {
         match serde_json::from_str::<Value>(body) {
             Ok(v) => ApiError::from_value(&v),
-            Err(_) => ApiError { message: truncate(body.trim(), 200), ..Default::default() },
+            Err(_) => ApiError {
+                message: truncate(body.trim(), 200),
+                ..Default::default()
+            },
         }
     }
 
     fn describe(&self) -> String {
         let mut s = self.message.clone();
-        let tag = if !self.code.is_empty() { &self.code } else { &self.kind };
+        let tag = if !self.code.is_empty() {
+            &self.code
+        } else {
+            &self.kind
+        };
         if !tag.is_empty() {
             if s.is_empty() {
                 s = tag.clone();
@@ -447,16 +494,22 @@ impl ApiError {
         ]
         .iter()
         .any(|p| m.contains(p))
-            || matches!(self.code.as_str(), "api_deprecated" | "endpoint_deprecated" | "api_gone")
+            || matches!(
+                self.code.as_str(),
+                "api_deprecated" | "endpoint_deprecated" | "api_gone"
+            )
     }
 }
 
 /// Parse `Retry-After` (seconds, possibly fractional) or `retry-after-ms`.
 pub fn retry_after_ms(resp: &HttpResponse) -> Option<u32> {
-    if let Some(ms) = resp.header("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(ms.min(u32::MAX as f64) as u32);
-        }
+    if let Some(ms) = resp
+        .header("retry-after-ms")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(ms.min(u32::MAX as f64) as u32);
     }
     let secs = resp.header("retry-after")?.trim().parse::<f64>().ok()?;
     if !secs.is_finite() || secs < 0.0 {
@@ -508,20 +561,30 @@ pub fn classify_api_error(what: &str, api: &ApiError) -> ChatError {
         _ => (ErrorKind::Server, true),
     };
     let detail = api.describe();
-    let detail = if detail.is_empty() { "error".to_owned() } else { detail };
+    let detail = if detail.is_empty() {
+        "error".to_owned()
+    } else {
+        detail
+    };
     ChatError::new(kind, format!("{what}: {detail}"), retryable)
 }
 
 /// Classify a transport failure.
 pub fn classify_transport(what: &str, err: &TransportError) -> ChatError {
     match err {
-        TransportError::Timeout(m) => ChatError::new(ErrorKind::Timeout, format!("{what}: timed out: {m}"), true),
-        TransportError::Connection(m) => {
-            ChatError::new(ErrorKind::Connection, format!("{what}: connection failed: {m}"), true)
+        TransportError::Timeout(m) => {
+            ChatError::new(ErrorKind::Timeout, format!("{what}: timed out: {m}"), true)
         }
-        TransportError::Refused(m) => {
-            ChatError::new(ErrorKind::Config, format!("{what}: refused by the host: {m}"), false)
-        }
+        TransportError::Connection(m) => ChatError::new(
+            ErrorKind::Connection,
+            format!("{what}: connection failed: {m}"),
+            true,
+        ),
+        TransportError::Refused(m) => ChatError::new(
+            ErrorKind::Config,
+            format!("{what}: refused by the host: {m}"),
+            false,
+        ),
     }
 }
 
@@ -548,7 +611,10 @@ pub fn call_json<E: Effects>(
     fx.log(Level::Debug, &what);
     let resp = fx.http(req).map_err(|e| classify_transport(&what, &e))?;
     if let Some(id) = resp.header("x-request-id") {
-        fx.log(Level::Debug, &format!("{what}: HTTP {} x-request-id={id}", resp.status));
+        fx.log(
+            Level::Debug,
+            &format!("{what}: HTTP {} x-request-id={id}", resp.status),
+        );
     }
     if !resp.is_success() {
         if let Some(err) = on_status(&resp) {
@@ -562,7 +628,10 @@ pub fn call_json<E: Effects>(
 /// Parse a JSON body; a parse failure is a bad-response error.
 pub fn parse_json(what: &str, body: &str) -> Result<Value, ChatError> {
     serde_json::from_str(body).map_err(|e| {
-        ChatError::bad_response(format!("{what}: body is not JSON ({e}): {}", truncate(body.trim(), 80)))
+        ChatError::bad_response(format!(
+            "{what}: body is not JSON ({e}): {}",
+            truncate(body.trim(), 80)
+        ))
     })
 }
 
@@ -656,7 +725,10 @@ fn flatten(s: &str) -> String {
 
 /// History messages worth replaying (empty texts are skipped: the API rejects empty content).
 pub fn replayable(history: &[HistoryMessage]) -> Vec<&HistoryMessage> {
-    history.iter().filter(|m| !m.text.trim().is_empty()).collect()
+    history
+        .iter()
+        .filter(|m| !m.text.trim().is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -666,7 +738,10 @@ mod tests {
     fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
         HttpResponse {
             status,
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             body: body.to_owned(),
         }
     }
@@ -675,7 +750,11 @@ mod tests {
     fn classify_429_retry_after() {
         let e = classify_http(
             "POST /responses",
-            &resp(429, &[("Retry-After", "2")], r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#),
+            &resp(
+                429,
+                &[("Retry-After", "2")],
+                r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
+            ),
         );
         assert_eq!(e.kind, ErrorKind::RateLimited);
         assert!(e.retryable);
@@ -688,7 +767,11 @@ mod tests {
     fn classify_quota() {
         let e = classify_http(
             "x",
-            &resp(429, &[], r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#),
+            &resp(
+                429,
+                &[],
+                r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+            ),
         );
         assert_eq!(e.kind, ErrorKind::Quota);
         assert!(!e.retryable);
@@ -716,17 +799,29 @@ mod tests {
     fn classify_busy() {
         let e = classify_http(
             "x",
-            &resp(400, &[], r#"{"error":{"message":"Another response is in progress","type":"invalid_request_error","code":"conversation_locked"}}"#),
+            &resp(
+                400,
+                &[],
+                r#"{"error":{"message":"Another response is in progress","type":"invalid_request_error","code":"conversation_locked"}}"#,
+            ),
         );
         assert_eq!((e.kind, e.retryable), (ErrorKind::SessionBusy, true));
         let e = classify_http(
             "x",
-            &resp(400, &[], r#"{"error":{"message":"Thread thread_1 already has an active run run_2.","type":"invalid_request_error","code":null}}"#),
+            &resp(
+                400,
+                &[],
+                r#"{"error":{"message":"Thread thread_1 already has an active run run_2.","type":"invalid_request_error","code":null}}"#,
+            ),
         );
         assert_eq!(e.kind, ErrorKind::SessionBusy);
         let e = classify_http(
             "x",
-            &resp(400, &[], r#"{"error":{"message":"Can't add messages to thread_1 while a run run_2 is active.","type":"invalid_request_error"}}"#),
+            &resp(
+                400,
+                &[],
+                r#"{"error":{"message":"Can't add messages to thread_1 while a run run_2 is active.","type":"invalid_request_error"}}"#,
+            ),
         );
         assert_eq!(e.kind, ErrorKind::SessionBusy);
     }
@@ -741,20 +836,36 @@ mod tests {
 
     #[test]
     fn api_error_shapes() {
-        let a = ApiError::from_value(&serde_json::json!({"type":"error","code":"server_error","message":"boom","param":null}));
-        assert_eq!((a.code.as_str(), a.message.as_str()), ("server_error", "boom"));
+        let a = ApiError::from_value(
+            &serde_json::json!({"type":"error","code":"server_error","message":"boom","param":null}),
+        );
+        assert_eq!(
+            (a.code.as_str(), a.message.as_str()),
+            ("server_error", "boom")
+        );
         let a = ApiError::from_value(
             &serde_json::json!({"type":"error","error":{"type":"invalid_request_error","code":"conversation_locked","message":"m"}}),
         );
-        assert_eq!((a.code.as_str(), a.kind.as_str()), ("conversation_locked", "invalid_request_error"));
+        assert_eq!(
+            (a.code.as_str(), a.kind.as_str()),
+            ("conversation_locked", "invalid_request_error")
+        );
         assert_eq!(classify_api_error("s", &a).kind, ErrorKind::SessionBusy);
     }
 
     #[test]
     fn instructions_with_context() {
         let ctx = vec![
-            ContextChunk { source: "a.md".into(), text: "Alpha\nbeta ".into(), score: 0.9 },
-            ContextChunk { source: "b.md".into(), text: "Gamma".into(), score: 0.5 },
+            ContextChunk {
+                source: "a.md".into(),
+                text: "Alpha\nbeta ".into(),
+                score: 0.9,
+            },
+            ContextChunk {
+                source: "b.md".into(),
+                text: "Gamma".into(),
+                score: 0.5,
+            },
         ];
         assert_eq!(
             build_instructions("Be brief.", &ctx),

@@ -54,14 +54,21 @@ pub struct ScriptedEffects {
 
 impl ScriptedEffects {
     pub fn new(exchanges: Vec<Exchange>, history: Vec<HistoryMessage>) -> Self {
-        Self { exchanges: exchanges.into(), history, ..Default::default() }
+        Self {
+            exchanges: exchanges.into(),
+            history,
+            ..Default::default()
+        }
     }
 
     fn take(&mut self, req: &HttpRequest) -> Reply {
         self.requests.push(req.clone());
         let n = self.requests.len();
         let Some(ex) = self.exchanges.pop_front() else {
-            panic!("unexpected request #{n}: {} {} body={:?}", req.method, req.path, req.body);
+            panic!(
+                "unexpected request #{n}: {} {} body={:?}",
+                req.method, req.path, req.body
+            );
         };
         if let Err(why) = request_matches(&ex.request, req) {
             panic!(
@@ -95,18 +102,30 @@ impl Effects for ScriptedEffects {
         match self.take(&req) {
             Reply::Response(r) => Ok(r),
             Reply::Transport(e) => Err(e),
-            Reply::Sse { .. } => panic!("{} {}: scripted as a stream, asked with http", req.method, req.path),
+            Reply::Sse { .. } => panic!(
+                "{} {}: scripted as a stream, asked with http",
+                req.method, req.path
+            ),
         }
     }
 
-    fn http_stream(&mut self, req: HttpRequest) -> Result<StreamStart<ScriptedStream>, TransportError> {
+    fn http_stream(
+        &mut self,
+        req: HttpRequest,
+    ) -> Result<StreamStart<ScriptedStream>, TransportError> {
         match self.take(&req) {
-            Reply::Sse { events, cut } => Ok(StreamStart::Events(ScriptedStream { events: events.into(), cut })),
+            Reply::Sse { events, cut } => Ok(StreamStart::Events(ScriptedStream {
+                events: events.into(),
+                cut,
+            })),
             Reply::Transport(e) => Err(e),
             Reply::Response(r) if !r.is_success() => Ok(StreamStart::Refused(r)),
             Reply::Response(r) => {
                 // A 2xx plain body on a stream request: hand it over as one event per SSE block.
-                Ok(StreamStart::Events(ScriptedStream { events: parse_sse_text(&r.body).into(), cut: false }))
+                Ok(StreamStart::Events(ScriptedStream {
+                    events: parse_sse_text(&r.body).into(),
+                    cut: false,
+                }))
             }
         }
     }
@@ -149,7 +168,10 @@ pub fn parse_sse_text(text: &str) -> Vec<SseEvent> {
             }
         }
         if event.is_some() || !data.is_empty() {
-            out.push(SseEvent { event, data: data.join("\n") });
+            out.push(SseEvent {
+                event,
+                data: data.join("\n"),
+            });
         }
     }
     out
@@ -199,18 +221,26 @@ pub fn request_matches(want: &Value, req: &HttpRequest) -> Result<(), String> {
     }
     if let Some(Value::Object(h)) = want.get("headers") {
         for (name, v) in h {
-            let got = req.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+            let got = req
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str());
             if got != v.as_str() {
                 return Err(format!("header {name}: {got:?}, want {v}"));
             }
         }
     }
     let body: Option<Value> = match &req.body {
-        Some(b) => Some(serde_json::from_str(b).map_err(|e| format!("request body is not JSON: {e}"))?),
+        Some(b) => {
+            Some(serde_json::from_str(b).map_err(|e| format!("request body is not JSON: {e}"))?)
+        }
         None => None,
     };
     if let Some(wb) = want.get("body") {
-        let Some(gb) = &body else { return Err("no request body".into()) };
+        let Some(gb) = &body else {
+            return Err("no request body".into());
+        };
         subset(wb, gb, "body")?;
     }
     if let Some(Value::Array(absent)) = want.get("absent") {
@@ -245,13 +275,21 @@ fn s(v: &Value, k: &str) -> Option<String> {
 
 pub fn parse_settings(v: &Value) -> Settings {
     let d = Settings::default();
-    let u = |k: &str, def: u32| v.get(k).and_then(Value::as_u64).map(|x| x as u32).unwrap_or(def);
+    let u = |k: &str, def: u32| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .map(|x| x as u32)
+            .unwrap_or(def)
+    };
     Settings {
         model: s(v, "model").unwrap_or_default(),
         instructions: s(v, "instructions").unwrap_or_default(),
         assistant_id: s(v, "assistant_id"),
         stream: v.get("stream").and_then(Value::as_bool).unwrap_or(d.stream),
-        background: v.get("background").and_then(Value::as_bool).unwrap_or(d.background),
+        background: v
+            .get("background")
+            .and_then(Value::as_bool)
+            .unwrap_or(d.background),
         poll_interval_ms: u("poll_interval_ms", d.poll_interval_ms),
         deadline_ms: u("deadline_ms", d.deadline_ms),
     }
@@ -327,13 +365,20 @@ pub fn parse_exchange(v: &Value) -> Exchange {
                 },
             })
             .collect();
-        Reply::Sse { events, cut: v.get("cut").and_then(Value::as_bool).unwrap_or(false) }
+        Reply::Sse {
+            events,
+            cut: v.get("cut").and_then(Value::as_bool).unwrap_or(false),
+        }
     } else {
         let r = v.get("response").cloned().unwrap_or(Value::Null);
         let headers = r
             .get("headers")
             .and_then(Value::as_object)
-            .map(|h| h.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+                    .collect()
+            })
             .unwrap_or_default();
         Reply::Response(HttpResponse {
             status: r.get("status").and_then(Value::as_u64).unwrap_or(200) as u16,
@@ -389,7 +434,11 @@ where
     let name = case.name.clone();
     let mut fx = ScriptedEffects::new(case.exchanges, case.history.clone());
     let got: Value = if case.call == "replay" {
-        let sid = case.session_id.clone().or(case.turn.session_id.clone()).expect("replay case needs session_id");
+        let sid = case
+            .session_id
+            .clone()
+            .or(case.turn.session_id.clone())
+            .expect("replay case needs session_id");
         match replay(&mut fx, &sid, case.history, &case.turn.settings) {
             Ok(n) => json!({"ok": {"replayed": n}}),
             Err(e) => json!({"error": error_json(&e)}),
@@ -411,7 +460,11 @@ where
         assert_eq!(&fx.pushed, p, "case {name:?}: pushed text");
     }
     if !fx.exchanges.is_empty() {
-        panic!("case {name:?}: {} exchange(s) never requested; next: {}", fx.exchanges.len(), fx.exchanges[0].request);
+        panic!(
+            "case {name:?}: {} exchange(s) never requested; next: {}",
+            fx.exchanges.len(),
+            fx.exchanges[0].request
+        );
     }
 }
 
@@ -430,7 +483,9 @@ where
     let mut failures = Vec::new();
     for p in &paths {
         let text = std::fs::read_to_string(p).unwrap();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(&text, &chat, &replay)));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_case(&text, &chat, &replay)
+        }));
         if r.is_err() {
             failures.push(p.display().to_string());
         }
@@ -463,50 +518,78 @@ mod tests {
         })
     }
 
-    fn no_replay(_: &mut ScriptedEffects, _: &str, _: Vec<HistoryMessage>, _: &Settings) -> Result<u32, ChatError> {
+    fn no_replay(
+        _: &mut ScriptedEffects,
+        _: &str,
+        _: Vec<HistoryMessage>,
+        _: &Settings,
+    ) -> Result<u32, ChatError> {
         unreachable!()
     }
 
     #[test]
     fn matching_case_passes() {
-        run_case(CASE, |fx, t| echo(fx, t, json!({"a": [1, {"b": 2, "extra": true}], "d": 1})), no_replay);
+        run_case(
+            CASE,
+            |fx, t| echo(fx, t, json!({"a": [1, {"b": 2, "extra": true}], "d": 1})),
+            no_replay,
+        );
     }
 
     #[test]
     #[should_panic(expected = "must be absent")]
     fn absent_key_is_enforced() {
-        run_case(CASE, |fx, t| echo(fx, t, json!({"a": [1, {"b": 2}], "c": null})), no_replay);
+        run_case(
+            CASE,
+            |fx, t| echo(fx, t, json!({"a": [1, {"b": 2}], "c": null})),
+            no_replay,
+        );
     }
 
     #[test]
     #[should_panic(expected = "elements")]
     fn array_lengths_must_match() {
-        run_case(CASE, |fx, t| echo(fx, t, json!({"a": [1, {"b": 2}, 3]})), no_replay);
+        run_case(
+            CASE,
+            |fx, t| echo(fx, t, json!({"a": [1, {"b": 2}, 3]})),
+            no_replay,
+        );
     }
 
     #[test]
     #[should_panic(expected = "expect.ok.text")]
     fn wrong_answer_fails() {
-        run_case(CASE, |fx, mut t| {
-            t.text = "other".into();
-            echo(fx, t, json!({"a": [1, {"b": 2}]}))
-        }, no_replay);
+        run_case(
+            CASE,
+            |fx, mut t| {
+                t.text = "other".into();
+                echo(fx, t, json!({"a": [1, {"b": 2}]}))
+            },
+            no_replay,
+        );
     }
 
     #[test]
     #[should_panic(expected = "never requested")]
     fn unused_exchanges_fail() {
-        let case = CASE.replace(r#"{"ok": {"text": "hi", "turn_id": "r1"}}"#, r#"{"error": {"kind": "config"}}"#);
+        let case = CASE.replace(
+            r#"{"ok": {"text": "hi", "turn_id": "r1"}}"#,
+            r#"{"error": {"kind": "config"}}"#,
+        );
         run_case(&case, |_, _| Err(ChatError::config("x")), no_replay);
     }
 
     #[test]
     #[should_panic(expected = "unexpected request")]
     fn extra_requests_fail() {
-        run_case(CASE, |fx, t| {
-            let _ = echo(fx, t.clone(), json!({"a": [1, {"b": 2}]}));
-            echo(fx, t, json!({"a": [1, {"b": 2}]}))
-        }, no_replay);
+        run_case(
+            CASE,
+            |fx, t| {
+                let _ = echo(fx, t.clone(), json!({"a": [1, {"b": 2}]}));
+                echo(fx, t, json!({"a": [1, {"b": 2}]}))
+            },
+            no_replay,
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ pub fn history_item(m: &HistoryMessage) -> Value {
 }
 
 /// Ensure the conversation: check a stored one, or create one (replaying `recent_history()`).
-pub fn get_or_create_conversation<E: Effects>(fx: &mut E, session_id: Option<&str>) -> Result<Session, ChatError> {
+pub fn get_or_create_conversation<E: Effects>(
+    fx: &mut E,
+    session_id: Option<&str>,
+) -> Result<Session, ChatError> {
     if let Some(id) = session_id.filter(|s| !s.is_empty()) {
         let req = HttpRequest::get(format!("/conversations/{}", path_segment(id)));
         let mut gone = false;
@@ -49,9 +52,18 @@ pub fn get_or_create_conversation<E: Effects>(fx: &mut E, session_id: Option<&st
             None
         });
         match r {
-            Ok(_) => return Ok(Session { id: id.to_owned(), new: false, replayed: 0 }),
+            Ok(_) => {
+                return Ok(Session {
+                    id: id.to_owned(),
+                    new: false,
+                    replayed: 0,
+                });
+            }
             Err(_) if gone => {
-                fx.log(Level::Info, &format!("conversation {id} is gone (404): starting a new one"));
+                fx.log(
+                    Level::Info,
+                    &format!("conversation {id} is gone (404): starting a new one"),
+                );
             }
             Err(e) => return Err(e),
         }
@@ -61,28 +73,47 @@ pub fn get_or_create_conversation<E: Effects>(fx: &mut E, session_id: Option<&st
 }
 
 /// `POST /conversations` with the first ≤20 items, then the rest in batches.
-pub fn create_conversation<E: Effects>(fx: &mut E, history: &[HistoryMessage]) -> Result<Session, ChatError> {
+pub fn create_conversation<E: Effects>(
+    fx: &mut E,
+    history: &[HistoryMessage],
+) -> Result<Session, ChatError> {
     let items: Vec<Value> = replayable(history).into_iter().map(history_item).collect();
     let first = items.len().min(MAX_ITEMS_PER_CALL);
-    let body = if first == 0 { json!({}) } else { json!({"items": items[..first]}) };
+    let body = if first == 0 {
+        json!({})
+    } else {
+        json!({"items": items[..first]})
+    };
     let req = HttpRequest::post("/conversations").json(&body);
     let v = call_json(fx, req, |_| None)?;
     let id = req_str("POST /conversations", &v, "id")?.to_owned();
-    fx.log(Level::Info, &format!("created conversation {id} with {first} item(s)"));
+    fx.log(
+        Level::Info,
+        &format!("created conversation {id} with {first} item(s)"),
+    );
     append_items(fx, &id, &items[first..]).map_err(|e| e.with_session(Some(&id)))?;
-    Ok(Session { id, new: true, replayed: items.len() as u32 })
+    Ok(Session {
+        id,
+        new: true,
+        replayed: items.len() as u32,
+    })
 }
 
 fn append_items<E: Effects>(fx: &mut E, id: &str, items: &[Value]) -> Result<(), ChatError> {
     for batch in items.chunks(MAX_ITEMS_PER_CALL) {
-        let req = HttpRequest::post(format!("/conversations/{}/items", path_segment(id))).json(&json!({"items": batch}));
+        let req = HttpRequest::post(format!("/conversations/{}/items", path_segment(id)))
+            .json(&json!({"items": batch}));
         let mut gone = false;
         call_json(fx, req, |r| {
             gone = r.status == 404;
             None
         })
         .map_err(|e| {
-            if gone { ChatError::new(ErrorKind::SessionGone, e.message, false) } else { e }
+            if gone {
+                ChatError::new(ErrorKind::SessionGone, e.message, false)
+            } else {
+                e
+            }
         })?;
     }
     Ok(())
@@ -114,13 +145,35 @@ pub fn response_body(turn: &Turn, conversation: &str) -> Value {
     body
 }
 
+/// A 404 on `POST /responses` that names the conversation (not e.g. `model_not_found`): the
+/// conversation vanished since it was checked. Nothing was applied, so a retry may succeed
+/// (the host drops the stored id; the next turn creates a new conversation).
+fn conversation_gone(resp: &HttpResponse, conversation: &str) -> Option<ChatError> {
+    let api = ApiError::from_body(&resp.body);
+    let names_it = api.message.to_ascii_lowercase().contains("conversation")
+        || api.message.contains(conversation);
+    (resp.status == 404 && api.code != "model_not_found" && names_it).then(|| {
+        ChatError::new(
+            ErrorKind::SessionGone,
+            format!("POST /responses: conversation {conversation} not found (HTTP 404)"),
+            true,
+        )
+    })
+}
+
 /// One user turn.
 pub fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
     if turn.settings.model.trim().is_empty() {
-        return Err(ChatError::config("no model configured for the Responses backend"));
+        return Err(ChatError::config(
+            "no model configured for the Responses backend",
+        ));
     }
     let session = get_or_create_conversation(fx, turn.session_id.as_deref())?;
-    let created = if session.new { Some(session.id.as_str()) } else { None };
+    let created = if session.new {
+        Some(session.id.as_str())
+    } else {
+        None
+    };
     let result = if turn.settings.stream {
         stream_turn(fx, turn, &session.id)
     } else {
@@ -150,15 +203,25 @@ pub struct Finished {
 /// The text of a response object: every `output_text` part of every `message` item, joined.
 pub fn output_text(response: &Value) -> String {
     let mut out = String::new();
-    for item in response.get("output").and_then(Value::as_array).into_iter().flatten() {
+    for item in response
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if item.get("type").and_then(Value::as_str) != Some("message") {
             continue;
         }
-        for part in item.get("content").and_then(Value::as_array).into_iter().flatten() {
-            if part.get("type").and_then(Value::as_str) == Some("output_text") {
-                if let Some(t) = part.get("text").and_then(Value::as_str) {
-                    out.push_str(t);
-                }
+        for part in item
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if part.get("type").and_then(Value::as_str) == Some("output_text")
+                && let Some(t) = part.get("text").and_then(Value::as_str)
+            {
+                out.push_str(t);
             }
         }
     }
@@ -186,7 +249,10 @@ fn unfinished(response: &Value, status: &str) -> ChatError {
             .unwrap_or("unknown reason")
             .to_owned(),
         _ => {
-            let e = response.get("error").map(ApiError::from_value).unwrap_or_default();
+            let e = response
+                .get("error")
+                .map(ApiError::from_value)
+                .unwrap_or_default();
             match (e.code.is_empty(), e.message.is_empty()) {
                 (true, true) => "no details".to_owned(),
                 (false, true) => e.code,
@@ -195,15 +261,23 @@ fn unfinished(response: &Value, status: &str) -> ChatError {
             }
         }
     };
-    ChatError::model_failed(format!("response {} {status}: {detail}", id.unwrap_or("?"))).with_turn(id)
+    ChatError::model_failed(format!("response {} {status}: {detail}", id.unwrap_or("?")))
+        .with_turn(id)
 }
 
 fn finish(response: &Value, id: &str) -> Result<Finished, ChatError> {
     let text = output_text(response).trim().to_owned();
     if text.is_empty() {
-        return Err(ChatError::model_failed(format!("response {id} completed without output text")).with_turn(Some(id)));
+        return Err(ChatError::model_failed(format!(
+            "response {id} completed without output text"
+        ))
+        .with_turn(Some(id)));
     }
-    Ok(Finished { id: id.to_owned(), text, usage: usage_of(response) })
+    Ok(Finished {
+        id: id.to_owned(),
+        text,
+        usage: usage_of(response),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,15 +285,26 @@ fn finish(response: &Value, id: &str) -> Result<Finished, ChatError> {
 // ---------------------------------------------------------------------------------------------
 
 /// Stream one response, pushing text deltas as they arrive.
-pub fn stream_turn<E: Effects>(fx: &mut E, turn: &Turn, conversation: &str) -> Result<Finished, ChatError> {
+pub fn stream_turn<E: Effects>(
+    fx: &mut E,
+    turn: &Turn,
+    conversation: &str,
+) -> Result<Finished, ChatError> {
     let mut body = response_body(turn, conversation);
     body["stream"] = Value::Bool(true);
-    let req = HttpRequest::post("/responses").header("Accept", "text/event-stream").json(&body);
+    let req = HttpRequest::post("/responses")
+        .header("Accept", "text/event-stream")
+        .json(&body);
     let what = req.what();
-    let start = fx.http_stream(req).map_err(|e| classify_transport(&what, &e))?;
+    let start = fx
+        .http_stream(req)
+        .map_err(|e| classify_transport(&what, &e))?;
     let mut events = match start {
         StreamStart::Events(s) => s,
-        StreamStart::Refused(resp) => return Err(classify_http(&what, &resp)),
+        StreamStart::Refused(resp) => {
+            return Err(conversation_gone(&resp, conversation)
+                .unwrap_or_else(|| classify_http(&what, &resp)));
+        }
     };
     let mut st = StreamState::default();
     let r = st.run(fx, &mut events);
@@ -239,7 +324,11 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn run<E: Effects>(&mut self, fx: &mut E, events: &mut E::Stream) -> Result<Finished, ChatError> {
+    fn run<E: Effects>(
+        &mut self,
+        fx: &mut E,
+        events: &mut E::Stream,
+    ) -> Result<Finished, ChatError> {
         loop {
             let ev = match events.next_event() {
                 Ok(Some(ev)) => ev,
@@ -262,24 +351,37 @@ impl StreamState {
             let v: Value = match serde_json::from_str(data) {
                 Ok(v) => v,
                 Err(e) => {
-                    fx.log(Level::Warn, &format!("skipping an unparsable stream event ({e}): {}", truncate(data, 80)));
+                    fx.log(
+                        Level::Warn,
+                        &format!(
+                            "skipping an unparsable stream event ({e}): {}",
+                            truncate(data, 80)
+                        ),
+                    );
                     continue;
                 }
             };
-            let ty = v.get("type").and_then(Value::as_str).or(ev.event.as_deref()).unwrap_or("");
+            let ty = v
+                .get("type")
+                .and_then(Value::as_str)
+                .or(ev.event.as_deref())
+                .unwrap_or("");
             match ty {
-                "response.created" | "response.in_progress" | "response.queued" => {
-                    if self.id.is_none() {
-                        self.id = v.pointer("/response/id").and_then(Value::as_str).map(str::to_owned);
-                    }
+                "response.created" | "response.in_progress" | "response.queued"
+                    if self.id.is_none() =>
+                {
+                    self.id = v
+                        .pointer("/response/id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
                 }
                 "response.output_text.delta" => {
-                    if let Some(d) = v.get("delta").and_then(Value::as_str) {
-                        if !d.is_empty() {
-                            fx.push_text(d);
-                            self.pushed = true;
-                            self.deltas.push_str(d);
-                        }
+                    if let Some(d) = v.get("delta").and_then(Value::as_str)
+                        && !d.is_empty()
+                    {
+                        fx.push_text(d);
+                        self.pushed = true;
+                        self.deltas.push_str(d);
                     }
                 }
                 "response.output_text.done" => {
@@ -306,17 +408,27 @@ impl StreamState {
     }
 
     fn cut(&self, why: &str) -> ChatError {
-        ChatError::new(ErrorKind::StreamCut, format!("POST /responses: {why}"), !self.pushed)
+        ChatError::new(
+            ErrorKind::StreamCut,
+            format!("POST /responses: {why}"),
+            !self.pushed,
+        )
     }
 
     fn complete<E: Effects>(&mut self, fx: &mut E, resp: &Value) -> Result<Finished, ChatError> {
-        let id = opt_str(resp, "id").map(str::to_owned).or(self.id.take()).unwrap_or_default();
+        let id = opt_str(resp, "id")
+            .map(str::to_owned)
+            .or(self.id.take())
+            .unwrap_or_default();
         let from_output = output_text(resp);
         let from_done = self.done_texts.concat();
         // The completed response is authoritative; then the done events; then the deltas.
         let text = if !from_output.trim().is_empty() {
             if from_output != self.deltas {
-                fx.log(Level::Debug, "streamed deltas differ from the completed response's text");
+                fx.log(
+                    Level::Debug,
+                    "streamed deltas differ from the completed response's text",
+                );
             }
             from_output
         } else if !from_done.trim().is_empty() {
@@ -326,9 +438,15 @@ impl StreamState {
         };
         let text = text.trim().to_owned();
         if text.is_empty() {
-            return Err(ChatError::model_failed(format!("response {id} completed without output text")));
+            return Err(ChatError::model_failed(format!(
+                "response {id} completed without output text"
+            )));
         }
-        Ok(Finished { id, text, usage: usage_of(resp) })
+        Ok(Finished {
+            id,
+            text,
+            usage: usage_of(resp),
+        })
     }
 }
 
@@ -339,14 +457,18 @@ impl StreamState {
 const TERMINAL: [&str; 4] = ["completed", "failed", "cancelled", "incomplete"];
 
 /// One `POST /responses` without `stream`; with `background: true` poll until it ends.
-pub fn plain_turn<E: Effects>(fx: &mut E, turn: &Turn, conversation: &str) -> Result<Finished, ChatError> {
+pub fn plain_turn<E: Effects>(
+    fx: &mut E,
+    turn: &Turn,
+    conversation: &str,
+) -> Result<Finished, ChatError> {
     let started = fx.now_ms();
     let mut body = response_body(turn, conversation);
     if turn.settings.background {
         body["background"] = Value::Bool(true);
     }
     let req = HttpRequest::post("/responses").json(&body);
-    let mut resp = call_json(fx, req, |_| None)?;
+    let mut resp = call_json(fx, req, |r| conversation_gone(r, conversation))?;
     let id = req_str("POST /responses", &resp, "id")?.to_owned();
     let poll = turn.settings.poll_interval();
     let deadline = turn.settings.deadline();
@@ -359,7 +481,8 @@ pub fn plain_turn<E: Effects>(fx: &mut E, turn: &Turn, conversation: &str) -> Re
         }
         let elapsed = fx.now_ms().saturating_sub(started);
         if elapsed >= deadline {
-            let cancel = HttpRequest::post(format!("/responses/{}/cancel", path_segment(&id))).json(&json!({}));
+            let cancel = HttpRequest::post(format!("/responses/{}/cancel", path_segment(&id)))
+                .json(&json!({}));
             if let Err(e) = call_json(fx, cancel, |_| None) {
                 fx.log(Level::Warn, &format!("cancelling response {id}: {e}"));
             }

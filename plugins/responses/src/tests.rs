@@ -8,7 +8,12 @@ fn chat_fn(fx: &mut ScriptedEffects, turn: Turn) -> Result<Answer, ChatError> {
     chat(fx, &turn)
 }
 
-fn replay_fn(fx: &mut ScriptedEffects, sid: &str, h: Vec<HistoryMessage>, s: &Settings) -> Result<u32, ChatError> {
+fn replay_fn(
+    fx: &mut ScriptedEffects,
+    sid: &str,
+    h: Vec<HistoryMessage>,
+    s: &Settings,
+) -> Result<u32, ChatError> {
     replay(fx, sid, &h, s)
 }
 
@@ -65,11 +70,21 @@ fn every_case_file_is_listed() {
 }
 
 fn settings() -> Settings {
-    Settings { model: "gpt-4.1-mini".into(), instructions: "Be brief.".into(), ..Settings::default() }
+    Settings {
+        model: "gpt-4.1-mini".into(),
+        instructions: "Be brief.".into(),
+        ..Settings::default()
+    }
 }
 
 fn turn(session: Option<&str>) -> Turn {
-    Turn { user_id: 5_000_000_001, session_id: session.map(Into::into), text: "hi".into(), context: vec![], settings: settings() }
+    Turn {
+        user_id: 5_000_000_001,
+        session_id: session.map(Into::into),
+        text: "hi".into(),
+        context: vec![],
+        settings: settings(),
+    }
 }
 
 fn exchange(v: serde_json::Value) -> Exchange {
@@ -90,12 +105,16 @@ fn deltas_are_pushed_before_the_stream_ends() {
     // The stream is cut after the deltas: they were already pushed one by one.
     let mut fx = ScriptedEffects::new(
         vec![
-            exchange(json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}})),
-            exchange(json!({"request": {"method": "POST", "path": "/responses"}, "sse": [
+            exchange(
+                json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}),
+            ),
+            exchange(
+                json!({"request": {"method": "POST", "path": "/responses"}, "sse": [
                 {"data": {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}},
                 {"data": {"type": "response.output_text.delta", "delta": "a"}},
                 {"data": {"type": "response.output_text.delta", "delta": "b"}},
-            ], "cut": true})),
+            ], "cut": true}),
+            ),
         ],
         vec![],
     );
@@ -133,21 +152,36 @@ fn missing_model_is_a_config_error() {
 #[test]
 fn live_conversation_does_not_read_history() {
     let mut fx = ScriptedEffects::new(
-        vec![exchange(json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}))],
+        vec![exchange(
+            json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}),
+        )],
         vec![HistoryMessage::user("x")],
     );
     let s = get_or_create_conversation(&mut fx, Some("conv_1")).unwrap();
-    assert_eq!(s, Session { id: "conv_1".into(), new: false, replayed: 0 });
+    assert_eq!(
+        s,
+        Session {
+            id: "conv_1".into(),
+            new: false,
+            replayed: 0
+        }
+    );
     assert_eq!(fx.history_calls, 0);
 }
 
 #[test]
 fn failure_while_appending_keeps_the_new_conversation() {
-    let h: Vec<HistoryMessage> = (0..21).map(|i| HistoryMessage::user(format!("m{i}"))).collect();
+    let h: Vec<HistoryMessage> = (0..21)
+        .map(|i| HistoryMessage::user(format!("m{i}")))
+        .collect();
     let mut fx = ScriptedEffects::new(
         vec![
-            exchange(json!({"request": {"method": "POST", "path": "/conversations"}, "response": {"status": 200, "body": {"id": "conv_9"}}})),
-            exchange(json!({"request": {"method": "POST", "path": "/conversations/conv_9/items"}, "response": {"status": 503, "body": {}}})),
+            exchange(
+                json!({"request": {"method": "POST", "path": "/conversations"}, "response": {"status": 200, "body": {"id": "conv_9"}}}),
+            ),
+            exchange(
+                json!({"request": {"method": "POST", "path": "/conversations/conv_9/items"}, "response": {"status": 503, "body": {}}}),
+            ),
         ],
         h,
     );
@@ -158,12 +192,18 @@ fn failure_while_appending_keeps_the_new_conversation() {
 
 #[test]
 fn empty_history_texts_are_not_replayed() {
-    let h = vec![HistoryMessage::user("a"), HistoryMessage::assistant("  "), HistoryMessage::assistant("b")];
+    let h = vec![
+        HistoryMessage::user("a"),
+        HistoryMessage::assistant("  "),
+        HistoryMessage::assistant("b"),
+    ];
     let mut fx = ScriptedEffects::new(
-        vec![exchange(json!({"request": {"method": "POST", "path": "/conversations", "body": {"items": [
+        vec![exchange(
+            json!({"request": {"method": "POST", "path": "/conversations", "body": {"items": [
             {"type": "message", "role": "user", "content": "a"},
             {"type": "message", "role": "assistant", "content": "b"}]}},
-            "response": {"status": 200, "body": {"id": "conv_1"}}}))],
+            "response": {"status": 200, "body": {"id": "conv_1"}}}),
+        )],
         vec![],
     );
     let s = create_conversation(&mut fx, &h).unwrap();
@@ -188,10 +228,18 @@ fn background_poll_tolerates_a_transient_poll_failure() {
     let done = json!({"id": "resp_1", "status": "completed", "output": [{"type": "message", "content": [{"type": "output_text", "text": "ok"}]}]});
     let mut fx = ScriptedEffects::new(
         vec![
-            exchange(json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}})),
-            exchange(json!({"request": {"method": "POST", "path": "/responses", "body": {"background": true}}, "response": {"status": 200, "body": {"id": "resp_1", "status": "queued"}}})),
-            exchange(json!({"request": {"method": "GET", "path": "/responses/resp_1"}, "transport_error": "connection"})),
-            exchange(json!({"request": {"method": "GET", "path": "/responses/resp_1"}, "response": {"status": 200, "body": done}})),
+            exchange(
+                json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}),
+            ),
+            exchange(
+                json!({"request": {"method": "POST", "path": "/responses", "body": {"background": true}}, "response": {"status": 200, "body": {"id": "resp_1", "status": "queued"}}}),
+            ),
+            exchange(
+                json!({"request": {"method": "GET", "path": "/responses/resp_1"}, "transport_error": "connection"}),
+            ),
+            exchange(
+                json!({"request": {"method": "GET", "path": "/responses/resp_1"}, "response": {"status": 200, "body": done}}),
+            ),
         ],
         vec![],
     );
@@ -212,8 +260,49 @@ fn run_script(case: &str) -> Answer {
 
 #[test]
 fn usage_comes_from_the_completed_response() {
-    let want = Some(Usage { input_tokens: 37, output_tokens: 11 });
-    assert_eq!(run_script(include_str!("../cases/creates_conversation_when_none.json")).usage, want);
-    assert_eq!(run_script(include_str!("../cases/non_stream_plain.json")).usage, want);
-    assert_eq!(run_script(include_str!("../cases/background_poll.json")).usage, want);
+    let want = Some(Usage {
+        input_tokens: 37,
+        output_tokens: 11,
+    });
+    assert_eq!(
+        run_script(include_str!("../cases/creates_conversation_when_none.json")).usage,
+        want
+    );
+    assert_eq!(
+        run_script(include_str!("../cases/non_stream_plain.json")).usage,
+        want
+    );
+    assert_eq!(
+        run_script(include_str!("../cases/background_poll.json")).usage,
+        want
+    );
+}
+
+#[test]
+fn conversation_vanishing_before_the_response_is_session_gone() {
+    let mk = |status: u16, body: serde_json::Value| {
+        ScriptedEffects::new(
+            vec![
+                exchange(
+                    json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}),
+                ),
+                exchange(
+                    json!({"request": {"method": "POST", "path": "/responses"}, "response": {"status": status, "body": body}}),
+                ),
+            ],
+            vec![],
+        )
+    };
+    let mut fx = mk(
+        404,
+        json!({"error": {"message": "Conversation with id 'conv_1' not found.", "type": "invalid_request_error", "code": null}}),
+    );
+    let e = chat(&mut fx, &turn(Some("conv_1"))).unwrap_err();
+    assert_eq!((e.kind, e.retryable), (ErrorKind::SessionGone, true));
+    let mut fx = mk(
+        404,
+        json!({"error": {"message": "The model `gpt-x` does not exist", "type": "invalid_request_error", "code": "model_not_found"}}),
+    );
+    let e = chat(&mut fx, &turn(Some("conv_1"))).unwrap_err();
+    assert_eq!((e.kind, e.retryable), (ErrorKind::BadRequest, false));
 }
