@@ -99,14 +99,14 @@ fn message_obj(sh: &Shared, thread_id: &str, role: &str, text: &str, run: Option
 fn parse_message(v: &Value, param: &str) -> Result<(String, String, Value), ApiError> {
     let Value::Object(o) = v else { return Err(ApiError::invalid_type(param, "an object", v)) };
     if let Some(k) = o.keys().find(|k| !["attachments", "content", "metadata", "role"].contains(&k.as_str())) {
-        return Err(ApiError::unknown_parameter(&format!("{param}.{k}").trim_start_matches('.').to_string()));
+        return Err(ApiError::unknown_parameter(format!("{param}.{k}").trim_start_matches('.')));
     }
     let role = match o.get("role") {
         Some(Value::String(r)) if r == "user" || r == "assistant" => r.clone(),
         Some(Value::String(r)) => {
             return Err(ApiError::invalid_value(
                 format!("Invalid value: '{r}'. Supported values are: 'user' and 'assistant'."),
-                &format!("{param}.role").trim_start_matches('.').to_string(),
+                format!("{param}.role").trim_start_matches('.'),
             ));
         }
         _ => return Err(ApiError::missing(format!("{param}.role").trim_start_matches('.'))),
@@ -211,11 +211,10 @@ pub async fn list_messages(
 }
 
 fn refresh_active(t: &mut Thread) {
-    if let Some(r) = &t.active_run {
-        if !t.runs.iter().any(|x| &x.id == r && is_active(&x.status)) {
+    if let Some(r) = &t.active_run
+        && !t.runs.iter().any(|x| &x.id == r && is_active(&x.status)) {
             t.active_run = None;
         }
-    }
 }
 
 /// POST /v1/threads/{id}/runs
@@ -453,9 +452,8 @@ fn stream_run(sh: Arc<Shared>, thread_id: String, run: Value, ttft: Duration, in
             // keep the id announced in the stream
             {
                 let mut st = sh.state.lock().unwrap();
-                if let Some(t) = st.threads.get_mut(&thread_id) {
-                    if let Some(last) = t.messages.last_mut() { last["id"] = json!(msg_id); }
-                }
+                if let Some(t) = st.threads.get_mut(&thread_id)
+                    && let Some(last) = t.messages.last_mut() { last["id"] = json!(msg_id); }
             }
             msg = m;
         }

@@ -376,12 +376,11 @@ impl Sandbox {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(1), &mut task).await.is_err() {
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(1), &mut task).await.is_err() {
                 task.abort();
                 let _ = task.await;
             }
-        }
     }
 }
 

@@ -32,11 +32,10 @@ pub fn answer(history: &[Msg], current: &str, instructions: &str) -> String {
     if lower.starts_with("echo:") {
         return question["echo:".len()..].trim().to_string();
     }
-    if let Some(rest) = lower.strip_prefix("long answer") {
-        if let Ok(n) = rest.trim().trim_end_matches(['.', '!', '?']).trim().parse::<usize>() {
+    if let Some(rest) = lower.strip_prefix("long answer")
+        && let Ok(n) = rest.trim().trim_end_matches(['.', '!', '?']).trim().parse::<usize>() {
             return long_answer(n.min(200_000));
         }
-    }
     if lower.contains("what is my name") {
         return match earlier_users.iter().rev().find_map(|t| name_in(t)) {
             Some(name) => format!("Your name is {name}."),
@@ -111,7 +110,7 @@ pub fn long_answer(n: usize) -> String {
         words[0] = &cap;
         let sentence = format!("{} number {}.", words.join(" "), k + 1);
         if !out.is_empty() {
-            out.push_str(if k % 4 == 0 { "\n\n" } else { " " });
+            out.push_str(if k.is_multiple_of(4) { "\n\n" } else { " " });
         }
         out.push_str(&sentence);
         k += 1;

@@ -157,11 +157,10 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if self.armed {
-            if let Ok(mut st) = self.sh.state.lock() {
+        if self.armed
+            && let Ok(mut st) = self.sh.state.lock() {
                 finish(&mut st, &self.id, "cancelled");
             }
-        }
     }
 }
 
@@ -281,15 +280,14 @@ fn normalize_items(sh: &Shared, v: Option<&Value>, name: &str, max: Option<usize
     match v {
         None | Some(Value::Null) => Ok(vec![]),
         Some(Value::Array(a)) => {
-            if let Some(max) = max {
-                if a.len() > max {
+            if let Some(max) = max
+                && a.len() > max {
                     return Err(ApiError::bad_request(
                         format!("Invalid '{name}': array too long. Expected an array with maximum length {max}, but got an array with length {} instead.", a.len()),
                         Some(name),
                         Some("array_above_max_length"),
                     ));
                 }
-            }
             a.iter().enumerate().map(|(i, it)| normalize_item(sh, it, &format!("{name}[{i}]"))).collect()
         }
         Some(other) => Err(ApiError::invalid_type(name, "an array", other)),
@@ -410,12 +408,11 @@ pub async fn create(State(sh): State<Arc<Shared>>, req: Request) -> Result<Respo
         .max(1);
         let mut tokens = model::tokens(&answer);
         let mut final_status = "completed";
-        if let Some(m) = max_output_tokens {
-            if tokens.len() as u64 > m {
+        if let Some(m) = max_output_tokens
+            && tokens.len() as u64 > m {
                 tokens.truncate(m as usize);
                 final_status = "incomplete";
             }
-        }
         let text: String = tokens.concat();
         let id = sh.id("resp");
         let msg_id = sh.id("msg");
@@ -466,11 +463,10 @@ pub async fn create(State(sh): State<Arc<Shared>>, req: Request) -> Result<Respo
         };
         let snapshot = r.to_json();
         st.responses.insert(id.clone(), r);
-        if let Some(c) = &conv_id {
-            if let Some(conv) = st.conversations.get_mut(c) {
+        if let Some(c) = &conv_id
+            && let Some(conv) = st.conversations.get_mut(c) {
                 conv.locked_by = Some(id.clone());
             }
-        }
         (id, msg_id, tokens, final_status.to_string(), snapshot)
     };
 
@@ -696,7 +692,7 @@ pub async fn add_items(State(sh): State<Arc<Shared>>, Path(id): Path<String>, by
     if !body.contains_key("items") {
         return Err(ApiError::missing("items"));
     }
-    if sh.state.lock().unwrap().conversations.get(&id).is_none() {
+    if !sh.state.lock().unwrap().conversations.contains_key(&id) {
         return Err(conv_not_found(&id));
     }
     let items = normalize_items(&sh, body.get("items"), "items", Some(20))?;

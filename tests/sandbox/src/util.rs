@@ -214,16 +214,14 @@ pub fn paginate(items: &[Value], q: &ListQuery) -> Value {
         ordered.reverse();
     }
     let id_of = |v: &Value| v.get("id").and_then(Value::as_str).unwrap_or("").to_string();
-    if let Some(after) = &q.after {
-        if let Some(pos) = ordered.iter().position(|v| id_of(v) == *after) {
+    if let Some(after) = &q.after
+        && let Some(pos) = ordered.iter().position(|v| id_of(v) == *after) {
             ordered.drain(..=pos);
         }
-    }
-    if let Some(before) = &q.before {
-        if let Some(pos) = ordered.iter().position(|v| id_of(v) == *before) {
+    if let Some(before) = &q.before
+        && let Some(pos) = ordered.iter().position(|v| id_of(v) == *before) {
             ordered.truncate(pos);
         }
-    }
     let has_more = ordered.len() > q.limit;
     ordered.truncate(q.limit);
     let first = ordered.first().map(|v| id_of(v));
@@ -236,13 +234,12 @@ pub fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() && s.is_char_boundary(i + 3) {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+        if b[i] == b'%' && i + 2 < b.len() && s.is_char_boundary(i + 3)
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
                 out.push(v);
                 i += 3;
                 continue;
             }
-        }
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
     }
