@@ -111,7 +111,10 @@ impl ChromaServer {
     /// `None` (with a loud message) only when the `chroma` executable is absent.
     pub async fn start() -> Option<ChromaServer> {
         let Some(bin) = chroma_bin() else {
-            eprintln!(
+            // Straight to stderr, past the test harness's output capture: a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n!!!!!!!! SKIPPED: the `chroma` executable is not on PATH (nor in $CHROMA_BIN).\n\
                  !!!!!!!! Install it with `pip install chromadb` to run the ChromaDB tests.\n"
             );
