@@ -122,7 +122,8 @@ mod tests {
             })
             .collect();
         assert_eq!(pinned, expected);
-        assert_eq!(bucket(42), 17, "pinned value");
+        // Literal values (also computed by an independent Python FNV-1a): never change them.
+        assert_eq!(pinned, vec![68, 91, 48, 48, 99]);
     }
 
     #[test]

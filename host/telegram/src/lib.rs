@@ -184,7 +184,20 @@ fn describe(e: &RequestError, token: &str) -> String {
         RequestError::InvalidJson { raw, .. } => {
             format!("the Bot API answered something that is not JSON ({} bytes, e.g. a 502 page)", raw.len())
         }
-        other => other.to_string(),
+        other => {
+            // Include the causes (e.g. "connection refused"); teloxide's own text stops at the first level.
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(e) = src {
+                let t = e.to_string();
+                if !s.contains(&t) {
+                    s.push_str(": ");
+                    s.push_str(&t);
+                }
+                src = e.source();
+            }
+            s
+        }
     };
     redact(&s, token)
 }
@@ -300,6 +313,8 @@ struct Preview {
     /// Group: the message being edited (becomes the answer's first message).
     message: Option<MessageId>,
     shown: Option<String>,
+    /// When the first streamed text became visible.
+    first_shown: Option<Instant>,
     pacer: Pacer,
 }
 
@@ -309,7 +324,7 @@ impl Preview {
             PreviewKind::Draft(_) => options.draft_interval,
             PreviewKind::Edit => options.edit_interval.max(Duration::from_secs(1)),
         };
-        Preview { kind, chat, enabled: true, message: None, shown: None, pacer: Pacer::new(interval) }
+        Preview { kind, chat, enabled: true, message: None, shown: None, first_shown: None, pacer: Pacer::new(interval) }
     }
 
     fn wanted(&self, acc: &str) -> Option<String> {
@@ -342,7 +357,10 @@ impl Preview {
             (PreviewKind::Edit, Some(id)) => bot.edit_message_text(ChatId(chat), id, text.clone()).send().await.map(|_| ()),
         };
         match r {
-            Ok(()) => self.shown = Some(text),
+            Ok(()) => {
+                self.shown = Some(text);
+                self.first_shown.get_or_insert_with(Instant::now);
+            }
             Err(e) => match classify(&e) {
                 Failure::NotModified => self.shown = Some(text),
                 Failure::RetryAfter(d) => {
@@ -357,6 +375,30 @@ impl Preview {
                     self.enabled = false;
                 }
             },
+        }
+    }
+}
+
+/// Pushes paced previews of the latest streamed text until the sender side is dropped (turn finished).
+async fn preview_loop(bot: Bot, preview: Arc<tokio::sync::Mutex<Preview>>, mut rx: tokio::sync::watch::Receiver<String>) {
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        loop {
+            let acc = rx.borrow_and_update().clone();
+            let Some(due) = preview.lock().await.due(&acc) else { break };
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                r = rx.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let acc = rx.borrow_and_update().clone();
+            preview.lock().await.push(&bot, &acc).await;
         }
     }
 }
@@ -414,32 +456,42 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
     let _typing = start_typing(bot, chat, ctx.options.typing_interval);
 
     let kind = if sender.private { PreviewKind::Draft(i64::from(msg.id.0).max(1)) } else { PreviewKind::Edit };
-    let mut preview = Preview::new(kind, chat, &ctx.options);
+    let preview = Preview::new(kind, chat, &ctx.options);
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let handler = ctx.handler.clone();
     let mut turn = tokio::spawn(async move { handler.turn(sender, text, tx).await });
 
+    // Previews run in their own task so a slow Bot API call (teloxide holds a 502 for 10 s) never delays
+    // the final answer.
+    let preview = Arc::new(tokio::sync::Mutex::new(preview));
+    let (snapshots, snapshot_rx) = tokio::sync::watch::channel(String::new());
+    let preview_task = tokio::spawn(preview_loop(bot.clone(), preview.clone(), snapshot_rx));
+
     let mut acc = String::new();
     let mut deltas_open = true;
-    let mut first_text_at: Option<Instant> = None;
     let result = loop {
-        let due = preview.due(&acc);
         tokio::select! {
             biased;
             r = &mut turn => break r,
             d = rx.recv(), if deltas_open => match d {
-                Some(d) => acc.push_str(&d),
+                Some(d) => {
+                    acc.push_str(&d);
+                    snapshots.send_replace(acc.clone());
+                }
                 None => deltas_open = false,
             },
-            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                preview.push(bot, &acc).await;
-                if first_text_at.is_none() && preview.shown.is_some() {
-                    first_text_at = Some(Instant::now());
-                }
-            }
         }
     };
+    drop(snapshots);
+    if matches!(kind, PreviewKind::Draft(_)) {
+        // Drafts are ephemeral: drop an update still in flight, the final message replaces it.
+        preview_task.abort();
+    }
+    // Groups: let an edit in flight finish, the final edit goes to the same message.
+    let _ = preview_task.await;
+    let mut preview = preview.lock().await;
+    let first_text_at = preview.first_shown;
     let (outcome, final_text) = match result {
         Ok(TurnResult::Answer(a)) if !a.trim().is_empty() => ("answer", a.trim().to_string()),
         Ok(TurnResult::Answer(_)) => ("empty", EMPTY_ANSWER_TEXT.to_string()),

@@ -1,0 +1,290 @@
+//! The core end to end: the real plugins (built by `make build` into target/plugins) in the
+//! real runtime, talking real HTTP to the OpenAI sandbox on 127.0.0.1.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use swapbot::config::Config;
+use swapbot::plugin::{Limits, PluginError, PluginRuntime};
+use swapbot::router::Backend;
+use swapbot_sandbox::{Fault, FaultKind, Sandbox, SandboxConfig};
+
+const KEY: &str = "sk-test-core-0123456789";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn plugin_dir() -> PathBuf {
+    let dir = repo().join("target/plugins");
+    assert!(
+        dir.join("responses.wasm").exists() && dir.join("assistants.wasm").exists(),
+        "plugins missing in {}: run `make build` (make test does)",
+        dir.display()
+    );
+    dir
+}
+
+fn test_plugin(name: &str) -> Vec<u8> {
+    let path = repo().join("target/test-plugins").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}: run `make test-guests`", path.display()))
+}
+
+struct Bot {
+    app: swapbot::app::App,
+    sandbox: Sandbox,
+    _data: tempfile::TempDir,
+}
+
+async fn bot(extra: &[(&str, &str)]) -> Bot {
+    let sandbox = Sandbox::start(SandboxConfig { api_key: Some(KEY.into()), ..Default::default() }).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut vars: Vec<(String, String)> = vec![
+        ("OPENAI_API_KEY".into(), KEY.into()),
+        ("OPENAI_BASE_URL".into(), sandbox.base_url()),
+        ("ASSISTANT_ID".into(), "asst_test".into()),
+        ("DATA_DIR".into(), data.path().join("data").display().to_string()),
+        ("LOG_DIR".into(), data.path().join("logs").display().to_string()),
+        ("PLUGIN_DIR".into(), plugin_dir().display().to_string()),
+        ("POLL_INTERVAL_MS".into(), "50".into()),
+    ];
+    for (k, v) in extra {
+        vars.push((k.to_string(), v.to_string()));
+    }
+    let config = Config::from_lookup(|name| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())).unwrap();
+    let app = swapbot::app::build(config, None).await.unwrap();
+    Bot { app, sandbox, _data: data }
+}
+
+async fn ask(bot: &Bot, backend: Backend, user: i64, text: &str) -> Result<String, String> {
+    bot.app.service.turn_on(backend, "test", user, text, None).await.reply
+}
+
+#[tokio::test]
+async fn a_three_turn_dialog_keeps_context_on_both_backends() {
+    for (backend, stream) in [(Backend::Responses, "true"), (Backend::Responses, "false"), (Backend::Assistants, "true")] {
+        let bot = bot(&[("RESPONSES_STREAM", stream)]).await;
+        assert_eq!(ask(&bot, backend, 7, "My name is Ada.").await.unwrap(), "Nice to meet you, Ada.");
+        assert_eq!(ask(&bot, backend, 7, "remember the door code is 4512").await.unwrap(), "OK, I will remember: the door code is 4512.");
+        assert_eq!(ask(&bot, backend, 7, "What is my name?").await.unwrap(), "Your name is Ada.", "{backend} stream={stream}");
+        // One session for the user, reused on every turn.
+        match backend {
+            Backend::Responses => assert_eq!(bot.sandbox.conversation_count(), 1),
+            Backend::Assistants => assert_eq!(bot.sandbox.thread_count(), 1),
+        }
+        let requests = bot.sandbox.requests();
+        assert!(requests.iter().all(|r| r.header("authorization") == Some(&format!("Bearer {KEY}")[..])));
+        bot.sandbox.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn the_new_path_sends_one_response_per_turn_with_the_conversation() {
+    let bot = bot(&[]).await;
+    ask(&bot, Backend::Responses, 9, "hello").await.unwrap();
+    ask(&bot, Backend::Responses, 9, "again").await.unwrap();
+    let posts: Vec<_> = bot.sandbox.requests().into_iter().filter(|r| r.method == "POST" && r.path.ends_with("/responses")).collect();
+    assert_eq!(posts.len(), 2);
+    let conv = bot.app.service.id_map("user_conversations.json").unwrap().get(9).unwrap();
+    for post in &posts {
+        assert_eq!(post.body["conversation"], conv.as_str());
+        assert_eq!(post.body["stream"], true);
+        assert!(post.body.get("previous_response_id").is_none() && post.body.get("assistant_id").is_none());
+    }
+    // Only this turn's message goes in `input`: the conversation holds the rest.
+    assert_eq!(posts[1].body["input"].as_array().unwrap().len(), 1);
+    bot.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn parallel_users_never_see_each_others_context() {
+    let bot = Arc::new(bot(&[]).await);
+    let mut tasks = vec![];
+    for user in 1..=5i64 {
+        let bot = bot.clone();
+        tasks.push(tokio::spawn(async move {
+            let backend = if user % 2 == 0 { Backend::Assistants } else { Backend::Responses };
+            ask(&bot, backend, user, &format!("My name is User{user}.")).await.unwrap();
+            ask(&bot, backend, user, "What is my name?").await.unwrap()
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap(), format!("Your name is User{}.", i + 1));
+    }
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_once_and_a_lasting_one_gets_a_human_message() {
+    let bot = bot(&[]).await;
+    bot.sandbox.inject(Fault::on("/responses", FaultKind::RateLimited { retry_after_secs: 1 }).method("POST"));
+    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 3, "echo: still here", None).await;
+    assert_eq!(outcome.reply.unwrap(), "still here");
+    assert_eq!(outcome.record.retries, 1);
+
+    bot.sandbox.inject(Fault::on("/responses", FaultKind::Status { status: 500, code: None, message: "boom".into() }).method("POST").times(2));
+    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 3, "echo: lost", None).await;
+    let human = outcome.reply.unwrap_err();
+    assert!(!human.contains('{') && !human.contains("500") && !human.contains("boom"), "{human}");
+    let posts = bot.sandbox.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/responses")).count();
+    assert_eq!(posts, 4, "two attempts per turn, never more");
+    // The failed turn did not enter the history; the next turn works.
+    assert_eq!(ask(&bot, Backend::Responses, 3, "echo: back").await.unwrap(), "back");
+    bot.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_after_text_is_not_replayed() {
+    let bot = bot(&[]).await;
+    bot.sandbox.inject(Fault::on("/responses", FaultKind::CutStreamAfterDeltas(2)).method("POST"));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 4, "long answer 300", Some(tx)).await;
+    assert!(outcome.reply.is_err());
+    assert!(rx.try_recv().is_ok(), "text was shown before the cut");
+    let posts = bot.sandbox.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/responses")).count();
+    assert_eq!(posts, 1);
+    bot.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_sunset_assistants_api_is_reported_as_gone() {
+    let bot = bot(&[]).await;
+    bot.sandbox.set_config(|c| c.assistants_gone = true);
+    let outcome = bot.app.service.turn_on(Backend::Assistants, "test", 5, "hello", None).await;
+    assert!(outcome.reply.is_err());
+    assert_eq!(outcome.record.error_kind.as_deref(), Some("api-gone"));
+    let posts = bot.sandbox.requests().iter().filter(|r| r.path.ends_with("/threads")).count();
+    assert_eq!(posts, 1, "a gone API is not retried");
+    bot.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_user_moving_to_the_new_path_gets_the_history_replayed() {
+    let bot = bot(&[]).await;
+    ask(&bot, Backend::Assistants, 11, "My name is Grace.").await.unwrap();
+    ask(&bot, Backend::Assistants, 11, "remember tea at five").await.unwrap();
+    assert_eq!(ask(&bot, Backend::Responses, 11, "What is my name?").await.unwrap(), "Your name is Grace.");
+    assert_eq!(
+        ask(&bot, Backend::Responses, 11, "what did I ask you to remember?").await.unwrap(),
+        "You asked me to remember: tea at five."
+    );
+    let conv = bot.app.service.id_map("user_conversations.json").unwrap().get(11).unwrap();
+    let items = bot.sandbox.conversation_items(&conv).unwrap();
+    assert!(items.len() >= 4 + 2 * 2, "replayed 4 messages plus two turns, got {}", items.len());
+    bot.sandbox.shutdown().await;
+}
+
+fn hostile_runtime() -> PluginRuntime {
+    PluginRuntime::new(Limits {
+        memory_bytes: 32 << 20,
+        cpu_slice: std::time::Duration::from_millis(300),
+        turn_timeout: std::time::Duration::from_secs(5),
+        pooling: false,
+    })
+    .unwrap()
+}
+
+fn turn(text: &str) -> swapbot::plugin::Turn {
+    swapbot::plugin::Turn {
+        user_id: 1,
+        session_id: None,
+        text: text.into(),
+        context: vec![],
+        settings: swapbot::plugin::Settings {
+            model: "m".into(),
+            instructions: "i".into(),
+            assistant_id: None,
+            stream: true,
+            background: false,
+            poll_interval_ms: 10,
+            deadline_ms: 1000,
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_that_loops_allocates_or_panics_fails_only_its_turn() {
+    let runtime = hostile_runtime();
+    let plugin = runtime.load(&test_plugin("hostile.wasm"), None).await.unwrap();
+    let none = || Box::new(swapbot::plugin::effects::NoEffects);
+    let looped = runtime.chat(&plugin, turn("loop"), none()).await;
+    assert!(matches!(looped, Err(PluginError::CpuLimit(_))), "{looped:?}");
+    let grown = runtime.chat(&plugin, turn("alloc"), none()).await;
+    assert!(matches!(grown, Err(PluginError::MemoryLimit(32))), "{grown:?}");
+    let panicked = runtime.chat(&plugin, turn("panic"), none()).await;
+    assert!(matches!(panicked, Err(PluginError::Trap(_))), "{panicked:?}");
+    // The same module keeps serving: each turn has a fresh store.
+    let fine = runtime.chat(&plugin, turn("hello"), none()).await.unwrap().unwrap();
+    assert_eq!(fine.text, "survived: hello");
+}
+
+#[tokio::test]
+async fn a_turn_that_waits_forever_is_cut_by_the_turn_timeout() {
+    struct RealSleep;
+    #[async_trait::async_trait]
+    impl swapbot::plugin::HostEffects for RealSleep {
+        async fn http(&mut self, _: swapbot_openai::ApiRequest) -> Result<swapbot_openai::ApiResponse, swapbot_openai::TransportError> {
+            unreachable!()
+        }
+        async fn http_stream(&mut self, _: swapbot_openai::ApiRequest) -> Result<swapbot::plugin::StreamStart, swapbot_openai::TransportError> {
+            unreachable!()
+        }
+        fn push_text(&mut self, _: String) {}
+        fn log(&mut self, _: swapbot::plugin::effects::LogLevel, _: String) {}
+        fn now_ms(&mut self) -> u64 {
+            0
+        }
+        async fn sleep_ms(&mut self, ms: u32) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await
+        }
+        fn recent_history(&mut self) -> Vec<swapbot::plugin::HistoryMessage> {
+            vec![]
+        }
+    }
+    let runtime = PluginRuntime::new(Limits { turn_timeout: std::time::Duration::from_millis(500), ..Limits::default() }).unwrap();
+    let plugin = runtime.load(&test_plugin("hostile.wasm"), None).await.unwrap();
+    let slept = runtime.chat(&plugin, turn("sleepy"), Box::new(RealSleep)).await;
+    assert!(matches!(slept, Err(PluginError::Timeout(_))), "{slept:?}");
+}
+
+#[tokio::test]
+async fn a_module_for_another_contract_version_is_refused_naming_both() {
+    let runtime = hostile_runtime();
+    let err = runtime.load(&test_plugin("future.wasm"), None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, PluginError::ContractMismatch { .. }), "{text}");
+    assert!(text.contains("0.2.0") && text.contains("0.1.0"), "{text}");
+    let garbage = runtime.load(b"\0asm garbage", None).await.unwrap_err();
+    assert!(matches!(garbage, PluginError::Compile(_)), "{garbage}");
+}
+
+#[tokio::test]
+async fn a_plugin_under_the_wrong_file_name_is_refused() {
+    let runtime = hostile_runtime();
+    let bytes = std::fs::read(plugin_dir().join("assistants.wasm")).unwrap();
+    let err = runtime.load(&bytes, Some("responses")).await.unwrap_err();
+    assert!(matches!(err, PluginError::WrongName { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn ids_and_history_are_on_disk_as_soon_as_the_turn_ends() {
+    let bot = bot(&[]).await;
+    ask(&bot, Backend::Responses, 5_000_000_001, "My name is Linus.").await.unwrap();
+    let data = bot.app.config.data_dir.clone();
+    let map: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("user_conversations.json")).unwrap()).unwrap();
+    assert!(map["5000000001"].as_str().unwrap().starts_with("conv_"));
+    let history = std::fs::read_to_string(data.join("history/5000000001.jsonl")).unwrap();
+    assert_eq!(history.lines().count(), 2);
+    // Turn log line with both ids and the latency.
+    let logs: String = std::fs::read_dir(&bot.app.config.log_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("turns"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    let line: serde_json::Value = serde_json::from_str(logs.lines().last().unwrap()).unwrap();
+    assert!(line["conversation_id"].as_str().unwrap().starts_with("conv_"));
+    assert!(line["response_id"].as_str().unwrap().starts_with("resp_"));
+    assert!(line["latency_ms"].is_u64());
+    assert!(!logs.contains(KEY));
+    bot.sandbox.shutdown().await;
+}
