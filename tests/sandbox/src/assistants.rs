@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::model::{self, Msg};
 use crate::util::{self, ApiError, check_known, metadata, now, opt_bool, opt_str};
-use crate::{Shared, Store as SbState};
+use crate::{FaultKind, Shared, Store as SbState, StreamFault};
 
 const RUN_FIELDS: &[&str] = &[
     "additional_instructions", "additional_messages", "assistant_id", "instructions", "max_completion_tokens",
@@ -41,6 +41,10 @@ pub struct Run {
     pub started_at: Option<u64>,
     pub completed_at: Option<u64>,
     pub cancelled_at: Option<u64>,
+    pub failed_at: Option<u64>,
+    pub last_error: Value,
+    /// A fault asked this run to fail instead of completing.
+    pub fail: bool,
     pub metadata: Value,
     pub polls: u32,
     pub started: Instant,
@@ -56,8 +60,8 @@ impl Run {
             "id": self.id, "object": "thread.run", "created_at": self.created_at,
             "assistant_id": self.assistant_id, "thread_id": self.thread_id, "status": self.status,
             "started_at": self.started_at, "expires_at": if is_active(&self.status) { json!(self.created_at + 600) } else { Value::Null },
-            "cancelled_at": self.cancelled_at, "failed_at": null, "completed_at": self.completed_at,
-            "required_action": null, "last_error": null, "model": self.model, "instructions": self.instructions,
+            "cancelled_at": self.cancelled_at, "failed_at": self.failed_at, "completed_at": self.completed_at,
+            "required_action": null, "last_error": self.last_error, "model": self.model, "instructions": self.instructions,
             "tools": [], "tool_resources": {}, "metadata": self.metadata, "temperature": 1.0, "top_p": 1.0,
             "max_completion_tokens": null, "max_prompt_tokens": null,
             "truncation_strategy": {"type": "auto", "last_messages": null}, "incomplete_details": null,
@@ -221,8 +225,14 @@ fn refresh_active(t: &mut Thread) {
 pub async fn create_run(
     State(sh): State<Arc<Shared>>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let fault = parts.extensions.get::<StreamFault>().map(|f| f.0.clone());
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| ApiError::server_error())?;
+    if matches!(fault, Some(FaultKind::ErrorEvent)) && !body_streams(&bytes) {
+        return Err(ApiError::server_error());
+    }
     let body = util::parse_object(&bytes)?;
     check_known(&body, RUN_FIELDS)?;
     let assistant_id = match body.get("assistant_id") {
@@ -282,6 +292,9 @@ pub async fn create_run(
             started_at: None,
             completed_at: None,
             cancelled_at: None,
+            failed_at: None,
+            last_error: Value::Null,
+            fail: matches!(fault, Some(FaultKind::StreamFailed)),
             metadata: meta,
             polls: 0,
             started: Instant::now(),
@@ -296,7 +309,7 @@ pub async fn create_run(
         out
     };
     if stream {
-        return Ok(stream_run(sh, id, run_json, cfg.time_to_first_token, cfg.token_interval));
+        return Ok(stream_run(sh, id, run_json, cfg.time_to_first_token, cfg.token_interval, fault));
     }
     Ok(Json(run_json).into_response())
 }
@@ -327,7 +340,11 @@ fn advance(sh: &Shared, st: &mut SbState, thread_id: &str, run_id: &str) {
         "queued" | "in_progress" => {
             r.polls += 1;
             if r.polls > run_steps && r.started.elapsed() >= r.total_delay {
-                complete_run(sh, t, run_id);
+                if r.fail {
+                    fail_run(t, run_id);
+                } else {
+                    complete_run(sh, t, run_id);
+                }
             } else {
                 r.status = "in_progress".into();
                 r.started_at.get_or_insert(now());
@@ -395,7 +412,29 @@ fn sse(event: &str, data: &Value) -> Bytes {
 
 /// `stream: true` on a run: thread.run.created/queued/in_progress, step, message created/in_progress,
 /// thread.message.delta ×N, message completed, step completed, thread.run.completed, `event: done` / `data: [DONE]`.
-fn stream_run(sh: Arc<Shared>, thread_id: String, run: Value, ttft: Duration, interval: Duration) -> Response {
+fn body_streams(bytes: &Bytes) -> bool {
+    serde_json::from_slice::<Value>(bytes).is_ok_and(|v| v["stream"] == json!(true))
+}
+
+/// Mark a run failed (server_error) and release its thread; returns the run object.
+fn fail_run(t: &mut Thread, run_id: &str) -> Option<Value> {
+    let r = t.runs.iter_mut().find(|r| r.id == run_id)?;
+    r.status = "failed".into();
+    r.failed_at = Some(now());
+    r.last_error = json!({"code": "server_error", "message": "Sorry, something went wrong."});
+    let out = r.to_json();
+    if t.active_run.as_deref() == Some(run_id) {
+        t.active_run = None;
+    }
+    Some(out)
+}
+
+fn fail_run_in(sh: &Shared, thread_id: &str, run_id: &str) -> Value {
+    let mut st = sh.state.lock().unwrap();
+    st.threads.get_mut(thread_id).and_then(|t| fail_run(t, run_id)).unwrap_or(Value::Null)
+}
+
+fn stream_run(sh: Arc<Shared>, thread_id: String, run: Value, ttft: Duration, interval: Duration, fault: Option<FaultKind>) -> Response {
     let run_id = run["id"].as_str().unwrap_or("").to_string();
     let s = async_stream::stream! {
         let mut run = run;
@@ -411,6 +450,21 @@ fn stream_run(sh: Arc<Shared>, thread_id: String, run: Value, ttft: Duration, in
             }
         }
         yield Ok(sse("thread.run.in_progress", &run));
+        match fault {
+            Some(FaultKind::StreamFailed) => {
+                let r = fail_run_in(&sh, &thread_id, &run_id);
+                yield Ok(sse("thread.run.failed", &r));
+                yield Ok(Bytes::from("event: done\ndata: [DONE]\n\n"));
+                return;
+            }
+            Some(FaultKind::ErrorEvent) => {
+                fail_run_in(&sh, &thread_id, &run_id);
+                yield Ok(sse("error", &json!({"code": "server_error", "message": "Sorry, something went wrong.", "param": null, "type": "server_error"})));
+                return;
+            }
+            _ => {}
+        }
+        let cut = match fault { Some(FaultKind::CutStreamAfterDeltas(n)) => Some(n as usize), _ => None };
         let answer = {
             let st = sh.state.lock().unwrap();
             st.threads.get(&thread_id).and_then(|t| t.runs.iter().find(|r| r.id == run_id)).map(|r| r.answer.clone()).unwrap_or_default()
@@ -428,13 +482,26 @@ fn stream_run(sh: Arc<Shared>, thread_id: String, run: Value, ttft: Duration, in
             "incomplete_at": null, "completed_at": null, "role": "assistant", "content": [], "attachments": [], "metadata": {}});
         yield Ok(sse("thread.message.created", &msg));
         yield Ok(sse("thread.message.in_progress", &msg));
-        for (i, tok) in model::tokens(&answer).iter().enumerate() {
+        let toks = model::tokens(&answer);
+        for (i, tok) in toks.iter().enumerate() {
+            if cut == Some(i) {
+                fail_run_in(&sh, &thread_id, &run_id);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                yield Err(std::io::Error::other("stream cut by sandbox fault"));
+                return;
+            }
             let wait = if i == 0 { ttft } else { interval };
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             yield Ok(sse("thread.message.delta", &json!({"id": msg_id, "object": "thread.message.delta",
                 "delta": {"content": [{"index": 0, "type": "text", "text": {"value": tok, "annotations": []}}]}})));
+        }
+        if cut.is_some_and(|n| n >= toks.len()) {
+            fail_run_in(&sh, &thread_id, &run_id);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            yield Err(std::io::Error::other("stream cut by sandbox fault"));
+            return;
         }
         let (done_msg, done_run) = {
             let mut st = sh.state.lock().unwrap();

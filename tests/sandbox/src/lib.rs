@@ -218,6 +218,12 @@ pub enum FaultKind {
     Quota,
     /// Sleep, then process the request normally.
     DelayBeforeResponse(#[serde(with = "util::duration_ms")] Duration),
+    /// Stream faults (this one, `StreamFailed`, `ErrorEvent`) also apply to `POST /threads/{id}/runs`:
+    /// with `stream: true` the run stream is cut after N `thread.message.delta` events / ends with
+    /// `thread.run.failed` + `[DONE]` / ends with an `error` event `{code,message,param,type}`; without
+    /// `stream`, `StreamFailed` makes the run end `failed` (last_error server_error) when it would have
+    /// completed, `ErrorEvent` answers 500, `CutStreamAfterDeltas` is ignored. A failed run adds no message.
+    ///
     /// `POST /responses` with `stream: true`: the connection is closed abruptly after N text deltas,
     /// without a terminal event (the response is marked failed, nothing is added to the conversation).
     /// Without `stream`: the body is cut (the client sees a broken body).

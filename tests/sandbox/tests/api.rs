@@ -826,3 +826,39 @@ async fn binary_prints_exports_and_serves() {
     assert_eq!(output_text(&v), "up");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn run_faults_fail_runs_without_answers() {
+    let (sb, c) = start().await;
+    let (_, t) = c.post("/threads", json!({"messages": [{"role": "user", "content": "echo: a b c d"}]})).await;
+    let thread = t["id"].as_str().unwrap().to_string();
+    // polling: StreamFailed makes the run fail
+    sb.inject(Fault::on("/runs", FaultKind::StreamFailed));
+    let (_, run) = c.post(&format!("/threads/{thread}/runs"), json!({"assistant_id": "asst_abc"})).await;
+    let done = poll_run(&c, &thread, run["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["last_error"]["code"], "server_error");
+    // streaming: cut after 2 deltas
+    sb.inject(Fault::on("/runs", FaultKind::CutStreamAfterDeltas(2)));
+    let (events, clean) = c.stream(&format!("/threads/{thread}/runs"), json!({"assistant_id": "asst_abc", "stream": true})).await;
+    assert!(!clean);
+    assert_eq!(events.iter().filter(|(e, _)| e == "thread.message.delta").count(), 2);
+    assert!(!events.iter().any(|(e, _)| e == "thread.run.completed" || e == "done"));
+    // streaming: failed, then error event
+    sb.inject(Fault::on("/runs", FaultKind::StreamFailed));
+    let (events, _) = c.stream(&format!("/threads/{thread}/runs"), json!({"assistant_id": "asst_abc", "stream": true})).await;
+    assert!(events.iter().any(|(e, d)| e == "thread.run.failed" && d["status"] == "failed"));
+    sb.inject(Fault::on("/runs", FaultKind::ErrorEvent));
+    let (events, _) = c.stream(&format!("/threads/{thread}/runs"), json!({"assistant_id": "asst_abc", "stream": true})).await;
+    assert_eq!(events.last().unwrap().0, "error");
+    sb.inject(Fault::on("/runs", FaultKind::ErrorEvent));
+    let (st, v) = c.post(&format!("/threads/{thread}/runs"), json!({"assistant_id": "asst_abc"})).await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_error(&v);
+    assert_eq!(sb.thread_messages(&thread).unwrap().len(), 1, "failed runs add no message");
+    // and the thread is usable again
+    let (events, _) = c.stream(&format!("/threads/{thread}/runs"), json!({"assistant_id": "asst_abc", "stream": true})).await;
+    assert!(events.iter().any(|(e, _)| e == "thread.run.completed"));
+    assert_eq!(sb.thread_messages(&thread).unwrap().len(), 2);
+    sb.shutdown().await;
+}
