@@ -17,7 +17,7 @@ if [[ -z "${OPENAI_API_KEY:-}" ]]; then
   log=$(mktemp)
   target/release/swapbot-sandbox --port 0 >"$log" 2>&1 &
   sandbox_pid=$!
-  trap 'kill $sandbox_pid 2>/dev/null || true' EXIT
+  trap 'kill $sandbox_pid 2>/dev/null || true' EXIT INT TERM
   for _ in $(seq 1 100); do grep -q OPENAI_BASE_URL "$log" && break; sleep 0.05; done
   eval "$(grep '^export ' "$log")"
   export ASSISTANT_ID="${ASSISTANT_ID:-asst_sandbox}"
@@ -26,4 +26,6 @@ fi
 if [[ -z "${TELOXIDE_TOKEN:-}" ]]; then
   echo "no TELOXIDE_TOKEN: opening a terminal chat through the same pipeline (router, plugins, storage, logs)" >&2
 fi
+# A first run shows retrieval working: an empty knowledge base is seeded from the sample.
+export KB_SEED_DIR="${KB_SEED_DIR:-kb-sample}"
 target/release/swapbot run

@@ -15,10 +15,47 @@ pub struct App {
     pub config: Config,
     pub service: Arc<TurnService>,
     pub plugins: Arc<PluginSet>,
+    pub kb: Option<swapbot_kb::Kb>,
 }
 
-pub async fn build(config: Config, context: Option<Arc<dyn ContextSource>>) -> anyhow::Result<App> {
+/// The knowledge base as the turn pipeline sees it: chunks, or none and a note why.
+pub struct KbContext(pub swapbot_kb::Kb);
+
+#[async_trait::async_trait]
+impl ContextSource for KbContext {
+    async fn context(&self, question: &str) -> (Vec<crate::plugin::ContextChunk>, Option<String>) {
+        let retrieval = self.0.retrieve(question).await;
+        let chunks = retrieval
+            .chunks
+            .into_iter()
+            .map(|c| crate::plugin::ContextChunk { source: c.source, text: c.text, score: c.score })
+            .collect();
+        (chunks, retrieval.note)
+    }
+}
+
+/// The OpenAI transport from the configuration.
+pub fn openai(config: &Config) -> anyhow::Result<OpenAi> {
     let api_key = config.require_api_key()?.to_owned();
+    let mut openai_config = OpenAiConfig::new(config.openai_base_url.clone(), api_key);
+    openai_config.request_timeout = config.openai_timeout;
+    openai_config.stream_idle_timeout = config.openai_timeout;
+    OpenAi::new(openai_config).map_err(|e| anyhow::anyhow!("invalid setting OPENAI_BASE_URL: {e}"))
+}
+
+/// The knowledge base from its settings (no network I/O).
+pub fn knowledge_base(kb: swapbot_kb::KbConfig, openai: OpenAi) -> anyhow::Result<swapbot_kb::Kb> {
+    kb.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+    swapbot_kb::Kb::from_openai(kb, openai).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Builds the product; `kb` is the knowledge base's settings (None: no retrieval).
+pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::Result<App> {
+    let openai = openai(&config)?;
+    let kb = match kb {
+        Some(kb) => Some(knowledge_base(kb, openai.clone())?),
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot create {}: {e}", config.data_dir.display()))?;
     crate::storage::migrate(&config.data_dir)?;
@@ -50,10 +87,10 @@ pub async fn build(config: Config, context: Option<Arc<dyn ContextSource>>) -> a
         );
     }
 
-    let mut openai_config = OpenAiConfig::new(config.openai_base_url.clone(), api_key);
-    openai_config.request_timeout = config.openai_timeout;
-    openai_config.stream_idle_timeout = config.openai_timeout;
-    let openai = OpenAi::new(openai_config).map_err(|e| anyhow::anyhow!("invalid setting OPENAI_BASE_URL: {e}"))?;
+    if let Some(kb) = &kb {
+        tracing::info!(status = %kb.status().await, "knowledge base");
+    }
+    let context = kb.clone().map(|kb| Arc::new(KbContext(kb)) as Arc<dyn ContextSource>);
     let turn_log = TurnLog::open(&config.log_dir)
         .map_err(|e| anyhow::anyhow!("invalid setting LOG_DIR: cannot use {}: {e}", config.log_dir.display()))?;
     let service = Arc::new(TurnService::new(
@@ -65,5 +102,5 @@ pub async fn build(config: Config, context: Option<Arc<dyn ContextSource>>) -> a
         turn_log,
         context,
     ));
-    Ok(App { config, service, plugins })
+    Ok(App { config, service, plugins, kb })
 }

@@ -29,11 +29,29 @@ enum Command {
         user: i64,
         text: String,
     },
+    /// The knowledge base: ingest documents, see what a turn would receive.
+    Kb {
+        #[command(subcommand)]
+        command: KbCommand,
+    },
     /// Plugin tools for plugin authors.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum KbCommand {
+    /// Read the .md and .txt files under DIR, chunk, embed and upsert them.
+    Ingest {
+        dir: PathBuf,
+        /// Drop the store first (after a change of embedding model or dimensions).
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Print the chunks a turn asking QUESTION would receive, with scores.
+    Search { question: String },
 }
 
 #[derive(Subcommand)]
@@ -87,10 +105,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Kb { command } => {
+            let config = Config::from_env()?;
+            init_logs(None, config.secrets());
+            let kb = swapbot::app::knowledge_base(swapbot_kb::KbConfig::from_env()?, swapbot::app::openai(&config)?)?;
+            match command {
+                KbCommand::Ingest { dir, rebuild } => {
+                    let options = swapbot_kb::IngestOptions { rebuild, ..Default::default() };
+                    let summary = kb.ingest(&dir, options).await?;
+                    println!("{summary}");
+                }
+                KbCommand::Search { question } => println!("{}", kb.search(&question).await),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ask { backend, user, text } => {
             let config = Config::from_env()?;
             init_logs(None, config.secrets());
-            let app = swapbot::app::build(config, None).await?;
+            let app = swapbot::app::build(config, Some(swapbot_kb::KbConfig::from_env()?)).await?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
             let printer = tokio::spawn(async move {
                 let mut streamed = false;
@@ -128,7 +160,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::from_env()?;
             let _guard = init_logs(Some(&config.log_dir), config.secrets());
             let telegram = config.telegram_token.is_some();
-            let app = swapbot::app::build(config, None).await?;
+            let app = swapbot::app::build(config, Some(swapbot_kb::KbConfig::from_env()?)).await?;
+            if let (Some(kb), Some(seed)) = (&app.kb, std::env::var_os("KB_SEED_DIR")) {
+                match kb.seed_if_empty(std::path::Path::new(&seed)).await {
+                    Ok(Some(summary)) => tracing::info!(%summary, "knowledge base was empty: seeded it"),
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(%err, "could not seed the knowledge base"),
+                }
+            }
             if telegram {
                 anyhow::bail!("Telegram serving is not wired yet");
             }

@@ -52,7 +52,8 @@ async fn bot(extra: &[(&str, &str)]) -> Bot {
         vars.push((k.to_string(), v.to_string()));
     }
     let config = Config::from_lookup(|name| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())).unwrap();
-    let app = swapbot::app::build(config, None).await.unwrap();
+    let kb = swapbot_kb::KbConfig::from_lookup(|name| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())).unwrap();
+    let app = swapbot::app::build(config, Some(kb)).await.unwrap();
     Bot { app, sandbox, _data: data }
 }
 
@@ -286,5 +287,31 @@ async fn ids_and_history_are_on_disk_as_soon_as_the_turn_ends() {
     assert!(line["response_id"].as_str().unwrap().starts_with("resp_"));
     assert!(line["latency_ms"].is_u64());
     assert!(!logs.contains(KEY));
+    bot.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn retrieval_puts_the_right_chunk_into_the_prompt_on_both_backends() {
+    let bot = bot(&[]).await;
+    let docs = tempfile::tempdir().unwrap();
+    std::fs::write(docs.path().join("office.md"), "# Office\n\nThe office wifi password is swordfish-42. Guests use the lobby network.\n").unwrap();
+    std::fs::write(docs.path().join("lunch.md"), "# Lunch\n\nLunch is served at noon in the canteen on the second floor.\n").unwrap();
+    let kb = bot.app.kb.as_ref().unwrap();
+    kb.ingest(docs.path(), swapbot_kb::IngestOptions { progress: Some(false), ..Default::default() }).await.unwrap();
+
+    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 21, "What is the office wifi password?", None).await;
+    assert!(outcome.reply.unwrap().contains("office.md"));
+    assert!(outcome.record.kb_chunks >= 1);
+    bot.app.service.turn_on(Backend::Assistants, "test", 22, "What is the office wifi password?", None).await.reply.unwrap();
+
+    let requests = bot.sandbox.requests();
+    let response = requests.iter().find(|r| r.path.ends_with("/responses") && r.method == "POST").unwrap();
+    let instructions = response.body["instructions"].as_str().unwrap();
+    assert!(instructions.contains("swordfish-42") && instructions.contains("(office.md)"), "{instructions}");
+    let run = requests.iter().find(|r| r.path.ends_with("/runs") && r.method == "POST").unwrap();
+    assert!(run.body["additional_instructions"].as_str().unwrap().contains("swordfish-42"));
+    // The context goes into the instructions, never into the user's stored message.
+    let embeddings = requests.iter().filter(|r| r.path.ends_with("/embeddings")).count();
+    assert!(embeddings >= 3, "ingest + one per turn");
     bot.sandbox.shutdown().await;
 }
