@@ -317,6 +317,9 @@ pub async fn create_run(
 /// Complete a run: add the assistant message (with run_id) and release the thread.
 fn complete_run(sh: &Shared, t: &mut Thread, run_id: &str) -> Option<Value> {
     let idx = t.runs.iter().position(|r| r.id == run_id)?;
+    if !matches!(t.runs[idx].status.as_str(), "queued" | "in_progress") {
+        return None;
+    }
     let (answer, assistant) = (t.runs[idx].answer.clone(), t.runs[idx].assistant_id.clone());
     let msg = message_obj(sh, &t.id, "assistant", &answer, Some((run_id, &assistant)), json!({}));
     t.messages.push(msg.clone());
@@ -412,6 +415,26 @@ fn sse(event: &str, data: &Value) -> Bytes {
 
 /// `stream: true` on a run: thread.run.created/queued/in_progress, step, message created/in_progress,
 /// thread.message.delta ×N, message completed, step completed, thread.run.completed, `event: done` / `data: [DONE]`.
+struct RunGuard {
+    sh: Arc<Shared>,
+    thread_id: String,
+    run_id: String,
+    armed: bool,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(mut st) = self.sh.state.lock()
+            && let Some(t) = st.threads.get_mut(&self.thread_id)
+        {
+            complete_run(&self.sh, t, &self.run_id);
+        }
+    }
+}
+
 fn body_streams(bytes: &Bytes) -> bool {
     serde_json::from_slice::<Value>(bytes).is_ok_and(|v| v["stream"] == json!(true))
 }
@@ -437,6 +460,8 @@ fn fail_run_in(sh: &Shared, thread_id: &str, run_id: &str) -> Value {
 fn stream_run(sh: Arc<Shared>, thread_id: String, run: Value, ttft: Duration, interval: Duration, fault: Option<FaultKind>) -> Response {
     let run_id = run["id"].as_str().unwrap_or("").to_string();
     let s = async_stream::stream! {
+        // A client that goes away does not stop the run: it completes as on the live API.
+        let mut guard = RunGuard { sh: sh.clone(), thread_id: thread_id.clone(), run_id: run_id.clone(), armed: true };
         let mut run = run;
         yield Ok::<Bytes, std::io::Error>(sse("thread.run.created", &run));
         yield Ok(sse("thread.run.queued", &run));
@@ -503,6 +528,7 @@ fn stream_run(sh: Arc<Shared>, thread_id: String, run: Value, ttft: Duration, in
             yield Err(std::io::Error::other("stream cut by sandbox fault"));
             return;
         }
+        guard.armed = false;
         let (done_msg, done_run) = {
             let mut st = sh.state.lock().unwrap();
             match st.threads.get_mut(&thread_id) {
