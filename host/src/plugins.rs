@@ -14,11 +14,17 @@ use arc_swap::ArcSwapOption;
 use crate::plugin::{LoadedPlugin, PluginError, PluginRuntime};
 use crate::router::Backend;
 
+type Observer = Box<dyn Fn(Backend, bool) + Send + Sync>;
+
+/// How long a burst of file events may last before the file is read.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(150);
+
 pub struct PluginSet {
     runtime: PluginRuntime,
     dir: PathBuf,
     cache_dir: Option<PathBuf>,
     slots: [ArcSwapOption<LoadedPlugin>; 2],
+    observer: ArcSwapOption<Observer>,
 }
 
 fn slot(backend: Backend) -> usize {
@@ -38,7 +44,13 @@ pub enum LoadOutcome {
 
 impl PluginSet {
     pub fn new(runtime: PluginRuntime, dir: impl Into<PathBuf>, cache_dir: Option<PathBuf>) -> Self {
-        Self { runtime, dir: dir.into(), cache_dir, slots: [ArcSwapOption::empty(), ArcSwapOption::empty()] }
+        Self {
+            runtime,
+            dir: dir.into(),
+            cache_dir,
+            slots: [ArcSwapOption::empty(), ArcSwapOption::empty()],
+            observer: ArcSwapOption::empty(),
+        }
     }
 
     pub fn runtime(&self) -> &PluginRuntime {
@@ -68,7 +80,92 @@ impl PluginSet {
     }
 
     /// (Re)loads one backend's file; the old module keeps serving unless the new one validates.
+    /// Every swap and refusal is logged with the old and new version and sha256.
     pub async fn reload(&self, backend: Backend) -> Result<LoadOutcome, PluginError> {
+        let result = self.try_reload(backend).await;
+        if let Err(err) = &result {
+            let old = self.get(backend);
+            tracing::error!(
+                backend = backend.name(),
+                file = %self.dir.join(backend.file_name()).display(),
+                old_version = old.as_ref().map(|p| p.description.version.as_str()).unwrap_or("-"),
+                old_sha256 = old.as_ref().map(|p| &p.sha256[..12]).unwrap_or("-"),
+                %err,
+                "plugin refused; the previous module keeps serving"
+            );
+        }
+        if let Some(observer) = &*self.observer.load() {
+            match &result {
+                Ok(LoadOutcome::Loaded { .. }) => observer(backend, true),
+                Err(_) => observer(backend, false),
+                _ => {}
+            }
+        }
+        result
+    }
+
+    /// Called after every swap (true) and refusal (false), e.g. for metrics.
+    pub fn set_observer(&self, observer: impl Fn(Backend, bool) + Send + Sync + 'static) {
+        self.observer.store(Some(Arc::new(Box::new(observer))));
+    }
+
+    /// Watches the plugin directory (the directory, so a file replaced by rename is seen) and
+    /// SIGHUP, reloading what changed. Runs until the process ends.
+    pub async fn watch(self: Arc<Self>) -> anyhow::Result<()> {
+        use notify::Watcher;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<Backend>>();
+        let fs_tx = tx.clone();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            for path in &event.paths {
+                // Only the two plugin names count: editor temp files and `.x.wasm.swap-tmp` do not.
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if let Some(backend) = Backend::ALL.into_iter().find(|b| b.file_name() == name) {
+                    let _ = fs_tx.send(Some(backend));
+                }
+            }
+        })?;
+        std::fs::create_dir_all(&self.dir)?;
+        watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
+        #[cfg(unix)]
+        {
+            let hup_tx = tx.clone();
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: rescanning the plugin directory");
+                    let _ = hup_tx.send(None);
+                }
+            });
+        }
+        tracing::info!(dir = %self.dir.display(), "watching for plugin changes");
+        while let Some(first) = rx.recv().await {
+            // A copy over the file arrives as several events: let it settle, then load once.
+            let mut pending: Vec<Backend> = match first {
+                Some(b) => vec![b],
+                None => Backend::ALL.to_vec(),
+            };
+            tokio::time::sleep(SETTLE).await;
+            while let Ok(more) = rx.try_recv() {
+                match more {
+                    Some(b) => pending.push(b),
+                    None => pending.extend(Backend::ALL),
+                }
+            }
+            pending.sort();
+            pending.dedup();
+            for backend in pending {
+                let _ = self.reload(backend).await;
+            }
+        }
+        drop(watcher);
+        Ok(())
+    }
+
+    async fn try_reload(&self, backend: Backend) -> Result<LoadOutcome, PluginError> {
         let path = self.dir.join(backend.file_name());
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
@@ -82,6 +179,7 @@ impl PluginSet {
             return Ok(LoadOutcome::Unchanged);
         }
         let (plugin, cached) = self.compile_cached(&bytes, &sha256, backend).await?;
+        self.self_test(backend, &plugin).await?;
         let plugin = Arc::new(plugin);
         let outcome = LoadOutcome::Loaded {
             backend,
@@ -102,6 +200,33 @@ impl PluginSet {
         );
         self.install(backend, plugin);
         Ok(outcome)
+    }
+
+    /// Runs the harness cases shipped beside the module (`PLUGIN_DIR/<backend>.cases/*.json`).
+    async fn self_test(&self, backend: Backend, plugin: &LoadedPlugin) -> Result<(), PluginError> {
+        let dir = self.dir.join(format!("{}.cases", backend.name()));
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        for file in &files {
+            let case = crate::harness::read_case(file).map_err(|e| PluginError::SelfTest(e.to_string()))?;
+            let result = crate::harness::run_case(&self.runtime, plugin, case).await;
+            if !result.passed() {
+                return Err(PluginError::SelfTest(format!(
+                    "case {:?} ({}) failed: {}",
+                    result.name,
+                    file.display(),
+                    result.failures.join("; ")
+                )));
+            }
+        }
+        if !files.is_empty() {
+            tracing::info!(backend = backend.name(), cases = files.len(), "plugin self-test passed");
+        }
+        Ok(())
     }
 
     async fn compile_cached(&self, bytes: &[u8], sha256: &str, backend: Backend) -> Result<(LoadedPlugin, bool), PluginError> {

@@ -51,6 +51,8 @@ pub enum PluginError {
     Link(String),
     #[error("plugin describes itself as {found:?}, expected {expected:?}")]
     WrongName { expected: String, found: String },
+    #[error("plugin failed its self-test: {0}")]
+    SelfTest(String),
     #[error("plugin trapped: {0}")]
     Trap(String),
     #[error("plugin exceeded its CPU budget ({0:?} without returning to the host)")]
