@@ -11,3 +11,4 @@ pub mod storage;
 pub mod telemetry;
 pub mod terminal;
 pub mod turnlog;
+pub mod rollout;
