@@ -142,6 +142,60 @@ pub fn parse_command(text: &str, bot_username: &str) -> Option<Command> {
     })
 }
 
+/// Whether a string looks like a bot token (`<digits>:<secret>`), without saying anything about it.
+pub fn looks_like_token(t: &str) -> bool {
+    match t.split_once(':') {
+        Some((id, secret)) => {
+            !id.is_empty()
+                && id.chars().all(|c| c.is_ascii_digit())
+                && secret.len() >= 8
+                && secret.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        }
+        None => false,
+    }
+}
+
+/// Parses a `TELOXIDE_API_URL` value (trailing slashes dropped). The error names the setting, never echoes the
+/// value (it may hold credentials).
+pub fn parse_api_url(s: &str) -> anyhow::Result<reqwest::Url> {
+    let s = s.trim().trim_end_matches('/');
+    let url = reqwest::Url::parse(s)
+        .map_err(|_| anyhow::anyhow!("TELOXIDE_API_URL is not a valid URL (expected e.g. http://127.0.0.1:8081)"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || url.host().is_none() {
+        anyhow::bail!("TELOXIDE_API_URL must be an http:// or https:// URL");
+    }
+    Ok(url)
+}
+
+/// The bot configured by the environment like `Bot::from_env`, but never panicking: `Ok(None)` when
+/// `TELOXIDE_TOKEN` is unset or empty (the host then runs its terminal chat), an error naming the setting
+/// when `TELOXIDE_TOKEN`, `TELOXIDE_API_URL` or `TELOXIDE_PROXY` is invalid. The token is never in an error.
+pub fn bot_from_env() -> anyhow::Result<Option<Bot>> {
+    let token = match std::env::var("TELOXIDE_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        Ok(_) | Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("TELOXIDE_TOKEN is not valid text"),
+    };
+    if !looks_like_token(&token) {
+        anyhow::bail!("TELOXIDE_TOKEN is not a bot token (expected <digits>:<secret> as @BotFather gives it)");
+    }
+    let mut builder = teloxide::net::default_reqwest_settings();
+    if let Ok(p) = std::env::var("TELOXIDE_PROXY")
+        && !p.trim().is_empty()
+    {
+        let proxy = reqwest::Proxy::all(p.trim()).map_err(|_| anyhow::anyhow!("TELOXIDE_PROXY is not a valid proxy URL"))?;
+        builder = builder.proxy(proxy);
+    }
+    let client = builder.build().map_err(|e| anyhow::anyhow!("could not create the HTTP client for Telegram: {e}"))?;
+    let mut bot = Bot::with_client(token, client);
+    if let Ok(u) = std::env::var("TELOXIDE_API_URL")
+        && !u.trim().is_empty()
+    {
+        bot = bot.set_api_url(parse_api_url(&u)?);
+    }
+    Ok(Some(bot))
+}
+
 /// Removes the bot token (and its secret part after `:`) from a string meant for a log line.
 pub fn redact(s: &str, token: &str) -> String {
     let mut out = s.to_string();
@@ -709,6 +763,21 @@ mod tests {
         assert_eq!(parse_command("/", "mybot"), None);
         assert_eq!(parse_command("/ hello", "mybot"), None);
         assert_eq!(parse_command("/path/to/file", "mybot"), None);
+    }
+
+    #[test]
+    fn validates_settings() {
+        assert!(looks_like_token("123456:AAHfakeTokenSecretPart_abc-def"));
+        assert!(!looks_like_token("123456"));
+        assert!(!looks_like_token("abc:AAHfakeTokenSecret"));
+        assert!(!looks_like_token("123:short"));
+        assert!(!looks_like_token("123:has space in it"));
+        assert_eq!(parse_api_url("http://127.0.0.1:8081/").unwrap().as_str(), "http://127.0.0.1:8081/");
+        assert_eq!(parse_api_url("https://example.com/tg/").unwrap().as_str(), "https://example.com/tg");
+        let e = parse_api_url("not a url").unwrap_err().to_string();
+        assert!(e.contains("TELOXIDE_API_URL"));
+        assert!(parse_api_url("mailto:bot@example.com").is_err());
+        assert!(parse_api_url("ftp://example.com").is_err());
     }
 
     #[test]
