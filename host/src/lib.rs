@@ -3,8 +3,10 @@
 pub mod app;
 pub mod config;
 pub mod harness;
+pub mod metrics;
 pub mod plugin;
 pub mod plugins;
+pub mod report;
 pub mod router;
 pub mod service;
 pub mod storage;
@@ -12,3 +14,4 @@ pub mod telemetry;
 pub mod terminal;
 pub mod turnlog;
 pub mod rollout;
+pub mod frontend;

@@ -168,8 +168,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Err(err) => tracing::warn!(%err, "could not seed the knowledge base"),
                 }
             }
+            let rollout = swapbot::rollout::Rollout::new(
+                &app.config.data_dir,
+                app.config.routing.clone(),
+                app.service.clone(),
+                app.config.admin_user_ids.clone(),
+            );
+            if let Err(err) = rollout.apply_file() {
+                tracing::error!(%err, "rollout file refused at start");
+            }
+            tokio::spawn(rollout.clone().watch());
+            let watcher = app.plugins.clone();
+            tokio::spawn(async move {
+                if let Err(err) = watcher.watch().await {
+                    tracing::error!(%err, "plugin directory watch stopped; SIGHUP and restarts still reload");
+                }
+            });
+            let routing = app.service.routing();
+            tracing::info!(
+                use_openai_responses = routing.use_responses,
+                rollout_percent = routing.rollout_percent,
+                test_users = routing.test_users.len(),
+                "ready"
+            );
             if telegram {
-                anyhow::bail!("Telegram serving is not wired yet");
+                let Some(bot) = swapbot_telegram::bot_from_env()? else {
+                    anyhow::bail!("invalid setting TELOXIDE_TOKEN: not set");
+                };
+                let options = swapbot_telegram::BotOptions {
+                    allowed_user_ids: app.config.allowed_user_ids.as_ref().map(|ids| ids.iter().copied().collect()),
+                    ..Default::default()
+                };
+                let handler = std::sync::Arc::new(swapbot::frontend::BotHandler { service: app.service.clone(), rollout });
+                swapbot_telegram::run_polling(bot, handler, options).await?;
+                tracing::info!("stopped");
+                return Ok(ExitCode::SUCCESS);
             }
             tracing::info!("no TELOXIDE_TOKEN: serving a terminal chat through the same pipeline");
             swapbot::terminal::run(app.service.clone(), user).await?;
