@@ -253,3 +253,38 @@ fn windows_times_and_ranks_parse() {
     assert_eq!(nearest_rank(&[1, 2], 51), 2);
     assert_eq!(nearest_rank(&[1, 2, 3, 4], 99), 4);
 }
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    Report(swapbot::report::ReportArgs),
+}
+
+#[test]
+fn the_cli_arguments_parse() {
+    use clap::{CommandFactory, Parser};
+    Cli::command().debug_assert();
+    let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| match cli.command {
+        Sub::Report(args) => args,
+    });
+
+    let args = parse(&["swapbot", "report", "/var/log/swapbot", "--since", "1h30m", "--json"]).unwrap();
+    assert_eq!(args.log_dir, Path::new("/var/log/swapbot"));
+    assert_eq!(args.since, Some(Duration::from_secs(5400)));
+    assert!(args.json);
+    let window = args.options();
+    assert!(window.from_ms.is_some() && window.to_ms.is_none());
+
+    let args = parse(&["swapbot", "report", "logs", "--from", "2025-01-01T00:00:00Z", "--to", "1735693200000"]).unwrap();
+    assert_eq!(args.options(), ReportOptions { from_ms: Some(T0), to_ms: Some(T0 + 3_600_000) });
+    assert!(!args.json);
+
+    assert!(parse(&["swapbot", "report", "--since", "1h", "--from", "0"]).is_err(), "--since excludes --from");
+    assert!(parse(&["swapbot", "report", "--since", "soon"]).is_err());
+    assert!(parse(&["swapbot", "report", "--to", "yesterday"]).is_err());
+}
