@@ -16,6 +16,7 @@ pub struct App {
     pub service: Arc<TurnService>,
     pub plugins: Arc<PluginSet>,
     pub kb: Option<swapbot_kb::Kb>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The knowledge base as the turn pipeline sees it: chunks, or none and a note why.
@@ -68,6 +69,15 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     let runtime = PluginRuntime::new(limits)?;
     let cache = config.data_dir.join(".plugin-cache");
     let plugins = Arc::new(PluginSet::new(runtime, &config.plugin_dir, Some(cache)));
+    let metrics = crate::metrics::Metrics::new();
+    let weak = Arc::downgrade(&plugins);
+    let observed = metrics.clone();
+    plugins.set_observer(move |backend, ok| {
+        observed.plugin_swap(backend.name(), ok);
+        if let Some(plugin) = weak.upgrade().and_then(|set| set.get(backend)).filter(|_| ok) {
+            observed.set_plugin_info(backend.name(), &plugin.description.version, &plugin.sha256);
+        }
+    });
     let mut loaded = 0;
     for (backend, outcome) in plugins.load_all().await {
         match outcome {
@@ -101,6 +111,7 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
         &config.data_dir,
         turn_log,
         context,
+        metrics.clone(),
     ));
-    Ok(App { config, service, plugins, kb })
+    Ok(App { config, service, plugins, kb, metrics })
 }

@@ -34,6 +34,8 @@ enum Command {
         #[command(subcommand)]
         command: KbCommand,
     },
+    /// Per-backend turns, error rate, p50/p95/p99 latency and time to first token, retries, from the turn logs.
+    Report(swapbot::report::ReportArgs),
     /// Plugin tools for plugin authors.
     Plugin {
         #[command(subcommand)]
@@ -105,6 +107,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Report(args) => {
+            swapbot::report::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Kb { command } => {
             let config = Config::from_env()?;
             init_logs(None, config.secrets());
@@ -158,8 +164,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { user } => {
             let config = Config::from_env()?;
-            let _guard = init_logs(Some(&config.log_dir), config.secrets());
             let telegram = config.telegram_token.is_some();
+            let _guard = swapbot::telemetry::init(Some(&config.log_dir), config.secrets(), !telegram);
+            let metrics_addr = match std::env::var("METRICS_ADDR").ok().filter(|v| !v.trim().is_empty()) {
+                Some(addr) => Some(
+                    addr.trim()
+                        .parse::<std::net::SocketAddr>()
+                        .map_err(|_| anyhow::anyhow!("invalid setting METRICS_ADDR: expected host:port such as 127.0.0.1:9100"))?,
+                ),
+                None => None,
+            };
             let app = swapbot::app::build(config, Some(swapbot_kb::KbConfig::from_env()?)).await?;
             if let (Some(kb), Some(seed)) = (&app.kb, std::env::var_os("KB_SEED_DIR")) {
                 match kb.seed_if_empty(std::path::Path::new(&seed)).await {
@@ -184,6 +198,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tracing::error!(%err, "plugin directory watch stopped; SIGHUP and restarts still reload");
                 }
             });
+            let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            if let Some(addr) = metrics_addr {
+                let (bound, _server) = swapbot::metrics::serve(addr, app.metrics.clone(), ready.clone()).await?;
+                tracing::info!(%bound, "metrics on /metrics, health on /healthz");
+            }
+            ready.store(true, std::sync::atomic::Ordering::Release);
             let routing = app.service.routing();
             tracing::info!(
                 use_openai_responses = routing.use_responses,
@@ -215,5 +235,5 @@ fn init_logs(
     dir: Option<&std::path::Path>,
     secrets: Vec<String>,
 ) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    swapbot::telemetry::init(dir, secrets)
+    swapbot::telemetry::init(dir, secrets, false)
 }

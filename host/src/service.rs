@@ -89,6 +89,7 @@ pub struct TurnService {
     turn_log: TurnLog,
     context: Option<Arc<dyn ContextSource>>,
     stats: Mutex<HashMap<Backend, BackendStats>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The id map files the host keeps, named by the plugins' descriptions.
@@ -103,6 +104,7 @@ impl TurnService {
         data_dir: &std::path::Path,
         turn_log: TurnLog,
         context: Option<Arc<dyn ContextSource>>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let id_maps = ID_MAP_FILES
             .iter()
@@ -119,6 +121,7 @@ impl TurnService {
             turn_log,
             context,
             stats: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -212,6 +215,7 @@ impl TurnService {
             entry.errors += reply.is_err() as u64;
         }
         self.turn_log.write(&record);
+        self.metrics.record_turn(&record);
         TurnOutcome { backend, reply, record }
     }
 

@@ -72,11 +72,17 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Redacting<M> {
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default level (info).
 /// The returned guard flushes the file log on drop.
-pub fn init(log_dir: Option<&Path>, secrets: Vec<String>) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `quiet_stderr` keeps stderr to warnings unless `RUST_LOG` says otherwise (the terminal chat
+/// shares the screen with the log); the files always get the full level.
+pub fn init(log_dir: Option<&Path>, secrets: Vec<String>, quiet_stderr: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::Layer;
+    let level = |quiet: bool| {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(if quiet { "warn" } else { "info" }))
+    };
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(Redacting::new(std::io::stderr, secrets.clone()))
-        .with_target(false);
+        .with_target(false)
+        .with_filter(level(quiet_stderr));
     let (file_layer, guard) = match log_dir.and_then(|dir| {
         std::fs::create_dir_all(dir).ok()?;
         tracing_appender::rolling::Builder::new()
@@ -91,12 +97,13 @@ pub fn init(log_dir: Option<&Path>, secrets: Vec<String>) -> Option<tracing_appe
             let (writer, guard) = tracing_appender::non_blocking(appender);
             let layer = tracing_subscriber::fmt::layer()
                 .with_ansi(false)
-                .with_writer(Redacting::new(writer, secrets));
+                .with_writer(Redacting::new(writer, secrets))
+                .with_filter(level(false));
             (Some(layer), Some(guard))
         }
         None => (None, None),
     };
-    let _ = tracing_subscriber::registry().with(filter).with(stderr).with(file_layer).try_init();
+    let _ = tracing_subscriber::registry().with(stderr).with(file_layer).try_init();
     guard
 }
 
