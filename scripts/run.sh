@@ -4,16 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# .env fills only what the environment leaves unset (the binary reads it too).
-if [[ -f .env ]]; then
-  while IFS='=' read -r key value; do
-    [[ -z "$key" || "$key" == \#* ]] && continue
-    key="${key// /}"
-    [[ -z "${!key:-}" ]] && export "$key=${value%\"}" && export "$key=${!key#\"}"
-  done < .env
-fi
+# A setting counts as given when the environment or .env has it (the binary reads .env itself).
+given() {
+  [[ -n "${!1:-}" ]] || { [[ -f .env ]] && grep -qE "^[[:space:]]*$1[[:space:]]*=[[:space:]]*[^[:space:]#]" .env; }
+}
 
-if [[ -z "${OPENAI_API_KEY:-}" ]]; then
+if ! given OPENAI_API_KEY; then
   log=$(mktemp)
   target/release/swapbot-sandbox --port 0 >"$log" 2>&1 &
   sandbox_pid=$!
@@ -23,7 +19,7 @@ if [[ -z "${OPENAI_API_KEY:-}" ]]; then
   export ASSISTANT_ID="${ASSISTANT_ID:-asst_sandbox}"
   echo "no OPENAI_API_KEY: answering from the local OpenAI sandbox at $OPENAI_BASE_URL (offline, deterministic)" >&2
 fi
-if [[ -z "${TELOXIDE_TOKEN:-}" ]]; then
+if ! given TELOXIDE_TOKEN; then
   echo "no TELOXIDE_TOKEN: opening a terminal chat through the same pipeline (router, plugins, storage, logs)" >&2
 fi
 # A first run shows retrieval working: an empty knowledge base is seeded from the sample.
