@@ -1,0 +1,273 @@
+//! Groups 1 and 2: what a turn costs inside the plugin runtime, and wasm against the same logic
+//! built natively.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use swapbot::plugin::effects::{LiveEffects, TurnObservations};
+use swapbot::plugin::{Limits, LoadedPlugin, PluginRuntime};
+use swapbot_openai::{OpenAi, OpenAiConfig};
+
+use crate::common::{Out, Samples, plugin_path, record, root, self_cpu};
+use crate::effects::{Canned, NativeCanned, NativeLive, Path, Recorder, Script, native_chat, native_turn, wit_turn};
+
+const TEXT: &str = "What is the capital of France? Please answer in one sentence.";
+
+pub async fn load(runtime: &PluginRuntime, name: &str) -> anyhow::Result<LoadedPlugin> {
+    let bytes = std::fs::read(plugin_path(name))?;
+    Ok(runtime.load(&bytes, Some(name)).await?)
+}
+
+/// Records the HTTP exchanges of one turn of a user who already has a session.
+pub async fn record_turn(path: Path) -> anyhow::Result<Script> {
+    let sandbox = swapbot_sandbox::Sandbox::start(Default::default()).await?;
+    let openai = OpenAi::new(OpenAiConfig::new(sandbox.base_url(), "sk-bench")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = PluginRuntime::new(Limits::default())?;
+    let plugin = load(&runtime, path.plugin()).await?;
+    let first = Arc::new(Mutex::new(Vec::new()));
+    let answer = runtime
+        .chat(&plugin, wit_turn(path, 1, None, "My name is Ada.", 1), Box::new(Recorder { openai: openai.clone(), log: first }))
+        .await?
+        .map_err(|e| anyhow::anyhow!("recording turn 1 failed: {}", e.message))?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    runtime
+        .chat(&plugin, wit_turn(path, 1, Some(answer.session_id), TEXT, 1), Box::new(Recorder { openai, log: log.clone() }))
+        .await?
+        .map_err(|e| anyhow::anyhow!("recording turn 2 failed: {}", e.message))?;
+    let script = log.lock().unwrap().clone();
+    sandbox.shutdown().await;
+    Ok(Arc::new(script))
+}
+
+pub fn session_of(script: &Script, path: Path) -> String {
+    // The stored session the recorded turn used: the id in its first request's path.
+    let first = match &script[0] {
+        crate::effects::Exchange::Plain { path, .. } | crate::effects::Exchange::Stream { path, .. } => path.clone(),
+    };
+    let seg = first.trim_start_matches('/').split('/').nth(1).unwrap_or_default().to_string();
+    let _ = path;
+    seg
+}
+
+/// Group 1: instantiate + every guest call of one turn, HTTP replaced by canned answers in memory.
+pub async fn overhead(out: &Out, iters: usize) -> anyhow::Result<()> {
+    const EXCLUDES: &str = "HTTP: every request is answered from a turn recorded against the sandbox, in memory \
+        (no sockets, virtual clock, sleeps are free); the knowledge base, storage and Telegram";
+    for path in Path::ALL {
+        let script = record_turn(path).await?;
+        let session = session_of(&script, path);
+        let turn = wit_turn(path, 1, Some(session), TEXT, 500);
+        let calls = script.len();
+
+        // The same logic built natively, same replay.
+        let nturn = native_turn(&turn);
+        let mut native = Samples::new();
+        for i in 0..(iters + iters / 10) {
+            let mut fx = NativeCanned(Canned::new(script.clone()));
+            let t = Instant::now();
+            let a = native_chat(path, &mut fx, &nturn).map_err(|e| anyhow::anyhow!("native turn failed: {e}"))?;
+            let d = t.elapsed();
+            std::hint::black_box(a);
+            if i >= iters / 10 {
+                native.push_dur_us(d);
+            }
+        }
+
+        // The fixed part: a turn the plugin refuses before any host call (no model / no assistant id):
+        // fresh Store + WASI context + instantiate + one call of the chat export.
+        let mut fixed = Samples::new();
+        {
+            let runtime = PluginRuntime::new(Limits::default())?;
+            let plugin = load(&runtime, path.plugin()).await?;
+            let mut empty = turn.clone();
+            empty.settings.model = String::new();
+            empty.settings.assistant_id = None;
+            for i in 0..(iters + iters / 10) {
+                let t = Instant::now();
+                let r = runtime.chat(&plugin, empty.clone(), Box::new(Canned::new(Arc::new(vec![])))).await?;
+                let d = t.elapsed();
+                assert!(r.is_err());
+                if i >= iters / 10 {
+                    fixed.push_dur_us(d);
+                }
+            }
+        }
+        let mut medians = vec![];
+        for pooling in [false, true] {
+            let runtime = PluginRuntime::new(Limits { pooling, ..Limits::default() })?;
+            let plugin = load(&runtime, path.plugin()).await?;
+            let mut wasm = Samples::new();
+            for i in 0..(iters + iters / 10) {
+                let fx = Canned::new(script.clone());
+                let t = Instant::now();
+                let r = runtime.chat(&plugin, turn.clone(), Box::new(fx)).await?;
+                let d = t.elapsed();
+                r.map_err(|e| anyhow::anyhow!("wasm turn failed: {}", e.message))?;
+                if i >= iters / 10 {
+                    wasm.push_dur_us(d);
+                }
+            }
+            let alloc = if pooling { "pooling allocator" } else { "on-demand allocator (the default)" };
+            let med = wasm.median();
+            medians.push(med);
+            out.emit(
+                record("1 plugin overhead", &format!("{}: wasm turn, {alloc}", path.label()), "µs", &wasm, EXCLUDES)
+                    .goal("p50 < 50 µs", med < 50.0)
+                    .note(format!("{calls} host HTTP calls per turn; fresh Store + instantiate + chat export")),
+            );
+        }
+        let nmed = native.median();
+        if path != Path::ResponsesPlain {
+            out.emit(
+                record("1 plugin overhead", &format!("{} plugin: instantiate + one chat call, no host calls", path.plugin()), "µs", &fixed, EXCLUDES)
+                    .note("a turn the plugin refuses at once (no model / assistant id configured): the fixed cost of a turn, default allocator"),
+            );
+        }
+        out.emit(
+            record("1 plugin overhead", &format!("{}: same logic built natively", path.label()), "µs", &native, EXCLUDES)
+                .note("the plugin crate as an ordinary Rust library, same replayed exchanges"),
+        );
+        let ratio = |v: f64| Samples(vec![v]);
+        out.emit(
+            record(
+                "1 plugin overhead",
+                &format!("{}: wasm ÷ native (default, pooling)", path.label()),
+                "×",
+                &ratio(medians[0] / nmed),
+                EXCLUDES,
+            )
+            .note(format!("pooling: {:.2}×; pooling ÷ default: {:.2}×", medians[1] / nmed, medians[1] / medians[0])),
+        );
+    }
+    Ok(())
+}
+
+/// A sandbox in its own process, so its CPU time is not counted as the host's.
+pub struct SandboxProcess {
+    pub child: Child,
+    pub base_url: String,
+}
+
+impl SandboxProcess {
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let bin = root().join("target/release/swapbot-sandbox");
+        let mut child = Command::new(&bin)
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("{}: {e} (run make build)", bin.display()))?;
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut base_url = None;
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(url) = line.strip_prefix("export OPENAI_BASE_URL=") {
+                base_url = Some(url.trim().to_string());
+                break;
+            }
+        }
+        // Keep draining stdout so the sandbox never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let base_url = base_url.ok_or_else(|| anyhow::anyhow!("the sandbox printed no base URL"))?;
+        Ok(SandboxProcess { child, base_url })
+    }
+}
+
+impl Drop for SandboxProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Group 2: the wasm plugin against the same logic linked natively, same sandbox, same run.
+pub fn wasm_vs_native(out: &Out, blocks: usize, per_block: usize) -> anyhow::Result<()> {
+    const EXCLUDES: &str = "the sandbox's own CPU (it runs in another process; its time is in the latency); \
+        the knowledge base, storage, Telegram";
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let handle = rt.handle().clone();
+    let sandbox = SandboxProcess::start(&["--run-steps", "0"])?;
+    let openai = OpenAi::new(OpenAiConfig::new(sandbox.base_url.clone(), "sk-bench")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = PluginRuntime::new(Limits::default())?;
+    const USERS: i64 = 20;
+    for path in Path::ALL {
+        let plugin = handle.block_on(load(&runtime, path.plugin()))?;
+        let wasm_turn = |user: i64, session: Option<String>| -> anyhow::Result<String> {
+            let fx = LiveEffects {
+                openai: openai.clone(),
+                deltas: None,
+                history: vec![],
+                observations: Arc::new(Mutex::new(TurnObservations::default())),
+                plugin: plugin.description.name.clone(),
+                started: Instant::now(),
+            };
+            let turn = wit_turn(path, user, session, TEXT, 1);
+            let a = handle
+                .block_on(runtime.chat(&plugin, turn, Box::new(fx)))?
+                .map_err(|e| anyhow::anyhow!("wasm turn failed: {}", e.message))?;
+            Ok(a.session_id)
+        };
+        let native_turn_run = |user: i64, session: Option<String>| -> anyhow::Result<String> {
+            let mut fx = NativeLive { openai: openai.clone(), handle: handle.clone(), started: Instant::now(), pushed: 0 };
+            let turn = native_turn(&wit_turn(path, user, session, TEXT, 1));
+            let a = native_chat(path, &mut fx, &turn).map_err(|e| anyhow::anyhow!("native turn failed: {e}"))?;
+            Ok(a.session_id)
+        };
+        // Sessions first (not measured): users 1.. for wasm, 1001.. for native.
+        let mut sessions = std::collections::HashMap::new();
+        for u in 1..=USERS {
+            sessions.insert(u, wasm_turn(u, None)?);
+            sessions.insert(1000 + u, native_turn_run(1000 + u, None)?);
+        }
+        let (mut wl, mut nl, mut wc, mut nc) = (Samples::new(), Samples::new(), Samples::new(), Samples::new());
+        for block in 0..blocks {
+            let order: [bool; 2] = if block % 2 == 0 { [true, false] } else { [false, true] };
+            for wasm in order {
+                let cpu0 = self_cpu();
+                let mut lat = vec![];
+                for i in 0..per_block {
+                    let u = (i as i64 % USERS) + 1 + if wasm { 0 } else { 1000 };
+                    let s = Some(sessions[&u].clone());
+                    let t = Instant::now();
+                    if wasm {
+                        wasm_turn(u, s)?;
+                    } else {
+                        native_turn_run(u, s)?;
+                    }
+                    lat.push(t.elapsed());
+                }
+                let cpu = (self_cpu() - cpu0).as_secs_f64() * 1e6 / per_block as f64;
+                let (l, c) = if wasm { (&mut wl, &mut wc) } else { (&mut nl, &mut nc) };
+                lat.into_iter().for_each(|d| l.push_dur_us(d));
+                c.push(cpu);
+            }
+        }
+        let g = "2 wasm vs native";
+        out.emit(record(g, &format!("{}: wasm turn latency", path.label()), "µs", &wl, EXCLUDES));
+        out.emit(record(g, &format!("{}: native turn latency", path.label()), "µs", &nl, EXCLUDES));
+        let lr = wl.median() / nl.median();
+        out.emit(
+            record(g, &format!("{}: latency wasm ÷ native", path.label()), "×", &Samples(vec![lr]), EXCLUDES)
+                .goal("≤ 1.1×", lr <= 1.1)
+                .note(format!("medians {:.0} µs ÷ {:.0} µs", wl.median(), nl.median())),
+        );
+        out.emit(
+            record(g, &format!("{}: wasm host CPU per turn", path.label()), "µs", &wc, EXCLUDES)
+                .note(format!("getrusage over blocks of {per_block} turns; each sample is one block")),
+        );
+        out.emit(record(g, &format!("{}: native host CPU per turn", path.label()), "µs", &nc, EXCLUDES));
+        let cr = wc.median() / nc.median();
+        out.emit(
+            record(g, &format!("{}: CPU wasm ÷ native", path.label()), "×", &Samples(vec![cr]), EXCLUDES)
+                .goal("≤ 1.1×", cr <= 1.1)
+                .note(format!("medians {:.0} µs ÷ {:.0} µs", wc.median(), nc.median())),
+        );
+    }
+    drop(sandbox);
+    let _ = Duration::ZERO;
+    Ok(())
+}
