@@ -489,3 +489,164 @@ pub async fn run_files(plugin_path: &Path, cases: &[std::path::PathBuf]) -> anyh
     );
     Ok(failed == 0 && passed > 0)
 }
+
+/// Records what a plugin does in a real run, as a case file: a plugin author's way to turn a
+/// live exchange into a regression case (`swapbot plugin record`).
+pub struct Recorder {
+    inner: Box<dyn HostEffects>,
+    exchanges: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+struct RecordingStream {
+    inner: Box<dyn EventSource>,
+    exchanges: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    index: usize,
+}
+
+#[async_trait::async_trait]
+impl EventSource for RecordingStream {
+    async fn next(&mut self) -> Result<Option<SseEvent>, TransportError> {
+        let result = self.inner.next().await;
+        let mut exchanges = self.exchanges.lock().unwrap();
+        let exchange = &mut exchanges[self.index];
+        match &result {
+            Ok(Some(event)) => {
+                let data = serde_json::from_str::<Value>(&event.data).unwrap_or(Value::String(event.data.clone()));
+                exchange["sse"].as_array_mut().unwrap().push(serde_json::json!({"event": event.event, "data": data}));
+            }
+            Ok(None) => {}
+            Err(_) => exchange["cut"] = Value::Bool(true),
+        }
+        result
+    }
+}
+
+fn recorded_request(req: &ApiRequest) -> Value {
+    let mut request = serde_json::json!({"method": req.method, "path": req.path});
+    if let Some(body) = &req.body {
+        request["body"] = serde_json::from_str(body).unwrap_or(Value::String(body.clone()));
+    }
+    let headers: serde_json::Map<String, Value> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("content-type") && !n.eq_ignore_ascii_case("accept"))
+        .map(|(n, v)| (n.to_ascii_lowercase(), Value::String(v.clone())))
+        .collect();
+    if !headers.is_empty() {
+        request["headers"] = Value::Object(headers);
+    }
+    request
+}
+
+fn transport_name(err: &TransportError) -> &'static str {
+    match err {
+        TransportError::Timeout(_) => "timeout",
+        _ => "connection",
+    }
+}
+
+impl Recorder {
+    pub fn new(inner: Box<dyn HostEffects>) -> (Self, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+        let exchanges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        (Self { inner, exchanges: exchanges.clone() }, exchanges)
+    }
+}
+
+#[async_trait::async_trait]
+impl HostEffects for Recorder {
+    async fn http(&mut self, req: ApiRequest) -> Result<ApiResponse, TransportError> {
+        let request = recorded_request(&req);
+        let result = self.inner.http(req).await;
+        let exchange = match &result {
+            Ok(resp) => {
+                let body = serde_json::from_str::<Value>(&resp.body).unwrap_or_else(|_| serde_json::json!({"raw": resp.body}));
+                let headers: serde_json::Map<String, Value> = resp
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n == "retry-after")
+                    .map(|(n, v)| (n.clone(), Value::String(v.clone())))
+                    .collect();
+                serde_json::json!({"request": request, "response": {"status": resp.status, "headers": headers, "body": body}})
+            }
+            Err(err) => serde_json::json!({"request": request, "transport_error": transport_name(err)}),
+        };
+        self.exchanges.lock().unwrap().push(exchange);
+        result
+    }
+
+    async fn http_stream(&mut self, req: ApiRequest) -> Result<StreamStart, TransportError> {
+        let request = recorded_request(&req);
+        let result = self.inner.http_stream(req).await;
+        let mut exchanges = self.exchanges.lock().unwrap();
+        match result {
+            Ok(StreamStart::Events(inner)) => {
+                exchanges.push(serde_json::json!({"request": request, "sse": [], "cut": false}));
+                let index = exchanges.len() - 1;
+                Ok(StreamStart::Events(Box::new(RecordingStream { inner, exchanges: self.exchanges.clone(), index })))
+            }
+            Ok(StreamStart::Refused(resp)) => {
+                let body = serde_json::from_str::<Value>(&resp.body).unwrap_or_else(|_| serde_json::json!({"raw": resp.body}));
+                exchanges.push(serde_json::json!({"request": request, "response": {"status": resp.status, "body": body}}));
+                Ok(StreamStart::Refused(resp))
+            }
+            Err(err) => {
+                exchanges.push(serde_json::json!({"request": request, "transport_error": transport_name(&err)}));
+                Err(err)
+            }
+        }
+    }
+
+    fn push_text(&mut self, delta: String) {
+        self.inner.push_text(delta)
+    }
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.inner.log(level, message)
+    }
+    fn now_ms(&mut self) -> u64 {
+        self.inner.now_ms()
+    }
+    async fn sleep_ms(&mut self, ms: u32) {
+        self.inner.sleep_ms(ms).await
+    }
+    fn recent_history(&mut self) -> Vec<HistoryMessage> {
+        self.inner.recent_history()
+    }
+}
+
+/// Builds a case file from a recorded run.
+pub fn recorded_case(name: &str, turn: &Turn, history: &[HistoryMessage], exchanges: Vec<Value>, outcome: &Result<Answer, ChatError>, pushed: &str) -> Value {
+    let expect = match outcome {
+        Ok(answer) => serde_json::json!({"ok": answer_value(answer)}),
+        Err(error) => {
+            let mut e = error_value(error);
+            e.as_object_mut().unwrap().remove("message");
+            serde_json::json!({"error": e})
+        }
+    };
+    let mut case = serde_json::json!({
+        "name": name,
+        "call": "chat",
+        "turn": {
+            "user_id": turn.user_id,
+            "session_id": turn.session_id,
+            "text": turn.text,
+            "context": turn.context.iter().map(|c| serde_json::json!({"source": c.source, "text": c.text, "score": c.score})).collect::<Vec<_>>(),
+            "settings": {
+                "model": turn.settings.model,
+                "instructions": turn.settings.instructions,
+                "assistant_id": turn.settings.assistant_id,
+                "stream": turn.settings.stream,
+                "background": turn.settings.background,
+                "poll_interval_ms": turn.settings.poll_interval_ms,
+                "deadline_ms": turn.settings.deadline_ms,
+            },
+        },
+        "history": history.iter().map(|m| serde_json::json!({"role": if m.role == Role::Assistant { "assistant" } else { "user" }, "text": m.text})).collect::<Vec<_>>(),
+        "exchanges": exchanges,
+        "expect": expect,
+    });
+    if !pushed.is_empty() {
+        case["pushed"] = Value::String(pushed.to_owned());
+    }
+    case
+}

@@ -62,6 +62,16 @@ enum PluginCommand {
     Test { plugin: PathBuf, cases: Vec<PathBuf> },
     /// Validate a plugin and print its description.
     Info { plugin: PathBuf },
+    /// Run one real turn (OPENAI_BASE_URL, OPENAI_API_KEY) and print it as a harness case file.
+    Record {
+        #[arg(long, value_parser = ["responses", "assistants"])]
+        backend: String,
+        #[arg(long, default_value_t = 1)]
+        user: i64,
+        #[arg(long, default_value = "recorded from a real run")]
+        name: String,
+        text: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -105,6 +115,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 loaded.sha256,
                 loaded.compile_time.as_millis()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin { command: PluginCommand::Record { backend, user, name, text } } => {
+            let config = Config::from_env()?;
+            init_logs(None, config.secrets());
+            let app = swapbot::app::build(config, Some(swapbot_kb::KbConfig::from_env()?)).await?;
+            let backend = Backend::parse(&backend).expect("clap checked the value");
+            let case = app.service.record_case(backend, user, &text, &name).await?;
+            println!("{}", serde_json::to_string_pretty(&case)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Report(args) => {

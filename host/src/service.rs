@@ -350,6 +350,39 @@ impl TurnService {
     }
 }
 
+impl TurnService {
+    /// Runs one plugin call of a turn exactly as `turn_on` would (same session, context and
+    /// history) while recording its HTTP exchanges, and returns them as a harness case.
+    /// Nothing is stored: recording never changes the user's state.
+    pub async fn record_case(&self, backend: Backend, user_id: i64, text: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+        let plugin = self.plugins.get(backend).ok_or_else(|| anyhow::anyhow!("no {backend} plugin loaded"))?;
+        let session_id = self.id_maps.get(&plugin.description.id_map).and_then(|m| m.get(user_id));
+        let context = match &self.context {
+            Some(source) => source.context(text).await.0,
+            None => vec![],
+        };
+        let turn = Turn { user_id, session_id, text: text.to_owned(), context, settings: self.settings.to_wit() };
+        let history = self.history.recent(user_id);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let live = LiveEffects {
+            openai: self.openai.clone(),
+            deltas: Some(tx),
+            history: history.clone(),
+            observations: Default::default(),
+            plugin: plugin.description.name.clone(),
+            started: Instant::now(),
+        };
+        let (recorder, exchanges) = crate::harness::Recorder::new(Box::new(live));
+        let outcome = self.plugins.runtime().chat(&plugin, turn.clone(), Box::new(recorder)).await?;
+        let mut pushed = String::new();
+        while let Ok(delta) = rx.try_recv() {
+            pushed.push_str(&delta);
+        }
+        let exchanges = exchanges.lock().unwrap().clone();
+        Ok(crate::harness::recorded_case(name, &turn, &history, exchanges, &outcome, &pushed))
+    }
+}
+
 const GENERIC: &str = "Sorry, something went wrong while answering. Please try again.";
 const UNAVAILABLE: &str = "Sorry, the assistant is unavailable right now. Please try again later.";
 const EMPTY: &str = "Sorry, I could not come up with an answer. Please rephrase your question.";

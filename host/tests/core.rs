@@ -315,3 +315,20 @@ async fn retrieval_puts_the_right_chunk_into_the_prompt_on_both_backends() {
     assert!(embeddings >= 3, "ingest + one per turn");
     bot.sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_case_recorded_from_a_real_run_replays_green_in_the_harness() {
+    for stream in ["true", "false"] {
+        let bot = bot(&[("RESPONSES_STREAM", stream)]).await;
+        ask(&bot, Backend::Responses, 31, "My name is Ada.").await.unwrap();
+        let case = bot.app.service.record_case(Backend::Responses, 31, "What is my name?", "recorded").await.unwrap();
+        assert_eq!(case["expect"]["ok"]["text"], "Your name is Ada.");
+        let recorded = bot.sandbox.requests().len();
+        let case: swapbot::harness::Case = serde_json::from_value(case).unwrap();
+        let plugin = bot.app.plugins.get(Backend::Responses).unwrap();
+        let result = swapbot::harness::run_case(bot.app.plugins.runtime(), &plugin, case).await;
+        assert!(result.passed(), "{:?}", result.failures);
+        assert_eq!(bot.sandbox.requests().len(), recorded, "the harness replays without the network");
+        bot.sandbox.shutdown().await;
+    }
+}
