@@ -262,6 +262,25 @@ pub async fn load(out: &Out, quick: bool) -> anyhow::Result<()> {
         drop(fake);
         remove_dir(&work);
     }
+    {
+        // The same paced load with streaming off: what the streamed path (SSE + drafts) adds.
+        let work = scratch("load");
+        let fake = FakeTelegram::start().await;
+        let bot = bot::start(&fake, &bot_env(&sandbox.base_url(), &work, &[("RESPONSES_STREAM", "false")]), &work).await?;
+        let users: Vec<i64> = (1..=100).map(|u| 20_000 + u).collect();
+        rounds(&fake, bot.pid(), &users, 1, 0).await?;
+        let rate = 200.0;
+        let p = paced(&fake, bot.pid(), &users, rate, if quick { 3.0 } else { 8.0 }, 1).await?;
+        let p99 = p.latencies.pct(99.0);
+        out.emit(
+            record(g, &format!("100 users, paced at {rate:.0} turns/s, not streamed: latency p50 (p99 in note)"), "ms", &p.latencies, EXCLUDES)
+                .goal("p99 < 5 ms", p99 < 5.0)
+                .note(format!("p99 {p99:.1} ms; bot CPU {:.0} µs/turn; RESPONSES_STREAM=false; {} error answers", p.cpu_per_turn_us, p.errors)),
+        );
+        drop(bot);
+        drop(fake);
+        remove_dir(&work);
+    }
     out.emit(
         record("6 memory", "bot RSS idle (started, plugins loaded, no user yet)", "MiB", &idle_rss, "the sandbox and the fake Telegram (other processes)")
             .note("both plugins compiled and loaded, Telegram polling"),
