@@ -600,3 +600,47 @@ mod tests {
         assert_eq!(evs[1].data, "one\ntwo");
     }
 }
+
+/// Every harness case file of a plugin as its own native test, plus a check that no file in
+/// `cases/` is left unlisted. Used in a plugin's `tests` module, where `chat` and `replay` are
+/// the plugin's protocol functions.
+#[macro_export]
+macro_rules! plugin_case_tests {
+    ($($name:ident),* $(,)?) => {
+        fn chat_fn(fx: &mut $crate::testing::ScriptedEffects, turn: $crate::Turn) -> Result<$crate::Answer, $crate::ChatError> {
+            chat(fx, &turn)
+        }
+
+        fn replay_fn(
+            fx: &mut $crate::testing::ScriptedEffects,
+            sid: &str,
+            h: Vec<$crate::HistoryMessage>,
+            s: &$crate::Settings,
+        ) -> Result<u32, $crate::ChatError> {
+            replay(fx, sid, &h, s)
+        }
+
+        mod cases {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    $crate::testing::run_case(
+                        include_str!(concat!("../cases/", stringify!($name), ".json")),
+                        chat_fn,
+                        replay_fn,
+                    );
+                }
+            )*
+        }
+
+        /// Every case file in `cases/` is listed (and so runs as its own test).
+        #[test]
+        fn every_case_file_is_listed() {
+            let listed: &[&str] = &[$(stringify!($name)),*];
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cases");
+            let n = $crate::testing::run_case_dir(&dir, chat_fn, replay_fn);
+            assert_eq!(n, listed.len(), "case files vs listed tests");
+        }
+    };
+}

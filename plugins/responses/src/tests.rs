@@ -4,39 +4,7 @@
 use super::*;
 use swapbot_plugin_common::testing::*;
 
-fn chat_fn(fx: &mut ScriptedEffects, turn: Turn) -> Result<Answer, ChatError> {
-    chat(fx, &turn)
-}
-
-fn replay_fn(
-    fx: &mut ScriptedEffects,
-    sid: &str,
-    h: Vec<HistoryMessage>,
-    s: &Settings,
-) -> Result<u32, ChatError> {
-    replay(fx, sid, &h, s)
-}
-
-macro_rules! cases {
-    ($($name:ident),* $(,)?) => {
-        mod cases {
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    run_case(
-                        include_str!(concat!("../cases/", stringify!($name), ".json")),
-                        chat_fn,
-                        replay_fn,
-                    );
-                }
-            )*
-        }
-        const LISTED: &[&str] = &[$(stringify!($name)),*];
-    };
-}
-
-cases!(
+swapbot_plugin_common::plugin_case_tests!(
     creates_conversation_when_none,
     creates_conversation_without_history,
     reuses_live_conversation,
@@ -61,13 +29,6 @@ cases!(
     replay_batches,
 );
 
-/// Every case file in `cases/` is listed above (and so runs as its own test).
-#[test]
-fn every_case_file_is_listed() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cases");
-    let n = run_case_dir(&dir, chat_fn, replay_fn);
-    assert_eq!(n, LISTED.len(), "case files vs listed tests");
-}
 
 fn settings() -> Settings {
     Settings {
