@@ -95,7 +95,10 @@ pub fn init(log_dir: Option<&Path>, secrets: Vec<String>, quiet_stderr: bool) ->
     }) {
         Some(appender) => {
             let (writer, guard) = tracing_appender::non_blocking(appender);
+            // JSON lines for machines; a field formatter of its own also keeps the two layers from
+            // appending the same span fields twice.
             let layer = tracing_subscriber::fmt::layer()
+                .json()
                 .with_ansi(false)
                 .with_writer(Redacting::new(writer, secrets))
                 .with_filter(level(false));
