@@ -17,7 +17,7 @@ use crate::router::Backend;
 type Observer = Box<dyn Fn(Backend, bool) + Send + Sync>;
 
 /// How long a burst of file events may last before the file is read.
-const SETTLE: std::time::Duration = std::time::Duration::from_millis(150);
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(40);
 
 pub struct PluginSet {
     runtime: PluginRuntime,

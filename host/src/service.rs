@@ -84,7 +84,7 @@ pub struct TurnService {
     settings: TurnSettings,
     routing: ArcSwap<Routing>,
     id_maps: HashMap<String, Arc<IdMap>>,
-    history: HistoryStore,
+    history: Arc<HistoryStore>,
     user_locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     turn_log: TurnLog,
     context: Option<Arc<dyn ContextSource>>,
@@ -116,7 +116,7 @@ impl TurnService {
             settings,
             routing: ArcSwap::from_pointee(routing),
             id_maps,
-            history: HistoryStore::open(data_dir.join("history")),
+            history: Arc::new(HistoryStore::open(data_dir.join("history"))),
             user_locks: Mutex::new(HashMap::new()),
             turn_log,
             context,
@@ -150,7 +150,13 @@ impl TurnService {
     }
 
     fn user_lock(&self, user_id: i64) -> Arc<tokio::sync::Mutex<()>> {
-        self.user_locks.lock().unwrap().entry(user_id).or_default().clone()
+        let mut locks = self.user_locks.lock().unwrap();
+        // Forget the locks nobody holds, now and then, so the map does not grow with every
+        // user ever seen.
+        if locks.len() >= 4096 && locks.len().is_power_of_two() {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        locks.entry(user_id).or_default().clone()
     }
 
     /// /new: forget the user's sessions on every backend and the history that would be replayed.
@@ -269,10 +275,11 @@ impl TurnService {
                 context: context.clone(),
                 settings: self.settings.to_wit(),
             };
+            let history = self.history.clone();
             let effects = LiveEffects {
                 openai: self.openai.clone(),
                 deltas: deltas.clone(),
-                history: self.history.recent(user_id),
+                history: Box::new(move || history.recent(user_id)),
                 observations: observations.clone(),
                 plugin: plugin.description.name.clone(),
                 started: Instant::now(),
@@ -293,17 +300,32 @@ impl TurnService {
                     record.replayed = answer.replayed;
                     record.input_tokens = answer.usage.map(|u| u.input_tokens);
                     record.output_tokens = answer.usage.map(|u| u.output_tokens);
-                    // The id is durable before the user sees the answer.
-                    if let Err(err) = id_map.set(user_id, &answer.session_id) {
-                        tracing::error!(%err, "could not store the session id");
-                    }
                     let answer_text = answer.text.trim().to_owned();
+                    // The id and the exchange are durable before the user sees the answer; the
+                    // fsyncs run off the async workers.
+                    let (map, session, history, question, stored) = (
+                        id_map.clone(),
+                        answer.session_id.clone(),
+                        self.history.clone(),
+                        text.to_owned(),
+                        answer_text.clone(),
+                    );
+                    let durable = tokio::task::spawn_blocking(move || {
+                        map.set(user_id, &session).map_err(|e| format!("could not store the session id: {e}"))?;
+                        if !stored.is_empty() {
+                            history.append_turn(user_id, &question, &stored).map_err(|e| format!("could not store the history: {e}"))?;
+                        }
+                        Ok::<(), String>(())
+                    })
+                    .await;
+                    match durable {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => tracing::error!(%err, "storage"),
+                        Err(err) => tracing::error!(%err, "storage task failed"),
+                    }
                     if answer_text.is_empty() {
                         record.error_kind = Some("empty-answer".into());
                         return Err(EMPTY.into());
-                    }
-                    if let Err(err) = self.history.append_turn(user_id, text, &answer_text) {
-                        tracing::error!(%err, "could not store the history");
                     }
                     return Ok(answer_text);
                 }
@@ -367,7 +389,10 @@ impl TurnService {
         let live = LiveEffects {
             openai: self.openai.clone(),
             deltas: Some(tx),
-            history: history.clone(),
+            history: Box::new({
+                let history = history.clone();
+                move || history.clone()
+            }),
             observations: Default::default(),
             plugin: plugin.description.name.clone(),
             started: Instant::now(),

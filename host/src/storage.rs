@@ -72,9 +72,15 @@ fn quarantine(path: &Path, why: &str) -> Option<PathBuf> {
 /// A `{"<user id>": "<id>"}` map kept in one JSON file.
 pub struct IdMap {
     path: PathBuf,
-    entries: Mutex<BTreeMap<i64, String>>,
-    /// Serialises file writes so a slower older write never lands after a newer one.
-    write_lock: Mutex<()>,
+    entries: Mutex<Entries>,
+    /// Serialises file writes; holds the version of the map last made durable.
+    write_lock: Mutex<u64>,
+}
+
+struct Entries {
+    map: BTreeMap<i64, String>,
+    /// Bumped by every change; a write covers every change up to the version it rendered.
+    version: u64,
 }
 
 impl IdMap {
@@ -95,7 +101,7 @@ impl IdMap {
                 BTreeMap::new()
             }
         };
-        Self { path, entries: Mutex::new(entries), write_lock: Mutex::new(()) }
+        Self { path, entries: Mutex::new(Entries { map: entries, version: 0 }), write_lock: Mutex::new(0) }
     }
 
     pub fn path(&self) -> &Path {
@@ -103,11 +109,11 @@ impl IdMap {
     }
 
     pub fn get(&self, user: i64) -> Option<String> {
-        self.entries.lock().unwrap().get(&user).cloned()
+        self.entries.lock().unwrap().map.get(&user).cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap().len()
+        self.entries.lock().unwrap().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -116,28 +122,42 @@ impl IdMap {
 
     /// Records `id` for `user` and makes it durable before returning.
     pub fn set(&self, user: i64, id: &str) -> Result<(), StorageError> {
-        let _write = self.write_lock.lock().unwrap();
-        let snapshot = {
-            let mut entries = self.entries.lock().unwrap();
-            if entries.get(&user).map(String::as_str) == Some(id) {
-                return Ok(());
+        self.change(|map| {
+            if map.get(&user).map(String::as_str) == Some(id) {
+                return false;
             }
-            entries.insert(user, id.to_owned());
-            render_id_map(&entries)
-        };
-        write_atomic(&self.path, snapshot.as_bytes())
+            map.insert(user, id.to_owned());
+            true
+        })
     }
 
     pub fn remove(&self, user: i64) -> Result<(), StorageError> {
-        let _write = self.write_lock.lock().unwrap();
-        let snapshot = {
+        self.change(|map| map.remove(&user).is_some())
+    }
+
+    /// Applies a change in memory, then makes it durable. Group commit: when many users change
+    /// the map at once, one write covers every change made before it rendered the file, and the
+    /// others return without writing again.
+    fn change(&self, apply: impl FnOnce(&mut BTreeMap<i64, String>) -> bool) -> Result<(), StorageError> {
+        let mine = {
             let mut entries = self.entries.lock().unwrap();
-            if entries.remove(&user).is_none() {
+            if !apply(&mut entries.map) {
                 return Ok(());
             }
-            render_id_map(&entries)
+            entries.version += 1;
+            entries.version
         };
-        write_atomic(&self.path, snapshot.as_bytes())
+        let mut durable = self.write_lock.lock().unwrap();
+        if *durable >= mine {
+            return Ok(());
+        }
+        let (snapshot, version) = {
+            let entries = self.entries.lock().unwrap();
+            (render_id_map(&entries.map), entries.version)
+        };
+        write_atomic(&self.path, snapshot.as_bytes())?;
+        *durable = version;
+        Ok(())
     }
 }
 
@@ -156,7 +176,7 @@ fn parse_id_map(bytes: &[u8]) -> Result<BTreeMap<i64, String>, String> {
 fn render_id_map(entries: &BTreeMap<i64, String>) -> String {
     let object: serde_json::Map<String, serde_json::Value> =
         entries.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect();
-    serde_json::to_string_pretty(&object).unwrap_or_else(|_| "{}".into())
+    serde_json::to_string(&object).unwrap_or_else(|_| "{}".into())
 }
 
 /// Start-up migration: an operator coming from the Python bot has `user_threads.json` only.
@@ -322,6 +342,29 @@ mod tests {
         let reread = IdMap::open(&path);
         assert_eq!(reread.get(7).as_deref(), Some("thread_new"));
         assert_eq!(reread.get(123456789012).as_deref(), Some("thread_abc"));
+    }
+
+    #[test]
+    fn concurrent_writers_all_end_up_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user_conversations.json");
+        let map = Arc::new(IdMap::open(&path));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let map = map.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        map.set(t * 1000 + i, &format!("conv_{t}_{i}")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let reread = IdMap::open(&path);
+        assert_eq!(reread.len(), 400);
+        assert_eq!(reread.get(7049).as_deref(), Some("conv_7_49"));
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub struct TurnObservations {
 pub struct LiveEffects {
     pub openai: OpenAi,
     pub deltas: Option<UnboundedSender<String>>,
-    pub history: Vec<HistoryMessage>,
+    /// Read only when the plugin asks (a new session), not on every turn.
+    pub history: Box<dyn Fn() -> Vec<HistoryMessage> + Send>,
     pub observations: std::sync::Arc<std::sync::Mutex<TurnObservations>>,
     pub plugin: String,
     pub started: Instant,
@@ -140,6 +141,6 @@ impl HostEffects for LiveEffects {
     }
 
     fn recent_history(&mut self) -> Vec<HistoryMessage> {
-        self.history.clone()
+        (self.history)()
     }
 }

@@ -245,6 +245,12 @@ impl FakeTelegram {
             .with_state(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
+            // Streamed answers are many small writes: without TCP_NODELAY, Nagle and delayed
+            // ACKs hold each for ~40 ms, which no real server does.
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;

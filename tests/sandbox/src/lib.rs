@@ -300,6 +300,12 @@ impl Sandbox {
         let app = router(shared.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            // Streamed answers are many small writes: without TCP_NODELAY, Nagle and delayed
+            // ACKs hold each for ~40 ms, which no real server does.
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = rx.await;
