@@ -200,7 +200,7 @@ pub fn wasm_vs_native(out: &Out, blocks: usize, per_block: usize) -> anyhow::Res
             let fx = LiveEffects {
                 openai: openai.clone(),
                 deltas: None,
-                history: vec![],
+                history: Box::new(Vec::new),
                 observations: Arc::new(Mutex::new(TurnObservations::default())),
                 plugin: plugin.description.name.clone(),
                 started: Instant::now(),
