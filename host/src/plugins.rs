@@ -85,9 +85,14 @@ impl PluginSet {
         let result = self.try_reload(backend).await;
         if let Err(err) = &result {
             let old = self.get(backend);
+            let file = self.dir.join(backend.file_name());
+            let new_sha256 = std::fs::read(&file)
+                .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))[..12].to_string())
+                .unwrap_or_else(|_| "-".into());
             tracing::error!(
                 backend = backend.name(),
-                file = %self.dir.join(backend.file_name()).display(),
+                file = %file.display(),
+                new_sha256,
                 old_version = old.as_ref().map(|p| p.description.version.as_str()).unwrap_or("-"),
                 old_sha256 = old.as_ref().map(|p| &p.sha256[..12]).unwrap_or("-"),
                 %err,
