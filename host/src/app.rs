@@ -64,6 +64,8 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     let limits = Limits {
         memory_bytes: config.plugin_memory_mb << 20,
         turn_timeout: config.turn_timeout,
+        pooling: config.plugin_pooling,
+        pool_size: config.plugin_pool_size,
         ..Limits::default()
     };
     let runtime = PluginRuntime::new(limits)?;

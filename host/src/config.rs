@@ -39,6 +39,8 @@ pub struct Config {
     pub allowed_user_ids: Option<BTreeSet<i64>>,
     pub admin_user_ids: BTreeSet<i64>,
     pub plugin_memory_mb: usize,
+    pub plugin_pooling: bool,
+    pub plugin_pool_size: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -141,6 +143,8 @@ impl Config {
             allowed_user_ids: ids("ALLOWED_USER_IDS")?,
             admin_user_ids: ids("ADMIN_USER_IDS")?.unwrap_or_default(),
             plugin_memory_mb: number("PLUGIN_MEMORY_MB", 64, 8, 4096)? as usize,
+            plugin_pooling: flag("PLUGIN_POOLING", false)?,
+            plugin_pool_size: number("PLUGIN_POOL_SIZE", 256, 1, 100_000)? as u32,
         })
     }
 

@@ -179,7 +179,7 @@ fn hostile_runtime() -> PluginRuntime {
         memory_bytes: 32 << 20,
         cpu_slice: std::time::Duration::from_millis(300),
         turn_timeout: std::time::Duration::from_secs(5),
-        pooling: false,
+        ..Limits::default()
     })
     .unwrap()
 }
@@ -331,4 +331,23 @@ async fn a_case_recorded_from_a_real_run_replays_green_in_the_harness() {
         assert_eq!(bot.sandbox.requests().len(), recorded, "the harness replays without the network");
         bot.sandbox.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pooling_more_turns_than_slots_wait_for_a_slot_instead_of_failing() {
+    let runtime = PluginRuntime::new(Limits { pooling: true, pool_size: 2, ..Limits::default() }).unwrap();
+    let plugin = Arc::new(runtime.load(&test_plugin("hostile.wasm"), None).await.unwrap());
+    let mut turns = vec![];
+    for i in 0..12 {
+        let (runtime, plugin) = (runtime.clone(), plugin.clone());
+        turns.push(tokio::spawn(async move {
+            runtime.chat(&plugin, turn(&format!("t{i}")), Box::new(swapbot::plugin::effects::NoEffects)).await
+        }));
+    }
+    for (i, t) in turns.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap().unwrap().unwrap().text, format!("survived: t{i}"));
+    }
+    // The pool is bounded for real: a memory hog still hits the per-instance limit.
+    let grown = runtime.chat(&plugin, turn("alloc"), Box::new(swapbot::plugin::effects::NoEffects)).await;
+    assert!(matches!(grown, Err(PluginError::MemoryLimit(_)) | Err(PluginError::Trap(_))), "{grown:?}");
 }

@@ -73,6 +73,8 @@ pub struct Limits {
     pub turn_timeout: Duration,
     /// Use the pooling instance allocator (faster instantiation, memory reserved up front).
     pub pooling: bool,
+    /// With pooling: how many turns may run at once; further turns wait for a slot.
+    pub pool_size: u32,
 }
 
 impl Default for Limits {
@@ -82,6 +84,7 @@ impl Default for Limits {
             cpu_slice: Duration::from_secs(2),
             turn_timeout: Duration::from_secs(120),
             pooling: false,
+            pool_size: 256,
         }
     }
 }
@@ -130,6 +133,8 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Arc<Linker<TurnState>>,
     limits: Limits,
+    /// With pooling, one permit per pool slot: a turn waits for a slot instead of failing.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
     _ticker: Arc<EpochTicker>,
 }
 
@@ -149,10 +154,12 @@ impl PluginRuntime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         if limits.pooling {
+            let slots = limits.pool_size.max(1);
             let mut pool = wasmtime::PoolingAllocationConfig::default();
-            pool.total_component_instances(256);
-            pool.total_memories(256);
-            pool.total_tables(256);
+            pool.total_component_instances(slots);
+            pool.total_core_instances(slots * 8);
+            pool.total_memories(slots * 2);
+            pool.total_tables(slots * 4);
             pool.max_memory_size(limits.memory_bytes);
             config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
@@ -180,9 +187,11 @@ impl PluginRuntime {
                 }
             })?;
 
+        let slots = limits.pooling.then(|| Arc::new(tokio::sync::Semaphore::new(limits.pool_size.max(1) as usize)));
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            slots,
             limits,
             _ticker: Arc::new(EpochTicker { stop }),
         })
@@ -321,6 +330,11 @@ impl PluginRuntime {
         ) -> std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>
         + Send,
     ) -> Result<R, PluginError> {
+        // Declared before the store, so it is released after the store (and its slot) is gone.
+        let _slot = match &self.slots {
+            Some(slots) => Some(slots.clone().acquire_owned().await.map_err(|e| PluginError::Trap(e.to_string()))?),
+            None => None,
+        };
         let mut store = self.new_store(effects);
         let cpu_ticks = (self.limits.cpu_slice.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         let memory_mib = self.limits.memory_bytes >> 20;
