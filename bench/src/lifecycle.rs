@@ -129,7 +129,7 @@ pub async fn hot_swap(out: &Out, cold_runs: usize, cached_runs: usize) -> anyhow
                         "module {} KiB; compile + validate alone median {:.0} ms{}",
                         base.len() / 1024,
                         compile.median(),
-                        if watched { "; the watcher waits 150 ms (SETTLE) for a copy to finish before loading" } else { "" }
+                        if watched { "; the watcher waits 40 ms (SETTLE) for a copy to finish before loading" } else { "" }
                     )),
             );
             out.emit(
