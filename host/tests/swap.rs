@@ -203,3 +203,25 @@ async fn a_restart_with_unchanged_plugins_uses_the_compile_cache() {
     }
     assert!(matches!(load().await, LoadOutcome::Loaded { cached: false, .. }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_in_flight_finishes_on_its_module_and_the_next_turn_takes_the_new_one() {
+    let s = setup().await;
+    // The model takes a while, so the swap lands in the middle of the turn.
+    s.sandbox.inject(
+        swapbot_sandbox::Fault::on("/responses", swapbot_sandbox::FaultKind::DelayBeforeResponse(Duration::from_millis(1500)))
+            .method("POST"),
+    );
+    let service = s.app.service.clone();
+    let in_flight = tokio::spawn(async move { service.turn(77, "echo: old module", None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replacement = test_plugin("hostile.wasm");
+    install(&s.plugin_dir, "responses.wasm", &replacement);
+    assert!(wait_until(|| serving_sha(&s.app) == sha(&replacement)).await);
+    let old = in_flight.await.unwrap();
+    assert_eq!(old.reply.as_deref(), Ok("old module"), "the turn in flight kept its module");
+    assert_eq!(old.record.plugin_version, "0.1.0");
+    let new = s.app.service.turn(78, "hello", None).await;
+    assert_eq!(new.reply.as_deref(), Ok("survived: hello"));
+    assert_eq!(new.record.plugin_version, "6.6.6-hostile");
+}
