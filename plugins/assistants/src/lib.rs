@@ -225,25 +225,7 @@ fn run_usage(run: &Value) -> Option<Usage> {
 }
 
 fn run_failed(run: &Value, run_id: &str, status: &str) -> ChatError {
-    let detail = match status {
-        "incomplete" => run
-            .pointer("/incomplete_details/reason")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
-        _ => {
-            let e = run
-                .get("last_error")
-                .map(ApiError::from_value)
-                .unwrap_or_default();
-            match (e.code.is_empty(), e.message.is_empty()) {
-                (true, true) => String::new(),
-                (false, true) => e.code,
-                (true, false) => e.message,
-                (false, false) => format!("{} ({})", e.message, e.code),
-            }
-        }
-    };
+    let detail = unfinished_detail(run, status, "last_error");
     let msg = if detail.is_empty() {
         format!("run {run_id} {status}")
     } else {

@@ -499,6 +499,16 @@ impl ApiError {
                 "api_deprecated" | "endpoint_deprecated" | "api_gone"
             )
     }
+
+    /// A one-line detail: "message (code)", either alone, or "" when both are empty.
+    pub fn detail(&self) -> String {
+        match (self.code.is_empty(), self.message.is_empty()) {
+            (true, true) => String::new(),
+            (false, true) => self.code.clone(),
+            (true, false) => self.message.clone(),
+            (false, false) => format!("{} ({})", self.message, self.code),
+        }
+    }
 }
 
 /// Parse `Retry-After` (seconds, possibly fractional) or `retry-after-ms`.
@@ -570,6 +580,19 @@ pub fn classify_api_error(what: &str, api: &ApiError) -> ChatError {
 }
 
 /// Classify a transport failure.
+/// Why a run or a response ended unfinished: `incomplete_details.reason` for "incomplete",
+/// else the error object under `error_field` ("" when there is none).
+pub fn unfinished_detail(object: &Value, status: &str, error_field: &str) -> String {
+    if status == "incomplete" {
+        return object
+            .pointer("/incomplete_details/reason")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+    }
+    object.get(error_field).map(ApiError::from_value).unwrap_or_default().detail()
+}
+
 pub fn classify_transport(what: &str, err: &TransportError) -> ChatError {
     match err {
         TransportError::Timeout(m) => {

@@ -242,24 +242,10 @@ pub fn usage_of(response: &Value) -> Option<Usage> {
 /// A response object that ended without an answer → model-failed (with its reason).
 fn unfinished(response: &Value, status: &str) -> ChatError {
     let id = opt_str(response, "id");
-    let detail = match status {
-        "incomplete" => response
-            .pointer("/incomplete_details/reason")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown reason")
-            .to_owned(),
-        _ => {
-            let e = response
-                .get("error")
-                .map(ApiError::from_value)
-                .unwrap_or_default();
-            match (e.code.is_empty(), e.message.is_empty()) {
-                (true, true) => "no details".to_owned(),
-                (false, true) => e.code,
-                (true, false) => e.message,
-                (false, false) => format!("{} ({})", e.message, e.code),
-            }
-        }
+    let detail = match unfinished_detail(response, status, "error") {
+        d if !d.is_empty() => d,
+        _ if status == "incomplete" => "unknown reason".to_owned(),
+        _ => "no details".to_owned(),
     };
     ChatError::model_failed(format!("response {} {status}: {detail}", id.unwrap_or("?")))
         .with_turn(id)
