@@ -18,14 +18,20 @@ pub struct SseParser {
 impl SseParser {
     pub fn feed(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);
-        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
-            line.pop();
+        // Consume every complete line, then drop them from the buffer in one move (draining
+        // line by line would shift the rest of a large chunk once per line).
+        let buffer = std::mem::take(&mut self.buffer);
+        let mut start = 0;
+        while let Some(offset) = buffer[start..].iter().position(|&b| b == b'\n') {
+            let mut line = &buffer[start..start + offset];
+            start += offset + 1;
             if line.last() == Some(&b'\r') {
-                line.pop();
+                line = &line[..line.len() - 1];
             }
-            self.line(&String::from_utf8_lossy(&line));
+            self.line(&String::from_utf8_lossy(line));
         }
+        self.buffer = buffer;
+        self.buffer.drain(..start);
     }
 
     pub fn next_event(&mut self) -> Option<SseEvent> {
