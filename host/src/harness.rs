@@ -1,12 +1,18 @@
 //! The WIT harness: runs one plugin in isolation against a case file that scripts the HTTP
 //! exchanges it must make and the outcome it must reach. `swapbot plugin test`.
+//!
+//! The case format (reading and request matching) is the one in `swapbot_plugin_common::testing`,
+//! which the plugins' native tests run too, so a case means the same against the native build and
+//! the wasm one. This module answers the plugin's host calls from the script, asynchronously.
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
 use serde_json::Value;
 use swapbot_openai::{ApiRequest, ApiResponse, SseEvent, TransportError};
+use swapbot_plugin_common as common;
+use swapbot_plugin_common::testing::{self as cases, Reply};
 
 use crate::plugin::effects::{EventSource, HostEffects, LogLevel, StreamStart};
 use crate::plugin::{
@@ -14,145 +20,7 @@ use crate::plugin::{
 };
 use crate::service::kind_name;
 
-#[derive(Debug, Deserialize)]
-pub struct Case {
-    pub name: String,
-    #[serde(default = "default_call")]
-    pub call: String,
-    #[serde(default)]
-    pub turn: CaseTurn,
-    #[serde(default)]
-    pub session_id: Option<String>,
-    #[serde(default)]
-    pub history: Vec<CaseMessage>,
-    #[serde(default)]
-    pub exchanges: Vec<Exchange>,
-    pub expect: Value,
-    #[serde(default)]
-    pub pushed: Option<String>,
-}
-
-fn default_call() -> String {
-    "chat".into()
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct CaseTurn {
-    #[serde(default = "default_user")]
-    pub user_id: i64,
-    #[serde(default)]
-    pub session_id: Option<String>,
-    #[serde(default)]
-    pub text: String,
-    #[serde(default)]
-    pub context: Vec<CaseChunk>,
-    #[serde(default)]
-    pub settings: CaseSettings,
-}
-
-fn default_user() -> i64 {
-    42
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CaseChunk {
-    pub source: String,
-    pub text: String,
-    #[serde(default)]
-    pub score: f32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(default)]
-pub struct CaseSettings {
-    pub model: String,
-    pub instructions: String,
-    pub assistant_id: Option<String>,
-    pub stream: bool,
-    pub background: bool,
-    pub poll_interval_ms: u32,
-    pub deadline_ms: u32,
-}
-
-impl Default for CaseSettings {
-    fn default() -> Self {
-        Self {
-            model: "gpt-4.1-mini".into(),
-            instructions: "You are a helpful assistant.".into(),
-            assistant_id: Some("asst_1".into()),
-            stream: true,
-            background: false,
-            poll_interval_ms: 500,
-            deadline_ms: 60_000,
-        }
-    }
-}
-
-impl CaseSettings {
-    fn to_wit(&self) -> Settings {
-        Settings {
-            model: self.model.clone(),
-            instructions: self.instructions.clone(),
-            assistant_id: self.assistant_id.clone(),
-            stream: self.stream,
-            background: self.background,
-            poll_interval_ms: self.poll_interval_ms,
-            deadline_ms: self.deadline_ms,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CaseMessage {
-    pub role: String,
-    pub text: String,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Exchange {
-    pub request: ExpectedRequest,
-    #[serde(default)]
-    pub response: Option<CannedResponse>,
-    #[serde(default)]
-    pub sse: Option<Vec<CannedEvent>>,
-    #[serde(default)]
-    pub cut: bool,
-    #[serde(default)]
-    pub transport_error: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ExpectedRequest {
-    pub method: String,
-    pub path: String,
-    #[serde(default)]
-    pub headers: serde_json::Map<String, Value>,
-    #[serde(default)]
-    pub body: Option<Value>,
-    #[serde(default)]
-    pub absent: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CannedResponse {
-    #[serde(default = "ok_status")]
-    pub status: u16,
-    #[serde(default)]
-    pub headers: serde_json::Map<String, Value>,
-    #[serde(default)]
-    pub body: Value,
-}
-
-fn ok_status() -> u16 {
-    200
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CannedEvent {
-    #[serde(default)]
-    pub event: Option<String>,
-    pub data: Value,
-}
+pub use swapbot_plugin_common::testing::Case;
 
 /// The verdict on one case.
 #[derive(Debug)]
@@ -169,10 +37,10 @@ impl CaseResult {
 
 /// Effects that answer from the case's script, with a virtual clock.
 struct ScriptedEffects {
-    exchanges: VecDeque<Exchange>,
+    exchanges: Arc<Mutex<VecDeque<cases::Exchange>>>,
     history: Vec<HistoryMessage>,
-    pushed: std::sync::Arc<std::sync::Mutex<String>>,
-    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pushed: Arc<Mutex<String>>,
+    failures: Arc<Mutex<Vec<String>>>,
     clock_ms: u64,
     call_no: usize,
 }
@@ -193,90 +61,74 @@ impl EventSource for ScriptedStream {
     }
 }
 
-impl ScriptedEffects {
-    fn take(&mut self, req: &ApiRequest) -> Result<Exchange, TransportError> {
-        self.call_no += 1;
-        let Some(exchange) = self.exchanges.pop_front() else {
-            let msg = format!("request #{}: unexpected {} {} (the case expects no more requests)", self.call_no, req.method, req.path);
-            self.failures.lock().unwrap().push(msg.clone());
-            return Err(TransportError::Refused(msg));
-        };
-        let mismatches = match_request(&exchange.request, req);
-        if !mismatches.is_empty() {
-            let msg = format!(
-                "request #{}: {} {} does not match the expected {} {}:\n    {}",
-                self.call_no,
-                req.method,
-                req.path,
-                exchange.request.method,
-                exchange.request.path,
-                mismatches.join("\n    ")
-            );
-            self.failures.lock().unwrap().push(msg.clone());
-            return Err(TransportError::Refused(msg));
-        }
-        if let Some(kind) = &exchange.transport_error {
-            return Err(match kind.as_str() {
-                "timeout" => TransportError::Timeout("scripted timeout".into()),
-                _ => TransportError::Connection("scripted connection error".into()),
-            });
-        }
-        Ok(exchange)
+fn to_common(req: &ApiRequest) -> common::HttpRequest {
+    common::HttpRequest {
+        method: req.method.clone(),
+        path: req.path.clone(),
+        headers: req.headers.clone(),
+        body: req.body.clone(),
     }
 }
 
-fn canned(resp: &CannedResponse) -> ApiResponse {
-    let body = match &resp.body {
-        Value::Object(o) if o.len() == 1 && o.get("raw").is_some_and(Value::is_string) => {
-            o["raw"].as_str().unwrap_or_default().to_owned()
+fn from_common_response(resp: common::HttpResponse) -> ApiResponse {
+    ApiResponse { status: resp.status, headers: resp.headers, body: resp.body }
+}
+
+fn from_common_transport(err: common::TransportError) -> TransportError {
+    match err {
+        common::TransportError::Timeout(m) => TransportError::Timeout(m),
+        common::TransportError::Connection(m) => TransportError::Connection(m),
+        common::TransportError::Refused(m) => TransportError::Refused(m),
+    }
+}
+
+impl ScriptedEffects {
+    /// The next scripted reply, if the request is the one the case expects next.
+    fn take(&mut self, req: &ApiRequest) -> Result<Reply, TransportError> {
+        self.call_no += 1;
+        let Some(exchange) = self.exchanges.lock().unwrap().pop_front() else {
+            return Err(self.fail(format!(
+                "request #{}: unexpected {} {} (the case expects no more requests)",
+                self.call_no, req.method, req.path
+            )));
+        };
+        if let Err(why) = cases::request_matches(&exchange.request, &to_common(req)) {
+            return Err(self.fail(format!(
+                "request #{}: {} {} does not match the expected {}: {why}",
+                self.call_no, req.method, req.path, exchange.request
+            )));
         }
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    let headers = resp
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
-        .collect();
-    ApiResponse { status: resp.status, headers, body }
+        match exchange.reply {
+            Reply::Transport(err) => Err(from_common_transport(err)),
+            reply => Ok(reply),
+        }
+    }
+
+    fn fail(&self, message: String) -> TransportError {
+        self.failures.lock().unwrap().push(message.clone());
+        TransportError::Refused(message)
+    }
 }
 
 #[async_trait::async_trait]
 impl HostEffects for ScriptedEffects {
     async fn http(&mut self, req: ApiRequest) -> Result<ApiResponse, TransportError> {
-        let exchange = self.take(&req)?;
-        match &exchange.response {
-            Some(resp) => Ok(canned(resp)),
-            None => {
-                let msg = format!("request #{}: the case gives no plain response for {} {}", self.call_no, req.method, req.path);
-                self.failures.lock().unwrap().push(msg.clone());
-                Err(TransportError::Refused(msg))
-            }
+        match self.take(&req)? {
+            Reply::Response(resp) => Ok(from_common_response(resp)),
+            _ => Err(self.fail(format!("request #{}: the case streams {} {}, the plugin did not ask for a stream", self.call_no, req.method, req.path))),
         }
     }
 
     async fn http_stream(&mut self, req: ApiRequest) -> Result<StreamStart, TransportError> {
-        let exchange = self.take(&req)?;
-        if let Some(events) = exchange.sse {
-            let events = events
-                .into_iter()
-                .map(|e| SseEvent {
-                    event: e.event,
-                    data: match e.data {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    },
-                })
-                .collect();
-            return Ok(StreamStart::Events(Box::new(ScriptedStream { events, cut: exchange.cut })));
-        }
-        match &exchange.response {
-            Some(resp) if !(200..300).contains(&resp.status) => Ok(StreamStart::Refused(canned(resp))),
-            _ => {
-                let msg = format!("request #{}: the case gives no stream for {} {}", self.call_no, req.method, req.path);
-                self.failures.lock().unwrap().push(msg.clone());
-                Err(TransportError::Refused(msg))
+        match self.take(&req)? {
+            Reply::Sse { events, cut } => {
+                let events = events.into_iter().map(|e| SseEvent { event: e.event, data: e.data }).collect();
+                Ok(StreamStart::Events(Box::new(ScriptedStream { events, cut })))
             }
+            Reply::Response(resp) if !(200..300).contains(&resp.status) => {
+                Ok(StreamStart::Refused(from_common_response(resp)))
+            }
+            _ => Err(self.fail(format!("request #{}: the case gives no stream for {} {}", self.call_no, req.method, req.path))),
         }
     }
 
@@ -299,58 +151,39 @@ impl HostEffects for ScriptedEffects {
     }
 }
 
-/// Every way `actual` differs from what the case expects.
-fn match_request(expected: &ExpectedRequest, actual: &ApiRequest) -> Vec<String> {
-    let mut problems = vec![];
-    if !expected.method.eq_ignore_ascii_case(&actual.method) {
-        problems.push(format!("method: expected {}, got {}", expected.method, actual.method));
-    }
-    if expected.path != actual.path {
-        problems.push(format!("path: expected {}, got {}", expected.path, actual.path));
-    }
-    for (name, value) in &expected.headers {
-        let want = value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
-        let got = actual.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
-        if got.as_deref() != Some(want.as_str()) {
-            problems.push(format!("header {name}: expected {want:?}, got {got:?}"));
-        }
-    }
-    let body: Option<Value> = actual.body.as_deref().map(|b| serde_json::from_str(b).unwrap_or(Value::String(b.to_owned())));
-    if let Some(want) = &expected.body {
-        match &body {
-            Some(got) => subset(want, got, "body", &mut problems),
-            None => problems.push("body: expected one, the request has none".into()),
-        }
-    }
-    for key in &expected.absent {
-        if body.as_ref().and_then(|b| b.get(key)).is_some() {
-            problems.push(format!("body.{key}: must be absent, is {}", body.as_ref().unwrap()[key]));
-        }
-    }
-    problems
+fn history_to_wit(history: &[common::HistoryMessage]) -> Vec<HistoryMessage> {
+    history
+        .iter()
+        .map(|m| HistoryMessage {
+            role: if m.role == common::Role::Assistant { Role::Assistant } else { Role::User },
+            text: m.text.clone(),
+        })
+        .collect()
 }
 
-/// `want` ⊆ `got`: objects by key, arrays element-wise with equal length, scalars equal.
-fn subset(want: &Value, got: &Value, at: &str, problems: &mut Vec<String>) {
-    match (want, got) {
-        (Value::Object(w), Value::Object(g)) => {
-            for (key, value) in w {
-                match g.get(key) {
-                    Some(inner) => subset(value, inner, &format!("{at}.{key}"), problems),
-                    None => problems.push(format!("{at}.{key}: missing, expected {value}")),
-                }
-            }
-        }
-        (Value::Array(w), Value::Array(g)) => {
-            if w.len() != g.len() {
-                problems.push(format!("{at}: expected {} elements, got {}", w.len(), g.len()));
-            }
-            for (i, (a, b)) in w.iter().zip(g).enumerate() {
-                subset(a, b, &format!("{at}[{i}]"), problems);
-            }
-        }
-        (w, g) if w == g => {}
-        (w, g) => problems.push(format!("{at}: expected {w}, got {g}")),
+fn settings_to_wit(s: &common::Settings) -> Settings {
+    Settings {
+        model: s.model.clone(),
+        instructions: s.instructions.clone(),
+        assistant_id: s.assistant_id.clone(),
+        stream: s.stream,
+        background: s.background,
+        poll_interval_ms: s.poll_interval_ms,
+        deadline_ms: s.deadline_ms,
+    }
+}
+
+fn turn_to_wit(turn: &common::Turn) -> Turn {
+    Turn {
+        user_id: turn.user_id,
+        session_id: turn.session_id.clone(),
+        text: turn.text.clone(),
+        context: turn
+            .context
+            .iter()
+            .map(|c| ContextChunk { source: c.source.clone(), text: c.text.clone(), score: c.score })
+            .collect(),
+        settings: settings_to_wit(&turn.settings),
     }
 }
 
@@ -377,58 +210,38 @@ fn error_value(error: &ChatError) -> Value {
 
 /// Runs one case against a loaded plugin.
 pub async fn run_case(runtime: &PluginRuntime, plugin: &LoadedPlugin, case: Case) -> CaseResult {
-    let pushed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let history: Vec<HistoryMessage> = case
-        .history
-        .iter()
-        .map(|m| HistoryMessage { role: if m.role == "assistant" { Role::Assistant } else { Role::User }, text: m.text.clone() })
-        .collect();
+    let pushed = Arc::new(Mutex::new(String::new()));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let exchanges = Arc::new(Mutex::new(VecDeque::from(case.exchanges)));
+    let history = history_to_wit(&case.history);
     let effects = ScriptedEffects {
-        exchanges: case.exchanges.into(),
+        exchanges: exchanges.clone(),
         history: history.clone(),
         pushed: pushed.clone(),
         failures: failures.clone(),
         clock_ms: 1_000_000,
         call_no: 0,
     };
-    let settings = case.turn.settings.to_wit();
-    let outcome: Result<Value, String> = match case.call.as_str() {
-        "replay" => {
-            let session = case.session_id.clone().or(case.turn.session_id.clone()).unwrap_or_default();
-            match runtime.replay(plugin, session, history, settings, Box::new(effects)).await {
-                Ok(Ok(count)) => Ok(serde_json::json!({"ok": {"replayed": count}})),
-                Ok(Err(e)) => Ok(serde_json::json!({"error": error_value(&e)})),
-                Err(e) => Err(e.to_string()),
-            }
+    let settings = settings_to_wit(&case.turn.settings);
+    let outcome: Result<Value, String> = if case.call == "replay" {
+        let session = case.session_id.clone().or(case.turn.session_id.clone()).unwrap_or_default();
+        match runtime.replay(plugin, session, history, settings, Box::new(effects)).await {
+            Ok(Ok(count)) => Ok(serde_json::json!({"ok": {"replayed": count}})),
+            Ok(Err(e)) => Ok(serde_json::json!({"error": error_value(&e)})),
+            Err(e) => Err(e.to_string()),
         }
-        _ => {
-            let turn = Turn {
-                user_id: case.turn.user_id,
-                session_id: case.turn.session_id.clone(),
-                text: case.turn.text.clone(),
-                context: case
-                    .turn
-                    .context
-                    .iter()
-                    .map(|c| ContextChunk { source: c.source.clone(), text: c.text.clone(), score: c.score })
-                    .collect(),
-                settings,
-            };
-            match runtime.chat(plugin, turn, Box::new(effects)).await {
-                Ok(Ok(answer)) => Ok(serde_json::json!({"ok": answer_value(&answer)})),
-                Ok(Err(e)) => Ok(serde_json::json!({"error": error_value(&e)})),
-                Err(e) => Err(e.to_string()),
-            }
+    } else {
+        match runtime.chat(plugin, turn_to_wit(&case.turn), Box::new(effects)).await {
+            Ok(Ok(answer)) => Ok(serde_json::json!({"ok": answer_value(&answer)})),
+            Ok(Err(e)) => Ok(serde_json::json!({"error": error_value(&e)})),
+            Err(e) => Err(e.to_string()),
         }
     };
     let mut problems: Vec<String> = failures.lock().unwrap().clone();
     match outcome {
         Ok(actual) => {
-            let mut diff = vec![];
-            subset(&case.expect, &actual, "outcome", &mut diff);
-            if !diff.is_empty() {
-                problems.push(format!("outcome differs:\n    {}\n    actual: {actual}", diff.join("\n    ")));
+            if let Err(why) = cases::subset(&cases::expected_outcome(&case.expect), &actual, "outcome") {
+                problems.push(format!("outcome differs: {why}\n    actual: {actual}"));
             }
         }
         Err(err) => problems.push(format!("the plugin failed: {err}")),
@@ -439,16 +252,20 @@ pub async fn run_case(runtime: &PluginRuntime, plugin: &LoadedPlugin, case: Case
             problems.push(format!("pushed text: expected {want:?}, got {got:?}"));
         }
     }
+    let left = exchanges.lock().unwrap();
+    if let Some(next) = left.front() {
+        problems.push(format!("{} scripted exchange(s) never requested; the next one: {}", left.len(), next.request));
+    }
     CaseResult { name: case.name, failures: problems }
 }
 
 /// Loads a case file (JSON).
 pub fn read_case(path: &Path) -> anyhow::Result<Case> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a valid case: {e}", path.display()))
+    serde_json::from_str::<Value>(&text).map_err(|e| anyhow::anyhow!("{}: not a valid case: {e}", path.display()))?;
+    Ok(Case::parse(&text))
 }
 
-/// `swapbot plugin test`: prints pass/fail per case, returns whether all passed.
 pub async fn run_files(plugin_path: &Path, cases: &[std::path::PathBuf]) -> anyhow::Result<bool> {
     let runtime = PluginRuntime::new(Default::default())?;
     let bytes = std::fs::read(plugin_path).map_err(|e| anyhow::anyhow!("{}: {e}", plugin_path.display()))?;

@@ -324,7 +324,7 @@ async fn a_case_recorded_from_a_real_run_replays_green_in_the_harness() {
         let case = bot.app.service.record_case(Backend::Responses, 31, "What is my name?", "recorded").await.unwrap();
         assert_eq!(case["expect"]["ok"]["text"], "Your name is Ada.");
         let recorded = bot.sandbox.requests().len();
-        let case: swapbot::harness::Case = serde_json::from_value(case).unwrap();
+        let case = swapbot::harness::Case::parse(&case.to_string());
         let plugin = bot.app.plugins.get(Backend::Responses).unwrap();
         let result = swapbot::harness::run_case(bot.app.plugins.runtime(), &plugin, case).await;
         assert!(result.passed(), "{:?}", result.failures);
@@ -350,4 +350,26 @@ async fn with_pooling_more_turns_than_slots_wait_for_a_slot_instead_of_failing()
     // The pool is bounded for real: a memory hog still hits the per-instance limit.
     let grown = runtime.chat(&plugin, turn("alloc"), Box::new(swapbot::plugin::effects::NoEffects)).await;
     assert!(matches!(grown, Err(PluginError::MemoryLimit(_)) | Err(PluginError::Trap(_))), "{grown:?}");
+}
+
+#[tokio::test]
+async fn the_harness_fails_a_case_the_plugin_does_not_follow() {
+    let runtime = hostile_runtime();
+    let plugin = runtime.load(&std::fs::read(plugin_dir().join("responses.wasm")).unwrap(), None).await.unwrap();
+    let text = std::fs::read_to_string(repo().join("plugins/responses/cases/reuses_live_conversation.json")).unwrap();
+    let case = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        edit(&mut v);
+        swapbot::harness::Case::parse(&v.to_string())
+    };
+    let good = swapbot::harness::run_case(&runtime, &plugin, case(&|_| {})).await;
+    assert!(good.passed(), "{:?}", good.failures);
+    let extra = swapbot::harness::run_case(&runtime, &plugin, case(&|v| {
+        let last = v["exchanges"].as_array().unwrap().last().unwrap().clone();
+        v["exchanges"].as_array_mut().unwrap().push(last);
+    }))
+    .await;
+    assert!(extra.failures.iter().any(|f| f.contains("never requested")), "{:?}", extra.failures);
+    let wrong = swapbot::harness::run_case(&runtime, &plugin, case(&|v| v["exchanges"][0]["request"]["path"] = "/conversations/other".into())).await;
+    assert!(wrong.failures.iter().any(|f| f.contains("does not match")), "{:?}", wrong.failures);
 }

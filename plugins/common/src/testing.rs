@@ -424,6 +424,14 @@ pub fn error_json(e: &ChatError) -> Value {
     })
 }
 
+/// The case's `expect`, with the shorthand `{"ok": N}` of a replay case spelled out.
+pub fn expected_outcome(expect: &Value) -> Value {
+    match expect.get("ok").and_then(Value::as_u64) {
+        Some(n) => json!({"ok": {"replayed": n}}),
+        None => expect.clone(),
+    }
+}
+
 /// Run one case against a plugin's `chat` and `replay`, panicking on any difference.
 pub fn run_case<C, R>(text: &str, chat: C, replay: R)
 where
@@ -449,10 +457,7 @@ where
             Err(e) => json!({"error": error_json(&e)}),
         }
     };
-    let mut want = case.expect.clone();
-    if let Some(n) = want.get("ok").and_then(Value::as_u64) {
-        want = json!({"ok": {"replayed": n}});
-    }
+    let want = expected_outcome(&case.expect);
     if let Err(why) = subset(&want, &got, "expect") {
         panic!("case {name:?}: {why}\n  got: {got}\n  logs: {:?}", fx.logs);
     }
