@@ -24,14 +24,14 @@ pub struct KbContext(pub swapbot_kb::Kb);
 
 #[async_trait::async_trait]
 impl ContextSource for KbContext {
-    async fn context(&self, question: &str) -> (Vec<crate::plugin::ContextChunk>, Option<String>) {
+    async fn context(&self, question: &str) -> crate::service::Context {
         let retrieval = self.0.retrieve(question).await;
         let chunks = retrieval
             .chunks
             .into_iter()
             .map(|c| crate::plugin::ContextChunk { source: c.source, text: c.text, score: c.score })
             .collect();
-        (chunks, retrieval.note)
+        crate::service::Context { chunks, note: retrieval.note, embedding_tokens: retrieval.embedding_tokens }
     }
 }
 
@@ -105,15 +105,32 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     let context = kb.clone().map(|kb| Arc::new(KbContext(kb)) as Arc<dyn ContextSource>);
     let turn_log = TurnLog::open(&config.log_dir)
         .map_err(|e| anyhow::anyhow!("invalid setting LOG_DIR: cannot use {}: {e}", config.log_dir.display()))?;
-    let service = Arc::new(TurnService::new(
-        plugins.clone(),
-        openai,
-        TurnSettings::from_config(&config),
-        config.routing.clone(),
-        &config.data_dir,
-        turn_log,
-        context,
-        metrics.clone(),
-    ));
+    let prices = match &config.prices_file {
+        Some(path) => crate::usage::PriceTable::with_overrides(path)?,
+        None => crate::usage::PriceTable::shipped(),
+    };
+    let usage_journal = config.data_dir.join("usage.jsonl");
+    let ledger = crate::usage::Ledger::open(usage_journal.clone(), crate::usage::ledger::unix_ms_now())
+        .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot use {}: {e}", usage_journal.display()))?;
+    let accounting = crate::service::Accounting {
+        ledger,
+        prices,
+        budgets: config.budgets,
+        admins: config.admin_user_ids.clone(),
+        embedding_model: kb.as_ref().map(|kb| kb.config().embedding_model.clone()).unwrap_or_default(),
+    };
+    let service = Arc::new(
+        TurnService::new(
+            plugins.clone(),
+            openai,
+            TurnSettings::from_config(&config),
+            config.routing.clone(),
+            &config.data_dir,
+            turn_log,
+            context,
+            metrics.clone(),
+        )
+        .with_accounting(accounting),
+    );
     Ok(App { config, service, plugins, kb, metrics })
 }

@@ -41,6 +41,11 @@ pub struct Config {
     pub plugin_memory_mb: usize,
     pub plugin_pooling: bool,
     pub plugin_pool_size: u32,
+    /// Options handed to one backend's plugin (`settings.options`), by backend name.
+    pub backend_options: std::collections::BTreeMap<String, Vec<(String, String)>>,
+    /// A price table that replaces the shipped one (`PRICES_FILE`).
+    pub prices_file: Option<PathBuf>,
+    pub budgets: crate::usage::Budgets,
 }
 
 impl std::fmt::Debug for Config {
@@ -117,6 +122,51 @@ impl Config {
             rollout_percent: number("RESPONSES_ROLLOUT_PERCENT", 100, 0, 100)? as u8,
             test_users: ids("RESPONSES_TEST_USERS")?.unwrap_or_default(),
         };
+        let mut backend_options = std::collections::BTreeMap::<String, Vec<(String, String)>>::new();
+        let mut responses_options = vec![];
+        match text("RESPONSES_CONTEXT").as_deref() {
+            None | Some("truncate") => responses_options.push(("context".to_owned(), "truncate".to_owned())),
+            Some("compact") => {
+                responses_options.push(("context".into(), "compact".into()));
+                let threshold = number("RESPONSES_COMPACT_THRESHOLD", 100_000, 1000, 100_000_000)?;
+                responses_options.push(("compact-threshold".into(), threshold.to_string()));
+            }
+            Some(other) => return Err(invalid("RESPONSES_CONTEXT", format!("expected truncate or compact, got {other:?}"))),
+        }
+        match text("RESPONSES_CONTEXT_LAYOUT").as_deref() {
+            None => {}
+            Some(v @ ("input" | "instructions")) => responses_options.push(("context-layout".into(), v.into())),
+            Some(other) => {
+                return Err(invalid("RESPONSES_CONTEXT_LAYOUT", format!("expected input or instructions, got {other:?}")));
+            }
+        }
+        backend_options.insert("responses".into(), responses_options);
+        let mut assistants_options = vec![];
+        if let Some(v) = text("ASSISTANTS_TRUNCATION") {
+            let valid = v == "auto"
+                || v.strip_prefix("last_messages:").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 1);
+            if !valid {
+                return Err(invalid("ASSISTANTS_TRUNCATION", format!("expected auto or last_messages:N, got {v:?}")));
+            }
+            assistants_options.push(("truncation-strategy".into(), v));
+        }
+        match text("ASSISTANTS_CONTEXT_LAYOUT").as_deref() {
+            None => {}
+            Some(v @ ("input" | "instructions")) => assistants_options.push(("context-layout".into(), v.into())),
+            Some(other) => {
+                return Err(invalid("ASSISTANTS_CONTEXT_LAYOUT", format!("expected input or instructions, got {other:?}")));
+            }
+        }
+        backend_options.insert("assistants".into(), assistants_options);
+        let budget = |name: &'static str| -> Result<Option<crate::usage::Limit>, ConfigError> {
+            text(name).map(|v| crate::usage::Limit::parse(&v).map_err(|m| invalid(name, m))).transpose()
+        };
+        let budgets = crate::usage::Budgets {
+            user_day: budget("BUDGET_USER_DAY")?,
+            user_month: budget("BUDGET_USER_MONTH")?,
+            total_day: budget("BUDGET_TOTAL_DAY")?,
+            total_month: budget("BUDGET_TOTAL_MONTH")?,
+        };
         let assistant_id = text("ASSISTANT_ID");
         if let Some(id) = &assistant_id {
             if !id.starts_with("asst_") {
@@ -145,6 +195,9 @@ impl Config {
             plugin_memory_mb: number("PLUGIN_MEMORY_MB", 64, 8, 4096)? as usize,
             plugin_pooling: flag("PLUGIN_POOLING", false)?,
             plugin_pool_size: number("PLUGIN_POOL_SIZE", 256, 1, 100_000)? as u32,
+            backend_options,
+            prices_file: text("PRICES_FILE").map(PathBuf::from),
+            budgets,
         })
     }
 
@@ -201,6 +254,35 @@ mod tests {
         assert_eq!(config(&[("ASSISTANT_ID", "gpt")]).unwrap_err().name, "ASSISTANT_ID");
         let c = config(&[("RESPONSES_TEST_USERS", "1, 5000000000"), ("USE_OPENAI_RESPONSES", "true")]).unwrap();
         assert_eq!(c.routing.test_users, [1, 5_000_000_000].into());
+    }
+
+    #[test]
+    fn context_settings_become_backend_options() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.backend_options["responses"], [("context".to_string(), "truncate".to_string())]);
+        assert!(c.backend_options["assistants"].is_empty());
+        let c = config(&[
+            ("RESPONSES_CONTEXT", "compact"),
+            ("RESPONSES_COMPACT_THRESHOLD", "20000"),
+            ("RESPONSES_CONTEXT_LAYOUT", "instructions"),
+            ("ASSISTANTS_TRUNCATION", "last_messages:10"),
+        ])
+        .unwrap();
+        let opt = |b: &str, k: &str| c.backend_options[b].iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(opt("responses", "context").as_deref(), Some("compact"));
+        assert_eq!(opt("responses", "compact-threshold").as_deref(), Some("20000"));
+        assert_eq!(opt("responses", "context-layout").as_deref(), Some("instructions"));
+        assert_eq!(opt("assistants", "truncation-strategy").as_deref(), Some("last_messages:10"));
+        for (name, value) in [
+            ("RESPONSES_CONTEXT", "forget"),
+            ("RESPONSES_COMPACT_THRESHOLD", "999"),
+            ("RESPONSES_CONTEXT_LAYOUT", "top"),
+            ("ASSISTANTS_TRUNCATION", "last_messages:0"),
+            ("BUDGET_USER_DAY", "lots"),
+        ] {
+            let pairs = [("RESPONSES_CONTEXT", "compact"), (name, value)];
+            assert_eq!(config(&pairs).unwrap_err().name, name);
+        }
     }
 
     #[test]

@@ -18,11 +18,45 @@ use crate::plugins::PluginSet;
 use crate::router::{Backend, Routing};
 use crate::storage::{HistoryStore, IdMap};
 use crate::turnlog::{TurnLog, TurnRecord};
+use crate::usage::{Budgets, Ledger, PriceTable, TokenCounts};
+
+/// Knowledge-base context for a turn.
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    pub chunks: Vec<ContextChunk>,
+    /// Why there are no chunks, when that is worth a log line.
+    pub note: Option<String>,
+    /// What the embeddings call of the lookup billed.
+    pub embedding_tokens: u64,
+}
 
 /// Knowledge-base context for a turn. A source that fails returns no chunks and a note.
 #[async_trait::async_trait]
 pub trait ContextSource: Send + Sync {
-    async fn context(&self, question: &str) -> (Vec<ContextChunk>, Option<String>);
+    async fn context(&self, question: &str) -> Context;
+}
+
+/// Counting, pricing and capping what turns cost.
+pub struct Accounting {
+    pub ledger: Ledger,
+    pub prices: PriceTable,
+    pub budgets: Budgets,
+    /// Exempt from budgets.
+    pub admins: std::collections::BTreeSet<i64>,
+    /// Prices the knowledge base's embeddings.
+    pub embedding_model: String,
+}
+
+impl Default for Accounting {
+    fn default() -> Self {
+        Self {
+            ledger: Ledger::in_memory(),
+            prices: PriceTable::shipped(),
+            budgets: Budgets::default(),
+            admins: Default::default(),
+            embedding_model: "text-embedding-3-small".into(),
+        }
+    }
 }
 
 /// The settings a turn hands to plugins, from the operator's configuration.
@@ -35,6 +69,8 @@ pub struct TurnSettings {
     pub background: bool,
     pub poll_interval: Duration,
     pub deadline: Duration,
+    /// `settings.options` per backend name.
+    pub options: std::collections::BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl TurnSettings {
@@ -47,10 +83,11 @@ impl TurnSettings {
             background: config.responses_background,
             poll_interval: config.poll_interval,
             deadline: config.run_deadline,
+            options: config.backend_options.clone(),
         }
     }
 
-    fn to_wit(&self) -> Settings {
+    fn to_wit(&self, backend: &str) -> Settings {
         Settings {
             model: self.model.clone(),
             instructions: self.instructions.clone(),
@@ -59,8 +96,17 @@ impl TurnSettings {
             background: self.background,
             poll_interval_ms: self.poll_interval.as_millis().min(u32::MAX as u128) as u32,
             deadline_ms: self.deadline.as_millis().min(u32::MAX as u128) as u32,
+            options: self.options.get(backend).cloned().unwrap_or_default(),
         }
     }
+}
+
+/// The prompt-cache key of a user's session: stable across turns, restarts and replicas, and not
+/// the user id itself (it is sent to the API).
+pub fn cache_key(user_id: i64) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("swapbot prompt cache {user_id}").as_bytes());
+    format!("swapbot-{}", hex::encode(&digest[..8]))
 }
 
 /// How a turn ended, for the front end.
@@ -90,6 +136,7 @@ pub struct TurnService {
     context: Option<Arc<dyn ContextSource>>,
     stats: Mutex<HashMap<Backend, BackendStats>>,
     metrics: Arc<crate::metrics::Metrics>,
+    accounting: Accounting,
 }
 
 /// The id map files the host keeps, named by the plugins' descriptions.
@@ -122,7 +169,18 @@ impl TurnService {
             context,
             stats: Mutex::new(HashMap::new()),
             metrics,
+            accounting: Accounting::default(),
         }
+    }
+
+    /// Replaces the default accounting (in memory, shipped prices, no budgets).
+    pub fn with_accounting(mut self, accounting: Accounting) -> Self {
+        self.accounting = accounting;
+        self
+    }
+
+    pub fn accounting(&self) -> &Accounting {
+        &self.accounting
     }
 
     pub fn plugins(&self) -> &Arc<PluginSet> {
@@ -206,7 +264,21 @@ impl TurnService {
             ..Default::default()
         };
 
-        let reply = self.run_turn(backend, user_id, text, deltas, started, &mut record).await;
+        let now_ms = unix_ms();
+        let over_budget = if self.accounting.admins.contains(&user_id) {
+            Ok(())
+        } else {
+            crate::usage::check(&self.accounting.budgets, &self.accounting.ledger, user_id, now_ms)
+        };
+        let reply = match over_budget {
+            Ok(()) => self.run_turn(backend, user_id, text, deltas, started, &mut record).await,
+            Err(exceeded) => {
+                tracing::info!(?exceeded, "turn refused: over budget");
+                record.error_kind = Some("over-budget".into());
+                Err(exceeded.sentence(now_ms))
+            }
+        };
+        self.account(&mut record);
 
         record.tn_unix_ms = unix_ms();
         record.latency_ms = started.elapsed().as_millis() as u64;
@@ -253,9 +325,10 @@ impl TurnService {
         let context = match &self.context {
             Some(source) => {
                 let kb_started = Instant::now();
-                let (chunks, note) = source.context(text).await;
+                let Context { chunks, note, embedding_tokens } = source.context(text).await;
                 record.kb_ms = kb_started.elapsed().as_millis() as u64;
                 record.kb_chunks = chunks.len() as u32;
+                record.embedding_tokens = (embedding_tokens > 0).then_some(embedding_tokens);
                 if let Some(note) = note {
                     tracing::warn!(note = %note, "answering without knowledge-base context");
                 }
@@ -263,6 +336,8 @@ impl TurnService {
             }
             None => vec![],
         };
+        let settings = self.settings.to_wit(&plugin.description.name);
+        record.model = settings.model.clone();
 
         let observations = Arc::new(Mutex::new(TurnObservations::default()));
         let mut attempt = 0;
@@ -271,9 +346,10 @@ impl TurnService {
             let turn = Turn {
                 user_id,
                 session_id: session_id.clone(),
+                cache_key: cache_key(user_id),
                 text: text.to_owned(),
                 context: context.clone(),
-                settings: self.settings.to_wit(),
+                settings: settings.clone(),
             };
             let history = self.history.clone();
             let effects = LiveEffects {
@@ -298,8 +374,12 @@ impl TurnService {
                     record.turn_id = Some(answer.turn_id.clone());
                     record.new_session = answer.new_session;
                     record.replayed = answer.replayed;
-                    record.input_tokens = answer.usage.map(|u| u.input_tokens);
-                    record.output_tokens = answer.usage.map(|u| u.output_tokens);
+                    if let Some(u) = answer.usage {
+                        record.input_tokens = Some(u.input_tokens);
+                        record.cached_input_tokens = Some(u.cached_input_tokens);
+                        record.output_tokens = Some(u.output_tokens);
+                        record.reasoning_tokens = Some(u.reasoning_tokens);
+                    }
                     let answer_text = answer.text.trim().to_owned();
                     // The id and the exchange are durable before the user sees the answer; the
                     // fsyncs run off the async workers.
@@ -373,6 +453,35 @@ impl TurnService {
 }
 
 impl TurnService {
+    /// Prices a finished turn's tokens and counts them for the user and overall (in memory; the
+    /// journal line is written off the turn's path).
+    fn account(&self, record: &mut TurnRecord) {
+        let tokens = TokenCounts {
+            input: record.input_tokens.unwrap_or(0),
+            cached_input: record.cached_input_tokens.unwrap_or(0),
+            output: record.output_tokens.unwrap_or(0),
+            reasoning: record.reasoning_tokens.unwrap_or(0),
+            embedding: record.embedding_tokens.unwrap_or(0),
+        };
+        if tokens == TokenCounts::default() {
+            return;
+        }
+        let a = &self.accounting;
+        let micro_usd = a.prices.micro_usd(&record.model, &a.embedding_model, &tokens);
+        record.cost_usd = Some(micro_usd as f64 / 1e6);
+        a.ledger.record(
+            crate::usage::ledger::Entry {
+                t_unix_ms: record.t0_unix_ms,
+                user_id: record.user_id,
+                backend: record.backend.clone(),
+                model: record.model.clone(),
+                tokens,
+                micro_usd,
+            },
+            unix_ms(),
+        );
+    }
+
     /// Runs one plugin call of a turn exactly as `turn_on` would (same session, context and
     /// history) while recording its HTTP exchanges, and returns them as a harness case.
     /// Nothing is stored: recording never changes the user's state.
@@ -380,10 +489,17 @@ impl TurnService {
         let plugin = self.plugins.get(backend).ok_or_else(|| anyhow::anyhow!("no {backend} plugin loaded"))?;
         let session_id = self.id_maps.get(&plugin.description.id_map).and_then(|m| m.get(user_id));
         let context = match &self.context {
-            Some(source) => source.context(text).await.0,
+            Some(source) => source.context(text).await.chunks,
             None => vec![],
         };
-        let turn = Turn { user_id, session_id, text: text.to_owned(), context, settings: self.settings.to_wit() };
+        let turn = Turn {
+            user_id,
+            session_id,
+            cache_key: cache_key(user_id),
+            text: text.to_owned(),
+            context,
+            settings: self.settings.to_wit(&plugin.description.name),
+        };
         let history = self.history.recent(user_id);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let live = LiveEffects {
@@ -412,8 +528,12 @@ const GENERIC: &str = "Sorry, something went wrong while answering. Please try a
 const UNAVAILABLE: &str = "Sorry, the assistant is unavailable right now. Please try again later.";
 const EMPTY: &str = "Sorry, I could not come up with an answer. Please rephrase your question.";
 
+const CONTEXT_OVERFLOW: &str =
+    "Your message is too long for me to read in one go. Please send a shorter one (or split it into parts).";
+
 fn human_message(error: &ChatError) -> &'static str {
     match error.kind {
+        ErrorKind::ContextOverflow => CONTEXT_OVERFLOW,
         ErrorKind::RateLimited | ErrorKind::Quota => "The assistant is busy right now. Please try again in a minute.",
         ErrorKind::Timeout => "The assistant took too long to answer. Please try again.",
         ErrorKind::SessionBusy => "I am still working on your previous message. Please wait a moment.",
@@ -445,6 +565,7 @@ pub fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::StreamCut => "stream-cut",
         ErrorKind::ModelFailed => "model-failed",
         ErrorKind::Config => "config",
+        ErrorKind::ContextOverflow => "context-overflow",
     }
 }
 

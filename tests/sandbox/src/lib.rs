@@ -91,10 +91,15 @@
 //! and `path_contains` match a request is applied and its `times` decremented (removed at 0).
 
 mod assistants;
+mod chat;
+pub mod context;
 mod embeddings;
 pub mod model;
 mod responses;
+mod usage;
 mod util;
+
+pub use usage::{Endpoint, Usage, UsageTotals};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -114,7 +119,9 @@ use serde_json::{Value, json};
 
 pub(crate) use util::ApiError;
 
-/// Behaviour of the emulator. `Default`: no key check, zero delays, `run_steps: 1`, assistants alive.
+/// Behaviour of the emulator. `Default`: no key check, zero delays, `run_steps: 1`, assistants alive,
+/// the live context windows ([`context::CONTEXT_WINDOWS`]) and the live prompt cache (from 1024 tokens,
+/// in steps of 128), `compact_threshold` at least 1000 as the spec has it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SandboxConfig {
     /// When `Some`, require `Authorization: Bearer <key>` (else 401 with an OpenAI error body);
@@ -129,6 +136,26 @@ pub struct SandboxConfig {
     pub run_steps: u32,
     /// `/threads*` answer 404 like the sunset Assistants API.
     pub assistants_gone: bool,
+    /// When `Some(n)`, every model's context window is `n` tokens (instead of [`context::CONTEXT_WINDOWS`]).
+    pub context_window: Option<u64>,
+    /// Per-model windows, checked before `context_window` and the table (exact model name).
+    pub model_context_windows: Vec<(String, u64)>,
+    /// Prompt caching starts at this many shared prefix tokens (live: 1024).
+    pub cache_min_tokens: u64,
+    /// Cached tokens grow in steps of this many tokens above `cache_min_tokens` (live: 128).
+    pub cache_step_tokens: u64,
+    /// Smallest `context_management[].compact_threshold` accepted (spec: 1000).
+    pub min_compact_threshold: u64,
+}
+
+impl SandboxConfig {
+    /// The context window the sandbox applies to `model`.
+    pub fn window_for(&self, model: &str) -> u64 {
+        if let Some((_, w)) = self.model_context_windows.iter().find(|(m, _)| m == model) {
+            return *w;
+        }
+        self.context_window.unwrap_or_else(|| context::default_context_window(model))
+    }
 }
 
 impl Default for SandboxConfig {
@@ -139,6 +166,11 @@ impl Default for SandboxConfig {
             token_interval: Duration::ZERO,
             run_steps: 1,
             assistants_gone: false,
+            context_window: None,
+            model_context_windows: Vec::new(),
+            cache_min_tokens: 1024,
+            cache_step_tokens: 128,
+            min_compact_threshold: 1000,
         }
     }
 }
@@ -246,6 +278,8 @@ pub(crate) struct Shared {
     pub config: Mutex<SandboxConfig>,
     pub requests: Mutex<Vec<RecordedRequest>>,
     pub faults: Mutex<VecDeque<Fault>>,
+    /// Locked after `state` when both are needed.
+    pub usage: Mutex<UsageTotals>,
     pub state: Mutex<Store>,
     counter: AtomicU64,
 }
@@ -255,6 +289,8 @@ pub(crate) struct Store {
     pub conversations: HashMap<String, responses::Conversation>,
     pub responses: HashMap<String, responses::StoredResponse>,
     pub threads: HashMap<String, assistants::Thread>,
+    /// Prompt cache: scope → token hashes of its previous prompt.
+    pub cache: HashMap<String, Vec<u64>>,
 }
 
 impl Shared {
@@ -269,6 +305,22 @@ impl Shared {
     }
     pub fn config(&self) -> SandboxConfig {
         self.config.lock().unwrap().clone()
+    }
+    pub(crate) fn bill(&self, b: usage::Bill) {
+        self.usage.lock().unwrap().record(b);
+    }
+}
+
+impl Store {
+    /// `cached_tokens` for a prompt in a cache scope, remembering it as the scope's previous prompt.
+    pub(crate) fn cache_lookup(&mut self, scope: String, sequence: Vec<u64>, cfg: &SandboxConfig) -> u64 {
+        let cached = self
+            .cache
+            .get(&scope)
+            .map(|prev| context::cached_tokens(prev, &sequence, cfg.cache_min_tokens, cfg.cache_step_tokens))
+            .unwrap_or(0);
+        self.cache.insert(scope, sequence);
+        cached
     }
 }
 
@@ -292,6 +344,7 @@ impl Sandbox {
             config: Mutex::new(config),
             requests: Mutex::new(Vec::new()),
             faults: Mutex::new(VecDeque::new()),
+            usage: Mutex::new(UsageTotals::default()),
             state: Mutex::new(Store::default()),
             counter: AtomicU64::new(0),
         });
@@ -374,6 +427,16 @@ impl Sandbox {
         self.shared.state.lock().unwrap().responses.get(id).map(|r| r.to_json())
     }
 
+    /// Everything billed so far: the sums of the `usage` of every answer (see [`UsageTotals`]).
+    pub fn usage_totals(&self) -> UsageTotals {
+        self.shared.usage.lock().unwrap().clone()
+    }
+
+    /// Start the usage sums again from zero.
+    pub fn reset_usage(&self) {
+        *self.shared.usage.lock().unwrap() = UsageTotals::default();
+    }
+
     /// Live (not deleted) conversations.
     pub fn conversation_count(&self) -> usize {
         self.shared.state.lock().unwrap().conversations.len()
@@ -407,6 +470,8 @@ impl Drop for Sandbox {
 fn router(shared: Arc<Shared>) -> Router {
     let v1 = Router::new()
         .route("/responses", post(responses::create))
+        .route("/responses/compact", post(responses::compact))
+        .route("/responses/input_tokens", post(responses::input_tokens))
         .route("/responses/{id}", get(responses::retrieve).delete(responses::delete))
         .route("/responses/{id}/cancel", post(responses::cancel))
         .route("/conversations", post(responses::create_conversation))
@@ -422,11 +487,13 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/threads/{id}/runs", post(assistants::create_run).get(assistants::list_runs))
         .route("/threads/{id}/runs/{run_id}", get(assistants::get_run))
         .route("/threads/{id}/runs/{run_id}/cancel", post(assistants::cancel_run))
-        .route("/embeddings", post(embeddings::create));
+        .route("/embeddings", post(embeddings::create))
+        .route("/chat/completions", post(chat::create));
     let admin = Router::new()
         .route("/faults", post(admin_add_fault).get(admin_list_faults).delete(admin_clear_faults))
         .route("/requests", get(admin_requests).delete(admin_clear_requests))
-        .route("/config", post(admin_set_config).get(admin_get_config));
+        .route("/config", post(admin_set_config).get(admin_get_config))
+        .route("/usage", get(admin_usage).delete(admin_clear_usage));
     Router::new()
         .nest("/v1", v1)
         .nest("/_sandbox", admin)
@@ -625,6 +692,11 @@ fn config_json(c: &SandboxConfig) -> Value {
         "token_interval_ms": c.token_interval.as_millis() as u64,
         "run_steps": c.run_steps,
         "assistants_gone": c.assistants_gone,
+        "context_window": c.context_window,
+        "model_context_windows": c.model_context_windows.iter().map(|(m, w)| (m.clone(), json!(w))).collect::<serde_json::Map<_, _>>(),
+        "cache_min_tokens": c.cache_min_tokens,
+        "cache_step_tokens": c.cache_step_tokens,
+        "min_compact_threshold": c.min_compact_threshold,
     })
 }
 
@@ -643,8 +715,27 @@ async fn admin_set_config(State(sh): State<Arc<Shared>>, Json(patch): Json<Value
             "token_interval_ms" => c.token_interval = Duration::from_millis(v.as_u64().unwrap_or(0)),
             "run_steps" => c.run_steps = v.as_u64().unwrap_or(1) as u32,
             "assistants_gone" => c.assistants_gone = v.as_bool().unwrap_or(false),
+            "context_window" => c.context_window = v.as_u64(),
+            "model_context_windows" => {
+                c.model_context_windows = v
+                    .as_object()
+                    .map(|o| o.iter().filter_map(|(m, w)| w.as_u64().map(|w| (m.clone(), w))).collect())
+                    .unwrap_or_default()
+            }
+            "cache_min_tokens" => c.cache_min_tokens = v.as_u64().unwrap_or(1024),
+            "cache_step_tokens" => c.cache_step_tokens = v.as_u64().unwrap_or(128).max(1),
+            "min_compact_threshold" => c.min_compact_threshold = v.as_u64().unwrap_or(1000),
             other => return Err(ApiError::unknown_parameter(other)),
         }
     }
     Ok(Json(config_json(&c)))
+}
+
+async fn admin_usage(State(sh): State<Arc<Shared>>) -> Json<UsageTotals> {
+    Json(sh.usage.lock().unwrap().clone())
+}
+
+async fn admin_clear_usage(State(sh): State<Arc<Shared>>) -> Json<Value> {
+    *sh.usage.lock().unwrap() = UsageTotals::default();
+    Json(json!({"ok": true}))
 }
