@@ -120,7 +120,9 @@
 //!    after it see `compaction item + what follows`. The answer of the compaction turn is made from the
 //!    whole context. Validation per the spec: a non-empty array of `{type: "compaction",
 //!    compact_threshold?: integer >= 1000 or null}` (minimum: [`SandboxConfig::min_compact_threshold`];
-//!    null/absent: 80% of the window); several entries: the smallest threshold.
+//!    null/absent: 80% of the window); several entries: the smallest threshold. An input ending with
+//!    `{"type": "compaction_trigger"}` compacts now (when there are earlier items), whatever the
+//!    threshold; the trigger item is not stored (anywhere else in the input: 400).
 //! 4. Else, the context over the window: `truncation: "disabled"` (the default) → the same 400;
 //!    `"auto"` → the oldest visible items are dropped from what the model sees (not from the stored
 //!    conversation) until it fits. The response object echoes `truncation`.

@@ -344,6 +344,8 @@ struct Common {
     input_items: Vec<Value>,
     auto_truncate: bool,
     prompt_cache_key: Option<String>,
+    /// The input ended with a `compaction_trigger` item (removed from `input_items`).
+    compact_now: bool,
 }
 
 fn parse_common(sh: &Shared, body: &Map<String, Value>, model_required: bool) -> Result<Common, ApiError> {
@@ -381,13 +383,25 @@ fn parse_common(sh: &Shared, body: &Map<String, Value>, model_required: bool) ->
         Some(other) => return Err(ApiError::invalid_type("truncation", "a string", other)),
     };
     let prompt_cache_key = opt_str(body, "prompt_cache_key")?;
-    let input_items = match body.get("input") {
+    let mut input_items = match body.get("input") {
         None | Some(Value::Null) => vec![],
         Some(Value::String(s)) => vec![normalize_item(sh, &json!({"role": "user", "content": s}), "input")?],
         Some(v @ Value::Array(_)) => normalize_items(sh, Some(v), "input", None)?,
         Some(other) => return Err(ApiError::invalid_type("input", "a string or an array", other)),
     };
-    Ok(Common { model, conv_id, prev, instructions, input_items, auto_truncate, prompt_cache_key })
+    // `{"type": "compaction_trigger"}`: compact now; only as the final input item.
+    let mut compact_now = false;
+    if let Some(i) = input_items.iter().position(|v| v["type"] == "compaction_trigger") {
+        if i + 1 != input_items.len() {
+            return Err(ApiError::invalid_value(
+                "Invalid 'input': a 'compaction_trigger' item must be the final input item.",
+                &format!("input[{i}]"),
+            ));
+        }
+        input_items.pop();
+        compact_now = true;
+    }
+    Ok(Common { model, conv_id, prev, instructions, input_items, auto_truncate, prompt_cache_key, compact_now })
 }
 
 /// `context_management`: `null` or an array (at least 1) of `{type: "compaction", compact_threshold?}`.
@@ -527,7 +541,8 @@ pub async fn create(State(sh): State<Arc<Shared>>, req: Request) -> Result<Respo
     let bytes = to_bytes(body, usize::MAX).await.map_err(|_| ApiError::server_error())?;
     let body = util::parse_object(&bytes)?;
     check_known(&body, RESPONSE_FIELDS)?;
-    let Common { model, conv_id, prev, instructions, input_items, auto_truncate, prompt_cache_key } = parse_common(&sh, &body, true)?;
+    let Common { model, conv_id, prev, instructions, input_items, auto_truncate, prompt_cache_key, compact_now } =
+        parse_common(&sh, &body, true)?;
     let stream = opt_bool(&body, "stream")?.unwrap_or(false);
     let background = opt_bool(&body, "background")?.unwrap_or(false);
     let store = opt_bool(&body, "store")?.unwrap_or(true);
@@ -554,7 +569,10 @@ pub async fn create(State(sh): State<Arc<Shared>>, req: Request) -> Result<Respo
     };
     let cfg = sh.config();
     let window = cfg.window_for(&model);
-    let compact_threshold = parse_context_management(&body, cfg.min_compact_threshold, window)?;
+    let mut compact_threshold = parse_context_management(&body, cfg.min_compact_threshold, window)?;
+    if compact_now {
+        compact_threshold = Some(0);
+    }
 
     // Decide the answer and register the response under the state lock.
     let (id, msg_id, tokens, final_status, snapshot) = {

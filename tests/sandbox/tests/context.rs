@@ -765,3 +765,43 @@ async fn binary_and_admin_config_set_the_window_and_cache() {
     assert_eq!(r.status(), StatusCode::OK);
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn compaction_trigger_compacts_now() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let conv = new_conversation(&c).await;
+    c.post("/responses", turn(&conv, "my name is Tao", json!({}))).await;
+    c.post("/responses", turn(&conv, "hello there", json!({}))).await;
+    let (st, v) = c.post("/responses", turn(&conv, "", json!({"input": [{"role": "user", "content": "what is my name?"}, {"type": "compaction_trigger"}]}))).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["output"][0]["type"], "compaction");
+    assert_eq!(output_text(&v), "Your name is Tao.");
+    assert!(!sb.conversation_items(&conv).unwrap().iter().any(|i| i["type"] == "compaction_trigger"));
+    let (_, v) = c.post("/responses", turn(&conv, "what is my name?", json!({}))).await;
+    assert_eq!(output_text(&v), "Your name is Tao.");
+    assert_eq!(v["usage"]["input_tokens"], 5 + 4 + 4 + 4, "compaction item (5 words + the name fact) + last answer + input");
+    let (st, _) = c.post("/responses", turn(&conv, "", json!({"input": [{"type": "compaction_trigger"}, {"role": "user", "content": "hi"}]}))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_thousand_turns_stay_answered_and_flat() {
+    let (sb, c) = start(window(300)).await;
+    let conv = new_conversation(&c).await;
+    let started = std::time::Instant::now();
+    let mut last_input = 0;
+    for i in 0..1000 {
+        let text = if i % 10 == 0 { format!("my lucky number is {i}") } else { format!("just chatting, turn {i} of many") };
+        let (st, v) = c.post("/responses", turn(&conv, &text, json!({"truncation": "auto", "prompt_cache_key": "u"}))).await;
+        assert_eq!(st, StatusCode::OK, "turn {i}: {v}");
+        last_input = v["usage"]["input_tokens"].as_u64().unwrap();
+        assert!(last_input <= 300);
+    }
+    assert!(last_input > 250, "full window: {last_input}");
+    let (_, v) = c.post("/responses", turn(&conv, "what is my lucky number?", json!({"truncation": "auto"}))).await;
+    assert_eq!(output_text(&v), "Your lucky number is 990.");
+    assert_eq!(sb.conversation_items(&conv).unwrap().len(), 2002);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    sb.shutdown().await;
+}
