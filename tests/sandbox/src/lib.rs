@@ -53,8 +53,10 @@
 //!
 //! ## The deterministic model
 //! The model sees only the history of the same conversation / thread (conversation items, then the
-//! request's input; or the thread's messages before the run; or the chain of `previous_response_id`),
-//! never another one. The *current message* is the last user message of the input (responses) or of
+//! request's input; or the thread's messages before the run; or the chain of `previous_response_id`;
+//! or the messages of a chat completion), never another one, and of it only what fits (see *Tokens and
+//! the context window*: items dropped by truncation are not seen; a compaction item stands for the
+//! items it replaced with their stated facts only). The *current message* is the last user message of the input (responses) or of
 //! the thread (runs); *earlier user messages* are the user messages before it. Rules, first match wins
 //! (matching is case-insensitive, the current message is trimmed):
 //!
