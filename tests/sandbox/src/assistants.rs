@@ -56,6 +56,9 @@ pub struct Run {
     /// `{type, last_messages}` as given (default auto).
     pub truncation_strategy: Value,
     pub max_prompt_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    /// The answer was cut at `max_completion_tokens`: the run ends `incomplete`.
+    pub cut: bool,
     /// The latest message alone does not fit: the run ends `incomplete` (max_prompt_tokens).
     pub overflow: bool,
     pub incomplete_details: Value,
@@ -70,7 +73,7 @@ impl Run {
             "cancelled_at": self.cancelled_at, "failed_at": self.failed_at, "completed_at": self.completed_at,
             "required_action": null, "last_error": self.last_error, "model": self.model, "instructions": self.instructions,
             "tools": [], "tool_resources": {}, "metadata": self.metadata, "temperature": 1.0, "top_p": 1.0,
-            "max_completion_tokens": null, "max_prompt_tokens": self.max_prompt_tokens,
+            "max_completion_tokens": self.max_completion_tokens, "max_prompt_tokens": self.max_prompt_tokens,
             "truncation_strategy": self.truncation_strategy, "incomplete_details": self.incomplete_details,
             "usage": self.usage, "response_format": "auto", "tool_choice": "auto", "parallel_tool_calls": true,
         })
@@ -253,6 +256,18 @@ pub async fn create_run(
     let stream = opt_bool(&body, "stream")?.unwrap_or(false);
     let meta = metadata(&body)?;
     let (truncation_strategy, last_messages) = parse_truncation_strategy(&body)?;
+    let max_completion_tokens = match body.get("max_completion_tokens") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 256) => n.as_u64(),
+        Some(Value::Number(n)) => {
+            return Err(ApiError::bad_request(
+                format!("Invalid 'max_completion_tokens': integer below minimum value. Expected a value >= 256, but got {n} instead."),
+                Some("max_completion_tokens"),
+                Some("integer_below_min_value"),
+            ));
+        }
+        Some(other) => return Err(ApiError::invalid_type("max_completion_tokens", "an integer", other)),
+    };
     let max_prompt_tokens = match body.get("max_prompt_tokens") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 256) => n.as_u64(),
@@ -300,7 +315,15 @@ pub async fn create_run(
             Some(i) => msgs[..i].to_vec(),
             None => msgs.clone(),
         };
-        let answer = if overflow { String::new() } else { model::answer(&history, &current, &kb) };
+        let mut answer = if overflow { String::new() } else { model::answer(&history, &current, &kb) };
+        let mut cut = false;
+        if let Some(m) = max_completion_tokens {
+            let toks = model::tokens(&answer);
+            if toks.len() as u64 > m {
+                answer = toks[..m as usize].concat();
+                cut = true;
+            }
+        }
         let n = model::tokens(&answer).len() as u32;
         let prompt_tokens = (model::count_tokens(&kb) + msgs.iter().map(|m| model::count_tokens(&m.text)).sum::<u64>()).max(1);
         let run = Run {
@@ -329,6 +352,8 @@ pub async fn create_run(
             usage: Value::Null,
             truncation_strategy,
             max_prompt_tokens,
+            max_completion_tokens,
+            cut,
             overflow,
             incomplete_details: Value::Null,
         };
@@ -351,7 +376,16 @@ fn complete_run(sh: &Shared, t: &mut Thread, run_id: &str) -> Option<Value> {
     }
     let (answer, assistant) = (t.runs[idx].answer.clone(), t.runs[idx].assistant_id.clone());
     let overflow = t.runs[idx].overflow;
-    let msg = (!overflow).then(|| message_obj(sh, &t.id, "assistant", &answer, Some((run_id, &assistant)), json!({})));
+    let cut = t.runs[idx].cut;
+    let msg = (!overflow).then(|| {
+        let mut m = message_obj(sh, &t.id, "assistant", &answer, Some((run_id, &assistant)), json!({}));
+        if cut {
+            m["status"] = json!("incomplete");
+            m["incomplete_details"] = json!({"reason": "max_tokens"});
+            m["incomplete_at"] = m["completed_at"].take();
+        }
+        m
+    });
     if let Some(m) = &msg {
         t.messages.push(m.clone());
     }
@@ -363,8 +397,13 @@ fn complete_run(sh: &Shared, t: &mut Thread, run_id: &str) -> Option<Value> {
         r.incomplete_details = json!({"reason": "max_prompt_tokens"});
         r.usage = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
     } else {
-        r.status = "completed".into();
-        r.completed_at = Some(now());
+        if cut {
+            r.status = "incomplete".into();
+            r.incomplete_details = json!({"reason": "max_completion_tokens"});
+        } else {
+            r.status = "completed".into();
+            r.completed_at = Some(now());
+        }
         let completion = model::tokens(&r.answer).len() as u64;
         r.usage = json!({"prompt_tokens": r.prompt_tokens, "completion_tokens": completion, "total_tokens": r.prompt_tokens + completion});
         sh.bill(Bill {

@@ -183,8 +183,10 @@
 //! window (the model's, or `max_prompt_tokens` when lower; minimum 256), messages are dropped from the
 //! middle as the spec says (the oldest after the first, then the first), never the latest user message:
 //! a run never overflows. If even that message does not fit, the run ends `incomplete`
-//! (`incomplete_details.reason: "max_prompt_tokens"`), adds no message and bills nothing. The run
-//! object echoes `truncation_strategy` and `max_prompt_tokens`.
+//! (`incomplete_details.reason: "max_prompt_tokens"`), adds no message and bills nothing.
+//! `max_completion_tokens` (minimum 256) cuts a longer answer: the run ends `incomplete`
+//! (`max_completion_tokens`), its message is `incomplete` too, and it is billed. The run object echoes
+//! `truncation_strategy`, `max_prompt_tokens` and `max_completion_tokens`.
 //!
 //! ## Chat completions
 //! `POST /chat/completions` `{model, messages, stream?, stream_options?: {include_usage}, max_completion_tokens?

@@ -805,3 +805,21 @@ async fn a_thousand_turns_stay_answered_and_flat() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn run_max_completion_tokens_ends_incomplete() {
+    let (sb, c) = start(SandboxConfig::default()).await;
+    let (_, th) = c.post("/threads", json!({"messages": [{"role": "user", "content": "long answer 5000"}]})).await;
+    let thread = th["id"].as_str().unwrap().to_string();
+    let run = run_to_end(&c, &thread, json!({"assistant_id": "asst_1", "max_completion_tokens": 300})).await;
+    assert_eq!(run["status"], "incomplete");
+    assert_eq!(run["incomplete_details"]["reason"], "max_completion_tokens");
+    assert_eq!(run["max_completion_tokens"], 300);
+    assert_eq!(run["usage"]["completion_tokens"], 300);
+    let msgs = sb.thread_messages(&thread).unwrap();
+    assert_eq!(msgs.last().unwrap()["status"], "incomplete");
+    assert_eq!(sb.usage_totals().runs.output_tokens, 300);
+    let (st, _) = c.post(&format!("/threads/{thread}/runs"), json!({"assistant_id": "asst_1", "max_completion_tokens": 10})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    sb.shutdown().await;
+}
