@@ -272,6 +272,10 @@ pub fn plan(instructions: &str, prior: &[Value], input: &[Value], limits: &Limit
             }
         }
         s.prune();
+        // A summary is bounded: at most half the window, the oldest facts go first.
+        while model::count_tokens(&s.text()) > limits.window / 2 && !s.facts.is_empty() {
+            s.facts.remove(0);
+        }
         compaction = Some(s);
     } else if total > limits.window {
         if !limits.auto_truncate {

@@ -132,8 +132,9 @@
 //! What the model knows after compaction: an item's `encrypted_content` carries (base64 JSON behind the
 //! `gAAAAB` prefix; opaque to clients, an altered one is 400 `invalid_encrypted_content`) how many user
 //! messages it folded in and the fact-stating ones (names, `remember …`, `my <thing> is …`; the latest
-//! per fact, every `remember`). So names, secrets and remembered facts survive compaction, and `count`
-//! still counts every user message; anything else of the older items is forgotten.
+//! per fact, every `remember`), at most half the window's tokens of them (the oldest facts go first). So
+//! names, secrets and remembered facts survive compaction, and `count` still counts every user message;
+//! anything else of the older items is forgotten.
 //!
 //! `POST /responses/compact` (`model` required; `input`, `instructions`, `previous_response_id`,
 //! `prompt_cache_key`…; no `conversation`): answers `{"id": "resp_…", "object": "response.compaction",

@@ -823,3 +823,28 @@ async fn run_max_completion_tokens_ends_incomplete() {
     assert_eq!(st, StatusCode::BAD_REQUEST);
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn repeated_compaction_stays_bounded_and_keeps_the_recent_facts() {
+    let cfg = SandboxConfig { context_window: Some(400), min_compact_threshold: 10, ..Default::default() };
+    let (sb, c) = start(cfg).await;
+    let conv = new_conversation(&c).await;
+    let cm = json!({"context_management": [{"type": "compaction", "compact_threshold": 250}]});
+    let mut compactions = 0;
+    for i in 0..200 {
+        let (st, v) = c.post("/responses", turn(&conv, &format!("remember fact number {i} with a few more words"), cm.clone())).await;
+        assert_eq!(st, StatusCode::OK, "turn {i}: {v}");
+        assert!(v["usage"]["input_tokens"].as_u64().unwrap() <= 400, "turn {i}: {}", v["usage"]);
+        compactions += (v["output"][0]["type"] == "compaction") as u32;
+    }
+    assert!(compactions > 10, "{compactions}");
+    let (_, v) = c.post("/responses", turn(&conv, "What did I ask you to remember?", cm.clone())).await;
+    let recall = output_text(&v);
+    for i in [197, 198, 199] {
+        assert!(recall.contains(&format!("fact number {i} ")), "{recall}");
+    }
+    assert!(!recall.contains("fact number 0 "), "the oldest facts of a bounded summary are gone");
+    let (_, v) = c.post("/responses", turn(&conv, "count", cm.clone())).await;
+    assert_eq!(output_text(&v), "This conversation has 201 earlier user messages.");
+    sb.shutdown().await;
+}
