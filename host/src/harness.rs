@@ -452,6 +452,7 @@ pub fn recorded_case(name: &str, turn: &Turn, history: &[HistoryMessage], exchan
         "turn": {
             "user_id": turn.user_id,
             "session_id": turn.session_id,
+            "cache_key": turn.cache_key,
             "text": turn.text,
             "context": turn.context.iter().map(|c| serde_json::json!({"source": c.source, "text": c.text, "score": c.score})).collect::<Vec<_>>(),
             "settings": {
@@ -462,6 +463,7 @@ pub fn recorded_case(name: &str, turn: &Turn, history: &[HistoryMessage], exchan
                 "background": turn.settings.background,
                 "poll_interval_ms": turn.settings.poll_interval_ms,
                 "deadline_ms": turn.settings.deadline_ms,
+                "options": turn.settings.options.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
             },
         },
         "history": history.iter().map(|m| serde_json::json!({"role": if m.role == Role::Assistant { "assistant" } else { "user" }, "text": m.text})).collect::<Vec<_>>(),

@@ -62,7 +62,9 @@ async fn a_forty_turn_dialog_past_a_small_window_is_answered_every_turn() {
         ("assistants, default truncation", Backend::Assistants, vec![]),
     ];
     for (name, backend, extra) in variants {
-        let window = SandboxConfig { context_window: Some(1200), ..Default::default() };
+        // Compaction starts at 1000 tokens at the least (the API's minimum), so its window is larger.
+        let tokens = if name.contains("compact") { 1500 } else { 500 };
+        let window = SandboxConfig { context_window: Some(tokens), ..Default::default() };
         let bot = bot(window, &extra).await;
         for i in 1..=40 {
             let answer = ask(&bot, backend, 77, &format!("remember {} {filler}", fact(i))).await;
@@ -74,7 +76,9 @@ async fn a_forty_turn_dialog_past_a_small_window_is_answered_every_turn() {
                     assert!(recall.contains(&fact(recent)), "{name}: after turn {i} the model lost {}: {recall}", fact(recent));
                 }
                 if i >= 20 && !name.contains("compact") {
-                    assert!(!recall.contains(&fact(1)), "{name}: the window is small, the oldest turns drop out: {recall}");
+                    // Responses drops the oldest items; Assistants' `auto` drops from the middle.
+                    let dropped = (1..=i).filter(|k| !recall.contains(&fact(*k))).count();
+                    assert!(dropped > 0, "{name}: the window is small, earlier turns drop out of view: {recall}");
                 }
             }
         }

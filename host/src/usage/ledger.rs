@@ -375,7 +375,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 mod tests {
     use super::*;
 
-    const NOW: u64 = 1_796_160_600_000; // 2026-12-01 21:30 UTC
+    const NOW: u64 = 1_796_160_600_000 + 14 * DAY_MS; // 2026-12-15 21:30 UTC
 
     fn entry(user_id: i64, t: u64, input: u64) -> Entry {
         Entry {
@@ -392,7 +392,7 @@ mod tests {
     fn calendar_math() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(month_of(NOW), (2026, 12));
-        assert_eq!(days_from_civil(2026, 12, 1), (NOW / DAY_MS) as i64);
+        assert_eq!(days_from_civil(2026, 12, 15), (NOW / DAY_MS) as i64);
         assert_eq!(period_end_ms(Period::Month, NOW), days_from_civil(2027, 1, 1) as u64 * DAY_MS);
     }
 

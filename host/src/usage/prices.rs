@@ -52,7 +52,7 @@ impl PriceTable {
     pub fn with_overrides(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("invalid setting PRICES_FILE: cannot read {}: {e}", path.display()))?;
         let file: PriceFile = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start].lines().count().max(1)).unwrap_or(0);
+            let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1).unwrap_or(0);
             anyhow::anyhow!("invalid setting PRICES_FILE: {}, line {line}: {}", path.display(), e.message())
         })?;
         for (model, p) in &file.models {

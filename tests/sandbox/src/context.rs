@@ -39,7 +39,7 @@ pub fn default_context_window(model: &str) -> u64 {
 }
 
 /// The live error for a request over the window (`/responses`, `/responses/compact`).
-pub fn context_exceeded() -> ApiError {
+pub(crate) fn context_exceeded() -> ApiError {
     ApiError::bad_request(
         "Your input exceeds the context window of this model. Please adjust your input and try again.",
         Some("input"),
@@ -53,7 +53,7 @@ const CMP_PREFIX: &str = "gAAAAB";
 /// and the user messages stating facts (names, `remember …`, `my <thing> is …`), oldest first, the
 /// latest per fact only (every `remember` is kept).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub n: u64,
     pub facts: Vec<String>,
     /// Made by server-side compaction: the item replaces every item before it.
@@ -138,7 +138,7 @@ impl Summary {
 
 /// One item as the model sees it.
 #[derive(Clone, Debug)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// The message role, or the item type for other items (`compaction`, `reasoning`, …).
     pub role: String,
     /// What its tokens are counted from.
@@ -197,7 +197,7 @@ fn hash_words(role: &str, text: &str, out: &mut Vec<u64>) {
 
 /// The rules one request is planned with.
 #[derive(Clone, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub window: u64,
     /// `truncation: "auto"`: drop the oldest visible items instead of failing.
     pub auto_truncate: bool,
@@ -207,15 +207,13 @@ pub struct Limits {
 
 /// What the model sees for one request, and what it is billed.
 #[derive(Clone, Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The visible earlier items the answer is made from, oldest first.
     pub prior: Vec<Seen>,
     /// The visible input items.
     pub input: Vec<Seen>,
     /// `input_tokens` to bill: instructions + visible items + input (at least 1).
     pub input_tokens: u64,
-    /// Earlier items dropped by `truncation: "auto"` for this request.
-    pub dropped: usize,
     /// Set when this request compacted (server-side): the new compaction item's summary.
     pub compaction: Option<Summary>,
     /// Token hashes of the prompt, in order: instructions, visible items, input.
@@ -242,7 +240,7 @@ impl Plan {
 /// item on; instructions + input over the window → 400; over the compaction threshold with earlier items
 /// → compact them (and the input) into one summary, bill what was read; over the window → drop the
 /// oldest earlier items (`auto`) or 400.
-pub fn plan(instructions: &str, prior: &[Value], input: &[Value], limits: &Limits) -> Result<Plan, ApiError> {
+pub(crate) fn plan(instructions: &str, prior: &[Value], input: &[Value], limits: &Limits) -> Result<Plan, ApiError> {
     let mut prior: Vec<Seen> = prior.iter().map(Seen::of_item).collect();
     let mut input: Vec<Seen> = input.iter().map(Seen::of_item).collect();
     if let Some(i) = input.iter().rposition(Seen::hides) {
@@ -258,7 +256,6 @@ pub fn plan(instructions: &str, prior: &[Value], input: &[Value], limits: &Limit
     }
     let mut total = need + prior.iter().map(Seen::tokens).sum::<u64>();
     let mut compaction = None;
-    let mut dropped = 0;
     if let Some(th) = limits.compact_threshold
         && total > th
         && !prior.is_empty()
@@ -283,7 +280,6 @@ pub fn plan(instructions: &str, prior: &[Value], input: &[Value], limits: &Limit
         }
         while total > limits.window && !prior.is_empty() {
             total -= prior.remove(0).tokens();
-            dropped += 1;
         }
     }
     let mut sequence = Vec::with_capacity(total as usize);
@@ -291,12 +287,12 @@ pub fn plan(instructions: &str, prior: &[Value], input: &[Value], limits: &Limit
     for s in prior.iter().chain(input.iter()) {
         s.hash_into(&mut sequence);
     }
-    Ok(Plan { prior, input, input_tokens: total.max(1), dropped, compaction, sequence })
+    Ok(Plan { prior, input, input_tokens: total.max(1), compaction, sequence })
 }
 
 /// `cached_tokens`: the shared token prefix with the previous prompt of the same cache scope, 0 below
 /// `min`, else `min` plus whole `step`s.
-pub fn cached_tokens(prev: &[u64], cur: &[u64], min: u64, step: u64) -> u64 {
+pub(crate) fn cached_tokens(prev: &[u64], cur: &[u64], min: u64, step: u64) -> u64 {
     let shared = prev.iter().zip(cur).take_while(|(a, b)| a == b).count() as u64;
     if shared == 0 || shared < min {
         return 0;
@@ -305,7 +301,7 @@ pub fn cached_tokens(prev: &[u64], cur: &[u64], min: u64, step: u64) -> u64 {
 }
 
 /// Token hashes of a plain prompt (chat messages, run messages): each `(role, text)` in order.
-pub fn sequence_of(parts: &[(&str, &str)]) -> Vec<u64> {
+pub(crate) fn sequence_of(parts: &[(&str, &str)]) -> Vec<u64> {
     let mut out = Vec::new();
     for (r, t) in parts {
         hash_words(r, t, &mut out);
