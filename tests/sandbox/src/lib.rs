@@ -82,7 +82,8 @@
 //! 9. `count` (alone, optional trailing punctuation) → `This conversation has N earlier user messages.`
 //!    (the earlier user messages the model sees, those folded into compaction items included).
 //! 10. Knowledge base: lines of the form `[n] (source) text` found in `instructions` (responses),
-//!    `instructions` / `additional_instructions` (runs), or in the current message itself (they are
+//!    `instructions` / `additional_instructions` (runs), or in the current message itself (they, and a
+//!    header line `Knowledge base context …:` above them, are
 //!    then removed from the question). The chunk sharing the most content words (lowercase alphanumeric
 //!    words of 3+ letters, minus common stop words; ties → first chunk) with the question, if any, gives
 //!    `According to my notes: <chunk's first sentence> (from <source>)`.

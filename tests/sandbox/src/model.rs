@@ -23,6 +23,8 @@ pub fn answer(history: &[Msg], current: &str, instructions: &str) -> String {
     for line in current.lines() {
         match parse_kb_line(line) {
             Some(c) => chunks.push(c),
+            // The header a host puts above the chunks is not part of the question either.
+            None if is_context_header(line) => {}
             None => question_lines.push(line),
         }
     }
@@ -73,6 +75,13 @@ pub fn answer(history: &[Msg], current: &str, instructions: &str) -> String {
         return format!("According to my notes: {} (from {})", first_sentence(&c.text), c.source);
     }
     format!("You said: {question}")
+}
+
+/// A line that announces knowledge-base context, e.g. swapbot's
+/// `Knowledge base context (use it when relevant):`.
+pub fn is_context_header(line: &str) -> bool {
+    let l = line.trim().to_lowercase();
+    l.starts_with("knowledge base context") && l.ends_with(':')
 }
 
 /// `my name is X` anywhere in a message (case-insensitive) → X, up to punctuation or end of line.
@@ -346,6 +355,9 @@ mod tests {
         assert_eq!(answer(&[], "Tell me a joke", instr), "You said: Tell me a joke");
         let inline = "[1] (faq.txt) Refunds take ten days.\nHow long do refunds take?";
         assert_eq!(answer(&[], inline, ""), "According to my notes: Refunds take ten days. (from faq.txt)");
+        // Context after the question, under a header (swapbot's input layout): neither is the question.
+        let after = "Tell me a joke\n\nKnowledge base context (use it when relevant):\n[1] (faq.txt) Refunds take ten days.";
+        assert_eq!(answer(&[], after, ""), "You said: Tell me a joke");
     }
 
     #[test]
