@@ -10,16 +10,26 @@ use swapbot_sandbox::{Sandbox, SandboxConfig};
 use crate::common::{Out, Samples, record, remove_dir, root, scratch};
 
 const TURNS: usize = 100;
+/// The shipped default layout of a backend.
+fn default_layout(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Responses => "input",
+        Backend::Assistants => "instructions",
+    }
+}
 const MARKS: [usize; 4] = [1, 10, 50, 100];
 /// Small enough that the conversation outgrows it within the run.
 const WINDOW: u64 = 8_000;
 
-const QUESTIONS: [&str; 5] = [
+/// Questions for the knowledge base (short answers from a chunk) alternate with requests for a
+/// ~120-word answer, so that answers weigh in the conversation as they do in a real one.
+const QUESTIONS: [&str; 6] = [
     "How do I roll back to the old backend?",
+    "long answer 700",
     "What does the canary percentage do?",
-    "remember my favourite plugin is the responses one",
+    "long answer 700",
     "How are plugins swapped without a restart?",
-    "Where are the conversation ids stored?",
+    "long answer 700",
 ];
 
 struct Turn {
@@ -29,8 +39,12 @@ struct Turn {
     cost_usd: f64,
 }
 
-async fn conversation(backend: Backend, layout: &str) -> anyhow::Result<Vec<Turn>> {
-    let sandbox = Sandbox::start(SandboxConfig { context_window: Some(WINDOW), ..Default::default() }).await?;
+/// Compaction threshold of the `compact` runs: half the window.
+const COMPACT_AT: u64 = WINDOW / 2;
+
+/// `window`: `None` is the model's real window (gpt-4.1-mini: about 1M tokens, never full here).
+async fn conversation(backend: Backend, layout: &str, mode: &str, window: Option<u64>) -> anyhow::Result<Vec<Turn>> {
+    let sandbox = Sandbox::start(SandboxConfig { context_window: window, ..Default::default() }).await?;
     let work = scratch("cost");
     let env: Vec<(String, String)> = vec![
         ("OPENAI_API_KEY".into(), "sk-bench-key".into()),
@@ -43,6 +57,8 @@ async fn conversation(backend: Backend, layout: &str) -> anyhow::Result<Vec<Turn
         ("RESPONSES_CONTEXT_LAYOUT".into(), layout.into()),
         ("ASSISTANTS_CONTEXT_LAYOUT".into(), layout.into()),
         ("ASSISTANTS_TRUNCATION".into(), "auto".into()),
+        ("RESPONSES_CONTEXT".into(), mode.into()),
+        ("RESPONSES_COMPACT_THRESHOLD".into(), COMPACT_AT.to_string()),
     ];
     let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let config = swapbot::config::Config::from_lookup(lookup)?;
@@ -52,7 +68,8 @@ async fn conversation(backend: Backend, layout: &str) -> anyhow::Result<Vec<Turn
     app.kb.as_ref().expect("knowledge base").ingest(&root().join("kb-sample"), options).await?;
     let mut turns = Vec::with_capacity(TURNS);
     for i in 0..TURNS {
-        let q = format!("{} (question {})", QUESTIONS[i % QUESTIONS.len()], i + 1);
+        let q = QUESTIONS[i % QUESTIONS.len()];
+        let q = if q.starts_with("long answer") { q.to_owned() } else { format!("{q} (question {})", i + 1) };
         let outcome = app.service.turn_on(backend, "bench", 4242, &q, None).await;
         outcome.reply.map_err(|e| anyhow::anyhow!("turn {} on {backend}/{layout}: {e}", i + 1))?;
         let r = outcome.record;
@@ -70,14 +87,31 @@ async fn conversation(backend: Backend, layout: &str) -> anyhow::Result<Vec<Turn
 }
 
 pub async fn cost(out: &Out) -> anyhow::Result<()> {
-    for backend in [Backend::Responses, Backend::Assistants] {
-        for layout in ["input", "instructions"] {
-            let default = match backend {
-                Backend::Responses => "input",
-                Backend::Assistants => "instructions",
+    let small = Some(WINDOW);
+    let runs = [
+        (Backend::Responses, "instructions", "truncate", None),
+        (Backend::Responses, "input", "truncate", None),
+        (Backend::Responses, "instructions", "truncate", small),
+        (Backend::Responses, "input", "truncate", small),
+        (Backend::Responses, "instructions", "compact", small),
+        (Backend::Responses, "input", "compact", small),
+        (Backend::Assistants, "instructions", "truncate", small),
+        (Backend::Assistants, "input", "truncate", small),
+    ];
+    for (backend, layout, mode, window) in runs {
+        {
+            let default = (layout, mode) == (default_layout(backend), "truncate");
+            let default = if default { " (default)" } else { "" };
+            let window_label = match window {
+                Some(w) => format!("{w}-token window"),
+                None => "real window".to_owned(),
             };
-            let label = format!("{backend}, context in {layout}{}", if layout == default { " (default)" } else { "" });
-            let turns = conversation(backend, layout).await?;
+            let label = match backend {
+                Backend::Responses => format!("{backend}, {mode}, {window_label}, context in {layout}{default}"),
+                Backend::Assistants => format!("{backend}, {window_label}, context in {layout}{default}"),
+            };
+            let default = !default.is_empty();
+            let turns = conversation(backend, layout, mode, window).await?;
             for mark in MARKS {
                 let t = &turns[mark - 1];
                 let mut s = Samples::new();
@@ -101,7 +135,7 @@ pub async fn cost(out: &Out) -> anyhow::Result<()> {
             let mut share = Samples::new();
             share.push(if input == 0 { 0.0 } else { cached as f64 * 100.0 / input as f64 });
             let mut r = record("8 cost", &format!("{label}: input tokens cached, turns 3–{TURNS}"), "%", &share, "");
-            if layout == default && backend == Backend::Responses {
+            if default && backend == Backend::Responses {
                 r = r.goal("≥ 80% with the default layout", share.median() >= 80.0);
             }
             out.emit(r);
@@ -112,7 +146,9 @@ pub async fn cost(out: &Out) -> anyhow::Result<()> {
             let mut flat = Samples::new();
             flat.push(if t50 == 0.0 { 0.0 } else { (t100 - t50) / t50 * 100.0 });
             let mut r = record("8 cost", &format!("{label}: billed input, turn 100 vs turn 50"), "%", &flat, "");
-            r = r.goal("flat once the window is full (|Δ| ≤ 10%)", flat.median().abs() <= 10.0);
+            if window.is_some() {
+                r = r.goal("flat once the window is full (|Δ| ≤ 10%)", flat.median().abs() <= 10.0);
+            }
             out.emit(r);
         }
     }
