@@ -25,7 +25,12 @@ pub struct PluginSet {
     cache_dir: Option<PathBuf>,
     slots: [ArcSwapOption<LoadedPlugin>; 2],
     observer: ArcSwapOption<Observer>,
+    /// A larger file is refused before it is read (a sparse 200 MB file would be read whole).
+    max_file_bytes: u64,
 }
+
+/// Default of [`PluginSet::with_max_file_bytes`]; today's plugins are well under 1 MiB.
+pub const DEFAULT_MAX_PLUGIN_FILE_BYTES: u64 = 32 << 20;
 
 fn slot(backend: Backend) -> usize {
     match backend {
@@ -50,7 +55,40 @@ impl PluginSet {
             cache_dir,
             slots: [ArcSwapOption::empty(), ArcSwapOption::empty()],
             observer: ArcSwapOption::empty(),
+            max_file_bytes: DEFAULT_MAX_PLUGIN_FILE_BYTES,
         }
+    }
+
+    pub fn with_max_file_bytes(mut self, max: u64) -> Self {
+        self.max_file_bytes = max;
+        self
+    }
+
+    /// The file's bytes, unless it is missing (`None`) or larger than the cap.
+    async fn read_capped(&self, path: &Path) -> Result<Option<Vec<u8>>, PluginError> {
+        let cannot = |err: std::io::Error| PluginError::Compile(format!("cannot read {}: {err}", path.display()));
+        let len = match tokio::fs::metadata(path).await {
+            Ok(meta) => meta.len(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(cannot(err)),
+        };
+        if len > self.max_file_bytes {
+            return Err(PluginError::Compile(format!(
+                "{} is {len} bytes, over the limit of {} (PLUGIN_MAX_FILE_MB)",
+                path.display(),
+                self.max_file_bytes
+            )));
+        }
+        // `take` also bounds a file that grows between the check and the read.
+        let file = tokio::fs::File::open(path).await.map_err(cannot)?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(file, self.max_file_bytes + 1), &mut bytes)
+            .await
+            .map_err(cannot)?;
+        if bytes.len() as u64 > self.max_file_bytes {
+            return Err(PluginError::Compile(format!("{} grew over the limit while read", path.display())));
+        }
+        Ok(Some(bytes))
     }
 
     pub fn runtime(&self) -> &PluginRuntime {
@@ -86,9 +124,10 @@ impl PluginSet {
         if let Err(err) = &result {
             let old = self.get(backend);
             let file = self.dir.join(backend.file_name());
-            let new_sha256 = std::fs::read(&file)
-                .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))[..12].to_string())
-                .unwrap_or_else(|_| "-".into());
+            let new_sha256 = match self.read_capped(&file).await {
+                Ok(Some(bytes)) => hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))[..12].to_string(),
+                _ => "-".into(),
+            };
             tracing::error!(
                 backend = backend.name(),
                 file = %file.display(),
@@ -172,11 +211,7 @@ impl PluginSet {
 
     async fn try_reload(&self, backend: Backend) -> Result<LoadOutcome, PluginError> {
         let path = self.dir.join(backend.file_name());
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(LoadOutcome::Missing),
-            Err(err) => return Err(PluginError::Compile(format!("cannot read {}: {err}", path.display()))),
-        };
+        let Some(bytes) = self.read_capped(&path).await? else { return Ok(LoadOutcome::Missing) };
         let started = Instant::now();
         let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         let old = self.get(backend);

@@ -35,6 +35,8 @@ pub struct TurnSettings {
     pub background: bool,
     pub poll_interval: Duration,
     pub deadline: Duration,
+    /// The longest server-requested wait a retry honours (`MAX_RETRY_WAIT_SECS`).
+    pub max_retry_wait: Duration,
 }
 
 impl TurnSettings {
@@ -47,6 +49,7 @@ impl TurnSettings {
             background: config.responses_background,
             poll_interval: config.poll_interval,
             deadline: config.run_deadline,
+            max_retry_wait: config.max_retry_wait,
         }
     }
 
@@ -352,8 +355,17 @@ impl TurnService {
                         return Err(UNAVAILABLE.into());
                     }
                     let shown_text = obs.pushed_chars > 0;
-                    if error.retryable && attempt < 2 && !shown_text {
-                        let wait = retry_wait(&error, attempt);
+                    // A wait past the cap is not slept: the user hears now instead of after it.
+                    let wait = retry_wait(&error, attempt, self.settings.max_retry_wait);
+                    if wait.is_none() && error.retryable {
+                        tracing::warn!(
+                            retry_after_ms = error.retry_after_ms,
+                            max_ms = self.settings.max_retry_wait.as_millis() as u64,
+                            "server asked for a wait beyond the cap: not retrying"
+                        );
+                    }
+                    let retry = if error.retryable && attempt < 2 && !shown_text { wait } else { None };
+                    if let Some(wait) = retry {
                         tracing::warn!(kind = kind_name(error.kind), wait_ms = wait.as_millis() as u64, message = %error.message, "retrying the turn once");
                         record.retries += 1;
                         tokio::time::sleep(wait).await;
@@ -365,6 +377,10 @@ impl TurnService {
                 Err(plugin_error) => {
                     record.error_kind = Some(plugin_error_name(&plugin_error).into());
                     tracing::error!(error = %plugin_error, "plugin failed the turn");
+                    // A turn cut by its deadline says so; other plugin failures are ours.
+                    if matches!(plugin_error, PluginError::Timeout(_)) {
+                        return Err(TOO_SLOW.into());
+                    }
                     return Err(GENERIC.into());
                 }
             }
@@ -410,22 +426,25 @@ impl TurnService {
 
 const GENERIC: &str = "Sorry, something went wrong while answering. Please try again.";
 const UNAVAILABLE: &str = "Sorry, the assistant is unavailable right now. Please try again later.";
+const TOO_SLOW: &str = "The assistant took too long to answer. Please try again.";
 const EMPTY: &str = "Sorry, I could not come up with an answer. Please rephrase your question.";
 
 fn human_message(error: &ChatError) -> &'static str {
     match error.kind {
         ErrorKind::RateLimited | ErrorKind::Quota => "The assistant is busy right now. Please try again in a minute.",
-        ErrorKind::Timeout => "The assistant took too long to answer. Please try again.",
+        ErrorKind::Timeout => TOO_SLOW,
         ErrorKind::SessionBusy => "I am still working on your previous message. Please wait a moment.",
         ErrorKind::Auth | ErrorKind::Config | ErrorKind::ApiGone => UNAVAILABLE,
         _ => GENERIC,
     }
 }
 
-fn retry_wait(error: &ChatError, attempt: u32) -> Duration {
+/// How long to wait before retrying a failed attempt, under the host's one cap on
+/// server-requested waits; `None` when the server asked for more than the cap.
+fn retry_wait(error: &ChatError, attempt: u32, max_wait: Duration) -> Option<Duration> {
     match error.retry_after_ms {
-        Some(ms) => Duration::from_millis(ms as u64),
-        None => swapbot_openai::backoff(attempt),
+        Some(ms) => swapbot_openai::capped_wait(Duration::from_millis(ms as u64), max_wait),
+        None => Some(swapbot_openai::backoff(attempt)),
     }
 }
 

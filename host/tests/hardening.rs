@@ -1,0 +1,136 @@
+//! Defects an adversarial probe found (issue 11), each kept fixed by a test: the real plugins (or
+//! the hostile guest) in the real runtime against the OpenAI sandbox on 127.0.0.1.
+//!
+//! Some tests wrap a call in a generous `timeout`: it asserts no speed, it only turns the hang
+//! the defect caused into a failure instead of a stuck test run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use swapbot::config::Config;
+use swapbot::router::Backend;
+use swapbot_sandbox::{Fault, FaultKind, Sandbox, SandboxConfig};
+
+const KEY: &str = "sk-test-hardening-0123456789";
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn plugin_dir() -> PathBuf {
+    let dir = repo().join("target/plugins");
+    assert!(
+        dir.join("responses.wasm").exists() && dir.join("assistants.wasm").exists(),
+        "plugins missing in {}: run `make build` (make test does)",
+        dir.display()
+    );
+    dir
+}
+
+fn test_plugin(name: &str) -> Vec<u8> {
+    let path = repo().join("target/test-plugins").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}: run `make test-guests`", path.display()))
+}
+
+struct Bot {
+    app: swapbot::app::App,
+    sandbox: Sandbox,
+    _data: tempfile::TempDir,
+}
+
+async fn bot(extra: &[(&str, &str)]) -> Bot {
+    let sandbox = Sandbox::start(SandboxConfig { api_key: Some(KEY.into()), ..Default::default() }).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut vars: Vec<(String, String)> = vec![
+        ("OPENAI_API_KEY".into(), KEY.into()),
+        ("OPENAI_BASE_URL".into(), sandbox.base_url()),
+        ("ASSISTANT_ID".into(), "asst_test".into()),
+        ("DATA_DIR".into(), data.path().join("data").display().to_string()),
+        ("LOG_DIR".into(), data.path().join("logs").display().to_string()),
+        ("PLUGIN_DIR".into(), plugin_dir().display().to_string()),
+        ("POLL_INTERVAL_MS".into(), "50".into()),
+    ];
+    for (k, v) in extra {
+        vars.push((k.to_string(), v.to_string()));
+    }
+    let lookup = |name: &str| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let config = Config::from_lookup(lookup).unwrap();
+    let kb = swapbot_kb::KbConfig::from_lookup(lookup).unwrap();
+    let app = swapbot::app::build(config, Some(kb)).await.unwrap();
+    Bot { app, sandbox, _data: data }
+}
+
+/// A plugin directory serving the hostile guest as the responses backend.
+fn hostile_plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("responses.wasm"), test_plugin("hostile.wasm")).unwrap();
+    dir
+}
+
+fn responses_posts(bot: &Bot) -> usize {
+    bot.sandbox.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/responses")).count()
+}
+
+/// Item 1: a 429 asking for 100,000 s used to hold the user's turn (and lock) for that long.
+#[tokio::test]
+async fn a_retry_after_beyond_the_cap_is_answered_at_once_not_slept() {
+    let bot = bot(&[("MAX_RETRY_WAIT_SECS", "5")]).await;
+    bot.sandbox.inject(Fault::on("/responses", FaultKind::RateLimited { retry_after_secs: 100_000 }).method("POST"));
+    let turn = bot.app.service.turn_on(Backend::Responses, "test", 3, "echo: anyone?", None);
+    let outcome = tokio::time::timeout(HANG_GUARD, turn).await.expect("the turn slept the server's Retry-After");
+    let human = outcome.reply.unwrap_err();
+    assert!(human.contains("busy"), "{human}");
+    assert_eq!(outcome.record.retries, 0);
+    assert_eq!(responses_posts(&bot), 1, "not retried");
+    // The user's lock is free: the next question is answered.
+    let next = bot.app.service.turn_on(Backend::Responses, "test", 3, "echo: back", None).await;
+    assert_eq!(next.reply.unwrap(), "back");
+
+    // A wait within the cap is still honoured, and the retry answers.
+    bot.sandbox.inject(Fault::on("/responses", FaultKind::RateLimited { retry_after_secs: 1 }).method("POST"));
+    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 3, "echo: patient", None).await;
+    assert_eq!(outcome.reply.unwrap(), "patient");
+    assert_eq!(outcome.record.retries, 1);
+    bot.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_retry_wait_zero_never_waits_for_a_server() {
+    let bot = bot(&[("MAX_RETRY_WAIT_SECS", "0")]).await;
+    bot.sandbox.inject(Fault::on("/responses", FaultKind::RateLimited { retry_after_secs: 1 }).method("POST"));
+    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 4, "echo: now", None).await;
+    assert!(outcome.reply.is_err());
+    assert_eq!(outcome.record.retries, 0);
+    assert_eq!(outcome.record.error_kind.as_deref(), Some("rate-limited"));
+    bot.sandbox.shutdown().await;
+}
+
+/// Item 13: a turn cut by TURN_TIMEOUT_SECS used to say "something went wrong".
+#[tokio::test]
+async fn a_turn_cut_by_its_deadline_says_it_took_too_long() {
+    let plugins = hostile_plugin_dir();
+    let bot = bot(&[("PLUGIN_DIR", &plugins.path().display().to_string()), ("TURN_TIMEOUT_SECS", "1")]).await;
+    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 5, "sleepy", None).await;
+    let human = outcome.reply.unwrap_err();
+    assert!(human.contains("took too long"), "{human}");
+    assert!(!human.contains("something went wrong"), "{human}");
+    assert_eq!(outcome.record.error_kind.as_deref(), Some("turn-timeout"));
+    bot.sandbox.shutdown().await;
+}
+
+/// Item 11: a 200 MB sparse plugin file used to be read whole; it is refused by its size.
+#[tokio::test]
+async fn a_plugin_file_over_the_size_cap_is_refused_unread() {
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(plugin_dir().join("assistants.wasm"), plugins.path().join("assistants.wasm")).unwrap();
+    let sparse = std::fs::File::create(plugins.path().join("responses.wasm")).unwrap();
+    sparse.set_len(200 << 20).unwrap();
+    drop(sparse);
+    let bot = bot(&[("PLUGIN_DIR", &plugins.path().display().to_string()), ("PLUGIN_MAX_FILE_MB", "8")]).await;
+    assert!(bot.app.plugins.get(Backend::Responses).is_none());
+    assert!(bot.app.plugins.get(Backend::Assistants).is_some(), "the other backend still serves");
+    let err = bot.app.plugins.reload(Backend::Responses).await.unwrap_err().to_string();
+    assert!(err.contains("over the limit") && err.contains("PLUGIN_MAX_FILE_MB"), "{err}");
+    bot.sandbox.shutdown().await;
+}
