@@ -64,6 +64,10 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot create {}: {e}", config.data_dir.display()))?;
     crate::storage::migrate(&config.data_dir)?;
+    // Temp files of writes a crash or a full disk interrupted would fill a small disk again.
+    for dir in [config.data_dir.clone(), config.data_dir.join("history"), config.data_dir.join(".plugin-cache")] {
+        crate::storage::remove_stale_temp_files(&dir);
+    }
 
     let limits = Limits {
         memory_bytes: config.plugin_memory_mb << 20,
