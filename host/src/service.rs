@@ -37,6 +37,8 @@ pub struct TurnSettings {
     pub deadline: Duration,
     /// The longest server-requested wait a retry honours (`MAX_RETRY_WAIT_SECS`).
     pub max_retry_wait: Duration,
+    /// The most answer text a plugin may push in one turn.
+    pub max_pushed_bytes: usize,
 }
 
 impl TurnSettings {
@@ -50,6 +52,9 @@ impl TurnSettings {
             poll_interval: config.poll_interval,
             deadline: config.run_deadline,
             max_retry_wait: config.max_retry_wait,
+            // The largest answer Telegram gets: its message cap × 4096 UTF-16 units, at most 4
+            // bytes of UTF-8 per unit.
+            max_pushed_bytes: config.telegram_max_messages * 4096 * 4,
         }
     }
 
@@ -267,7 +272,11 @@ impl TurnService {
             None => vec![],
         };
 
-        let observations = Arc::new(Mutex::new(TurnObservations::default()));
+        // Text pushed past the largest answer a front end delivers would only be held, never shown.
+        let observations = Arc::new(Mutex::new(TurnObservations {
+            max_pushed_bytes: Some(self.settings.max_pushed_bytes),
+            ..Default::default()
+        }));
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -134,3 +134,89 @@ async fn a_plugin_file_over_the_size_cap_is_refused_unread() {
     assert!(err.contains("over the limit") && err.contains("PLUGIN_MAX_FILE_MB"), "{err}");
     bot.sandbox.shutdown().await;
 }
+
+mod plugin_bounds {
+    //! Item 10: what one turn's plugin can make the host hold or write is bounded.
+    use std::sync::{Arc, Mutex};
+
+    use swapbot::plugin::effects::{LiveEffects, LogLevel, TurnObservations, MAX_LOG_CALLS_PER_TURN, MAX_STREAMS_PER_TURN};
+    use swapbot::plugin::HostEffects;
+    use swapbot_openai::{ApiRequest, OpenAi, OpenAiConfig, TransportError};
+
+    fn effects(max_pushed: usize) -> (LiveEffects, tokio::sync::mpsc::UnboundedReceiver<String>, Arc<Mutex<TurnObservations>>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // Port 9 (discard) has no listener here: a request that gets through fails to connect.
+        let openai = OpenAi::new(OpenAiConfig::new("http://127.0.0.1:9/v1", "sk-bounds-test")).unwrap();
+        let observations = Arc::new(Mutex::new(TurnObservations { max_pushed_bytes: Some(max_pushed), ..Default::default() }));
+        let fx = LiveEffects {
+            openai,
+            deltas: Some(tx),
+            history: Box::new(Vec::new),
+            observations: observations.clone(),
+            plugin: "hostile".into(),
+            started: std::time::Instant::now(),
+        };
+        (fx, rx, observations)
+    }
+
+    #[test]
+    fn pushed_text_stops_at_the_largest_answer() {
+        let (mut fx, mut rx, obs) = effects(3 << 20);
+        let mib = "é".repeat(1 << 19); // 1 MiB of two-byte characters
+        for _ in 0..200 {
+            fx.push_text(mib.clone());
+        }
+        let mut held = 0;
+        while let Ok(delta) = rx.try_recv() {
+            assert!(std::str::from_utf8(delta.as_bytes()).is_ok());
+            held += delta.len();
+        }
+        assert_eq!(held, 3 << 20, "exactly the bound reached the user, not 200 MiB");
+        assert_eq!(obs.lock().unwrap().pushed_dropped, 197 << 20);
+    }
+
+    #[tokio::test]
+    async fn streams_per_turn_are_bounded() {
+        let (mut fx, _rx, _) = effects(1 << 20);
+        let req = || ApiRequest { method: "POST".into(), path: "/responses".into(), body: Some("{}".into()), ..Default::default() };
+        for i in 0..MAX_STREAMS_PER_TURN + 5 {
+            let result = fx.http_stream(req()).await;
+            let refused = matches!(result, Err(TransportError::Refused(_)));
+            assert_eq!(refused, i >= MAX_STREAMS_PER_TURN, "stream {i}");
+        }
+    }
+
+    /// A writer capturing what the log subscriber prints.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plugin_logs_are_one_record_each_and_rate_limited() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let (mut fx, _rx, _) = effects(1 << 20);
+            fx.log(LogLevel::Info, "hello\n2026-12-01T00:00:00Z ERROR swapbot: admin rollout percent 100\r\x1b[2K".into());
+            for i in 0..5000 {
+                fx.log(LogLevel::Error, format!("flood {i}"));
+            }
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("hello\\n2026-12-01") && lines[0].contains("\\r\\u{1b}[2K"), "{}", lines[0]);
+        assert!(!lines.iter().skip(1).any(|l| l.contains("admin rollout")), "no forged line");
+        let floods = lines.iter().filter(|l| l.contains("flood ")).count();
+        assert_eq!(floods as u32, MAX_LOG_CALLS_PER_TURN - 1);
+        assert_eq!(lines.iter().filter(|l| l.contains("log limit")).count(), 1);
+    }
+}
