@@ -220,3 +220,53 @@ mod plugin_bounds {
         assert_eq!(lines.iter().filter(|l| l.contains("log limit")).count(), 1);
     }
 }
+
+/// Item 9: a `.cwasm` in the compile cache was deserialized (native code) without checking it
+/// belongs to the module on disk. Here the hostile guest's native code replaces the genuine
+/// responses entry: a restart must not serve it.
+#[tokio::test]
+async fn a_forged_compile_cache_entry_is_not_served() {
+    use swapbot::plugin::{Limits, PluginRuntime};
+    use swapbot::plugins::{LoadOutcome, PluginSet};
+    let data = tempfile::tempdir().unwrap();
+    let cache = data.path().join(".plugin-cache");
+    let set = || PluginSet::new(PluginRuntime::new(Limits::default()).unwrap(), plugin_dir(), Some(cache.clone()));
+    let cached = |outcomes: Vec<(Backend, Result<LoadOutcome, swapbot::plugin::PluginError>)>| -> Vec<bool> {
+        outcomes
+            .into_iter()
+            .map(|(_, o)| match o.unwrap() {
+                LoadOutcome::Loaded { cached, .. } => cached,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(cached(set().load_all().await), [false, false], "first start compiles");
+    assert_eq!(cached(set().load_all().await), [true, true], "a restart uses the cache");
+
+    // Overwrite the responses entry with the hostile guest's code (valid for this engine).
+    let responses_sha = {
+        let bytes = std::fs::read(plugin_dir().join("responses.wasm")).unwrap();
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+    };
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&responses_sha))
+        .expect("the responses entry");
+    let runtime = PluginRuntime::new(Limits::default()).unwrap();
+    let hostile = runtime.load(&test_plugin("hostile.wasm"), None).await.unwrap();
+    let forged = PluginRuntime::serialize(&hostile).unwrap();
+    // Also with the MAC of the genuine entry kept at its end: the code itself is covered.
+    let genuine = std::fs::read(&entry).unwrap();
+    for forged in [forged.clone(), [forged.as_slice(), &genuine[genuine.len() - 32..]].concat()] {
+        std::fs::write(&entry, &forged).unwrap();
+        let restarted = set();
+        let outcomes = cached(restarted.load_all().await);
+        assert_eq!(outcomes, [true, false], "the forged entry is recompiled, not used");
+        let serving = restarted.get(Backend::Responses).unwrap();
+        assert_ne!(serving.description.version, "6.6.6-hostile");
+        assert_eq!(serving.sha256, responses_sha);
+    }
+    // The recompiled entry is genuine again.
+    assert_eq!(cached(set().load_all().await), [true, true]);
+}
