@@ -12,6 +12,7 @@
 pub mod draft;
 pub mod pacing;
 pub mod text;
+pub mod updates;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -25,7 +26,6 @@ use teloxide::{
     prelude::Requester,
     requests::Request,
     types::{BotCommand, ChatAction, ChatId, Me, Message, MessageId, MessageKind, ParseMode, Update},
-    update_listeners::Polling,
 };
 use teloxide::payloads::{EditMessageTextSetters, SendMessageSetters};
 use tokio::time::Instant;
@@ -711,10 +711,8 @@ pub async fn run_polling_until(
             .default_handler(|_| async {})
             .build();
         let stop = dispatcher.shutdown_token();
-        let listener = Polling::builder(bot.clone())
-            .timeout(Duration::from_secs(10))
-            .backoff_strategy(Box::new(polling_backoff))
-            .build();
+        // Not teloxide's `Polling`: one undecodable update would wedge it (see `updates`).
+        let listener = updates::listener(bot.clone(), Duration::from_secs(10));
         let listener_token = token.clone();
         let listener_errors = Arc::new(move |e: RequestError| {
             let token = listener_token.clone();
