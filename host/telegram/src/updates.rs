@@ -152,7 +152,7 @@ fn updates(state: &mut PollState) -> impl Stream<Item = Result<Update, RequestEr
                 Ok(updates) => {
                     state.errors = 0;
                     if let Some(last) = updates.last() {
-                        state.offset = last.id.as_offset() + 1;
+                        state.offset = last.id.as_offset();
                     }
                     state.buffer.extend(updates);
                 }
