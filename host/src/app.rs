@@ -41,6 +41,10 @@ pub fn openai(config: &Config) -> anyhow::Result<OpenAi> {
     let mut openai_config = OpenAiConfig::new(config.openai_base_url.clone(), api_key);
     openai_config.request_timeout = config.openai_timeout;
     openai_config.stream_idle_timeout = config.openai_timeout;
+    openai_config.max_retry_wait = config.max_retry_wait;
+    openai_config.max_body_bytes = config.openai_max_body_bytes;
+    // No stream outlives the turn it serves, whatever the server keeps sending.
+    openai_config.stream_max_duration = config.turn_timeout;
     OpenAi::new(openai_config).map_err(|e| anyhow::anyhow!("invalid setting OPENAI_BASE_URL: {e}"))
 }
 
@@ -60,6 +64,10 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot create {}: {e}", config.data_dir.display()))?;
     crate::storage::migrate(&config.data_dir)?;
+    // Temp files of writes a crash or a full disk interrupted would fill a small disk again.
+    for dir in [config.data_dir.clone(), config.data_dir.join("history"), config.data_dir.join(".plugin-cache")] {
+        crate::storage::remove_stale_temp_files(&dir);
+    }
 
     let limits = Limits {
         memory_bytes: config.plugin_memory_mb << 20,
@@ -70,7 +78,9 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     };
     let runtime = PluginRuntime::new(limits)?;
     let cache = config.data_dir.join(".plugin-cache");
-    let plugins = Arc::new(PluginSet::new(runtime, &config.plugin_dir, Some(cache)));
+    let plugins = Arc::new(
+        PluginSet::new(runtime, &config.plugin_dir, Some(cache)).with_max_file_bytes(config.plugin_max_file_bytes),
+    );
     let metrics = crate::metrics::Metrics::new();
     let weak = Arc::downgrade(&plugins);
     let observed = metrics.clone();

@@ -31,6 +31,10 @@ pub struct Config {
     pub run_deadline: Duration,
     pub openai_timeout: Duration,
     pub turn_timeout: Duration,
+    /// The longest server-requested wait (`Retry-After`) honoured before a retry.
+    pub max_retry_wait: Duration,
+    /// The largest non-streamed response body, and the largest line or event of a stream.
+    pub openai_max_body_bytes: usize,
     pub routing: Routing,
     pub data_dir: PathBuf,
     pub log_dir: PathBuf,
@@ -46,6 +50,10 @@ pub struct Config {
     /// A price table that replaces the shipped one (`PRICES_FILE`).
     pub prices_file: Option<PathBuf>,
     pub budgets: crate::usage::Budgets,
+    /// A plugin file larger than this is refused without being read.
+    pub plugin_max_file_bytes: u64,
+    /// Telegram messages one answer may take; a longer answer is cut with a note.
+    pub telegram_max_messages: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -67,6 +75,20 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
 pub const DEFAULT_INSTRUCTIONS: &str =
     "You are a helpful assistant in a Telegram chat. Answer concisely. Use the knowledge base context when it is relevant.";
+
+/// An allow-list that is set but names nobody (`" "`, `","`) must not read as "everyone": that
+/// would open a private bot to the world through a typo. Unset means everyone.
+fn allow_list(
+    name: &'static str,
+    present: bool,
+    parsed: Option<BTreeSet<i64>>,
+) -> Result<Option<BTreeSet<i64>>, ConfigError> {
+    match parsed {
+        Some(ids) if !ids.is_empty() => Ok(Some(ids)),
+        _ if present => Err(invalid(name, "is set but lists no user ids (unset it to let everyone in)")),
+        _ => Ok(None),
+    }
+}
 
 impl Config {
     /// Reads `.env` (if present) without overriding the environment, then the environment.
@@ -185,12 +207,19 @@ impl Config {
             run_deadline: Duration::from_secs(number("RUN_DEADLINE_SECS", 90, 1, 3600)?),
             openai_timeout: Duration::from_secs(number("OPENAI_TIMEOUT_SECS", 60, 1, 3600)?),
             turn_timeout: Duration::from_secs(number("TURN_TIMEOUT_SECS", 150, 1, 3600)?),
+            max_retry_wait: Duration::from_secs(number(
+                "MAX_RETRY_WAIT_SECS",
+                swapbot_openai::DEFAULT_MAX_RETRY_WAIT.as_secs(),
+                0,
+                600,
+            )?),
+            openai_max_body_bytes: (number("OPENAI_MAX_BODY_MB", 16, 1, 1024)? as usize) << 20,
             routing,
             data_dir: text("DATA_DIR").unwrap_or_else(|| "data".into()).into(),
             log_dir: text("LOG_DIR").unwrap_or_else(|| "logs".into()).into(),
             plugin_dir: text("PLUGIN_DIR").unwrap_or_else(|| "target/plugins".into()).into(),
             telegram_token: text("TELOXIDE_TOKEN"),
-            allowed_user_ids: ids("ALLOWED_USER_IDS")?,
+            allowed_user_ids: allow_list("ALLOWED_USER_IDS", get("ALLOWED_USER_IDS").is_some(), ids("ALLOWED_USER_IDS")?)?,
             admin_user_ids: ids("ADMIN_USER_IDS")?.unwrap_or_default(),
             plugin_memory_mb: number("PLUGIN_MEMORY_MB", 64, 8, 4096)? as usize,
             plugin_pooling: flag("PLUGIN_POOLING", false)?,
@@ -198,6 +227,8 @@ impl Config {
             backend_options,
             prices_file: text("PRICES_FILE").map(PathBuf::from),
             budgets,
+            plugin_max_file_bytes: number("PLUGIN_MAX_FILE_MB", 32, 1, 1024)? << 20,
+            telegram_max_messages: number("TELEGRAM_MAX_MESSAGES", 10, 1, 1000)? as usize,
         })
     }
 
@@ -283,6 +314,28 @@ mod tests {
             let pairs = [("RESPONSES_CONTEXT", "compact"), (name, value)];
             assert_eq!(config(&pairs).unwrap_err().name, name);
         }
+    }
+
+    #[test]
+    fn an_allow_list_that_names_nobody_is_an_error_not_everyone() {
+        for blank in ["", " ", ",", " ; , "] {
+            let err = config(&[("ALLOWED_USER_IDS", blank)]).unwrap_err();
+            assert_eq!(err.name, "ALLOWED_USER_IDS", "{blank:?}");
+        }
+        assert_eq!(config(&[]).unwrap().allowed_user_ids, None, "unset: everyone");
+        assert_eq!(config(&[("ALLOWED_USER_IDS", " 7, 8 ")]).unwrap().allowed_user_ids, Some([7, 8].into()));
+    }
+
+    #[test]
+    fn caps_have_sane_defaults_and_are_settings() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.max_retry_wait, Duration::from_secs(5));
+        assert_eq!(c.openai_max_body_bytes, 16 << 20);
+        assert_eq!(c.plugin_max_file_bytes, 32 << 20);
+        assert_eq!(c.telegram_max_messages, 10);
+        let c = config(&[("MAX_RETRY_WAIT_SECS", "0"), ("OPENAI_MAX_BODY_MB", "2"), ("PLUGIN_MAX_FILE_MB", "3"), ("TELEGRAM_MAX_MESSAGES", "4")]).unwrap();
+        assert_eq!((c.max_retry_wait, c.openai_max_body_bytes, c.plugin_max_file_bytes, c.telegram_max_messages), (Duration::ZERO, 2 << 20, 3 << 20, 4));
+        assert_eq!(config(&[("TELEGRAM_MAX_MESSAGES", "0")]).unwrap_err().name, "TELEGRAM_MAX_MESSAGES");
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct TurnSettings {
     pub deadline: Duration,
     /// `settings.options` per backend name.
     pub options: std::collections::BTreeMap<String, Vec<(String, String)>>,
+    /// The longest server-requested wait a retry honours (`MAX_RETRY_WAIT_SECS`).
+    pub max_retry_wait: Duration,
+    /// The most answer text a plugin may push in one turn.
+    pub max_pushed_bytes: usize,
 }
 
 impl TurnSettings {
@@ -84,6 +88,10 @@ impl TurnSettings {
             poll_interval: config.poll_interval,
             deadline: config.run_deadline,
             options: config.backend_options.clone(),
+            max_retry_wait: config.max_retry_wait,
+            // The largest answer Telegram gets: its message cap × 4096 UTF-16 units, at most 4
+            // bytes of UTF-8 per unit.
+            max_pushed_bytes: config.telegram_max_messages * 4096 * 4,
         }
     }
 
@@ -339,7 +347,11 @@ impl TurnService {
         let settings = self.settings.to_wit(&plugin.description.name);
         record.model = settings.model.clone();
 
-        let observations = Arc::new(Mutex::new(TurnObservations::default()));
+        // Text pushed past the largest answer a front end delivers would only be held, never shown.
+        let observations = Arc::new(Mutex::new(TurnObservations {
+            max_pushed_bytes: Some(self.settings.max_pushed_bytes),
+            ..Default::default()
+        }));
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -432,8 +444,17 @@ impl TurnService {
                         return Err(UNAVAILABLE.into());
                     }
                     let shown_text = obs.pushed_chars > 0;
-                    if error.retryable && attempt < 2 && !shown_text {
-                        let wait = retry_wait(&error, attempt);
+                    // A wait past the cap is not slept: the user hears now instead of after it.
+                    let wait = retry_wait(&error, attempt, self.settings.max_retry_wait);
+                    if wait.is_none() && error.retryable {
+                        tracing::warn!(
+                            retry_after_ms = error.retry_after_ms,
+                            max_ms = self.settings.max_retry_wait.as_millis() as u64,
+                            "server asked for a wait beyond the cap: not retrying"
+                        );
+                    }
+                    let retry = if error.retryable && attempt < 2 && !shown_text { wait } else { None };
+                    if let Some(wait) = retry {
                         tracing::warn!(kind = kind_name(error.kind), wait_ms = wait.as_millis() as u64, message = %error.message, "retrying the turn once");
                         record.retries += 1;
                         tokio::time::sleep(wait).await;
@@ -445,6 +466,10 @@ impl TurnService {
                 Err(plugin_error) => {
                     record.error_kind = Some(plugin_error_name(&plugin_error).into());
                     tracing::error!(error = %plugin_error, "plugin failed the turn");
+                    // A turn cut by its deadline says so; other plugin failures are ours.
+                    if matches!(plugin_error, PluginError::Timeout(_)) {
+                        return Err(TOO_SLOW.into());
+                    }
                     return Err(GENERIC.into());
                 }
             }
@@ -526,6 +551,7 @@ impl TurnService {
 
 const GENERIC: &str = "Sorry, something went wrong while answering. Please try again.";
 const UNAVAILABLE: &str = "Sorry, the assistant is unavailable right now. Please try again later.";
+const TOO_SLOW: &str = "The assistant took too long to answer. Please try again.";
 const EMPTY: &str = "Sorry, I could not come up with an answer. Please rephrase your question.";
 
 const CONTEXT_OVERFLOW: &str =
@@ -535,17 +561,19 @@ fn human_message(error: &ChatError) -> &'static str {
     match error.kind {
         ErrorKind::ContextOverflow => CONTEXT_OVERFLOW,
         ErrorKind::RateLimited | ErrorKind::Quota => "The assistant is busy right now. Please try again in a minute.",
-        ErrorKind::Timeout => "The assistant took too long to answer. Please try again.",
+        ErrorKind::Timeout => TOO_SLOW,
         ErrorKind::SessionBusy => "I am still working on your previous message. Please wait a moment.",
         ErrorKind::Auth | ErrorKind::Config | ErrorKind::ApiGone => UNAVAILABLE,
         _ => GENERIC,
     }
 }
 
-fn retry_wait(error: &ChatError, attempt: u32) -> Duration {
+/// How long to wait before retrying a failed attempt, under the host's one cap on
+/// server-requested waits; `None` when the server asked for more than the cap.
+fn retry_wait(error: &ChatError, attempt: u32, max_wait: Duration) -> Option<Duration> {
     match error.retry_after_ms {
-        Some(ms) => Duration::from_millis(ms as u64),
-        None => swapbot_openai::backoff(attempt),
+        Some(ms) => swapbot_openai::capped_wait(Duration::from_millis(ms as u64), max_wait),
+        None => Some(swapbot_openai::backoff(attempt)),
     }
 }
 

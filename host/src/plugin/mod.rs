@@ -8,7 +8,6 @@ pub mod effects;
 mod host_impl;
 pub mod since_v0_1;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -291,19 +290,20 @@ impl PluginRuntime {
     }
 
     /// Like [`load`], from a precompiled artifact of [`Component::serialize`] (the disk cache).
+    /// Bytes, not a path: what was checked is what is deserialized.
     ///
     /// # Safety
-    /// The bytes must come from `serialize` of this wasmtime version, as the cache guarantees
-    /// by keying on the engine's compatibility hash.
+    /// The bytes must come from `serialize` of this wasmtime version for this module, as the
+    /// cache guarantees by checking each entry's MAC.
     pub async unsafe fn load_precompiled(
         &self,
-        artifact: &Path,
+        artifact: &[u8],
         sha256: String,
         size: usize,
         expected_name: Option<&str>,
     ) -> Result<LoadedPlugin, PluginError> {
         let started = Instant::now();
-        let component = unsafe { Component::deserialize_file(&self.engine, artifact) }
+        let component = unsafe { Component::deserialize(&self.engine, artifact) }
             .map_err(|e| PluginError::Compile(first_line(&e)))?;
         self.finish_load(component, sha256, size, started, expected_name).await
     }

@@ -12,6 +12,7 @@
 pub mod draft;
 pub mod pacing;
 pub mod text;
+pub mod updates;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -25,14 +26,13 @@ use teloxide::{
     prelude::Requester,
     requests::Request,
     types::{BotCommand, ChatAction, ChatId, Me, Message, MessageId, MessageKind, ParseMode, Update},
-    update_listeners::Polling,
 };
 use teloxide::payloads::{EditMessageTextSetters, SendMessageSetters};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::pacing::{Pacer, delivery_backoff, next_preview_at, polling_backoff};
-use crate::text::{draft_preview, escape_html, group_preview, split_answer};
+use crate::text::{draft_preview, escape_html, group_preview, split_answer_capped};
 
 /// The host side of a conversation turn.
 #[async_trait::async_trait]
@@ -78,6 +78,8 @@ pub struct BotOptions {
     pub edit_interval: Duration,
     /// How often "typing…" is repeated while a turn runs.
     pub typing_interval: Duration,
+    /// Messages one answer may take; a longer answer is cut with a note.
+    pub max_messages: usize,
 }
 
 impl Default for BotOptions {
@@ -88,6 +90,7 @@ impl Default for BotOptions {
             // Groups allow about 20 messages a minute and edits count: one edit per 3 s stays inside.
             edit_interval: Duration::from_secs(3),
             typing_interval: Duration::from_secs(4),
+            max_messages: 10,
         }
     }
 }
@@ -459,8 +462,8 @@ async fn preview_loop(bot: Bot, preview: Arc<tokio::sync::Mutex<Preview>>, mut r
 
 /// Delivers the final text of a turn (answer or failure sentence) as exactly one message, or several when too
 /// long. In groups the streamed message becomes the first part; if it can't be edited it is replaced.
-async fn deliver(bot: &Bot, chat: i64, preview: &mut Preview, text: &str) {
-    let chunks = split_answer(text);
+async fn deliver(bot: &Bot, chat: i64, preview: &mut Preview, text: &str, max_messages: usize) {
+    let chunks = split_answer_capped(text, max_messages);
     let mut rest: &[String] = &chunks;
     if let (Some(mid), Some(first)) = (preview.message, chunks.first()) {
         tokio::time::sleep_until(preview.pacer.next_allowed(Instant::now())).await;
@@ -556,7 +559,7 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
         }
     };
     drop(_typing);
-    deliver(bot, chat, &mut preview, &final_text).await;
+    deliver(bot, chat, &mut preview, &final_text, ctx.options.max_messages).await;
     info!(
         user_id,
         chat_id = chat,
@@ -708,10 +711,8 @@ pub async fn run_polling_until(
             .default_handler(|_| async {})
             .build();
         let stop = dispatcher.shutdown_token();
-        let listener = Polling::builder(bot.clone())
-            .timeout(Duration::from_secs(10))
-            .backoff_strategy(Box::new(polling_backoff))
-            .build();
+        // Not teloxide's `Polling`: one undecodable update would wedge it (see `updates`).
+        let listener = updates::listener(bot.clone(), Duration::from_secs(10));
         let listener_token = token.clone();
         let listener_errors = Arc::new(move |e: RequestError| {
             let token = listener_token.clone();

@@ -46,6 +46,7 @@ fn options() -> BotOptions {
         draft_interval: Duration::from_millis(50),
         edit_interval: Duration::from_secs(1),
         typing_interval: Duration::from_secs(4),
+        ..BotOptions::default()
     }
 }
 

@@ -130,6 +130,7 @@ fn fast() -> BotOptions {
         draft_interval: Duration::from_millis(50),
         edit_interval: Duration::from_secs(1),
         typing_interval: Duration::from_secs(4),
+        ..BotOptions::default()
     }
 }
 
