@@ -35,7 +35,7 @@ impl TurnHandler for Streamer {
         }
         TurnResult::Answer("a < b and more".into())
     }
-    async fn reset(&self, _user_id: i64) -> anyhow::Result<()> {
+    async fn reset(&self, _who: Sender) -> anyhow::Result<()> {
         anyhow::bail!("store unavailable")
     }
 }
@@ -46,6 +46,7 @@ fn options() -> BotOptions {
         draft_interval: Duration::from_millis(50),
         edit_interval: Duration::from_secs(1),
         typing_interval: Duration::from_secs(4),
+        ..BotOptions::default()
     }
 }
 
