@@ -41,6 +41,10 @@ pub struct Config {
     pub plugin_memory_mb: usize,
     pub plugin_pooling: bool,
     pub plugin_pool_size: u32,
+    /// `GROUP_MODE`: answer only messages addressed to the bot in groups, or all.
+    pub group_mode: swapbot_telegram::GroupMode,
+    /// `GROUP_SESSIONS`: one session per (group, user), or one per group.
+    pub group_sessions: crate::session::GroupSessions,
 }
 
 impl std::fmt::Debug for Config {
@@ -145,6 +149,12 @@ impl Config {
             plugin_memory_mb: number("PLUGIN_MEMORY_MB", 64, 8, 4096)? as usize,
             plugin_pooling: flag("PLUGIN_POOLING", false)?,
             plugin_pool_size: number("PLUGIN_POOL_SIZE", 256, 1, 100_000)? as u32,
+            group_mode: text("GROUP_MODE").map(|v| v.parse()).transpose().map_err(|e: String| invalid("GROUP_MODE", e))?.unwrap_or_default(),
+            group_sessions: text("GROUP_SESSIONS")
+                .map(|v| v.parse())
+                .transpose()
+                .map_err(|e: String| invalid("GROUP_SESSIONS", e))?
+                .unwrap_or_default(),
         })
     }
 
@@ -199,6 +209,12 @@ mod tests {
         assert_eq!(config(&[("USE_OPENAI_RESPONSES", "maybe")]).unwrap_err().name, "USE_OPENAI_RESPONSES");
         assert_eq!(config(&[("RESPONSES_TEST_USERS", "1,x")]).unwrap_err().name, "RESPONSES_TEST_USERS");
         assert_eq!(config(&[("ASSISTANT_ID", "gpt")]).unwrap_err().name, "ASSISTANT_ID");
+        assert_eq!(config(&[("GROUP_MODE", "sometimes")]).unwrap_err().name, "GROUP_MODE");
+        assert_eq!(config(&[("GROUP_SESSIONS", "per-topic")]).unwrap_err().name, "GROUP_SESSIONS");
+        let c = config(&[("GROUP_MODE", "all"), ("GROUP_SESSIONS", "per-group")]).unwrap();
+        assert_eq!((c.group_mode, c.group_sessions), (swapbot_telegram::GroupMode::All, crate::session::GroupSessions::PerGroup));
+        let c = config(&[]).unwrap();
+        assert_eq!((c.group_mode, c.group_sessions), (swapbot_telegram::GroupMode::Mention, crate::session::GroupSessions::PerUser));
         let c = config(&[("RESPONSES_TEST_USERS", "1, 5000000000"), ("USE_OPENAI_RESPONSES", "true")]).unwrap();
         assert_eq!(c.routing.test_users, [1, 5_000_000_000].into());
     }
