@@ -54,6 +54,10 @@ pub struct Config {
     pub plugin_max_file_bytes: u64,
     /// Telegram messages one answer may take; a longer answer is cut with a note.
     pub telegram_max_messages: usize,
+    /// `GROUP_MODE`: answer only messages addressed to the bot in groups, or all.
+    pub group_mode: swapbot_telegram::GroupMode,
+    /// `GROUP_SESSIONS`: one session per (group, user), or one per group.
+    pub group_sessions: crate::session::GroupSessions,
 }
 
 impl std::fmt::Debug for Config {
@@ -229,6 +233,12 @@ impl Config {
             budgets,
             plugin_max_file_bytes: number("PLUGIN_MAX_FILE_MB", 32, 1, 1024)? << 20,
             telegram_max_messages: number("TELEGRAM_MAX_MESSAGES", 10, 1, 1000)? as usize,
+            group_mode: text("GROUP_MODE").map(|v| v.parse()).transpose().map_err(|e: String| invalid("GROUP_MODE", e))?.unwrap_or_default(),
+            group_sessions: text("GROUP_SESSIONS")
+                .map(|v| v.parse())
+                .transpose()
+                .map_err(|e: String| invalid("GROUP_SESSIONS", e))?
+                .unwrap_or_default(),
         })
     }
 
@@ -283,6 +293,12 @@ mod tests {
         assert_eq!(config(&[("USE_OPENAI_RESPONSES", "maybe")]).unwrap_err().name, "USE_OPENAI_RESPONSES");
         assert_eq!(config(&[("RESPONSES_TEST_USERS", "1,x")]).unwrap_err().name, "RESPONSES_TEST_USERS");
         assert_eq!(config(&[("ASSISTANT_ID", "gpt")]).unwrap_err().name, "ASSISTANT_ID");
+        assert_eq!(config(&[("GROUP_MODE", "sometimes")]).unwrap_err().name, "GROUP_MODE");
+        assert_eq!(config(&[("GROUP_SESSIONS", "per-topic")]).unwrap_err().name, "GROUP_SESSIONS");
+        let c = config(&[("GROUP_MODE", "all"), ("GROUP_SESSIONS", "per-group")]).unwrap();
+        assert_eq!((c.group_mode, c.group_sessions), (swapbot_telegram::GroupMode::All, crate::session::GroupSessions::PerGroup));
+        let c = config(&[]).unwrap();
+        assert_eq!((c.group_mode, c.group_sessions), (swapbot_telegram::GroupMode::Mention, crate::session::GroupSessions::PerUser));
         let c = config(&[("RESPONSES_TEST_USERS", "1, 5000000000"), ("USE_OPENAI_RESPONSES", "true")]).unwrap();
         assert_eq!(c.routing.test_users, [1, 5_000_000_000].into());
     }

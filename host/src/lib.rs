@@ -9,6 +9,7 @@ pub mod plugins;
 pub mod report;
 pub mod router;
 pub mod service;
+pub mod session;
 pub mod storage;
 pub mod telemetry;
 pub mod terminal;

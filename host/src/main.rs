@@ -237,9 +237,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let options = swapbot_telegram::BotOptions {
                     allowed_user_ids: app.config.allowed_user_ids.as_ref().map(|ids| ids.iter().copied().collect()),
                     max_messages: app.config.telegram_max_messages,
+                    group_mode: app.config.group_mode,
                     ..Default::default()
                 };
-                let handler = std::sync::Arc::new(swapbot::frontend::BotHandler { service: app.service.clone(), rollout });
+                let handler = std::sync::Arc::new(swapbot::frontend::BotHandler {
+                    service: app.service.clone(),
+                    rollout,
+                    group_sessions: app.config.group_sessions,
+                });
                 swapbot_telegram::run_polling(bot, handler, options).await?;
                 tracing::info!("stopped");
                 return Ok(ExitCode::SUCCESS);

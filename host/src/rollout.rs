@@ -130,11 +130,13 @@ impl Rollout {
             return None;
         }
         let mut words = text.split_whitespace();
-        let head = words.next()?;
+        let head = words.next()?.to_ascii_lowercase();
         if head != "/rollout" && !head.starts_with("/rollout@") {
             return None;
         }
-        let args: Vec<&str> = words.collect();
+        // `/ROLLOUT ON` is meant like `/rollout on`.
+        let args: Vec<String> = words.map(str::to_ascii_lowercase).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let result = match args.as_slice() {
             [] | ["status"] => Ok(self.status()),
             ["on"] => self.write(user_id, |f| f.use_openai_responses = Some(true)).map(|r| describe("flag on", &r)),

@@ -16,6 +16,7 @@ use crate::plugin::effects::{LiveEffects, TurnObservations};
 use crate::plugin::{ChatError, ContextChunk, ErrorKind, PluginError, Settings, Turn};
 use crate::plugins::PluginSet;
 use crate::router::{Backend, Routing};
+use crate::session::{GroupKey, SessionHistory, SessionIds, SessionKey, group_map_file};
 use crate::storage::{HistoryStore, IdMap};
 use crate::turnlog::{TurnLog, TurnRecord};
 use crate::usage::{Budgets, Ledger, PriceTable, TokenCounts};
@@ -109,11 +110,16 @@ impl TurnSettings {
     }
 }
 
-/// The prompt-cache key of a user's session: stable across turns, restarts and replicas, and not
-/// the user id itself (it is sent to the API).
-pub fn cache_key(user_id: i64) -> String {
+/// The prompt-cache key of a session: stable across turns, restarts and replicas, different for
+/// a user's private chat and each of their group sessions, and not an id itself (it is sent to
+/// the API).
+pub fn cache_key(session: impl Into<SessionKey>) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("swapbot prompt cache {user_id}").as_bytes());
+    let seed = match session.into() {
+        SessionKey::Private(user_id) => format!("swapbot prompt cache {user_id}"),
+        SessionKey::Group(group) => format!("swapbot prompt cache group {}", crate::storage::StoreKey::to_key(&group)),
+    };
+    let digest = Sha256::digest(seed.as_bytes());
     format!("swapbot-{}", hex::encode(&digest[..8]))
 }
 
@@ -138,8 +144,12 @@ pub struct TurnService {
     settings: TurnSettings,
     routing: ArcSwap<Routing>,
     id_maps: HashMap<String, Arc<IdMap>>,
+    /// Group sessions' ids, by the private map's file name (`user_threads.json` → `group_threads.json`).
+    group_maps: HashMap<String, Arc<IdMap<GroupKey>>>,
     history: Arc<HistoryStore>,
-    user_locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    group_history: Arc<HistoryStore<GroupKey>>,
+    /// One turn per session at a time (a session's conversation takes one response at a time).
+    user_locks: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
     turn_log: TurnLog,
     context: Option<Arc<dyn ContextSource>>,
     stats: Mutex<HashMap<Backend, BackendStats>>,
@@ -165,13 +175,19 @@ impl TurnService {
             .iter()
             .map(|name| (name.to_string(), Arc::new(IdMap::open(data_dir.join(name)))))
             .collect();
+        let group_maps = ID_MAP_FILES
+            .iter()
+            .map(|name| (name.to_string(), Arc::new(IdMap::open_keyed(data_dir.join(group_map_file(name))))))
+            .collect();
         Self {
             plugins,
             openai,
             settings,
             routing: ArcSwap::from_pointee(routing),
             id_maps,
+            group_maps,
             history: Arc::new(HistoryStore::open(data_dir.join("history"))),
+            group_history: Arc::new(HistoryStore::open_keyed(data_dir.join("history").join("groups"))),
             user_locks: Mutex::new(HashMap::new()),
             turn_log,
             context,
@@ -215,43 +231,70 @@ impl TurnService {
         &self.history
     }
 
-    fn user_lock(&self, user_id: i64) -> Arc<tokio::sync::Mutex<()>> {
+    /// A backend's session ids (private and group) by the private map's file name.
+    pub fn session_ids(&self, file: &str) -> Option<SessionIds> {
+        Some(SessionIds { private: self.id_maps.get(file)?.clone(), groups: self.group_maps.get(file)?.clone() })
+    }
+
+    /// The replay history of every kind of session.
+    pub fn session_history(&self) -> SessionHistory {
+        SessionHistory { private: self.history.clone(), groups: self.group_history.clone() }
+    }
+
+    fn user_lock(&self, session: SessionKey) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.user_locks.lock().unwrap();
         // Forget the locks nobody holds, now and then, so the map does not grow with every
         // user ever seen.
         if locks.len() >= 4096 && locks.len().is_power_of_two() {
             locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         }
-        locks.entry(user_id).or_default().clone()
+        locks.entry(session).or_default().clone()
     }
 
-    /// /new: forget the user's sessions on every backend and the history that would be replayed.
-    pub async fn reset(&self, user_id: i64) -> anyhow::Result<()> {
-        let lock = self.user_lock(user_id);
+    /// /new: forget a session (a user id: their private chat's) on every backend and the history that
+    /// would be replayed. A group session's /new leaves the user's private chat and other groups alone.
+    pub async fn reset(&self, session: impl Into<SessionKey>) -> anyhow::Result<()> {
+        let session = session.into();
+        let lock = self.user_lock(session);
         let _turn = lock.lock().await;
-        for map in self.id_maps.values() {
-            map.remove(user_id)?;
+        for file in self.id_maps.keys() {
+            if let Some(ids) = self.session_ids(file) {
+                ids.remove(session)?;
+            }
         }
-        self.history.clear(user_id)?;
-        tracing::info!(user_id, "user started a new conversation");
+        self.session_history().clear(session)?;
+        tracing::info!(session = %session.label(), "user started a new conversation");
         Ok(())
     }
 
-    /// Runs one turn on the backend the routing picks for this user.
+    /// Runs one turn of the user's private chat on the backend the routing picks for this user.
     pub async fn turn(&self, user_id: i64, text: &str, deltas: Option<UnboundedSender<String>>) -> TurnOutcome {
+        self.turn_in(user_id, SessionKey::Private(user_id), text, deltas).await
+    }
+
+    /// Runs one turn of `session` (written by `user_id`) on the backend the routing picks for the user: a
+    /// user is on the same side of the canary in private chats and groups.
+    pub async fn turn_in(
+        &self,
+        user_id: i64,
+        session: SessionKey,
+        text: &str,
+        deltas: Option<UnboundedSender<String>>,
+    ) -> TurnOutcome {
         let (backend, reason) = self.routing.load().route(user_id);
         let span = tracing::info_span!(
             "turn",
             user_id,
+            session = %session.label(),
             backend = backend.name(),
             route = reason.as_str(),
             session_id = tracing::field::Empty,
             turn_id = tracing::field::Empty,
         );
-        self.turn_on(backend, reason.as_str(), user_id, text, deltas).instrument(span).await
+        self.turn_on_in(backend, reason.as_str(), user_id, session, text, deltas).instrument(span).await
     }
 
-    /// Runs one turn on a given backend (`swapbot ask --backend`).
+    /// Runs one turn of the user's private chat on a given backend (`swapbot ask --backend`).
     pub async fn turn_on(
         &self,
         backend: Backend,
@@ -260,7 +303,19 @@ impl TurnService {
         text: &str,
         deltas: Option<UnboundedSender<String>>,
     ) -> TurnOutcome {
-        let lock = self.user_lock(user_id);
+        self.turn_on_in(backend, route, user_id, SessionKey::Private(user_id), text, deltas).await
+    }
+
+    async fn turn_on_in(
+        &self,
+        backend: Backend,
+        route: &str,
+        user_id: i64,
+        session: SessionKey,
+        text: &str,
+        deltas: Option<UnboundedSender<String>>,
+    ) -> TurnOutcome {
+        let lock = self.user_lock(session);
         let _one_turn_per_user = lock.lock().await;
         let started = Instant::now();
         let t0_unix_ms = unix_ms();
@@ -279,7 +334,7 @@ impl TurnService {
             crate::usage::check(&self.accounting.budgets, &self.accounting.ledger, user_id, now_ms)
         };
         let reply = match over_budget {
-            Ok(()) => self.run_turn(backend, user_id, text, deltas, started, &mut record).await,
+            Ok(()) => self.run_turn(backend, user_id, session, text, deltas, started, &mut record).await,
             Err(exceeded) => {
                 tracing::info!(?exceeded, "turn refused: over budget");
                 record.error_kind = Some("over-budget".into());
@@ -305,10 +360,12 @@ impl TurnService {
         TurnOutcome { backend, reply, record }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_turn(
         &self,
         backend: Backend,
         user_id: i64,
+        session: SessionKey,
         text: &str,
         deltas: Option<UnboundedSender<String>>,
         started: Instant,
@@ -322,12 +379,12 @@ impl TurnService {
         record.plugin_version = plugin.description.version.clone();
         record.session_label = plugin.description.session_label.clone();
         record.turn_label = plugin.description.turn_label.clone();
-        let Some(id_map) = self.id_maps.get(&plugin.description.id_map).cloned() else {
+        let Some(id_map) = self.session_ids(&plugin.description.id_map) else {
             tracing::error!(id_map = %plugin.description.id_map, "plugin asks for an id map the host does not keep");
             record.error_kind = Some("plugin-invalid".into());
             return Err(UNAVAILABLE.into());
         };
-        let mut session_id = id_map.get(user_id);
+        let mut session_id = id_map.get(session);
         record.session_id = session_id.clone();
 
         let context = match &self.context {
@@ -358,16 +415,16 @@ impl TurnService {
             let turn = Turn {
                 user_id,
                 session_id: session_id.clone(),
-                cache_key: cache_key(user_id),
+                cache_key: cache_key(session),
                 text: text.to_owned(),
                 context: context.clone(),
                 settings: settings.clone(),
             };
-            let history = self.history.clone();
+            let history = self.session_history();
             let effects = LiveEffects {
                 openai: self.openai.clone(),
                 deltas: deltas.clone(),
-                history: Box::new(move || history.recent(user_id)),
+                history: Box::new(move || history.recent(session)),
                 observations: observations.clone(),
                 plugin: plugin.description.name.clone(),
                 started: Instant::now(),
@@ -395,17 +452,18 @@ impl TurnService {
                     let answer_text = answer.text.trim().to_owned();
                     // The id and the exchange are durable before the user sees the answer; the
                     // fsyncs run off the async workers.
+                    let key = session;
                     let (map, session, history, question, stored) = (
                         id_map.clone(),
                         answer.session_id.clone(),
-                        self.history.clone(),
+                        self.session_history(),
                         text.to_owned(),
                         answer_text.clone(),
                     );
                     let durable = tokio::task::spawn_blocking(move || {
-                        map.set(user_id, &session).map_err(|e| format!("could not store the session id: {e}"))?;
+                        map.set(key, &session).map_err(|e| format!("could not store the session id: {e}"))?;
                         if !stored.is_empty() {
-                            history.append_turn(user_id, &question, &stored).map_err(|e| format!("could not store the history: {e}"))?;
+                            history.append_turn(key, &question, &stored).map_err(|e| format!("could not store the history: {e}"))?;
                         }
                         Ok::<(), String>(())
                     })
@@ -428,7 +486,7 @@ impl TurnService {
                         // A session created before the failure is kept: the retry and the
                         // next turn use it instead of creating another.
                         if session_id.as_deref() != Some(new_session) {
-                            if let Err(err) = id_map.set(user_id, new_session) {
+                            if let Err(err) = id_map.set(session, new_session) {
                                 tracing::error!(%err, "could not store the session id");
                             }
                             session_id = Some(new_session.clone());

@@ -122,23 +122,50 @@ fn quarantine(path: &Path, why: &str) -> Option<PathBuf> {
     }
 }
 
-/// A `{"<user id>": "<id>"}` map kept in one JSON file.
-pub struct IdMap {
+/// What keys an id map or a history: a user id (private chats, written as the Python bot did) or a group
+/// session's key (`crate::session::GroupKey`). `to_key` is the JSON object key, `file_stem` the history
+/// file's name.
+pub trait StoreKey: Copy + Ord + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static {
+    fn to_key(&self) -> String;
+    fn from_key(key: &str) -> Option<Self>;
+    fn file_stem(&self) -> String {
+        self.to_key()
+    }
+}
+
+impl StoreKey for i64 {
+    fn to_key(&self) -> String {
+        self.to_string()
+    }
+    fn from_key(key: &str) -> Option<Self> {
+        key.trim().parse().ok()
+    }
+}
+
+/// A `{"<user id>": "<id>"}` map kept in one JSON file (or `{"<group key>": "<id>"}` for groups).
+pub struct IdMap<K = i64> {
     path: PathBuf,
-    entries: Mutex<Entries>,
+    entries: Mutex<Entries<K>>,
     /// Serialises file writes; holds the version of the map last made durable.
     write_lock: Mutex<u64>,
 }
 
-struct Entries {
-    map: BTreeMap<i64, String>,
+struct Entries<K> {
+    map: BTreeMap<K, String>,
     /// Bumped by every change; a write covers every change up to the version it rendered.
     version: u64,
 }
 
 impl IdMap {
-    /// Loads the map; a corrupt or unreadable file is moved aside and the map starts empty.
+    /// Loads a user-id map; a corrupt or unreadable file is moved aside and the map starts empty.
     pub fn open(path: impl Into<PathBuf>) -> Self {
+        Self::open_keyed(path)
+    }
+}
+
+impl<K: StoreKey> IdMap<K> {
+    /// Loads a map with keys of type `K` (see [`IdMap::open`]).
+    pub fn open_keyed(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
         let entries = match fs::read(&path) {
             Ok(bytes) => match parse_id_map(&bytes) {
@@ -161,7 +188,7 @@ impl IdMap {
         &self.path
     }
 
-    pub fn get(&self, user: i64) -> Option<String> {
+    pub fn get(&self, user: K) -> Option<String> {
         self.entries.lock().unwrap().map.get(&user).cloned()
     }
 
@@ -174,7 +201,7 @@ impl IdMap {
     }
 
     /// Records `id` for `user` and makes it durable before returning.
-    pub fn set(&self, user: i64, id: &str) -> Result<(), StorageError> {
+    pub fn set(&self, user: K, id: &str) -> Result<(), StorageError> {
         self.change(|map| {
             if map.get(&user).map(String::as_str) == Some(id) {
                 return false;
@@ -184,7 +211,7 @@ impl IdMap {
         })
     }
 
-    pub fn remove(&self, user: i64) -> Result<(), StorageError> {
+    pub fn remove(&self, user: K) -> Result<(), StorageError> {
         self.change(|map| map.remove(&user).is_some())
     }
 
@@ -204,7 +231,7 @@ impl IdMap {
     /// others return without writing again. A call that changes nothing still writes while an
     /// earlier write failed: the map stays dirty until a write succeeds (comparing with the
     /// memory alone would call a lost change done).
-    fn change(&self, apply: impl FnOnce(&mut BTreeMap<i64, String>) -> bool) -> Result<(), StorageError> {
+    fn change(&self, apply: impl FnOnce(&mut BTreeMap<K, String>) -> bool) -> Result<(), StorageError> {
         let mine = {
             let mut entries = self.entries.lock().unwrap();
             if apply(&mut entries.map) {
@@ -226,21 +253,21 @@ impl IdMap {
     }
 }
 
-fn parse_id_map(bytes: &[u8]) -> Result<BTreeMap<i64, String>, String> {
+fn parse_id_map<K: StoreKey>(bytes: &[u8]) -> Result<BTreeMap<K, String>, String> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let object = value.as_object().ok_or("not a JSON object")?;
     let mut map = BTreeMap::new();
     for (key, id) in object {
-        let user: i64 = key.trim().parse().map_err(|_| format!("key {key:?} is not a user id"))?;
+        let user = K::from_key(key).ok_or_else(|| format!("key {key:?} is not a user id"))?;
         let id = id.as_str().ok_or_else(|| format!("value for {key} is not a string"))?;
         map.insert(user, id.to_owned());
     }
     Ok(map)
 }
 
-fn render_id_map(entries: &BTreeMap<i64, String>) -> String {
+fn render_id_map<K: StoreKey>(entries: &BTreeMap<K, String>) -> String {
     let object: serde_json::Map<String, serde_json::Value> =
-        entries.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect();
+        entries.iter().map(|(k, v)| (k.to_key(), serde_json::Value::String(v.clone()))).collect();
     serde_json::to_string(&object).unwrap_or_else(|_| "{}".into())
 }
 
@@ -248,18 +275,22 @@ fn render_id_map(entries: &BTreeMap<i64, String>) -> String {
 /// Create an empty `user_conversations.json` and never touch `user_threads.json` (a rollback
 /// still needs it). Returns whether it migrated.
 pub fn migrate(data_dir: &Path) -> Result<bool, StorageError> {
-    let threads = data_dir.join("user_threads.json");
-    let conversations = data_dir.join("user_conversations.json");
-    if threads.exists() && !conversations.exists() {
-        write_atomic(&conversations, b"{}")?;
-        tracing::info!(
-            from = %threads.display(),
-            created = %conversations.display(),
-            "migration: created an empty conversation map; the legacy map is kept for rollback"
-        );
-        return Ok(true);
+    let mut migrated = false;
+    // Group sessions follow the same rule in their own pair of files.
+    for (legacy, new) in [("user_threads.json", "user_conversations.json"), ("group_threads.json", "group_conversations.json")] {
+        let threads = data_dir.join(legacy);
+        let conversations = data_dir.join(new);
+        if threads.exists() && !conversations.exists() {
+            write_atomic(&conversations, b"{}")?;
+            tracing::info!(
+                from = %threads.display(),
+                created = %conversations.display(),
+                "migration: created an empty conversation map; the legacy map is kept for rollback"
+            );
+            migrated = true;
+        }
     }
-    Ok(false)
+    Ok(migrated)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -268,10 +299,10 @@ struct HistoryRecord {
     text: String,
 }
 
-/// Each user's recent messages, both roles, bounded, durable.
-pub struct HistoryStore {
+/// Each user's (or group session's) recent messages, both roles, bounded, durable.
+pub struct HistoryStore<K = i64> {
     dir: PathBuf,
-    users: Mutex<HashMap<i64, Arc<Mutex<UserHistory>>>>,
+    users: Mutex<HashMap<K, Arc<Mutex<UserHistory>>>>,
 }
 
 struct UserHistory {
@@ -281,19 +312,26 @@ struct UserHistory {
 
 impl HistoryStore {
     pub fn open(dir: impl Into<PathBuf>) -> Self {
+        Self::open_keyed(dir)
+    }
+}
+
+impl<K: StoreKey> HistoryStore<K> {
+    /// A history with keys of type `K` (see [`HistoryStore::open`]).
+    pub fn open_keyed(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into(), users: Mutex::new(HashMap::new()) }
     }
 
-    fn file(&self, user: i64) -> PathBuf {
-        self.dir.join(format!("{user}.jsonl"))
+    fn file(&self, user: K) -> PathBuf {
+        self.dir.join(format!("{}.jsonl", user.file_stem()))
     }
 
-    fn user(&self, user: i64) -> Arc<Mutex<UserHistory>> {
+    fn user(&self, user: K) -> Arc<Mutex<UserHistory>> {
         let mut users = self.users.lock().unwrap();
         users.entry(user).or_insert_with(|| Arc::new(Mutex::new(self.load(user)))).clone()
     }
 
-    fn load(&self, user: i64) -> UserHistory {
+    fn load(&self, user: K) -> UserHistory {
         let path = self.file(user);
         let mut messages = VecDeque::new();
         let mut lines = 0;
@@ -327,12 +365,12 @@ impl HistoryStore {
     }
 
     /// The user's messages, oldest first.
-    pub fn recent(&self, user: i64) -> Vec<HistoryMessage> {
+    pub fn recent(&self, user: K) -> Vec<HistoryMessage> {
         self.user(user).lock().unwrap().messages.iter().cloned().collect()
     }
 
     /// Appends one finished exchange durably.
-    pub fn append_turn(&self, user: i64, question: &str, answer: &str) -> Result<(), StorageError> {
+    pub fn append_turn(&self, user: K, question: &str, answer: &str) -> Result<(), StorageError> {
         let handle = self.user(user);
         let mut history = handle.lock().unwrap();
         let path = self.file(user);
@@ -373,7 +411,7 @@ impl HistoryStore {
     }
 
     /// Forgets a user's history, on disk too.
-    pub fn clear(&self, user: i64) -> Result<(), StorageError> {
+    pub fn clear(&self, user: K) -> Result<(), StorageError> {
         let handle = self.user(user);
         let mut history = handle.lock().unwrap();
         let path = self.file(user);

@@ -57,10 +57,12 @@ async fn world_in(dir: tempfile::TempDir, extra: &[(&str, &str)]) -> World {
     rollout.apply_file().unwrap();
     let fake = FakeTelegram::start().await;
     let bot = Bot::new(TOKEN).set_api_url(fake.api_url().parse().unwrap());
-    let handler: Arc<dyn TurnHandler> = Arc::new(BotHandler { service: app.service.clone(), rollout: rollout.clone() });
+    let handler: Arc<dyn TurnHandler> =
+        Arc::new(BotHandler { service: app.service.clone(), rollout: rollout.clone(), group_sessions: app.config.group_sessions });
     let options = BotOptions {
         draft_interval: Duration::from_millis(20),
         edit_interval: Duration::from_millis(20),
+        group_mode: app.config.group_mode,
         ..BotOptions::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -82,6 +84,15 @@ impl World {
         let arrived = self.fake.wait_for(WAIT, |f| bot_texts(f, user).len() > before).await;
         assert!(arrived, "no answer to {text:?} for user {user}");
         self.bot_messages(user).last().unwrap().clone()
+    }
+
+    /// Sends a message in a group and waits for the bot's answer to it (the message replying to it).
+    /// Use with `RESPONSES_STREAM=false`: a streamed group answer is edited while it grows.
+    async fn say_in(&self, user: i64, group: i64, text: &str) -> String {
+        let asked = self.fake.push_text(user, group, text, false);
+        let answered = |f: &FakeTelegram| f.messages_in(group).into_iter().find(|m| m.reply_to == Some(asked));
+        assert!(self.fake.wait_for(WAIT, |f| answered(f).is_some()).await, "no answer to {text:?} in {group}");
+        answered(&self.fake).unwrap().text
     }
 
     fn bot_messages(&self, chat: i64) -> Vec<String> {
@@ -337,4 +348,132 @@ async fn sigterm_stops_the_bot_promptly_with_everything_on_disk() {
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+// ---- Groups ----
+
+const GROUP: i64 = -1_001_234_567_890;
+const GROUP2: i64 = -1_002_222_333_444;
+const AT_BOT: &str = "@swapbot_test_bot";
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+#[tokio::test]
+async fn private_and_group_context_never_mix_in_either_direction_on_both_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // A Python bot's legacy map: group turns must leave it byte for byte as it is.
+    let python = "{\"8000000000\": \"thread_python_8\"}";
+    std::fs::write(data.join("user_threads.json"), python).unwrap();
+    // User 10 is on the new path, user 11 on the legacy one.
+    let w = world_in(
+        dir,
+        &[("USE_OPENAI_RESPONSES", "true"), ("RESPONSES_ROLLOUT_PERCENT", "0"), ("RESPONSES_TEST_USERS", "10"), ("RESPONSES_STREAM", "false")],
+    )
+    .await;
+    w.fake.set_chat(GROUP, swapbot_fake_telegram::ChatKind::Supergroup);
+    for user in [10, 11] {
+        assert_eq!(w.say(user, "My name is Ada.").await, "Nice to meet you, Ada.");
+        // The private secret does not reach the group...
+        assert_eq!(w.say_in(user, GROUP, &format!("{AT_BOT} What is my name?")).await, "I don't know your name yet.");
+        assert_eq!(w.say_in(user, GROUP, &format!("{AT_BOT} My name is Bob.")).await, "Nice to meet you, Bob.");
+        // ...nor the group's the private chat.
+        assert_eq!(w.say(user, "What is my name?").await, "Your name is Ada.");
+        assert_eq!(w.say_in(user, GROUP, &format!("{AT_BOT} What is my name?")).await, "Your name is Bob.");
+        // The model gets the question without the mention.
+        assert_eq!(w.say_in(user, GROUP, &format!("{AT_BOT} echo: just this")).await, "just this");
+    }
+    // One session per user per chat, on the user's side of the canary in both chats.
+    assert_eq!(w.sandbox.conversation_count(), 2);
+    assert_eq!(w.sandbox.thread_count(), 2);
+    let convs = read_json(&data.join("user_conversations.json"));
+    assert_eq!(convs.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["10"], "private map holds private chats only");
+    let group_convs = read_json(&data.join("group_conversations.json"));
+    assert_eq!(group_convs.as_object().unwrap().keys().collect::<Vec<_>>(), vec![&format!("{GROUP}:10")]);
+    assert_ne!(group_convs[format!("{GROUP}:10")], convs["10"]);
+    let threads = read_json(&data.join("user_threads.json"));
+    assert!(threads["11"].as_str().unwrap().starts_with("thread_"));
+    let group_threads = read_json(&data.join("group_threads.json"));
+    assert_eq!(group_threads.as_object().unwrap().keys().collect::<Vec<_>>(), vec![&format!("{GROUP}:11")]);
+    assert_eq!(threads["8000000000"], "thread_python_8", "the Python bot's entries stay");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn new_in_a_group_forgets_only_that_group_session() {
+    let w = world(&[("USE_OPENAI_RESPONSES", "true"), ("RESPONSES_STREAM", "false")]).await;
+    let user = 20;
+    assert_eq!(w.say(user, "My name is Ada.").await, "Nice to meet you, Ada.");
+    assert_eq!(w.say_in(user, GROUP, &format!("{AT_BOT} My name is Bob.")).await, "Nice to meet you, Bob.");
+    assert_eq!(w.say_in(user, GROUP2, &format!("{AT_BOT} My name is Cy.")).await, "Nice to meet you, Cy.");
+    assert_eq!(w.say_in(user, GROUP, "/new").await, swapbot_telegram::RESET_DONE_TEXT);
+    assert_eq!(w.say_in(user, GROUP, &format!("{AT_BOT} What is my name?")).await, "I don't know your name yet.");
+    assert_eq!(w.say(user, "What is my name?").await, "Your name is Ada.");
+    assert_eq!(w.say_in(user, GROUP2, &format!("{AT_BOT} What is my name?")).await, "Your name is Cy.");
+    // And /new in the private chat leaves the groups alone.
+    assert_eq!(w.say(user, "/new").await, swapbot_telegram::RESET_DONE_TEXT);
+    assert_eq!(w.say(user, "What is my name?").await, "I don't know your name yet.");
+    assert_eq!(w.say_in(user, GROUP2, &format!("{AT_BOT} What is my name?")).await, "Your name is Cy.");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn per_group_sessions_are_shared_by_the_group_and_replies_to_the_bot_count_as_addressed() {
+    let w = world(&[("USE_OPENAI_RESPONSES", "true"), ("RESPONSES_STREAM", "false"), ("GROUP_SESSIONS", "per-group")]).await;
+    w.fake.set_chat(GROUP, swapbot_fake_telegram::ChatKind::Supergroup);
+    assert_eq!(w.say_in(30, GROUP, &format!("{AT_BOT} My name is Team.")).await, "Nice to meet you, Team.");
+    // Not addressed: no turn, no answer.
+    w.fake.push_text(31, GROUP, "what is my name? (asking the room)", false);
+    assert_eq!(w.say_in(31, GROUP, &format!("{AT_BOT} What is my name?")).await, "Your name is Team.");
+    // A reply to the bot's message is addressed without a mention.
+    let last = w.fake.messages_in(GROUP).last().unwrap().message_id;
+    let asked = w.fake.push_group_text(31, GROUP, "count", None, Some(last));
+    assert!(w.fake.wait_for(WAIT, |f| f.messages_in(GROUP).iter().any(|m| m.reply_to == Some(asked))).await);
+    let answer = w.fake.messages_in(GROUP).into_iter().find(|m| m.reply_to == Some(asked)).unwrap().text;
+    assert_eq!(answer, "This conversation has 2 earlier user messages.");
+    assert_eq!(w.bot_messages(GROUP).len(), 3, "the unaddressed message got nothing");
+    // 30's private chat is their own.
+    assert_eq!(w.say(30, "What is my name?").await, "I don't know your name yet.");
+    let group_convs = read_json(&w.app.config.data_dir.join("group_conversations.json"));
+    assert_eq!(group_convs.as_object().unwrap().keys().collect::<Vec<_>>(), vec![&GROUP.to_string()]);
+    w.stop().await;
+}
+
+/// How soon a group sees the first words of a streamed answer (printed; no time is asserted): the first
+/// text is a paced message that is edited into the answer, and it shows before the answer is complete.
+#[tokio::test]
+async fn a_streamed_group_answer_shows_its_first_words_before_it_completes() {
+    let w = world(&[("USE_OPENAI_RESPONSES", "true")]).await;
+    // Tokens arrive over time, as from a real model.
+    w.sandbox.set_config(|c| c.token_interval = Duration::from_millis(40));
+    w.fake.set_chat(GROUP, swapbot_fake_telegram::ChatKind::Forum);
+    let topic = w.fake.create_topic(GROUP, "Questions");
+    let pushed = tokio::time::Instant::now();
+    let asked = w.fake.push_group_text(40, GROUP, &format!("{AT_BOT} long answer 600"), Some(topic), None);
+    let full = swapbot_sandbox::model::long_answer(600);
+    let full = full.trim();
+    let complete = |f: &FakeTelegram| f.messages_in(GROUP).iter().any(|m| m.reply_to == Some(asked) && m.text == full);
+    assert!(w.fake.wait_for(WAIT, complete).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls: Vec<_> =
+        w.fake.calls_in(GROUP).into_iter().filter(|c| c.ok() && (c.method == "sendMessage" || c.method == "editMessageText")).collect();
+    let first = &calls[0];
+    let last = calls.last().unwrap();
+    let answer = w.fake.messages_in(GROUP).into_iter().find(|m| m.reply_to == Some(asked)).unwrap();
+    assert_eq!(first.method, "sendMessage");
+    assert_eq!(first.params["message_thread_id"], topic);
+    assert!(first.text().unwrap().len() < answer.text.len(), "the first words came before the whole answer");
+    assert!(answer.text.starts_with(first.text().unwrap()));
+    assert_eq!(answer.thread_id, Some(topic));
+    assert!(answer.edits >= 1);
+    println!(
+        "group_first_words_ms={} group_answer_complete_ms={} updates={}",
+        (first.at - pushed.into_std()).as_millis(),
+        (last.at - pushed.into_std()).as_millis(),
+        calls.len()
+    );
+    w.stop().await;
 }

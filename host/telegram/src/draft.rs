@@ -28,10 +28,16 @@ impl Payload for SendMessageDraft {
     const NAME: &'static str = "SendMessageDraft";
 }
 
-/// Sends (or updates) a draft.
-pub async fn send_message_draft(bot: &Bot, chat_id: i64, draft_id: i64, text: String) -> Result<(), RequestError> {
+/// Sends (or updates) a draft, in the private chat's topic when the question came from one.
+pub async fn send_message_draft(
+    bot: &Bot,
+    chat_id: i64,
+    draft_id: i64,
+    message_thread_id: Option<i32>,
+    text: String,
+) -> Result<(), RequestError> {
     debug_assert!(draft_id != 0, "draft_id must be non-zero");
-    let payload = SendMessageDraft { chat_id, draft_id, text, parse_mode: None, message_thread_id: None };
+    let payload = SendMessageDraft { chat_id, draft_id, text, parse_mode: None, message_thread_id };
     JsonRequest::new(bot.clone(), payload).send().await.map(|_| ())
 }
 

@@ -10,6 +10,7 @@
 //! additionally serialised here (a user can write from a private chat and a group at once).
 
 pub mod draft;
+pub mod group;
 pub mod pacing;
 pub mod text;
 pub mod updates;
@@ -25,12 +26,17 @@ use teloxide::{
     dptree,
     prelude::Requester,
     requests::Request,
-    types::{BotCommand, ChatAction, ChatId, Me, Message, MessageId, MessageKind, ParseMode, Update},
+    types::{
+        BotCommand, CallbackQuery, ChatAction, ChatId, ChatMemberUpdated, Me, Message, MessageId, MessageKind, ParseMode,
+        ReplyParameters, ThreadId, Update,
+    },
 };
-use teloxide::payloads::{EditMessageTextSetters, SendMessageSetters};
+use teloxide::payloads::{EditMessageTextSetters, SendChatActionSetters, SendMessageSetters};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+pub use crate::group::GroupMode;
+use crate::group::{is_addressed, strip_bot_mentions};
 use crate::pacing::{Pacer, delivery_backoff, next_preview_at, polling_backoff};
 use crate::text::{draft_preview, escape_html, group_preview, split_answer_capped};
 
@@ -40,8 +46,9 @@ pub trait TurnHandler: Send + Sync + 'static {
     /// One user turn. Answer text deltas arrive on `deltas` while the answer streams (may be none for
     /// non-streaming backends).
     async fn turn(&self, who: Sender, text: String, deltas: tokio::sync::mpsc::UnboundedSender<String>) -> TurnResult;
-    /// /new: forget the user's conversation on every backend.
-    async fn reset(&self, user_id: i64) -> anyhow::Result<()>;
+    /// /new: forget the conversation of this chat (a private chat's, or the user's session in a group) on
+    /// every backend.
+    async fn reset(&self, who: Sender) -> anyhow::Result<()>;
     /// Admin text commands such as "/rollout ..."; `None` = not handled (then answered as unknown in private
     /// chats, ignored in groups).
     async fn admin(&self, _user_id: i64, _command: &str) -> Option<String> {
@@ -53,7 +60,9 @@ pub trait TurnHandler: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sender {
     pub user_id: i64,
+    /// The chat the message came from: the user's id for a private chat, the group's otherwise.
     pub chat_id: i64,
+    /// A private chat; otherwise a group, supergroup or forum (the host keeps those sessions apart).
     pub private: bool,
     pub username: Option<String>,
 }
@@ -80,6 +89,8 @@ pub struct BotOptions {
     pub typing_interval: Duration,
     /// Messages one answer may take; a longer answer is cut with a note.
     pub max_messages: usize,
+    /// What the bot answers in groups (`GROUP_MODE`).
+    pub group_mode: GroupMode,
 }
 
 impl Default for BotOptions {
@@ -91,6 +102,7 @@ impl Default for BotOptions {
             edit_interval: Duration::from_secs(3),
             typing_interval: Duration::from_secs(4),
             max_messages: 10,
+            group_mode: GroupMode::Mention,
         }
     }
 }
@@ -115,10 +127,12 @@ pub const INTERNAL_ERROR_TEXT: &str = "Sorry, something went wrong on my side. P
 pub struct Command {
     /// Lowercase name without `/` and `@bot`.
     pub name: String,
-    /// The text with `@botname` removed from the command word (`/rollout 10`).
+    /// The text with the command word lowercased and `@botname` removed (`/ROLLOUT@bot 10` → `/rollout 10`).
     pub normalized: String,
     /// `/cmd@otherbot`: meant for another bot in the group.
     pub for_other_bot: bool,
+    /// `/cmd@thisbot`: explicitly for this bot (a bare `/cmd` in a group may be for another bot).
+    pub for_this_bot: bool,
 }
 
 /// Parses `/cmd[@bot] args`; `None` when the text is not a command.
@@ -138,11 +152,8 @@ pub fn parse_command(text: &str, bot_username: &str) -> Option<Command> {
         return None;
     }
     let for_other_bot = target.is_some_and(|b| !b.eq_ignore_ascii_case(bot_username));
-    Some(Command {
-        name: name.to_ascii_lowercase(),
-        normalized: format!("/{name}{args}"),
-        for_other_bot,
-    })
+    let name = name.to_ascii_lowercase();
+    Some(Command { normalized: format!("/{name}{args}"), name, for_other_bot, for_this_bot: target.is_some() && !for_other_bot })
 }
 
 /// Whether a string looks like a bot token (`<digits>:<secret>`), without saying anything about it.
@@ -288,17 +299,56 @@ where
     }
 }
 
+/// Where the bot's messages for one incoming message go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    chat: i64,
+    /// The forum topic (or private-chat topic) the message came from: every send goes back into it,
+    /// otherwise Telegram puts it in the General topic.
+    thread: Option<ThreadId>,
+    /// Groups: the message answered, so everyone sees whom an answer is for (`reply_parameters` with
+    /// `allow_sending_without_reply`: the answer still arrives if the question was deleted meanwhile).
+    reply_to: Option<MessageId>,
+}
+
+impl Target {
+    fn of(msg: &Message) -> Self {
+        Target {
+            chat: msg.chat.id.0,
+            // Only topic messages: in a non-forum supergroup `message_thread_id` marks a reply thread, and
+            // sending with it would fail.
+            thread: if msg.is_topic_message { msg.thread_id } else { None },
+            reply_to: (!msg.chat.is_private()).then_some(msg.id),
+        }
+    }
+
+    /// The same place, not replying (the second and later parts of a long answer).
+    fn continuation(self) -> Self {
+        Target { reply_to: None, ..self }
+    }
+
+    fn message(&self, bot: &Bot, text: String) -> teloxide::requests::JsonRequest<teloxide::payloads::SendMessage> {
+        let mut req = bot.send_message(ChatId(self.chat), text);
+        if let Some(thread) = self.thread {
+            req = req.message_thread_id(thread);
+        }
+        if let Some(id) = self.reply_to {
+            req = req.reply_parameters(ReplyParameters::new(id).allow_sending_without_reply());
+        }
+        req
+    }
+}
+
 /// Sends one message: escaped HTML first, plain text if Telegram rejects the entities.
-async fn send_text(bot: &Bot, chat: i64, text: &str) -> Result<Message, RequestError> {
+async fn send_text(bot: &Bot, target: Target, text: &str) -> Result<Message, RequestError> {
+    let chat = target.chat;
     let html = escape_html(text);
-    let r = with_retries(bot, "sendMessage", chat, || {
-        bot.send_message(ChatId(chat), html.clone()).parse_mode(ParseMode::Html).send()
-    })
-    .await;
+    let r = with_retries(bot, "sendMessage", chat, || target.message(bot, html.clone()).parse_mode(ParseMode::Html).send())
+        .await;
     match r {
         Err(e) if classify(&e) == Failure::CantParse => {
             info!(chat_id = chat, "Telegram rejected the formatting; sending plain text");
-            with_retries(bot, "sendMessage", chat, || bot.send_message(ChatId(chat), text.to_string()).send()).await
+            with_retries(bot, "sendMessage", chat, || target.message(bot, text.to_string()).send()).await
         }
         r => r,
     }
@@ -327,9 +377,9 @@ async fn edit_text(bot: &Bot, chat: i64, id: MessageId, text: &str) -> Result<()
 }
 
 /// Sends a short reply (help, refusal, …), logging a failure.
-async fn reply(bot: &Bot, chat: i64, text: &str) {
-    if let Err(e) = send_text(bot, chat, text).await {
-        warn!(chat_id = chat, error = %describe(&e, bot.token()), "could not send a reply");
+async fn reply(bot: &Bot, target: Target, text: &str) {
+    if let Err(e) = send_text(bot, target, text).await {
+        warn!(chat_id = target.chat, error = %describe(&e, bot.token()), "could not send a reply");
     }
 }
 
@@ -340,13 +390,18 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Repeats "typing…" until dropped.
-fn start_typing(bot: &Bot, chat: i64, every: Duration) -> AbortOnDrop {
+/// Repeats "typing…" (in the message's topic) until dropped.
+fn start_typing(bot: &Bot, target: Target, every: Duration) -> AbortOnDrop {
     let bot = bot.clone();
     let every = every.max(Duration::from_millis(500));
+    let chat = target.chat;
     AbortOnDrop(tokio::spawn(async move {
         loop {
-            if let Err(e) = bot.send_chat_action(ChatId(chat), ChatAction::Typing).send().await {
+            let mut action = bot.send_chat_action(ChatId(chat), ChatAction::Typing);
+            if let Some(thread) = target.thread {
+                action = action.message_thread_id(thread);
+            }
+            if let Err(e) = action.send().await {
                 debug!(chat_id = chat, error = %describe(&e, bot.token()), "sendChatAction failed");
             }
             tokio::time::sleep(every).await;
@@ -365,6 +420,7 @@ enum PreviewKind {
 /// The streamed preview of one turn.
 struct Preview {
     kind: PreviewKind,
+    target: Target,
     chat: i64,
     enabled: bool,
     /// Group: the message being edited (becomes the answer's first message).
@@ -376,12 +432,13 @@ struct Preview {
 }
 
 impl Preview {
-    fn new(kind: PreviewKind, chat: i64, options: &BotOptions) -> Self {
+    fn new(kind: PreviewKind, target: Target, options: &BotOptions) -> Self {
         let interval = match kind {
             PreviewKind::Draft(_) => options.draft_interval,
             PreviewKind::Edit => options.edit_interval.max(Duration::from_secs(1)),
         };
-        Preview { kind, chat, enabled: true, message: None, shown: None, first_shown: None, pacer: Pacer::new(interval) }
+        let chat = target.chat;
+        Preview { kind, target, chat, enabled: true, message: None, shown: None, first_shown: None, pacer: Pacer::new(interval) }
     }
 
     fn wanted(&self, acc: &str) -> Option<String> {
@@ -407,8 +464,12 @@ impl Preview {
         let chat = self.chat;
         self.pacer.sent(Instant::now());
         let r = match (self.kind, self.message) {
-            (PreviewKind::Draft(id), _) => draft::send_message_draft(bot, chat, id, text.clone()).await,
-            (PreviewKind::Edit, None) => bot.send_message(ChatId(chat), text.clone()).send().await.map(|m| {
+            (PreviewKind::Draft(id), _) => {
+                let thread = self.target.thread.map(|t| t.0.0);
+                draft::send_message_draft(bot, chat, id, thread, text.clone()).await
+            }
+            // The streamed message is the answer's first message: it replies to the question, in its topic.
+            (PreviewKind::Edit, None) => self.target.message(bot, text.clone()).send().await.map(|m| {
                 self.message = Some(m.id);
             }),
             (PreviewKind::Edit, Some(id)) => bot.edit_message_text(ChatId(chat), id, text.clone()).send().await.map(|_| ()),
@@ -461,16 +522,21 @@ async fn preview_loop(bot: Bot, preview: Arc<tokio::sync::Mutex<Preview>>, mut r
 }
 
 /// Delivers the final text of a turn (answer or failure sentence) as exactly one message, or several when too
-/// long. In groups the streamed message becomes the first part; if it can't be edited it is replaced.
-async fn deliver(bot: &Bot, chat: i64, preview: &mut Preview, text: &str, max_messages: usize) {
+/// long. In groups the streamed message becomes the first part; if it can't be edited it is replaced. The
+/// first part replies to the question (groups); every part goes to the question's topic.
+async fn deliver(bot: &Bot, target: Target, preview: &mut Preview, text: &str, max_messages: usize) {
+    let chat = target.chat;
     let chunks = split_answer_capped(text, max_messages);
     let mut rest: &[String] = &chunks;
+    let mut next = target;
     if let (Some(mid), Some(first)) = (preview.message, chunks.first()) {
         tokio::time::sleep_until(preview.pacer.next_allowed(Instant::now())).await;
         rest = &chunks[1..];
+        next = target.continuation();
+        preview.pacer.sent(Instant::now());
         if let Err(e) = edit_text(bot, chat, mid, first).await {
             warn!(chat_id = chat, error = %describe(&e, bot.token()), "could not edit the streamed message; sending the answer anew");
-            match send_text(bot, chat, first).await {
+            match send_text(bot, target, first).await {
                 Ok(_) => {
                     if let Err(e) = bot.delete_message(ChatId(chat), mid).send().await {
                         debug!(chat_id = chat, error = %describe(&e, bot.token()), "could not delete the streamed message");
@@ -484,10 +550,11 @@ async fn deliver(bot: &Bot, chat: i64, preview: &mut Preview, text: &str, max_me
         }
     }
     for chunk in rest {
-        if let Err(e) = send_text(bot, chat, chunk).await {
+        if let Err(e) = send_text(bot, next, chunk).await {
             warn!(chat_id = chat, error = %describe(&e, bot.token()), "could not deliver the answer");
             return;
         }
+        next = target.continuation();
     }
 }
 
@@ -495,6 +562,9 @@ struct Ctx {
     handler: Arc<dyn TurnHandler>,
     options: BotOptions,
     user_locks: std::sync::Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Groups: when the last streamed send or edit went out, so the next turn in the same group keeps the
+    /// pace (about 20 messages a minute per group, edits included). Turns of one chat run one after another.
+    group_paced: std::sync::Mutex<HashMap<i64, Instant>>,
 }
 
 impl Ctx {
@@ -510,10 +580,18 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
     let lock = ctx.user_lock(user_id);
     let _turn_guard = lock.lock().await;
     let received = Instant::now();
-    let _typing = start_typing(bot, chat, ctx.options.typing_interval);
+    let target = Target::of(msg);
+    let _typing = start_typing(bot, target, ctx.options.typing_interval);
 
+    // Drafts exist only in private chats; groups get one message, edited.
     let kind = if sender.private { PreviewKind::Draft(i64::from(msg.id.0).max(1)) } else { PreviewKind::Edit };
-    let preview = Preview::new(kind, chat, &ctx.options);
+    let mut preview = Preview::new(kind, target, &ctx.options);
+    if kind == PreviewKind::Edit {
+        let last = ctx.group_paced.lock().unwrap_or_else(|e| e.into_inner()).get(&chat).copied();
+        if let Some(last) = last {
+            preview.pacer.sent(last);
+        }
+    }
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let handler = ctx.handler.clone();
@@ -559,10 +637,21 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
         }
     };
     drop(_typing);
-    deliver(bot, chat, &mut preview, &final_text, ctx.options.max_messages).await;
+    deliver(bot, target, &mut preview, &final_text, ctx.options.max_messages).await;
+    if kind == PreviewKind::Edit
+        && let Some(last) = preview.pacer.last_sent()
+    {
+        let mut paced = ctx.group_paced.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries older than a pacing interval no longer hold anything back.
+        let interval = ctx.options.edit_interval.max(Duration::from_secs(1));
+        paced.retain(|_, t| t.elapsed() < interval);
+        paced.insert(chat, last);
+    }
     info!(
         user_id,
         chat_id = chat,
+        private = !matches!(kind, PreviewKind::Edit),
+        topic = target.thread.map(|t| t.0.0),
         outcome,
         streamed = preview.shown.is_some(),
         first_text_ms = first_text_at.map(|t| (t - received).as_millis() as u64),
@@ -573,11 +662,19 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
 
 async fn on_message(bot: Bot, me: Me, msg: Message, ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let Some(from) = msg.from.as_ref() else { return Ok(()) };
+    // Other bots (and Telegram's stand-ins for anonymous admins and linked channels) are not talked to:
+    // two bots answering each other never stop.
     if from.is_bot {
+        debug!(chat_id = msg.chat.id.0, "ignored a message from a bot");
         return Ok(());
     }
-    // Service messages (members joining, pins, …) are not addressed to the bot.
+    // Service messages (members joining, pins, topics created, …) are not addressed to the bot.
     if !matches!(msg.kind, MessageKind::Common(_)) {
+        debug!(chat_id = msg.chat.id.0, "ignored a service message");
+        return Ok(());
+    }
+    // In groups, only what is addressed to the bot; everything else, refusals included, stays silent.
+    if !is_addressed(&msg, &me, ctx.options.group_mode) {
         return Ok(());
     }
     let sender = Sender {
@@ -587,49 +684,95 @@ async fn on_message(bot: Bot, me: Me, msg: Message, ctx: Arc<Ctx>) -> anyhow::Re
         username: from.username.clone(),
     };
     let chat = sender.chat_id;
+    let target = Target::of(&msg);
     if let Some(allowed) = &ctx.options.allowed_user_ids
         && !allowed.contains(&sender.user_id)
     {
         info!(user_id = sender.user_id, chat_id = chat, "refused: user not in ALLOWED_USER_IDS");
-        reply(&bot, chat, REFUSAL_TEXT).await;
+        reply(&bot, target, REFUSAL_TEXT).await;
         return Ok(());
     }
-    let Some(text) = msg.text() else {
-        reply(&bot, chat, NON_TEXT_TEXT).await;
+    // Photos, documents, voice, stickers…: one sentence (in a group only when addressed, e.g. a caption
+    // mentioning the bot or a reply to it).
+    if msg.text().is_none() {
+        reply(&bot, target, NON_TEXT_TEXT).await;
         return Ok(());
-    };
+    }
+    let raw = msg.text().unwrap_or_default();
     let bot_name = me.user.username.as_deref().unwrap_or("");
-    if let Some(cmd) = parse_command(text, bot_name) {
+    if let Some(cmd) = parse_command(raw, bot_name) {
         if cmd.for_other_bot {
             return Ok(());
         }
         match cmd.name.as_str() {
-            "start" | "help" => reply(&bot, chat, HELP_TEXT).await,
+            "start" | "help" => reply(&bot, target, HELP_TEXT).await,
             "new" => {
                 let lock = ctx.user_lock(sender.user_id);
                 let _g = lock.lock().await;
-                let answer = match ctx.handler.reset(sender.user_id).await {
+                let user_id = sender.user_id;
+                let answer = match ctx.handler.reset(sender.clone()).await {
                     Ok(()) => {
-                        info!(user_id = sender.user_id, "conversation reset by /new");
+                        info!(user_id, chat_id = chat, "conversation reset by /new");
                         RESET_DONE_TEXT
                     }
                     Err(e) => {
-                        warn!(user_id = sender.user_id, error = %redact(&format!("{e:#}"), bot.token()), "/new failed");
+                        warn!(user_id, chat_id = chat, error = %redact(&format!("{e:#}"), bot.token()), "/new failed");
                         RESET_FAILED_TEXT
                     }
                 };
-                reply(&bot, chat, answer).await;
+                reply(&bot, target, answer).await;
             }
             _ => match ctx.handler.admin(sender.user_id, &cmd.normalized).await {
-                Some(answer) => reply(&bot, chat, &answer).await,
-                None if sender.private => reply(&bot, chat, UNKNOWN_COMMAND_TEXT).await,
+                Some(answer) => reply(&bot, target, &answer).await,
+                // A bare unknown `/cmd` in a group may be another bot's: only `/cmd@thisbot` gets an answer.
+                None if sender.private || cmd.for_this_bot => reply(&bot, target, UNKNOWN_COMMAND_TEXT).await,
                 None => {}
             },
         }
         return Ok(());
     }
-    let text = text.to_string();
+    let text = strip_bot_mentions(&msg, &me).unwrap_or_default();
+    if text.is_empty() {
+        // Just "@bot": nothing to ask the model.
+        reply(&bot, target, HELP_TEXT).await;
+        return Ok(());
+    }
     run_turn(&bot, &ctx, &msg, sender, text).await;
+    Ok(())
+}
+
+/// An edit of a message already answered is not a new question (the answer given stands, and answering
+/// again would post a second answer): logged only.
+async fn on_edited_message(msg: Message) -> anyhow::Result<()> {
+    debug!(chat_id = msg.chat.id.0, message_id = msg.id.0, "ignored an edited message");
+    Ok(())
+}
+
+/// Posts in a channel the bot administers are not questions to it.
+async fn on_channel_post(msg: Message) -> anyhow::Result<()> {
+    debug!(chat_id = msg.chat.id.0, "ignored a channel post");
+    Ok(())
+}
+
+/// The bot sends no buttons, but a button of an older message (or another client) may still be pressed:
+/// answer it so the user's client stops showing a spinner.
+async fn on_callback_query(bot: Bot, q: CallbackQuery) -> anyhow::Result<()> {
+    if let Err(e) = bot.answer_callback_query(q.id.clone()).send().await {
+        debug!(user_id = q.from.id.0, error = %describe(&e, bot.token()), "answerCallbackQuery failed");
+    }
+    Ok(())
+}
+
+/// The bot was added to, removed from, promoted or restricted in a chat: worth a line for the operator.
+async fn on_my_chat_member(update: ChatMemberUpdated) -> anyhow::Result<()> {
+    info!(
+        chat_id = update.chat.id.0,
+        private = update.chat.is_private(),
+        by_user_id = update.from.id.0,
+        old_status = ?update.old_chat_member.status(),
+        new_status = ?update.new_chat_member.status(),
+        "the bot's membership in a chat changed"
+    );
     Ok(())
 }
 
@@ -698,14 +841,21 @@ pub async fn run_polling_until(
     options: BotOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let ctx = Arc::new(Ctx { handler, options, user_locks: Default::default() });
+    let ctx = Arc::new(Ctx { handler, options, user_locks: Default::default(), group_paced: Default::default() });
     let token = bot.token().to_string();
     tokio::pin!(shutdown);
     let _setup = AbortOnDrop(tokio::spawn(setup(bot.clone())));
 
     let mut attempt = 0u32;
     loop {
-        let schema = Update::filter_message().endpoint(on_message);
+        // Every update kind the bot may get is handled on purpose; the default handler drops the rest.
+        let schema = dptree::entry()
+            .branch(Update::filter_message().endpoint(on_message))
+            .branch(Update::filter_edited_message().endpoint(on_edited_message))
+            .branch(Update::filter_channel_post().endpoint(on_channel_post))
+            .branch(Update::filter_edited_channel_post().endpoint(on_channel_post))
+            .branch(Update::filter_callback_query().endpoint(on_callback_query))
+            .branch(Update::filter_my_chat_member().endpoint(on_my_chat_member));
         let mut dispatcher = Dispatcher::builder(bot.clone(), schema)
             .dependencies(dptree::deps![ctx.clone()])
             .default_handler(|_| async {})

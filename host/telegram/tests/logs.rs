@@ -35,7 +35,7 @@ impl TurnHandler for Streamer {
         }
         TurnResult::Answer("a < b and more".into())
     }
-    async fn reset(&self, _user_id: i64) -> anyhow::Result<()> {
+    async fn reset(&self, _who: Sender) -> anyhow::Result<()> {
         anyhow::bail!("store unavailable")
     }
 }

@@ -19,7 +19,7 @@ impl TurnHandler for Slow {
         tokio::time::sleep(Duration::from_secs(60)).await;
         TurnResult::Answer("late".into())
     }
-    async fn reset(&self, _: i64) -> anyhow::Result<()> {
+    async fn reset(&self, _: Sender) -> anyhow::Result<()> {
         Ok(())
     }
 }

@@ -84,6 +84,10 @@ pub struct FakeMessage {
     /// Visible text (HTML markup already rendered away).
     pub text: String,
     pub from_bot: bool,
+    /// The forum topic it is in (`None`: the General topic, or not a forum).
+    pub thread_id: Option<i64>,
+    /// The message it replies to (`reply_parameters.message_id` of the send).
+    pub reply_to: Option<i64>,
     /// parse_mode of the last send or edit.
     pub parse_mode: Option<String>,
     /// How many successful edits the message had.
@@ -91,8 +95,22 @@ pub struct FakeMessage {
     pub deleted: bool,
 }
 
+/// What kind of chat a chat id is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatKind {
+    Private,
+    /// A basic group (`type: group`).
+    Group,
+    /// A supergroup without topics.
+    Supergroup,
+    /// A supergroup with topics (`is_forum: true`).
+    Forum,
+    Channel,
+}
+
 #[derive(Clone, Debug)]
 struct ChatInfo {
+    kind: ChatKind,
     private: bool,
 }
 
@@ -100,7 +118,10 @@ struct ChatInfo {
 struct ChatState {
     info: Option<ChatInfo>,
     next_message_id: i64,
+    /// Every message (the bot's and the users'), by id.
     messages: BTreeMap<i64, FakeMessage>,
+    /// Forum topics: thread id → the creation service message (JSON).
+    topics: BTreeMap<i64, Value>,
     /// Current draft per draft_id (cleared by a sent message).
     drafts: BTreeMap<i64, String>,
 }
@@ -113,6 +134,9 @@ struct Inner {
     chats: HashMap<i64, ChatState>,
     failures: HashMap<String, VecDeque<FakeFailure>>,
     tokens: Vec<String>,
+    /// Callback query ids sent and not answered yet.
+    open_callbacks: Vec<String>,
+    next_callback: i64,
 }
 
 struct Shared {
@@ -152,6 +176,7 @@ const KNOWN_METHODS: &[&str] = &[
     "setMyCommands",
     "deleteWebhook",
     "getWebhookInfo",
+    "answerCallbackQuery",
     "close",
     "logOut",
 ];
@@ -274,16 +299,28 @@ impl FakeTelegram {
         self.shared.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Declares what kind of chat `chat_id` is (before pushing into it); chats not declared are private when
+    /// pushed to with `private: true` and basic groups otherwise.
+    pub fn set_chat(&self, chat_id: i64, kind: ChatKind) {
+        let mut g = self.lock();
+        g.chats.entry(chat_id).or_default().info = Some(ChatInfo { kind, private: kind == ChatKind::Private });
+    }
+
     fn push_message(&self, user_id: i64, chat_id: i64, private: bool, content: Value) -> i64 {
         let mut g = self.lock();
         let chat = g.chats.entry(chat_id).or_default();
-        chat.info = Some(ChatInfo { private });
+        let kind = match &chat.info {
+            Some(info) => info.kind,
+            None if private => ChatKind::Private,
+            None => ChatKind::Group,
+        };
+        chat.info = Some(ChatInfo { kind, private: kind == ChatKind::Private });
         chat.next_message_id += 1;
         let message_id = chat.next_message_id;
         let mut message = json!({
             "message_id": message_id,
             "date": unix_now(),
-            "chat": chat_json(chat_id, private),
+            "chat": chat_json(chat_id, kind),
             "from": {
                 "id": user_id,
                 "is_bot": false,
@@ -297,6 +334,28 @@ impl FakeTelegram {
                 m.insert(k.clone(), v.clone());
             }
         }
+        let from_bot = message["from"]["id"].as_i64() == Some(BOT_USER_ID);
+        // A service message is no one's text: kept as the topic's creation message only.
+        let service = message.get("forum_topic_created").is_some();
+        if !service {
+            chat.messages.insert(
+                message_id,
+                FakeMessage {
+                    message_id,
+                    chat_id,
+                    text: message.get("text").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    from_bot,
+                    thread_id: message.get("message_thread_id").and_then(Value::as_i64),
+                    reply_to: message.pointer("/reply_to_message/message_id").and_then(Value::as_i64),
+                    parse_mode: None,
+                    edits: 0,
+                    deleted: false,
+                },
+            );
+        }
+        if service {
+            chat.topics.insert(message_id, message.clone());
+        }
         let update_id = g.next_update_id;
         g.next_update_id += 1;
         g.updates.push_back((update_id, json!({ "update_id": update_id, "message": message })));
@@ -306,14 +365,115 @@ impl FakeTelegram {
     }
 
     /// Queues a text message from `user_id` in `chat_id`; returns its message_id.
-    /// A text starting with `/` carries a `bot_command` entity like Telegram's.
+    /// Entities are computed like Telegram's: a text starting with `/` carries a `bot_command` entity, and
+    /// every `@username` a `mention` entity.
     pub fn push_text(&self, user_id: i64, chat_id: i64, text: &str, private: bool) -> i64 {
-        let mut content = json!({ "text": text });
-        if text.starts_with('/') {
-            let len = utf16_len(text.split_whitespace().next().unwrap_or(text));
-            content["entities"] = json!([{ "type": "bot_command", "offset": 0, "length": len }]);
+        self.push_message(user_id, chat_id, private, text_content(text))
+    }
+
+    /// Queues a text message in a group chat: in forum topic `topic` (`None`: General) and/or replying to
+    /// message `reply_to` of that chat. A topic message carries `message_thread_id`, `is_topic_message` and,
+    /// when it replies to nothing else, the topic's creation message as `reply_to_message`, like Telegram's.
+    pub fn push_group_text(&self, user_id: i64, chat_id: i64, text: &str, topic: Option<i64>, reply_to: Option<i64>) -> i64 {
+        let mut content = text_content(text);
+        {
+            let g = self.lock();
+            let chat = g.chats.get(&chat_id);
+            if let Some(t) = topic {
+                content["message_thread_id"] = json!(t);
+                content["is_topic_message"] = json!(true);
+                if let Some(created) = chat.and_then(|c| c.topics.get(&t)) {
+                    content["reply_to_message"] = created.clone();
+                }
+            }
+            if let Some(r) = reply_to {
+                let replied = chat.and_then(|c| c.messages.get(&r)).map(|m| {
+                    let kind = chat.and_then(|c| c.info.as_ref()).map(|i| i.kind).unwrap_or(ChatKind::Group);
+                    let mut v = json!({
+                        "message_id": m.message_id,
+                        "date": unix_now(),
+                        "chat": chat_json(chat_id, kind),
+                        "from": if m.from_bot { bot_user_json() } else { json!({ "id": 1, "is_bot": false, "first_name": "Someone" }) },
+                        "text": m.text,
+                    });
+                    if let Some(t) = m.thread_id {
+                        v["message_thread_id"] = json!(t);
+                        v["is_topic_message"] = json!(true);
+                    }
+                    v
+                });
+                if let Some(v) = replied {
+                    content["reply_to_message"] = v;
+                }
+            }
         }
+        self.push_message(user_id, chat_id, false, content)
+    }
+
+    /// Creates a forum topic in `chat_id` (declared a [`ChatKind::Forum`]) the way a bot's
+    /// `createForumTopic` does: a `forum_topic_created` service message sent by the bot, whose id is the
+    /// topic's `message_thread_id`. Returns that id.
+    pub fn create_topic(&self, chat_id: i64, name: &str) -> i64 {
+        let next = self.lock().chats.get(&chat_id).map(|c| c.next_message_id + 1).unwrap_or(1);
+        let content = json!({
+            "from": bot_user_json(),
+            "message_thread_id": next,
+            "is_topic_message": true,
+            "forum_topic_created": { "name": name, "icon_color": 7322096 },
+        });
+        self.push_message(BOT_USER_ID, chat_id, false, content)
+    }
+
+    /// Queues a message with arbitrary fields (media, `entities`, a `from` of another bot, service
+    /// fields…) merged over a plain message from `user_id` in `chat_id`; returns its message_id.
+    pub fn push_custom(&self, user_id: i64, chat_id: i64, private: bool, content: Value) -> i64 {
         self.push_message(user_id, chat_id, private, content)
+    }
+
+    /// Queues an update of any other kind: `kind` is its field (`edited_message`, `channel_post`,
+    /// `my_chat_member`, …) and `payload` its object.
+    pub fn push_update(&self, kind: &str, payload: Value) {
+        let mut g = self.lock();
+        let update_id = g.next_update_id;
+        g.next_update_id += 1;
+        g.updates.push_back((update_id, json!({ "update_id": update_id, kind: payload })));
+        drop(g);
+        self.shared.bump();
+    }
+
+    /// Queues a callback query (a pressed inline button) from `user_id` on message `message_id` of
+    /// `chat_id`; returns the query id, which `answerCallbackQuery` must answer.
+    pub fn push_callback_query(&self, user_id: i64, chat_id: i64, message_id: i64, data: &str) -> String {
+        let (id, kind) = {
+            let mut g = self.lock();
+            g.next_callback += 1;
+            let id = format!("cbq{}", g.next_callback);
+            g.open_callbacks.push(id.clone());
+            let kind = g.chats.get(&chat_id).and_then(|c| c.info.as_ref()).map(|i| i.kind).unwrap_or(ChatKind::Private);
+            (id, kind)
+        };
+        self.push_update(
+            "callback_query",
+            json!({
+                "id": id,
+                "from": { "id": user_id, "is_bot": false, "first_name": format!("User{user_id}") },
+                "message": { "message_id": message_id, "date": unix_now(), "chat": chat_json(chat_id, kind), "from": bot_user_json(), "text": "a message with a button" },
+                "chat_instance": "42",
+                "data": data,
+            }),
+        );
+        id
+    }
+
+    /// Callback query ids not answered yet.
+    pub fn open_callback_queries(&self) -> Vec<String> {
+        self.lock().open_callbacks.clone()
+    }
+
+    /// Every message in a chat, users' included, as it looks now (deleted ones left out), oldest first.
+    pub fn all_messages_in(&self, chat_id: i64) -> Vec<FakeMessage> {
+        let g = self.lock();
+        g.chats.get(&chat_id).map(|c| c.messages.values().filter(|m| !m.deleted).cloned().collect()).unwrap_or_default()
     }
 
     /// Queues a photo message (no text) from `user_id` in `chat_id`; returns its message_id.
@@ -400,12 +560,39 @@ impl FakeTelegram {
     }
 }
 
-fn chat_json(chat_id: i64, private: bool) -> Value {
-    if private {
-        json!({ "id": chat_id, "type": "private", "first_name": format!("User{chat_id}"), "username": format!("user{chat_id}") })
-    } else {
-        json!({ "id": chat_id, "type": "group", "title": format!("Group {chat_id}") })
+fn chat_json(chat_id: i64, kind: ChatKind) -> Value {
+    match kind {
+        ChatKind::Private => json!({ "id": chat_id, "type": "private", "first_name": format!("User{chat_id}"), "username": format!("user{chat_id}") }),
+        ChatKind::Group => json!({ "id": chat_id, "type": "group", "title": format!("Group {chat_id}") }),
+        ChatKind::Supergroup => json!({ "id": chat_id, "type": "supergroup", "title": format!("Supergroup {chat_id}") }),
+        ChatKind::Forum => json!({ "id": chat_id, "type": "supergroup", "title": format!("Forum {chat_id}"), "is_forum": true }),
+        ChatKind::Channel => json!({ "id": chat_id, "type": "channel", "title": format!("Channel {chat_id}") }),
     }
+}
+
+/// A text message's content with the entities Telegram would compute: `bot_command` for a leading
+/// `/command`, `mention` for every `@username` (5–32 of `[A-Za-z0-9_]`, not inside a word or a command).
+fn text_content(text: &str) -> Value {
+    let mut entities = vec![];
+    if text.starts_with('/') {
+        let len = utf16_len(text.split_whitespace().next().unwrap_or(text));
+        entities.push(json!({ "type": "bot_command", "offset": 0, "length": len }));
+    }
+    for (i, _) in text.match_indices('@') {
+        let before = text[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '/') {
+            continue;
+        }
+        let name_len = text[i + 1..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').count();
+        if (5..=32).contains(&name_len) {
+            entities.push(json!({ "type": "mention", "offset": utf16_len(&text[..i]), "length": name_len + 1 }));
+        }
+    }
+    let mut content = json!({ "text": text });
+    if !entities.is_empty() {
+        content["entities"] = Value::Array(entities);
+    }
+    content
 }
 
 fn bot_user_json() -> Value {
@@ -612,18 +799,50 @@ fn text_param(params: &Value) -> Result<(String, Option<String>), ApiErr> {
     Ok((text, parse_mode))
 }
 
-fn message_json(m: &FakeMessage, private: bool, edited: bool) -> Value {
+fn message_json(m: &FakeMessage, kind: ChatKind, edited: bool) -> Value {
     let mut v = json!({
         "message_id": m.message_id,
         "date": unix_now(),
-        "chat": chat_json(m.chat_id, private),
+        "chat": chat_json(m.chat_id, kind),
         "from": bot_user_json(),
         "text": m.text,
     });
+    if let Some(t) = m.thread_id {
+        v["message_thread_id"] = json!(t);
+        v["is_topic_message"] = json!(true);
+    }
     if edited {
         v["edit_date"] = json!(unix_now());
     }
     v
+}
+
+/// `message_thread_id` of a send: only into an existing topic of a forum, like Telegram.
+fn thread_param(chat: &ChatState, params: &Value) -> Result<Option<i64>, ApiErr> {
+    let Some(t) = param_i64(params, "message_thread_id") else { return Ok(None) };
+    let forum = chat.info.as_ref().is_some_and(|i| i.kind == ChatKind::Forum);
+    if !forum || !chat.topics.contains_key(&t) {
+        return Err(ApiErr::bad_request("message thread not found"));
+    }
+    Ok(Some(t))
+}
+
+/// `reply_parameters` of a send: the replied message must exist unless `allow_sending_without_reply`.
+fn reply_param(chat: &ChatState, params: &Value) -> Result<Option<i64>, ApiErr> {
+    let Some(rp) = params.get("reply_parameters") else { return Ok(None) };
+    let id = param_i64(rp, "message_id").ok_or_else(|| ApiErr::bad_request("reply_parameters.message_id is empty"))?;
+    let exists = chat.messages.get(&id).is_some_and(|m| !m.deleted);
+    if !exists {
+        if rp.get("allow_sending_without_reply").and_then(Value::as_bool) == Some(true) {
+            return Ok(None);
+        }
+        return Err(ApiErr::bad_request("message to be replied not found"));
+    }
+    Ok(Some(id))
+}
+
+fn chat_kind(chat: &ChatState) -> ChatKind {
+    chat.info.as_ref().map(|i| i.kind).unwrap_or(ChatKind::Private)
 }
 
 fn known_chat<'a>(g: &'a mut Inner, chat_id: Option<i64>) -> Result<(i64, &'a mut ChatState), ApiErr> {
@@ -650,31 +869,46 @@ fn dispatch(g: &mut Inner, method: &str, params: &Value, chat_id: Option<i64>) -
         "deleteWebhook" | "setMyCommands" | "close" | "logOut" => Ok(json!(true)),
         "getWebhookInfo" => Ok(json!({ "url": "", "has_custom_certificate": false, "pending_update_count": g.updates.len() })),
         "sendChatAction" => {
-            known_chat(g, chat_id)?;
+            let (_, chat) = known_chat(g, chat_id)?;
+            thread_param(chat, params)?;
             Ok(json!(true))
+        }
+        "answerCallbackQuery" => {
+            let id = params.get("callback_query_id").and_then(Value::as_str).unwrap_or_default().to_string();
+            match g.open_callbacks.iter().position(|q| *q == id) {
+                Some(i) => {
+                    g.open_callbacks.remove(i);
+                    Ok(json!(true))
+                }
+                None => Err(ApiErr::bad_request("query is too old and response timeout expired or query ID is invalid")),
+            }
         }
         "sendMessage" => {
             let (text, parse_mode) = text_param(params)?;
             let (chat_id, chat) = known_chat(g, chat_id)?;
-            let private = chat.info.as_ref().is_some_and(|i| i.private);
+            let kind = chat_kind(chat);
+            let thread_id = thread_param(chat, params)?;
+            let reply_to = reply_param(chat, params)?;
             chat.next_message_id += 1;
             let m = FakeMessage {
                 message_id: chat.next_message_id,
                 chat_id,
                 text,
                 from_bot: true,
+                thread_id,
+                reply_to,
                 parse_mode,
                 edits: 0,
                 deleted: false,
             };
             chat.drafts.clear();
-            let v = message_json(&m, private, false);
+            let v = message_json(&m, kind, false);
             chat.messages.insert(m.message_id, m);
             Ok(v)
         }
         "editMessageText" => {
             let (chat_id, chat) = known_chat(g, chat_id)?;
-            let private = chat.info.as_ref().is_some_and(|i| i.private);
+            let kind = chat_kind(chat);
             let mid = param_i64(params, "message_id").ok_or_else(|| ApiErr::bad_request("message_id is empty"))?;
             let (text, parse_mode) = text_param(params)?;
             let m = chat
@@ -694,7 +928,7 @@ fn dispatch(g: &mut Inner, method: &str, params: &Value, chat_id: Option<i64>) -
             m.parse_mode = parse_mode;
             m.edits += 1;
             let _ = chat_id;
-            Ok(message_json(m, private, true))
+            Ok(message_json(m, kind, true))
         }
         "deleteMessage" => {
             let (_, chat) = known_chat(g, chat_id)?;
