@@ -120,14 +120,25 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
         None => crate::usage::PriceTable::shipped(),
     };
     let usage_journal = config.data_dir.join("usage.jsonl");
-    let ledger = crate::usage::Ledger::open(usage_journal.clone(), crate::usage::ledger::unix_ms_now())
-        .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot use {}: {e}", usage_journal.display()))?;
+    let ledger = if config.usage_journal {
+        crate::usage::Ledger::open(usage_journal.clone(), crate::usage::ledger::unix_ms_now())
+            .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot use {}: {e}", usage_journal.display()))?
+    } else {
+        crate::usage::Ledger::in_memory()
+    };
+    let embedding_model = kb.as_ref().map(|kb| kb.config().embedding_model.clone()).unwrap_or_default();
+    for model in [config.model.as_str(), embedding_model.as_str()].into_iter().filter(|m| !m.is_empty()) {
+        if prices.get(model).is_none() {
+            let budgets = if config.budgets.any() { "; budgets in dollars never trigger for it" } else { "" };
+            tracing::warn!(model, "no price for this model in the price table (PRICES_FILE): its cost counts as 0{budgets}");
+        }
+    }
     let accounting = crate::service::Accounting {
         ledger,
         prices,
         budgets: config.budgets,
         admins: config.admin_user_ids.clone(),
-        embedding_model: kb.as_ref().map(|kb| kb.config().embedding_model.clone()).unwrap_or_default(),
+        embedding_model,
     };
     let service = Arc::new(
         TurnService::new(

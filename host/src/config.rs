@@ -50,6 +50,9 @@ pub struct Config {
     /// A price table that replaces the shipped one (`PRICES_FILE`).
     pub prices_file: Option<PathBuf>,
     pub budgets: crate::usage::Budgets,
+    /// Count usage into `DATA_DIR/usage.jsonl` (the bot); off for one-off commands such as
+    /// `swapbot ask`, which must not rewrite the running bot's journal.
+    pub usage_journal: bool,
     /// A plugin file larger than this is refused without being read.
     pub plugin_max_file_bytes: u64,
     /// Telegram messages one answer may take; a longer answer is cut with a note.
@@ -231,6 +234,7 @@ impl Config {
             backend_options,
             prices_file: text("PRICES_FILE").map(PathBuf::from),
             budgets,
+            usage_journal: true,
             plugin_max_file_bytes: number("PLUGIN_MAX_FILE_MB", 32, 1, 1024)? << 20,
             telegram_max_messages: number("TELEGRAM_MAX_MESSAGES", 10, 1, 1000)? as usize,
             group_mode: text("GROUP_MODE").map(|v| v.parse()).transpose().map_err(|e: String| invalid("GROUP_MODE", e))?.unwrap_or_default(),

@@ -189,6 +189,13 @@ fn turn_to_wit(turn: &common::Turn) -> Turn {
     }
 }
 
+fn usage_value(u: &crate::plugin::Usage) -> Value {
+    serde_json::json!({
+        "input_tokens": u.input_tokens, "cached_input_tokens": u.cached_input_tokens,
+        "output_tokens": u.output_tokens, "reasoning_tokens": u.reasoning_tokens,
+    })
+}
+
 fn answer_value(answer: &Answer) -> Value {
     serde_json::json!({
         "text": answer.text,
@@ -196,10 +203,7 @@ fn answer_value(answer: &Answer) -> Value {
         "turn_id": answer.turn_id,
         "new_session": answer.new_session,
         "replayed": answer.replayed,
-        "usage": answer.usage.map(|u| serde_json::json!({
-            "input_tokens": u.input_tokens, "cached_input_tokens": u.cached_input_tokens,
-            "output_tokens": u.output_tokens, "reasoning_tokens": u.reasoning_tokens,
-        })),
+        "usage": answer.usage.as_ref().map(usage_value),
     })
 }
 
@@ -211,6 +215,7 @@ fn error_value(error: &ChatError) -> Value {
         "session_id": error.session_id,
         "turn_id": error.turn_id,
         "message": error.message,
+        "usage": error.usage.as_ref().map(usage_value),
     })
 }
 

@@ -118,8 +118,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin { command: PluginCommand::Record { backend, user, name, text } } => {
-            let config = Config::from_env()?;
+            let mut config = Config::from_env()?;
             init_logs(None, config.secrets());
+            config.usage_journal = false;
             let app = swapbot::app::build(config, Some(swapbot_kb::KbConfig::from_env()?)).await?;
             let backend = Backend::parse(&backend).expect("clap checked the value");
             let case = app.service.record_case(backend, user, &text, &name).await?;
@@ -145,8 +146,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ask { backend, user, text } => {
-            let config = Config::from_env()?;
+            let mut config = Config::from_env()?;
             init_logs(None, config.secrets());
+            config.usage_journal = false;
             let app = swapbot::app::build(config, Some(swapbot_kb::KbConfig::from_env()?)).await?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
             let printer = tokio::spawn(async move {

@@ -109,6 +109,10 @@ impl Metrics {
         let outcome = label_or(&record.outcome, "unknown");
         let mut inner = self.lock();
         *inner.turns.entry((backend.clone(), outcome.clone())).or_default() += 1;
+        if outcome == "refused" {
+            // Over a budget: no request was made, nothing to time.
+            return;
+        }
         if outcome != "ok" {
             let kind = record.error_kind.clone().filter(|k| !k.is_empty()).unwrap_or_else(|| "unknown".into());
             *inner.errors.entry((backend.clone(), kind)).or_default() += 1;
@@ -164,7 +168,7 @@ impl Metrics {
                 .entry(backend.as_str())
                 .or_insert_with(|| TurnCounts { backend: backend.clone(), ..TurnCounts::default() });
             entry.turns += n;
-            if outcome != "ok" {
+            if outcome != "ok" && outcome != "refused" {
                 entry.errors += n;
             }
         }

@@ -152,6 +152,8 @@ pub struct BackendReport {
     pub backend: String,
     pub turns: u64,
     pub errors: u64,
+    /// Turns refused by a budget (no request made): neither errors nor in the latency figures.
+    pub refused: u64,
     /// errors / turns, 0..=1.
     pub error_rate: f64,
     /// Over all turns, ok or not; `None` only when there are no turns.
@@ -305,7 +307,9 @@ fn finish_ms(record: &TurnRecord) -> u64 {
 fn backend_report(backend: String, records: &[TurnRecord]) -> BackendReport {
     let turns = records.len() as u64;
     let mut report = BackendReport { backend, turns, ..BackendReport::default() };
-    for record in records {
+    let served: Vec<&TurnRecord> = records.iter().filter(|r| r.outcome != "refused").collect();
+    report.refused = (records.len() - served.len()) as u64;
+    for record in &served {
         if record.outcome != "ok" {
             report.errors += 1;
             let kind = record.error_kind.clone().filter(|k| !k.is_empty()).unwrap_or_else(|| "unknown".into());
@@ -337,9 +341,10 @@ fn backend_report(backend: String, records: &[TurnRecord]) -> BackendReport {
     report.cache_hit_ratio =
         if report.input_tokens == 0 { 0.0 } else { report.cached_input_tokens as f64 / report.input_tokens as f64 };
     report.cost_usd = (report.cost_usd * 1e6).round() / 1e6;
-    report.error_rate = if turns == 0 { 0.0 } else { report.errors as f64 / turns as f64 };
-    report.latency_ms = Percentiles::of(records.iter().map(|r| r.latency_ms).collect());
-    report.ttft_ms = Percentiles::of(records.iter().filter_map(|r| r.ttft_ms).collect());
+    let served_turns = served.len() as u64;
+    report.error_rate = if served_turns == 0 { 0.0 } else { report.errors as f64 / served_turns as f64 };
+    report.latency_ms = Percentiles::of(served.iter().map(|r| r.latency_ms).collect());
+    report.ttft_ms = Percentiles::of(served.iter().filter_map(|r| r.ttft_ms).collect());
     report
 }
 

@@ -110,17 +110,35 @@ impl TurnSettings {
     }
 }
 
-/// The prompt-cache key of a session: stable across turns, restarts and replicas, different for
-/// a user's private chat and each of their group sessions, and not an id itself (it is sent to
-/// the API).
-pub fn cache_key(session: impl Into<SessionKey>) -> String {
+/// The prompt-cache key of a session: stable across turns and restarts, different for a user's
+/// private chat and each of their group sessions. It is sent to the API, so it is keyed with a
+/// secret of this installation (`DATA_DIR/.prompt-cache-salt`): a plain hash of a Telegram id
+/// could be reversed by trying every id.
+pub fn cache_key(salt: &str, session: impl Into<SessionKey>) -> String {
     use sha2::{Digest, Sha256};
     let seed = match session.into() {
-        SessionKey::Private(user_id) => format!("swapbot prompt cache {user_id}"),
-        SessionKey::Group(group) => format!("swapbot prompt cache group {}", crate::storage::StoreKey::to_key(&group)),
+        SessionKey::Private(user_id) => format!("{salt} private {user_id}"),
+        SessionKey::Group(group) => format!("{salt} group {}", crate::storage::StoreKey::to_key(&group)),
     };
     let digest = Sha256::digest(seed.as_bytes());
     format!("swapbot-{}", hex::encode(&digest[..8]))
+}
+
+/// The installation's prompt-cache salt, made at first start.
+fn cache_salt(data_dir: &std::path::Path) -> String {
+    let path = data_dir.join(".prompt-cache-salt");
+    if let Ok(salt) = std::fs::read_to_string(&path) {
+        let salt = salt.trim();
+        if salt.len() >= 16 {
+            return salt.to_owned();
+        }
+    }
+    let salt = hex::encode(rand::random::<[u8; 16]>());
+    if let Err(err) = std::fs::write(&path, &salt) {
+        // Keys then change at the next start: the cache is cold once, nothing else is lost.
+        tracing::warn!(path = %path.display(), %err, "cannot store the prompt-cache salt");
+    }
+    salt
 }
 
 /// How a turn ended, for the front end.
@@ -155,6 +173,7 @@ pub struct TurnService {
     stats: Mutex<HashMap<Backend, BackendStats>>,
     metrics: Arc<crate::metrics::Metrics>,
     accounting: Accounting,
+    cache_salt: String,
 }
 
 /// The id map files the host keeps, named by the plugins' descriptions.
@@ -194,6 +213,7 @@ impl TurnService {
             stats: Mutex::new(HashMap::new()),
             metrics,
             accounting: Accounting::default(),
+            cache_salt: cache_salt(data_dir),
         }
     }
 
@@ -205,6 +225,11 @@ impl TurnService {
 
     pub fn accounting(&self) -> &Accounting {
         &self.accounting
+    }
+
+    /// The prompt-cache key this service sends for a session.
+    pub fn cache_key(&self, session: impl Into<SessionKey>) -> String {
+        cache_key(&self.cache_salt, session)
     }
 
     pub fn plugins(&self) -> &Arc<PluginSet> {
@@ -337,7 +362,7 @@ impl TurnService {
             Ok(()) => self.run_turn(backend, user_id, session, text, deltas, started, &mut record).await,
             Err(exceeded) => {
                 tracing::info!(?exceeded, "turn refused: over budget");
-                record.error_kind = Some("over-budget".into());
+                record.error_kind = Some(OVER_BUDGET.into());
                 Err(exceeded.sentence(now_ms))
             }
         };
@@ -348,12 +373,17 @@ impl TurnService {
         if record.ttft_ms.is_none() && reply.is_ok() {
             record.ttft_ms = Some(record.latency_ms);
         }
-        record.outcome = if reply.is_ok() { "ok".into() } else { "error".into() };
+        // A turn refused by a budget made no request: not an error of the backend.
+        record.outcome = match (&reply, record.error_kind.as_deref()) {
+            (Ok(_), _) => "ok".into(),
+            (Err(_), Some(OVER_BUDGET)) => "refused".into(),
+            (Err(_), _) => "error".into(),
+        };
         {
             let mut stats = self.stats.lock().unwrap();
             let entry = stats.entry(backend).or_default();
             entry.turns += 1;
-            entry.errors += reply.is_err() as u64;
+            entry.errors += (record.outcome == "error") as u64;
         }
         self.turn_log.write(&record);
         self.metrics.record_turn(&record);
@@ -410,21 +440,31 @@ impl TurnService {
             ..Default::default()
         }));
         let mut attempt = 0;
+        // Set while a turn retries in a new session because the stored one no longer fits the
+        // model's window: the session it left, kept unless the new one works.
+        let mut left_session: Option<Option<String>> = None;
         loop {
             attempt += 1;
             let turn = Turn {
                 user_id,
                 session_id: session_id.clone(),
-                cache_key: cache_key(session),
+                cache_key: cache_key(&self.cache_salt, session),
                 text: text.to_owned(),
                 context: context.clone(),
                 settings: settings.clone(),
             };
             let history = self.session_history();
+            let bounded = left_session.is_some();
             let effects = LiveEffects {
                 openai: self.openai.clone(),
                 deltas: deltas.clone(),
-                history: Box::new(move || history.recent(session)),
+                history: Box::new(move || {
+                    let mut recent = history.recent(session);
+                    if bounded && recent.len() > FRESH_SESSION_REPLAY {
+                        recent.drain(..recent.len() - FRESH_SESSION_REPLAY);
+                    }
+                    recent
+                }),
                 observations: observations.clone(),
                 plugin: plugin.description.name.clone(),
                 started: Instant::now(),
@@ -443,11 +483,9 @@ impl TurnService {
                     record.turn_id = Some(answer.turn_id.clone());
                     record.new_session = answer.new_session;
                     record.replayed = answer.replayed;
-                    if let Some(u) = answer.usage {
-                        record.input_tokens = Some(u.input_tokens);
-                        record.cached_input_tokens = Some(u.cached_input_tokens);
-                        record.output_tokens = Some(u.output_tokens);
-                        record.reasoning_tokens = Some(u.reasoning_tokens);
+                    add_usage(record, answer.usage);
+                    if let Some(Some(left)) = &left_session {
+                        tracing::warn!(left = %left, new = %answer.session_id, "continued in a new conversation: the old one no longer fit the model's window");
                     }
                     let answer_text = answer.text.trim().to_owned();
                     // The id and the exchange are durable before the user sees the answer; the
@@ -482,7 +520,20 @@ impl TurnService {
                 Ok(Err(error)) => {
                     record.error_kind = Some(kind_name(error.kind).into());
                     record.turn_id = error.turn_id.clone().or(record.turn_id.take());
-                    if let Some(new_session) = &error.session_id {
+                    add_usage(record, error.usage);
+                    let shown_text = obs.pushed_chars > 0;
+                    if error.kind == ErrorKind::ContextOverflow && left_session.is_none() && session_id.is_some() && !shown_text {
+                        // The message may fit while the stored conversation does not (a server
+                        // that ignores truncation): once, in a new session with a bounded replay.
+                        tracing::warn!(message = %error.message, "the session no longer fits the model's window: trying once in a new one");
+                        left_session = Some(session_id.take());
+                        record.retries += 1;
+                        continue;
+                    }
+                    // A session the new-session attempt created is dropped when it failed too: the
+                    // user keeps the one they had.
+                    let keep_created = left_session.is_none();
+                    if let Some(new_session) = error.session_id.as_ref().filter(|_| keep_created) {
                         // A session created before the failure is kept: the retry and the
                         // next turn use it instead of creating another.
                         if session_id.as_deref() != Some(new_session) {
@@ -501,7 +552,6 @@ impl TurnService {
                         );
                         return Err(UNAVAILABLE.into());
                     }
-                    let shown_text = obs.pushed_chars > 0;
                     // A wait past the cap is not slept: the user hears now instead of after it.
                     let wait = retry_wait(&error, attempt, self.settings.max_retry_wait);
                     if wait.is_none() && error.retryable {
@@ -552,16 +602,18 @@ impl TurnService {
         let a = &self.accounting;
         let micro_usd = a.prices.micro_usd(&record.model, &a.embedding_model, &tokens);
         record.cost_usd = Some(micro_usd as f64 / 1e6);
+        // Counted when the turn ended, the moment its cost was known.
+        let now = unix_ms();
         a.ledger.record(
             crate::usage::ledger::Entry {
-                t_unix_ms: record.t0_unix_ms,
+                t_unix_ms: now,
                 user_id: record.user_id,
                 backend: record.backend.clone(),
                 model: record.model.clone(),
                 tokens,
                 micro_usd,
             },
-            unix_ms(),
+            now,
         );
     }
 
@@ -578,7 +630,7 @@ impl TurnService {
         let turn = Turn {
             user_id,
             session_id,
-            cache_key: cache_key(user_id),
+            cache_key: cache_key(&self.cache_salt, user_id),
             text: text.to_owned(),
             context,
             settings: self.settings.to_wit(&plugin.description.name),
@@ -605,6 +657,21 @@ impl TurnService {
         let exchanges = exchanges.lock().unwrap().clone();
         Ok(crate::harness::recorded_case(name, &turn, &history, exchanges, &outcome, &pushed))
     }
+}
+
+const OVER_BUDGET: &str = "over-budget";
+
+/// History messages replayed into a new session when the old one no longer fits the window.
+const FRESH_SESSION_REPLAY: usize = 20;
+
+/// Adds one call's billed usage to the turn's (a turn may be billed more than once: retries).
+fn add_usage(record: &mut TurnRecord, usage: Option<crate::plugin::Usage>) {
+    let Some(u) = usage else { return };
+    let add = |field: &mut Option<u64>, n: u64| *field = Some(field.unwrap_or(0) + n);
+    add(&mut record.input_tokens, u.input_tokens);
+    add(&mut record.cached_input_tokens, u.cached_input_tokens);
+    add(&mut record.output_tokens, u.output_tokens);
+    add(&mut record.reasoning_tokens, u.reasoning_tokens);
 }
 
 const GENERIC: &str = "Sorry, something went wrong while answering. Please try again.";

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use swapbot::config::Config;
 use swapbot::router::Backend;
-use swapbot_sandbox::{Sandbox, SandboxConfig};
+use swapbot_sandbox::{Fault, FaultKind, Sandbox, SandboxConfig};
 
 const KEY: &str = "sk-test-long-0123456789";
 
@@ -89,7 +89,7 @@ async fn a_forty_turn_dialog_past_a_small_window_is_answered_every_turn() {
         if backend == Backend::Responses {
             let posts: Vec<_> = bot.sandbox.requests().into_iter().filter(|r| r.method == "POST" && r.path == "/v1/responses").collect();
             assert!(posts.iter().all(|r| r.body["truncation"] == "auto"), "{name}");
-            assert!(posts.iter().all(|r| r.body["prompt_cache_key"] == swapbot::service::cache_key(77)), "{name}");
+            assert!(posts.iter().all(|r| r.body["prompt_cache_key"] == bot.app.service.cache_key(77)), "{name}");
             if name.contains("compact") {
                 assert!(posts.iter().all(|r| r.body["context_management"][0]["compact_threshold"] == 1000), "{name}");
             }
@@ -98,23 +98,56 @@ async fn a_forty_turn_dialog_past_a_small_window_is_answered_every_turn() {
     }
 }
 
-/// A message too long for the window even with truncation gets one clear sentence, is not
-/// retried, and the next turn works with the earlier context intact.
+fn stored_conversation(bot: &Bot, user: i64) -> String {
+    let map = std::fs::read_to_string(bot.app.config.data_dir.join("user_conversations.json")).unwrap();
+    let map: serde_json::Value = serde_json::from_str(&map).unwrap();
+    map[user.to_string()].as_str().unwrap().to_owned()
+}
+
+/// A message too long for the window even with truncation gets one clear sentence (after one try
+/// in a new conversation, which is dropped), and the next turn works in the conversation the user
+/// had, with the earlier context intact.
 #[tokio::test]
 async fn a_message_longer_than_the_window_is_refused_politely_and_the_next_turn_works() {
     let bot = bot(SandboxConfig { context_window: Some(300), ..Default::default() }, &[]).await;
     ask(&bot, Backend::Responses, 5, "remember the door code is 4512").await.unwrap();
+    let conversation = stored_conversation(&bot, 5);
     let huge = "blah ".repeat(400);
     let before = bot.sandbox.requests().len();
     let refused = ask(&bot, Backend::Responses, 5, &huge).await.unwrap_err();
     assert!(refused.contains("too long") && refused.contains("shorter"), "{refused}");
     let posts = bot.sandbox.requests()[before..].iter().filter(|r| r.method == "POST" && r.path == "/v1/responses").count();
-    assert_eq!(posts, 1, "context_length_exceeded is not retried");
+    assert_eq!(posts, 2, "one more try, in a new conversation, then the sentence");
+    assert_eq!(stored_conversation(&bot, 5), conversation, "the user keeps the conversation they had");
     let recall = ask(&bot, Backend::Responses, 5, "What did I ask you to remember?").await.unwrap();
     assert!(recall.contains("the door code is 4512"), "{recall}");
     // The refused message is not in the host's history either.
     let history = std::fs::read_to_string(bot.app.config.data_dir.join("history/5.jsonl")).unwrap();
     assert!(!history.contains("blah blah"), "{history}");
+    bot.sandbox.shutdown().await;
+}
+
+/// A server that ignores truncation answers `context_length_exceeded` for a conversation that has
+/// outgrown it although the new message is short: the turn continues in a new conversation with
+/// the recent history replayed, and the user is not locked out.
+#[tokio::test]
+async fn a_conversation_the_server_no_longer_takes_continues_in_a_new_one() {
+    let bot = bot(SandboxConfig::default(), &[]).await;
+    ask(&bot, Backend::Responses, 6, "My name is Grace.").await.unwrap();
+    ask(&bot, Backend::Responses, 6, "remember the meeting is at noon").await.unwrap();
+    let old = stored_conversation(&bot, 6);
+    let overflow = FaultKind::Status {
+        status: 400,
+        code: Some("context_length_exceeded".into()),
+        message: "Your input exceeds the context window of this model. Please adjust your input and try again.".into(),
+    };
+    bot.sandbox.inject(Fault::on("/responses", overflow).method("POST").times(1));
+    let answer = ask(&bot, Backend::Responses, 6, "What is my name?").await.unwrap();
+    assert_eq!(answer, "Your name is Grace.", "the recent history was replayed into the new conversation");
+    let new = stored_conversation(&bot, 6);
+    assert_ne!(new, old);
+    let recall = ask(&bot, Backend::Responses, 6, "What did I ask you to remember?").await.unwrap();
+    assert!(recall.contains("the meeting is at noon"), "{recall}");
     bot.sandbox.shutdown().await;
 }
 
@@ -183,6 +216,7 @@ async fn budgets_are_exact_under_parallel_turns_and_survive_a_restart() {
     assert!(sentence.contains("today's allowance") && sentence.contains("resets at") && sentence.contains("UTC"), "{sentence}");
     assert_eq!(bot.sandbox.requests().len(), before, "no request for a refused turn");
     assert_eq!(refused.record.error_kind.as_deref(), Some("over-budget"));
+    assert_eq!(refused.record.outcome, "refused", "a budget refusal is not an error of the backend");
     // The admin is exempt.
     service.turn_on(Backend::Responses, "test", 1000, "hello again", None).await.reply.unwrap();
 

@@ -3,7 +3,8 @@
 //! types.
 //!
 //! What 0.1.0 lacks is filled in on the way back: no cached or reasoning token counts (0), no
-//! `context-overflow` kind (such a plugin reports `bad-request`). What it cannot receive is
+//! `context-overflow` kind (its `bad-request` naming `context_length_exceeded` becomes one), no
+//! usage of a failed turn. What it cannot receive is
 //! dropped on the way in: `settings.options` and `turn.cache-key`.
 
 use super::bindings::swapbot::backend::types as latest;
@@ -105,13 +106,19 @@ fn kind(k: v0_1::ErrorKind) -> latest::ErrorKind {
 }
 
 pub fn error(e: v0_1::ChatError) -> latest::ChatError {
+    // 0.1.0 has no context-overflow kind: its plugins report the API's code in a bad-request.
+    let kind = match e.kind {
+        v0_1::ErrorKind::BadRequest if e.message.contains("context_length_exceeded") => latest::ErrorKind::ContextOverflow,
+        other => kind(other),
+    };
     latest::ChatError {
-        kind: kind(e.kind),
+        kind,
         message: e.message,
         retryable: e.retryable,
         retry_after_ms: e.retry_after_ms,
         session_id: e.session_id,
         turn_id: e.turn_id,
+        usage: None,
     }
 }
 

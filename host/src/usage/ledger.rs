@@ -75,14 +75,15 @@ struct Counters {
 }
 
 impl Counters {
-    /// Forgets the day or month that is over.
+    /// Forgets the day or month that is over. Only forward: a clock read a moment earlier (or
+    /// stepped back) never wipes the current period.
     fn roll(&mut self, now_ms: u64) {
         let (day, month) = (now_ms / DAY_MS, month_of(now_ms));
-        if self.month != month {
+        if month > self.month {
             self.month = month;
             self.usage.month = Totals::default();
         }
-        if self.day != day {
+        if day > self.day {
             self.day = day;
             self.usage.day = Totals::default();
         }

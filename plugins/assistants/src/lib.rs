@@ -220,7 +220,7 @@ fn run_usage(run: &Value) -> Option<Usage> {
     let n = |p: &str| u.pointer(p).and_then(Value::as_u64).unwrap_or(0);
     Some(Usage {
         input_tokens: n("/prompt_tokens"),
-        cached_input_tokens: n("/prompt_token_details/cached_tokens"),
+        cached_input_tokens: n("/prompt_tokens_details/cached_tokens"),
         output_tokens: n("/completion_tokens"),
         reasoning_tokens: n("/completion_tokens_details/reasoning_tokens"),
     })
@@ -254,7 +254,7 @@ fn run_failed(run: &Value, run_id: &str, status: &str) -> ChatError {
     } else {
         format!("run {run_id} {status}: {detail}")
     };
-    ChatError::model_failed(msg)
+    ChatError::model_failed(msg).with_usage(run_usage(run))
 }
 
 /// One user turn.

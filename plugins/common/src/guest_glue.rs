@@ -139,6 +139,15 @@ fn from_turn(t: wt::Turn) -> c::Turn {
     }
 }
 
+fn to_usage(u: c::Usage) -> wt::Usage {
+    wt::Usage {
+        input_tokens: u.input_tokens,
+        cached_input_tokens: u.cached_input_tokens,
+        output_tokens: u.output_tokens,
+        reasoning_tokens: u.reasoning_tokens,
+    }
+}
+
 fn to_answer(a: c::Answer) -> wt::Answer {
     wt::Answer {
         text: a.text,
@@ -146,12 +155,7 @@ fn to_answer(a: c::Answer) -> wt::Answer {
         turn_id: a.turn_id,
         new_session: a.new_session,
         replayed: a.replayed,
-        usage: a.usage.map(|u| wt::Usage {
-            input_tokens: u.input_tokens,
-            cached_input_tokens: u.cached_input_tokens,
-            output_tokens: u.output_tokens,
-            reasoning_tokens: u.reasoning_tokens,
-        }),
+        usage: a.usage.map(to_usage),
     }
 }
 
@@ -185,6 +189,7 @@ fn to_error(e: c::ChatError) -> wt::ChatError {
         retry_after_ms: e.retry_after_ms,
         session_id: e.session_id,
         turn_id: e.turn_id,
+        usage: e.usage.map(to_usage),
     }
 }
 

@@ -238,6 +238,8 @@ pub struct ChatError {
     pub retry_after_ms: Option<u32>,
     pub session_id: Option<String>,
     pub turn_id: Option<String>,
+    /// What the API billed before the failure.
+    pub usage: Option<Usage>,
 }
 
 impl ChatError {
@@ -249,7 +251,15 @@ impl ChatError {
             retry_after_ms: None,
             session_id: None,
             turn_id: None,
+            usage: None,
         }
+    }
+    /// Attach what the failed call billed (does not overwrite usage already set).
+    pub fn with_usage(mut self, usage: Option<Usage>) -> Self {
+        if self.usage.is_none() {
+            self.usage = usage;
+        }
+        self
     }
     pub fn config(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Config, message, false)

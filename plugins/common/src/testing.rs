@@ -434,6 +434,10 @@ pub fn error_json(e: &ChatError) -> Value {
     json!({
         "kind": e.kind.as_str(), "message": e.message, "retryable": e.retryable,
         "retry_after_ms": e.retry_after_ms, "session_id": e.session_id, "turn_id": e.turn_id,
+        "usage": e.usage.map(|u| json!({
+            "input_tokens": u.input_tokens, "cached_input_tokens": u.cached_input_tokens,
+            "output_tokens": u.output_tokens, "reasoning_tokens": u.reasoning_tokens,
+        })),
     })
 }
 

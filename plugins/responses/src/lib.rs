@@ -317,6 +317,7 @@ fn unfinished(response: &Value, status: &str) -> ChatError {
     };
     ChatError::model_failed(format!("response {} {status}: {detail}", id.unwrap_or("?")))
         .with_turn(id)
+        .with_usage(usage_of(response))
 }
 
 fn finish(response: &Value, id: &str) -> Result<Finished, ChatError> {
@@ -325,7 +326,8 @@ fn finish(response: &Value, id: &str) -> Result<Finished, ChatError> {
         return Err(ChatError::model_failed(format!(
             "response {id} completed without output text"
         ))
-        .with_turn(Some(id)));
+        .with_turn(Some(id))
+        .with_usage(usage_of(response)));
     }
     Ok(Finished {
         id: id.to_owned(),
@@ -494,7 +496,8 @@ impl StreamState {
         if text.is_empty() {
             return Err(ChatError::model_failed(format!(
                 "response {id} completed without output text"
-            )));
+            ))
+            .with_usage(usage_of(resp)));
         }
         Ok(Finished {
             id,

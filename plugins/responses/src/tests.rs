@@ -383,3 +383,25 @@ fn conversation_vanishing_before_the_response_is_session_gone() {
     let e = chat(&mut fx, &turn(Some("conv_1"))).unwrap_err();
     assert_eq!((e.kind, e.retryable), (ErrorKind::BadRequest, false));
 }
+
+#[test]
+fn an_incomplete_response_hands_back_what_it_billed() {
+    let incomplete = json!({"id": "resp_9", "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
+        "output": [], "usage": {"input_tokens": 900, "input_tokens_details": {"cached_tokens": 768},
+        "output_tokens": 64, "output_tokens_details": {"reasoning_tokens": 64}, "total_tokens": 964}});
+    let mut t = turn(Some("conv_1"));
+    t.settings.stream = false;
+    let mut fx = ScriptedEffects::new(
+        vec![
+            exchange(json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}})),
+            exchange(json!({"request": {"method": "POST", "path": "/responses"}, "response": {"status": 200, "body": incomplete}})),
+        ],
+        vec![],
+    );
+    let e = chat(&mut fx, &t).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ModelFailed);
+    assert_eq!(
+        e.usage,
+        Some(Usage { input_tokens: 900, cached_input_tokens: 768, output_tokens: 64, reasoning_tokens: 64 })
+    );
+}

@@ -46,6 +46,7 @@ impl Guest for Hostile {
                     retry_after_ms: None,
                     session_id: None,
                     turn_id: None,
+                    usage: None,
                 })
             }
             text => Ok(wt::Answer {
