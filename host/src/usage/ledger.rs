@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::prices::TokenCounts;
 
 const DAY_MS: u64 = 86_400_000;
+/// Unwritten journal bytes kept while the disk fails.
+const MAX_PENDING_BYTES: usize = 8 << 20;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Period {
@@ -147,6 +149,14 @@ impl Ledger {
     pub fn record(&self, entry: Entry, now_ms: u64) {
         {
             let mut state = self.state.lock().unwrap();
+            // Now and then forget users who used nothing this month, so the map does not keep
+            // every user ever seen.
+            if state.users.len() >= 4096 && state.users.len().is_power_of_two() {
+                state.users.retain(|_, c| {
+                    c.roll(now_ms);
+                    c.usage.month.turns > 0
+                });
+            }
             state.users.entry(entry.user_id).or_default().add(&entry, now_ms);
             state.total.add(&entry, now_ms);
         }
@@ -260,10 +270,17 @@ fn write_loop(path: PathBuf, rx: mpsc::Receiver<Job>) {
                     pending.clear();
                 }
                 Err(err) => {
-                    // Kept in memory and tried again: counters stay right meanwhile.
+                    // Kept in memory and tried again: counters stay right meanwhile. Past the cap the
+                    // oldest lines go (the counters in memory still have them until a restart).
                     if !failing {
                         tracing::error!(path = %path.display(), %err, "cannot write the usage journal; will retry");
                         failing = true;
+                    }
+                    if pending.len() > MAX_PENDING_BYTES {
+                        let cut = pending.len() - MAX_PENDING_BYTES;
+                        let cut = pending[cut..].iter().position(|b| *b == b'\n').map_or(pending.len(), |p| cut + p + 1);
+                        pending.drain(..cut);
+                        tracing::error!(path = %path.display(), dropped_bytes = cut, "usage journal: unwritten lines dropped");
                     }
                 }
             }
