@@ -49,6 +49,8 @@ pub struct Config {
     pub plugin_max_file_bytes: u64,
     /// Telegram messages one answer may take; a longer answer is cut with a note.
     pub telegram_max_messages: usize,
+    /// How long SIGTERM/SIGINT lets turns in flight finish before the bot exits.
+    pub shutdown_grace: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -176,6 +178,7 @@ impl Config {
             plugin_pool_size: number("PLUGIN_POOL_SIZE", 256, 1, 100_000)? as u32,
             plugin_max_file_bytes: number("PLUGIN_MAX_FILE_MB", 32, 1, 1024)? << 20,
             telegram_max_messages: number("TELEGRAM_MAX_MESSAGES", 10, 1, 1000)? as usize,
+            shutdown_grace: Duration::from_millis(number("SHUTDOWN_GRACE_MS", 2000, 0, 60_000)?),
         })
     }
 
