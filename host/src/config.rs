@@ -61,6 +61,8 @@ pub struct Config {
     pub group_mode: swapbot_telegram::GroupMode,
     /// `GROUP_SESSIONS`: one session per (group, user), or one per group.
     pub group_sessions: crate::session::GroupSessions,
+    /// How long SIGTERM/SIGINT lets turns in flight finish before the bot exits.
+    pub shutdown_grace: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -243,6 +245,7 @@ impl Config {
                 .transpose()
                 .map_err(|e: String| invalid("GROUP_SESSIONS", e))?
                 .unwrap_or_default(),
+            shutdown_grace: Duration::from_millis(number("SHUTDOWN_GRACE_MS", 2000, 0, 60_000)?),
         })
     }
 

@@ -240,6 +240,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     allowed_user_ids: app.config.allowed_user_ids.as_ref().map(|ids| ids.iter().copied().collect()),
                     max_messages: app.config.telegram_max_messages,
                     group_mode: app.config.group_mode,
+                    // A question waits here until answered, across a crash or a stop mid-turn.
+                    inbox_dir: Some(app.config.data_dir.join("inbox")),
+                    stop_grace: app.config.shutdown_grace,
                     ..Default::default()
                 };
                 let handler = std::sync::Arc::new(swapbot::frontend::BotHandler {

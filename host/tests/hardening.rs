@@ -270,3 +270,125 @@ async fn a_forged_compile_cache_entry_is_not_served() {
     // The recompiled entry is genuine again.
     assert_eq!(cached(set().load_all().await), [true, true]);
 }
+
+mod inbox {
+    //! Item 3: a question Telegram delivered is answered exactly once across SIGKILLs and stops
+    //! mid-turn (it used to be confirmed to Telegram as fetched and lost with the process).
+    use super::*;
+    use swapbot_fake_telegram::FakeTelegram;
+
+    const TOKEN: &str = "123456789:AAinboxSECRETtokenXYZ";
+    const USER: i64 = 77;
+
+    fn spawn(sandbox: &Sandbox, fake: &FakeTelegram, dir: &std::path::Path) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_swapbot"));
+        cmd.arg("run").env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in [
+            ("OPENAI_API_KEY", KEY.to_string()),
+            ("OPENAI_BASE_URL", sandbox.base_url()),
+            ("ASSISTANT_ID", "asst_test".into()),
+            ("USE_OPENAI_RESPONSES", "true".into()),
+            ("DATA_DIR", dir.join("data").display().to_string()),
+            ("LOG_DIR", dir.join("logs").display().to_string()),
+            ("PLUGIN_DIR", plugin_dir().display().to_string()),
+            ("TELOXIDE_TOKEN", TOKEN.into()),
+            ("TELOXIDE_API_URL", fake.api_url()),
+            ("SHUTDOWN_GRACE_MS", "300".into()),
+        ] {
+            cmd.env(k, v);
+        }
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).kill_on_drop(true);
+        cmd.spawn().unwrap()
+    }
+
+    fn answers(fake: &FakeTelegram) -> Vec<String> {
+        fake.messages_in(USER).into_iter().filter(|m| m.from_bot && !m.deleted).map(|m| m.text).collect()
+    }
+
+    fn turns_started(sandbox: &Sandbox) -> usize {
+        sandbox.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/responses")).count()
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn assert_each_answered_once(fake: &FakeTelegram, questions: usize) {
+        let answers = answers(fake);
+        for q in 0..questions {
+            let n = answers.iter().filter(|a| **a == format!("question {q}")).count();
+            assert_eq!(n, 1, "question {q} answered {n} times: {answers:?}");
+        }
+        assert_eq!(answers.len(), questions, "{answers:?}");
+    }
+
+    #[tokio::test]
+    async fn a_kill_9_loop_answers_every_question_exactly_once() {
+        let sandbox = Sandbox::start(SandboxConfig { api_key: Some(KEY.into()), ..Default::default() }).await.unwrap();
+        // Slow answers, so each kill lands while a turn is in flight.
+        sandbox.inject(Fault::on("/responses", FaultKind::DelayBeforeResponse(Duration::from_millis(400))).method("POST").times(10_000));
+        let fake = FakeTelegram::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        const QUESTIONS: usize = 14;
+        for q in 0..QUESTIONS {
+            fake.push_text(USER, USER, &format!("echo: question {q}"), true);
+        }
+        // Twelve cycles: start, let one more question be answered, kill -9 in the middle of the
+        // next turn (its request is at the sandbox, its answer not yet sent).
+        for cycle in 0..12 {
+            let answered = answers(&fake).len();
+            let started = turns_started(&sandbox);
+            let mut bot = spawn(&sandbox, &fake, dir.path());
+            until(&format!("cycle {cycle}: an answer"), || answers(&fake).len() > answered).await;
+            // The turn answered, then the next one's request: it is in flight for 400 ms.
+            until(&format!("cycle {cycle}: the next turn"), || turns_started(&sandbox) >= started + 2).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            bot.start_kill().unwrap();
+            bot.wait().await.unwrap();
+        }
+        assert!(answers(&fake).len() < QUESTIONS, "the kills interrupted turns");
+        // A last run answers the rest; SIGTERM then stops it.
+        let mut bot = spawn(&sandbox, &fake, dir.path());
+        until("every question answered", || answers(&fake).len() >= QUESTIONS).await;
+        // Give a duplicate, if any, the time to show up before counting.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        bot.start_kill().unwrap();
+        bot.wait().await.unwrap();
+        assert_each_answered_once(&fake, QUESTIONS);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("data/inbox")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "inbox not empty: {left:?}");
+        sandbox.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_stop_mid_turn_is_answered_after_the_restart() {
+        let sandbox = Sandbox::start(SandboxConfig { api_key: Some(KEY.into()), ..Default::default() }).await.unwrap();
+        // Longer than the stop grace: the turn cannot finish before the bot exits.
+        sandbox.inject(Fault::on("/responses", FaultKind::DelayBeforeResponse(Duration::from_secs(3))).method("POST"));
+        let fake = FakeTelegram::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut bot = spawn(&sandbox, &fake, dir.path());
+        fake.push_text(USER, USER, "echo: question 0", true);
+        until("the turn started", || turns_started(&sandbox) == 1).await;
+        unsafe { libc_kill(bot.id().unwrap() as i32, 15) };
+        let status = tokio::time::timeout(HANG_GUARD, bot.wait()).await.expect("no exit after SIGTERM").unwrap();
+        assert!(status.success(), "{status:?}");
+        assert!(answers(&fake).is_empty(), "the slow turn was not finished");
+        let mut bot = spawn(&sandbox, &fake, dir.path());
+        until("the question answered after the restart", || !answers(&fake).is_empty()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        bot.start_kill().unwrap();
+        bot.wait().await.unwrap();
+        assert_each_answered_once(&fake, 1);
+        sandbox.shutdown().await;
+    }
+
+    unsafe extern "C" {
+        #[link_name = "kill"]
+        fn libc_kill(pid: i32, sig: i32) -> i32;
+    }
+}

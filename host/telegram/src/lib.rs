@@ -11,6 +11,7 @@
 
 pub mod draft;
 pub mod group;
+pub mod inbox;
 pub mod pacing;
 pub mod text;
 pub mod updates;
@@ -91,6 +92,10 @@ pub struct BotOptions {
     pub max_messages: usize,
     /// What the bot answers in groups (`GROUP_MODE`).
     pub group_mode: GroupMode,
+    /// Where questions wait until their turn has ended (None: no durable inbox).
+    pub inbox_dir: Option<std::path::PathBuf>,
+    /// How long a stop lets turns in flight finish; unfinished ones wait in the inbox.
+    pub stop_grace: Duration,
 }
 
 impl Default for BotOptions {
@@ -103,6 +108,8 @@ impl Default for BotOptions {
             typing_interval: Duration::from_secs(4),
             max_messages: 10,
             group_mode: GroupMode::Mention,
+            inbox_dir: None,
+            stop_grace: STOP_GRACE,
         }
     }
 }
@@ -561,6 +568,7 @@ async fn deliver(bot: &Bot, target: Target, preview: &mut Preview, text: &str, m
 struct Ctx {
     handler: Arc<dyn TurnHandler>,
     options: BotOptions,
+    inbox: Option<Arc<inbox::Inbox>>,
     user_locks: std::sync::Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     /// Groups: when the last streamed send or edit went out, so the next turn in the same group keeps the
     /// pace (about 20 messages a minute per group, edits included). Turns of one chat run one after another.
@@ -825,7 +833,8 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// How long a stop waits for the dispatcher to wind down before returning anyway.
+/// How long a stop waits for the dispatcher to wind down before returning anyway (default of
+/// [`BotOptions::stop_grace`]).
 const STOP_GRACE: Duration = Duration::from_millis(1500);
 
 /// Serves Telegram by long polling until SIGINT or SIGTERM; returns within about 2 s of the signal.
@@ -834,14 +843,22 @@ pub async fn run_polling(bot: Bot, handler: Arc<dyn TurnHandler>, options: BotOp
 }
 
 /// Like [`run_polling`], stopping when `shutdown` resolves (tests, or a host with its own signal handling).
-/// Returns within about 2 s of that. Turns still running are not awaited past that grace time.
+/// Returns within about [`BotOptions::stop_grace`] of that. Turns still running are not awaited past
+/// that grace time; with an inbox they are answered after the restart.
 pub async fn run_polling_until(
     bot: Bot,
     handler: Arc<dyn TurnHandler>,
     options: BotOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let ctx = Arc::new(Ctx { handler, options, user_locks: Default::default(), group_paced: Default::default() });
+    let inbox = match &options.inbox_dir {
+        Some(dir) => Some(Arc::new(
+            inbox::Inbox::open(dir).map_err(|e| anyhow::anyhow!("cannot use the inbox {}: {e}", dir.display()))?,
+        )),
+        None => None,
+    };
+    let stop_grace = options.stop_grace;
+    let ctx = Arc::new(Ctx { handler, options, inbox: inbox.clone(), user_locks: Default::default(), group_paced: Default::default() });
     let token = bot.token().to_string();
     tokio::pin!(shutdown);
     let _setup = AbortOnDrop(tokio::spawn(setup(bot.clone())));
@@ -849,8 +866,16 @@ pub async fn run_polling_until(
     let mut attempt = 0u32;
     loop {
         // Every update kind the bot may get is handled on purpose; the default handler drops the rest.
+        // A question leaves the inbox when its turn has ended, whatever the outcome (only messages
+        // go through the inbox).
         let schema = dptree::entry()
-            .branch(Update::filter_message().endpoint(on_message))
+            .branch(Update::filter_message().endpoint(|bot: Bot, me: Me, msg: Message, ctx: Arc<Ctx>, update: Update| async move {
+                let result = on_message(bot, me, msg, ctx.clone()).await;
+                if let Some(inbox) = &ctx.inbox {
+                    inbox.done(update.id.0);
+                }
+                result
+            }))
             .branch(Update::filter_edited_message().endpoint(on_edited_message))
             .branch(Update::filter_channel_post().endpoint(on_channel_post))
             .branch(Update::filter_edited_channel_post().endpoint(on_channel_post))
@@ -862,7 +887,7 @@ pub async fn run_polling_until(
             .build();
         let stop = dispatcher.shutdown_token();
         // Not teloxide's `Polling`: one undecodable update would wedge it (see `updates`).
-        let listener = updates::listener(bot.clone(), Duration::from_secs(10));
+        let listener = updates::listener(bot.clone(), Duration::from_secs(10), inbox.clone());
         let listener_token = token.clone();
         let listener_errors = Arc::new(move |e: RequestError| {
             let token = listener_token.clone();
@@ -888,7 +913,7 @@ pub async fn run_polling_until(
             () = &mut shutdown => {
                 info!("stopping Telegram polling");
                 if stop.shutdown().is_ok() {
-                    let _ = tokio::time::timeout(STOP_GRACE, &mut run).await;
+                    let _ = tokio::time::timeout(stop_grace, &mut run).await;
                 }
                 return Ok(());
             }

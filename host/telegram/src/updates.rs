@@ -7,6 +7,7 @@
 //! the others are delivered.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -23,6 +24,7 @@ use teloxide::{
 };
 use tracing::warn;
 
+use crate::inbox::Inbox;
 use crate::pacing::polling_backoff;
 
 /// What an undecodable `getUpdates` answer still yields.
@@ -123,12 +125,34 @@ pub(crate) struct PollState {
     errors: u32,
     token: StopToken,
     flag: StopFlag,
+    inbox: Option<Arc<Inbox>>,
 }
 
-/// The update listener the dispatcher runs: long polling like teloxide's, salvaging bad answers.
-pub(crate) fn listener(bot: Bot, timeout: Duration) -> impl UpdateListener<Err = RequestError> {
+impl PollState {
+    /// Queues fetched updates for the dispatcher; with an inbox, each question is durable before
+    /// the next `getUpdates` (which confirms it to Telegram) is sent.
+    fn queue(&mut self, updates: impl IntoIterator<Item = Update>) {
+        for update in updates {
+            if let Some(inbox) = &self.inbox
+                && Inbox::keeps(&update)
+                && let Err(err) = inbox.store(&update)
+            {
+                tracing::error!(update_id = update.id.0, %err, "could not write an update to the inbox; a crash now would lose it");
+            }
+            self.buffer.push_back(update);
+        }
+    }
+}
+
+/// The update listener the dispatcher runs: long polling like teloxide's, salvaging bad answers;
+/// with an inbox, first the updates an earlier run left unfinished.
+pub(crate) fn listener(bot: Bot, timeout: Duration, inbox: Option<Arc<Inbox>>) -> impl UpdateListener<Err = RequestError> {
     let (token, flag) = mk_stop_token();
-    let state = PollState { bot, offset: 0, timeout, buffer: VecDeque::new(), errors: 0, token, flag };
+    let replay = inbox.as_ref().map(|inbox| inbox.pending()).unwrap_or_default();
+    // Polling resumes past what is replayed: Telegram must not deliver it a second time.
+    let offset = replay.last().map_or(0, |u| u.id.as_offset());
+    let buffer = replay.into_iter().collect();
+    let state = PollState { bot, offset, timeout, buffer, errors: 0, token, flag, inbox };
     StatefulListener::new(state, updates, |state: &mut PollState| state.token.clone())
 }
 
@@ -152,9 +176,9 @@ fn updates(state: &mut PollState) -> impl Stream<Item = Result<Update, RequestEr
                 Ok(updates) => {
                     state.errors = 0;
                     if let Some(last) = updates.last() {
-                        state.offset = last.id.as_offset();
+                        state.offset = state.offset.max(last.id.as_offset());
                     }
-                    state.buffer.extend(updates);
+                    state.queue(updates);
                 }
                 Err(RequestError::InvalidJson { raw, .. }) => {
                     let salvaged = salvage(&raw);
@@ -166,8 +190,8 @@ fn updates(state: &mut PollState) -> impl Stream<Item = Result<Update, RequestEr
                     );
                     match salvaged.last_id {
                         Some(last) => {
-                            state.offset = (last + 1) as i32;
-                            state.buffer.extend(salvaged.updates);
+                            state.offset = state.offset.max((last + 1) as i32);
+                            state.queue(salvaged.updates);
                         }
                         None => {
                             let wait = polling_backoff(state.errors);
