@@ -1,7 +1,9 @@
 //! swapbot's Telegram front end.
 //!
 //! [`run_polling`] long-polls the Bot API with teloxide, answers /start, /help and /new, refuses users outside
-//! `allowed_user_ids`, and runs every text message as one turn of a [`TurnHandler`] (the host). While a turn
+//! `allowed_user_ids`, and runs every text message as one turn of a [`TurnHandler`] (the host). In groups only
+//! messages addressed to the bot count ([`group`]), and answers go to the question's forum topic, replying to
+//! it; other update kinds are each handled on purpose (see `run_polling_until`'s schema). While a turn
 //! runs, "typing…" is repeated; streamed text is shown as `sendMessageDraft` previews in private chats and as
 //! one paced, edited message in groups; the final answer is sent once, split at paragraph / sentence / word
 //! boundaries when longer than Telegram allows, as escaped HTML with a plain-text fallback.

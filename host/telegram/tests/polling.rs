@@ -680,10 +680,13 @@ async fn commands_are_case_insensitive_and_new_resets_only_its_chat() {
     assert!(h.fake.wait_for(WAIT, |f| f.messages_in(USER).len() >= 3).await);
     h.fake.push_text(USER, GROUP, "/new@SwapBot_Test_Bot", false);
     h.fake.push_text(USER, GROUP, "/Rollout@swapbot_test_bot off", false);
-    assert!(h.fake.wait_for(WAIT, |f| f.messages_in(GROUP).len() >= 2).await);
+    // A bare mention asks nothing: it gets the help text, the model is not called.
+    h.fake.push_text(USER, GROUP, BOT, false);
+    assert!(h.fake.wait_for(WAIT, |f| f.messages_in(GROUP).len() >= 3).await);
     settle().await;
     assert_eq!(h.texts(USER), vec!["admin got /rollout 10", HELP_TEXT, RESET_DONE_TEXT]);
-    assert_eq!(h.texts(GROUP), vec![RESET_DONE_TEXT, "admin got /rollout off"]);
+    assert_eq!(h.texts(GROUP), vec![RESET_DONE_TEXT, "admin got /rollout off", HELP_TEXT]);
+    assert!(h.handler.turns.lock().unwrap().is_empty());
     // The group's /new names the group: the host forgets that session only.
     assert_eq!(*h.handler.resets.lock().unwrap(), vec![(USER, USER), (USER, GROUP)]);
     h.stop().await;
