@@ -715,3 +715,18 @@ async fn streaming_in_a_group_keeps_its_pace_across_turns() {
     }
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_group_answer_arrives_even_when_its_question_was_deleted_meanwhile() {
+    let h = Harness::start(fast(), |_, _| Script { before: Duration::from_millis(500), ..answer("still answered") }).await;
+    let asked = h.fake.push_text(USER, GROUP, &format!("{BOT} quick question"), false);
+    assert!(h.fake.wait_for(WAIT, |_| !h.handler.turns.lock().unwrap().is_empty()).await);
+    h.fake.delete_message(GROUP, asked);
+    let msgs = h.fake.wait_for_messages(GROUP, 1, WAIT).await;
+    assert_eq!(msgs[0].text, "still answered");
+    assert_eq!(msgs[0].reply_to, None, "the replied message is gone");
+    let sends = h.fake.calls_of("sendMessage");
+    assert!(sends.iter().all(|c| c.ok()), "Telegram would refuse a reply to a deleted message without allow_sending_without_reply");
+    assert_eq!(sends[0].params["reply_parameters"]["message_id"], asked);
+    h.stop().await;
+}
