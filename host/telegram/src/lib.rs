@@ -911,6 +911,12 @@ mod tests {
         assert!(c.for_other_bot);
         let c = parse_command("/rollout@mybot 10 percent", "mybot").unwrap();
         assert_eq!(c.normalized, "/rollout 10 percent");
+        assert!(c.for_this_bot);
+        // Case-insensitive: `/ROLLOUT` is `/rollout` (arguments are left to the command).
+        let c = parse_command("/ROLLOUT@MyBot ON", "mybot").unwrap();
+        assert_eq!((c.name.as_str(), c.normalized.as_str(), c.for_this_bot), ("rollout", "/rollout ON", true));
+        let c = parse_command("/new", "mybot").unwrap();
+        assert!(!c.for_this_bot && !c.for_other_bot, "a bare command names no bot");
         assert_eq!(parse_command("hello /new", "mybot"), None);
         assert_eq!(parse_command("/", "mybot"), None);
         assert_eq!(parse_command("/ hello", "mybot"), None);
