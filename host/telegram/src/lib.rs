@@ -687,6 +687,14 @@ async fn on_message(bot: Bot, me: Me, msg: Message, ctx: Arc<Ctx>) -> anyhow::Re
     if let Some(allowed) = &ctx.options.allowed_user_ids
         && !allowed.contains(&sender.user_id)
     {
+        // A bare `/cmd` in a group that is not one of ours is most likely another bot's: no refusal.
+        let bot_name = me.user.username.as_deref().unwrap_or("");
+        let maybe_foreign = msg.text().and_then(|t| parse_command(t, bot_name)).is_some_and(|c| {
+            !sender.private && !c.for_this_bot && !matches!(c.name.as_str(), "start" | "help" | "new")
+        });
+        if maybe_foreign {
+            return Ok(());
+        }
         info!(user_id = sender.user_id, chat_id = chat, "refused: user not in ALLOWED_USER_IDS");
         reply(&bot, target, REFUSAL_TEXT).await;
         return Ok(());

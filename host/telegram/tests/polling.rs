@@ -660,6 +660,8 @@ async fn the_allow_list_refuses_only_messages_addressed_to_the_bot() {
     let h = Harness::start(o, |_, _| answer("for members only")).await;
     let stranger = 6_000_000_002;
     h.fake.push_text(stranger, GROUP, "/new@some_other_bot", false);
+    // A bare command that is not ours is likely another bot's.
+    h.fake.push_text(stranger, GROUP, "/weather", false);
     h.fake.push_text(stranger, GROUP, "hello people", false);
     h.fake.push_photo(stranger, GROUP, false);
     let asked = h.fake.push_text(stranger, GROUP, &format!("{BOT} let me in"), false);
