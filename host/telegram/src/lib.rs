@@ -637,9 +637,9 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
     };
     drop(_typing);
     deliver(bot, target, &mut preview, &final_text).await;
-    if kind == PreviewKind::Edit
-        && let Some(last) = preview.pacer.last_sent()
-    {
+    if kind == PreviewKind::Edit {
+        // The answer (streamed or not) just went out: the next turn's first update waits its turn.
+        let last = Instant::now();
         let mut paced = ctx.group_paced.lock().unwrap_or_else(|e| e.into_inner());
         // Entries older than a pacing interval no longer hold anything back.
         let interval = ctx.options.edit_interval.max(Duration::from_secs(1));
