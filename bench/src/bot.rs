@@ -28,8 +28,9 @@ impl TurnHandler for Handler {
             Err(human) => TurnResult::Failed(human),
         }
     }
-    async fn reset(&self, user_id: i64) -> anyhow::Result<()> {
-        self.0.reset(user_id).await
+    async fn reset(&self, who: Sender) -> anyhow::Result<()> {
+        // The benchmark talks in private chats only: the user's private session.
+        self.0.reset(who.user_id).await
     }
 }
 

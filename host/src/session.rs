@@ -211,4 +211,24 @@ mod tests {
         let reread: IdMap<GroupKey> = IdMap::open_keyed(dir.path().join("group_conversations.json"));
         assert!(reread.is_empty());
     }
+
+    #[test]
+    fn private_and_group_histories_are_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = SessionHistory {
+            private: Arc::new(HistoryStore::open(dir.path().join("history"))),
+            groups: Arc::new(HistoryStore::open_keyed(dir.path().join("history/groups"))),
+        };
+        let group = SessionKey::Group(GroupKey { chat: -1001, user: Some(7) });
+        history.append_turn(SessionKey::Private(7), "my secret is 42", "noted").unwrap();
+        history.append_turn(group, "hello group", "hi").unwrap();
+        let texts = |key| history.recent(key).into_iter().map(|m| m.text).collect::<Vec<_>>();
+        assert_eq!(texts(SessionKey::Private(7)), vec!["my secret is 42", "noted"]);
+        assert_eq!(texts(group), vec!["hello group", "hi"]);
+        assert!(dir.path().join("history/7.jsonl").exists());
+        assert!(dir.path().join("history/groups/-1001_7.jsonl").exists());
+        history.clear(group).unwrap();
+        assert!(texts(group).is_empty());
+        assert_eq!(texts(SessionKey::Private(7)).len(), 2, "/new in a group keeps the private history");
+    }
 }

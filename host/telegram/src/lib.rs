@@ -1,7 +1,9 @@
 //! swapbot's Telegram front end.
 //!
 //! [`run_polling`] long-polls the Bot API with teloxide, answers /start, /help and /new, refuses users outside
-//! `allowed_user_ids`, and runs every text message as one turn of a [`TurnHandler`] (the host). While a turn
+//! `allowed_user_ids`, and runs every text message as one turn of a [`TurnHandler`] (the host). In groups only
+//! messages addressed to the bot count ([`group`]), and answers go to the question's forum topic, replying to
+//! it; other update kinds are each handled on purpose (see `run_polling_until`'s schema). While a turn
 //! runs, "typing…" is repeated; streamed text is shown as `sendMessageDraft` previews in private chats and as
 //! one paced, edited message in groups; the final answer is sent once, split at paragraph / sentence / word
 //! boundaries when longer than Telegram allows, as escaped HTML with a plain-text fallback.
@@ -117,7 +119,7 @@ impl Default for BotOptions {
 /// What /start and /help answer.
 pub const HELP_TEXT: &str = "Hi! I'm an AI assistant. Send me a message and I'll answer. \
 I remember our conversation, so you can ask follow-up questions.\n\n\
-Commands:\n/new — forget our conversation and start a fresh one\n/help — show this message";
+Commands:\n/new — forget our conversation and start a fresh one\n/usage — what you used today and this month\n/help — show this message";
 /// What /new answers.
 pub const RESET_DONE_TEXT: &str = "Done — I've forgotten our conversation. Your next message starts a fresh one.";
 pub const RESET_FAILED_TEXT: &str = "Sorry, I couldn't reset our conversation right now. Please try again in a moment.";
@@ -646,9 +648,9 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
     };
     drop(_typing);
     deliver(bot, target, &mut preview, &final_text, ctx.options.max_messages).await;
-    if kind == PreviewKind::Edit
-        && let Some(last) = preview.pacer.last_sent()
-    {
+    if kind == PreviewKind::Edit {
+        // The answer (streamed or not) just went out: the next turn's first update waits its turn.
+        let last = Instant::now();
         let mut paced = ctx.group_paced.lock().unwrap_or_else(|e| e.into_inner());
         // Entries older than a pacing interval no longer hold anything back.
         let interval = ctx.options.edit_interval.max(Duration::from_secs(1));
@@ -696,6 +698,14 @@ async fn on_message(bot: Bot, me: Me, msg: Message, ctx: Arc<Ctx>) -> anyhow::Re
     if let Some(allowed) = &ctx.options.allowed_user_ids
         && !allowed.contains(&sender.user_id)
     {
+        // A bare `/cmd` in a group that is not one of ours is most likely another bot's: no refusal.
+        let bot_name = me.user.username.as_deref().unwrap_or("");
+        let maybe_foreign = msg.text().and_then(|t| parse_command(t, bot_name)).is_some_and(|c| {
+            !sender.private && !c.for_this_bot && !matches!(c.name.as_str(), "start" | "help" | "new")
+        });
+        if maybe_foreign {
+            return Ok(());
+        }
         info!(user_id = sender.user_id, chat_id = chat, "refused: user not in ALLOWED_USER_IDS");
         reply(&bot, target, REFUSAL_TEXT).await;
         return Ok(());
@@ -797,6 +807,7 @@ async fn setup(bot: Bot) {
     }
     let commands = vec![
         BotCommand::new("new", "Forget our conversation and start a fresh one"),
+        BotCommand::new("usage", "What you used today and this month"),
         BotCommand::new("help", "What this bot does"),
     ];
     for attempt in 0..5u32 {
@@ -935,6 +946,12 @@ mod tests {
         assert!(c.for_other_bot);
         let c = parse_command("/rollout@mybot 10 percent", "mybot").unwrap();
         assert_eq!(c.normalized, "/rollout 10 percent");
+        assert!(c.for_this_bot);
+        // Case-insensitive: `/ROLLOUT` is `/rollout` (arguments are left to the command).
+        let c = parse_command("/ROLLOUT@MyBot ON", "mybot").unwrap();
+        assert_eq!((c.name.as_str(), c.normalized.as_str(), c.for_this_bot), ("rollout", "/rollout ON", true));
+        let c = parse_command("/new", "mybot").unwrap();
+        assert!(!c.for_this_bot && !c.for_other_bot, "a bare command names no bot");
         assert_eq!(parse_command("hello /new", "mybot"), None);
         assert_eq!(parse_command("/", "mybot"), None);
         assert_eq!(parse_command("/ hello", "mybot"), None);

@@ -30,11 +30,6 @@ impl Pacer {
         t
     }
 
-    /// When the last update went out.
-    pub fn last_sent(&self) -> Option<Instant> {
-        self.last
-    }
-
     /// Records that an update went out at `now`.
     pub fn sent(&mut self, now: Instant) {
         self.last = Some(now);

@@ -661,6 +661,8 @@ async fn the_allow_list_refuses_only_messages_addressed_to_the_bot() {
     let h = Harness::start(o, |_, _| answer("for members only")).await;
     let stranger = 6_000_000_002;
     h.fake.push_text(stranger, GROUP, "/new@some_other_bot", false);
+    // A bare command that is not ours is likely another bot's.
+    h.fake.push_text(stranger, GROUP, "/weather", false);
     h.fake.push_text(stranger, GROUP, "hello people", false);
     h.fake.push_photo(stranger, GROUP, false);
     let asked = h.fake.push_text(stranger, GROUP, &format!("{BOT} let me in"), false);
@@ -681,10 +683,13 @@ async fn commands_are_case_insensitive_and_new_resets_only_its_chat() {
     assert!(h.fake.wait_for(WAIT, |f| f.messages_in(USER).len() >= 3).await);
     h.fake.push_text(USER, GROUP, "/new@SwapBot_Test_Bot", false);
     h.fake.push_text(USER, GROUP, "/Rollout@swapbot_test_bot off", false);
-    assert!(h.fake.wait_for(WAIT, |f| f.messages_in(GROUP).len() >= 2).await);
+    // A bare mention asks nothing: it gets the help text, the model is not called.
+    h.fake.push_text(USER, GROUP, BOT, false);
+    assert!(h.fake.wait_for(WAIT, |f| f.messages_in(GROUP).len() >= 3).await);
     settle().await;
     assert_eq!(h.texts(USER), vec!["admin got /rollout 10", HELP_TEXT, RESET_DONE_TEXT]);
-    assert_eq!(h.texts(GROUP), vec![RESET_DONE_TEXT, "admin got /rollout off"]);
+    assert_eq!(h.texts(GROUP), vec![RESET_DONE_TEXT, "admin got /rollout off", HELP_TEXT]);
+    assert!(h.handler.turns.lock().unwrap().is_empty());
     // The group's /new names the group: the host forgets that session only.
     assert_eq!(*h.handler.resets.lock().unwrap(), vec![(USER, USER), (USER, GROUP)]);
     h.stop().await;
@@ -711,5 +716,20 @@ async fn streaming_in_a_group_keeps_its_pace_across_turns() {
     for w in paced.windows(2) {
         assert!(w[1] - w[0] >= Duration::from_millis(900), "group updates too close: {:?}", w[1] - w[0]);
     }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_answer_arrives_even_when_its_question_was_deleted_meanwhile() {
+    let h = Harness::start(fast(), |_, _| Script { before: Duration::from_millis(500), ..answer("still answered") }).await;
+    let asked = h.fake.push_text(USER, GROUP, &format!("{BOT} quick question"), false);
+    assert!(h.fake.wait_for(WAIT, |_| !h.handler.turns.lock().unwrap().is_empty()).await);
+    h.fake.delete_message(GROUP, asked);
+    let msgs = h.fake.wait_for_messages(GROUP, 1, WAIT).await;
+    assert_eq!(msgs[0].text, "still answered");
+    assert_eq!(msgs[0].reply_to, None, "the replied message is gone");
+    let sends = h.fake.calls_of("sendMessage");
+    assert!(sends.iter().all(|c| c.ok()), "Telegram would refuse a reply to a deleted message without allow_sending_without_reply");
+    assert_eq!(sends[0].params["reply_parameters"]["message_id"], asked);
     h.stop().await;
 }

@@ -465,6 +465,14 @@ impl FakeTelegram {
         id
     }
 
+    /// Deletes a message in a chat (a user deleting their question while the bot is answering).
+    pub fn delete_message(&self, chat_id: i64, message_id: i64) {
+        if let Some(m) = self.lock().chats.get_mut(&chat_id).and_then(|c| c.messages.get_mut(&message_id)) {
+            m.deleted = true;
+        }
+        self.shared.bump();
+    }
+
     /// Callback query ids not answered yet.
     pub fn open_callback_queries(&self) -> Vec<String> {
         self.lock().open_callbacks.clone()
