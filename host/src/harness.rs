@@ -439,6 +439,9 @@ impl HostEffects for Recorder {
     fn recent_history(&mut self) -> Vec<HistoryMessage> {
         self.inner.recent_history()
     }
+    fn session_started(&mut self, session_id: String) {
+        self.inner.session_started(session_id)
+    }
 }
 
 /// Builds a case file from a recorded run.

@@ -533,7 +533,8 @@ impl TurnService {
                     // A session the new-session attempt created is dropped when it failed too: the
                     // user keeps the one they had.
                     let keep_created = left_session.is_none();
-                    if let Some(new_session) = error.session_id.as_ref().filter(|_| keep_created) {
+                    let created = error.session_id.as_ref().or(obs.session_started.as_ref());
+                    if let Some(new_session) = created.filter(|_| keep_created) {
                         // A session created before the failure is kept: the retry and the
                         // next turn use it instead of creating another.
                         if session_id.as_deref() != Some(new_session) {
@@ -574,6 +575,16 @@ impl TurnService {
                 Err(plugin_error) => {
                     record.error_kind = Some(plugin_error_name(&plugin_error).into());
                     tracing::error!(error = %plugin_error, "plugin failed the turn");
+                    // A session the plugin created before it trapped or ran out of time is kept:
+                    // the next turn continues in it instead of losing what it holds.
+                    if let Some(created) = obs.session_started.as_ref().filter(|_| left_session.is_none())
+                        && session_id.as_deref() != Some(created)
+                    {
+                        if let Err(err) = id_map.set(session, created) {
+                            tracing::error!(%err, "could not store the session id");
+                        }
+                        record.session_id = Some(created.clone());
+                    }
                     // A turn cut by its deadline says so; other plugin failures are ours.
                     if matches!(plugin_error, PluginError::Timeout(_)) {
                         return Err(TOO_SLOW.into());

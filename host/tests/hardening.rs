@@ -119,6 +119,27 @@ async fn a_turn_cut_by_its_deadline_says_it_took_too_long() {
     bot.sandbox.shutdown().await;
 }
 
+/// Item 6: a plugin that traps or runs out of time after creating a session used to lose it (the
+/// id map lacked the user, the turn log showed no id); the session it reported is kept.
+#[tokio::test]
+async fn a_session_created_before_a_trap_or_the_deadline_is_kept() {
+    let plugins = hostile_plugin_dir();
+    let bot = bot(&[("PLUGIN_DIR", &plugins.path().display().to_string()), ("TURN_TIMEOUT_SECS", "1")]).await;
+    let map = bot.app.service.id_map("user_conversations.json").unwrap().clone();
+    for (user, text) in [(61, "started then panic"), (62, "started then sleepy")] {
+        let outcome = bot.app.service.turn_on(Backend::Responses, "test", user, text, None).await;
+        assert!(outcome.reply.is_err(), "{text}");
+        let want = format!("conv_hostile_{user}");
+        assert_eq!(map.get(user).as_deref(), Some(want.as_str()), "{text}: the session is in the id map");
+        assert_eq!(outcome.record.session_id.as_deref(), Some(want.as_str()), "{text}: and in the turn log");
+    }
+    // The next turn runs in it.
+    let next = bot.app.service.turn_on(Backend::Responses, "test", 61, "hello", None).await;
+    assert_eq!(next.reply.unwrap(), "survived: hello");
+    assert_eq!(next.record.session_id.as_deref(), Some("conv_hostile_61"));
+    bot.sandbox.shutdown().await;
+}
+
 /// Item 11: a 200 MB sparse plugin file used to be read whole; it is refused by its size.
 #[tokio::test]
 async fn a_plugin_file_over_the_size_cap_is_refused_unread() {

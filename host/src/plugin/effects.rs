@@ -38,6 +38,8 @@ pub trait HostEffects: Send {
     fn now_ms(&mut self) -> u64;
     async fn sleep_ms(&mut self, ms: u32);
     fn recent_history(&mut self) -> Vec<HistoryMessage>;
+    /// The plugin created a session on the server (0.2.0 plugins say so as it happens).
+    fn session_started(&mut self, _session_id: String) {}
 }
 
 /// For calls that must not reach anything, such as `describe` during validation.
@@ -78,6 +80,8 @@ pub struct TurnObservations {
     pub log_calls: u32,
     pub log_bytes: usize,
     pub log_capped: bool,
+    /// The last session the plugin said it created in this turn.
+    pub session_started: Option<String>,
 }
 
 /// Per-turn bounds on what a plugin may make the host hold or write: without them one plugin
@@ -214,5 +218,11 @@ impl HostEffects for LiveEffects {
 
     fn recent_history(&mut self) -> Vec<HistoryMessage> {
         (self.history)()
+    }
+
+    fn session_started(&mut self, session_id: String) {
+        if !session_id.is_empty() && session_id.len() <= 512 {
+            self.observations.lock().unwrap().session_started = Some(session_id);
+        }
     }
 }

@@ -34,6 +34,10 @@ pub(super) fn bounded_log_message(mut message: String) -> String {
 /// bindings (`$host`, `$types`: the generated modules) for [`TurnState`].
 macro_rules! impl_host_interface {
     ($host:path, $types:path) => {
+        $crate::plugin::host_impl::impl_host_interface!($host, $types, {});
+    };
+    // `$extra`: methods of `host::Host` that only this version has.
+    ($host:path, $types:path, { $($extra:item)* }) => {
         const _: () = {
             use wasmtime::component::Resource;
             use $host as host;
@@ -110,6 +114,8 @@ macro_rules! impl_host_interface {
                     self.effects.sleep_ms(ms).await;
                     self.entered_host();
                 }
+
+                $($extra)*
 
                 async fn recent_history(&mut self) -> Vec<types::HistoryMessage> {
                     self.entered_host();

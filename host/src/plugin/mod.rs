@@ -38,7 +38,13 @@ pub mod bindings {
 
 host_impl::impl_host_interface!(
     crate::plugin::bindings::swapbot::backend::host,
-    crate::plugin::bindings::swapbot::backend::types
+    crate::plugin::bindings::swapbot::backend::types,
+    {
+        async fn session_started(&mut self, session_id: String) {
+            self.entered_host();
+            self.effects.session_started(session_id);
+        }
+    }
 );
 
 pub use bindings::swapbot::backend::types::{

@@ -70,6 +70,7 @@ pub fn create_thread<E: Effects>(fx: &mut E) -> Result<String, ChatError> {
         |r| api_gone(r, true),
     )?;
     let id = req_str("POST /threads", &v, "id")?.to_owned();
+    fx.session_started(&id);
     fx.log(Level::Info, &format!("created thread {id}"));
     Ok(id)
 }

@@ -94,6 +94,10 @@ impl c::Effects for HostEffects {
         wh::sleep_ms(ms);
     }
 
+    fn session_started(&mut self, session_id: &str) {
+        wh::session_started(session_id);
+    }
+
     fn recent_history(&mut self) -> Vec<c::HistoryMessage> {
         wh::recent_history().into_iter().map(from_history).collect()
     }

@@ -440,6 +440,8 @@ pub trait Effects {
     fn sleep_ms(&mut self, ms: u32);
     /// The user's earlier messages, oldest first.
     fn recent_history(&mut self) -> Vec<HistoryMessage>;
+    /// Tell the host a session now exists (so it is kept whatever happens to the turn next).
+    fn session_started(&mut self, _session_id: &str) {}
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ pub struct ScriptedEffects {
     pub logs: Vec<(Level, String)>,
     pub requests: Vec<HttpRequest>,
     pub history_calls: usize,
+    /// Sessions the plugin reported with `session_started`.
+    pub started: Vec<String>,
 }
 
 impl ScriptedEffects {
@@ -146,6 +148,10 @@ impl Effects for ScriptedEffects {
     fn sleep_ms(&mut self, ms: u32) {
         self.now += u64::from(ms);
         self.slept += u64::from(ms);
+    }
+
+    fn session_started(&mut self, session_id: &str) {
+        self.started.push(session_id.to_owned());
     }
 
     fn recent_history(&mut self) -> Vec<HistoryMessage> {

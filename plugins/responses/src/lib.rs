@@ -87,6 +87,7 @@ pub fn create_conversation<E: Effects>(
     let req = HttpRequest::post("/conversations").json(&body);
     let v = call_json(fx, req, |_| None)?;
     let id = req_str("POST /conversations", &v, "id")?.to_owned();
+    fx.session_started(&id);
     fx.log(
         Level::Info,
         &format!("created conversation {id} with {first} item(s)"),

@@ -405,3 +405,16 @@ fn an_incomplete_response_hands_back_what_it_billed() {
         Some(Usage { input_tokens: 900, cached_input_tokens: 768, output_tokens: 64, reasoning_tokens: 64 })
     );
 }
+
+#[test]
+fn a_new_conversation_is_reported_to_the_host_as_soon_as_it_exists() {
+    let case = Case::parse(include_str!("../cases/creates_conversation_when_none.json"));
+    let mut fx = ScriptedEffects::new(case.exchanges, case.history);
+    let a = chat(&mut fx, &case.turn).unwrap();
+    assert_eq!(fx.started, [a.session_id.clone()]);
+    // A stored, live conversation is not reported again.
+    let case = Case::parse(include_str!("../cases/reuses_live_conversation.json"));
+    let mut fx = ScriptedEffects::new(case.exchanges, case.history);
+    chat(&mut fx, &case.turn).unwrap();
+    assert!(fx.started.is_empty());
+}

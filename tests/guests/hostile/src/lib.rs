@@ -1,6 +1,7 @@
 //! A misbehaving backend for the runtime's limit tests. What it does depends on the turn text:
 //! "loop" spins forever, "alloc" grows memory without end, "panic" panics, "sleepy" asks the
-//! host to sleep for long, anything else answers "survived: <text>".
+//! host to sleep for long, "started then panic" / "started then sleepy" first report a new
+//! session (`conv_hostile_<user>`), anything else answers "survived: <text>".
 #![cfg(target_arch = "wasm32")]
 
 wit_bindgen::generate!({ path: "../../../wit", world: "backend" });
@@ -22,7 +23,14 @@ impl Guest for Hostile {
     }
 
     fn chat(turn: wt::Turn) -> Result<wt::Answer, wt::ChatError> {
-        match turn.text.as_str() {
+        let text = match turn.text.strip_prefix("started then ") {
+            Some(rest) => {
+                swapbot::backend::host::session_started(&format!("conv_hostile_{}", turn.user_id));
+                rest
+            }
+            None => turn.text.as_str(),
+        };
+        match text {
             "loop" => {
                 let mut x: u64 = 0;
                 loop {
