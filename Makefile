@@ -32,10 +32,11 @@ plugins: wasm-target
 
 ## test-guests: misbehaving plugins for the runtime's limit tests
 test-guests: wasm-target
-	$(CARGO) build --release --locked --target wasm32-wasip2 -p swapbot-guest-hostile -p swapbot-guest-future
+	$(CARGO) build --release --locked --target wasm32-wasip2 -p swapbot-guest-hostile -p swapbot-guest-future -p swapbot-guest-legacy
 	@mkdir -p target/test-plugins
 	@cp "$(WASM)/swapbot_guest_hostile.wasm" target/test-plugins/hostile.wasm
 	@cp "$(WASM)/swapbot_guest_future.wasm" target/test-plugins/future.wasm
+	@cp "$(WASM)/swapbot_guest_legacy.wasm" target/test-plugins/legacy-v0.1.wasm
 
 ## test: every test, then every plugin's harness cases
 test: build test-guests

@@ -283,17 +283,26 @@ pub fn wit_settings(path: Path, poll_ms: u32) -> Settings {
         background: false,
         poll_interval_ms: poll_ms,
         deadline_ms: 60_000,
+        options: vec![],
     }
 }
 
 pub fn wit_turn(path: Path, user: i64, session: Option<String>, text: &str, poll_ms: u32) -> Turn {
-    Turn { user_id: user, session_id: session, text: text.into(), context: vec![], settings: wit_settings(path, poll_ms) }
+    Turn {
+        user_id: user,
+        session_id: session,
+        cache_key: String::new(),
+        text: text.into(),
+        context: vec![],
+        settings: wit_settings(path, poll_ms),
+    }
 }
 
 pub fn native_turn(t: &Turn) -> pc::Turn {
     pc::Turn {
         user_id: t.user_id,
         session_id: t.session_id.clone(),
+        cache_key: t.cache_key.clone(),
         text: t.text.clone(),
         context: vec![],
         settings: pc::Settings {
@@ -304,6 +313,7 @@ pub fn native_turn(t: &Turn) -> pc::Turn {
             background: t.settings.background,
             poll_interval_ms: t.settings.poll_interval_ms,
             deadline_ms: t.settings.deadline_ms,
+            options: t.settings.options.clone(),
         },
     }
 }

@@ -2,11 +2,12 @@
 //! and `swapbot-bench report` turns their raw JSON lines into `bench/results.{json,md}`.
 //!
 //! Groups (issue 6): `overhead` (1), `native` (2), `first-text` (3), `load` (4 and part of 6),
-//! `swap` (5), `memory` (6), `startup` (7). `bot` and `memory-child` are the processes the
+//! `swap` (5), `memory` (6), `startup` (7); issue 9: `cost` (8). `bot` and `memory-child` are the processes the
 //! groups start. `BENCH_QUICK=1` runs every group with few samples (a smoke run).
 
 mod bot;
 mod common;
+mod cost;
 mod e2e;
 mod effects;
 mod lifecycle;
@@ -15,7 +16,7 @@ mod report;
 
 use std::path::PathBuf;
 
-const USAGE: &str = "usage: swapbot-bench overhead|native|first-text|load|swap|memory|startup [--out FILE]\n       \
+const USAGE: &str = "usage: swapbot-bench overhead|native|first-text|load|swap|memory|startup|cost [--out FILE]\n       \
 swapbot-bench report RAW.jsonl... --json FILE --md FILE [--total-secs N]";
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         "load" => rt()?.block_on(e2e::load(&out, quick)),
         "swap" => rt()?.block_on(lifecycle::hot_swap(&out, if quick { 2 } else { 5 }, if quick { 4 } else { 20 })),
         "memory" => lifecycle::memory(&out, quick),
+        "cost" => rt()?.block_on(cost::cost(&out)),
         "startup" => lifecycle::startup(&out, if quick { 2 } else { 5 }, if quick { 3 } else { 10 }),
         _ => anyhow::bail!(USAGE),
     }

@@ -24,14 +24,14 @@ pub struct KbContext(pub swapbot_kb::Kb);
 
 #[async_trait::async_trait]
 impl ContextSource for KbContext {
-    async fn context(&self, question: &str) -> (Vec<crate::plugin::ContextChunk>, Option<String>) {
+    async fn context(&self, question: &str) -> crate::service::Context {
         let retrieval = self.0.retrieve(question).await;
         let chunks = retrieval
             .chunks
             .into_iter()
             .map(|c| crate::plugin::ContextChunk { source: c.source, text: c.text, score: c.score })
             .collect();
-        (chunks, retrieval.note)
+        crate::service::Context { chunks, note: retrieval.note, embedding_tokens: retrieval.embedding_tokens }
     }
 }
 
@@ -41,6 +41,10 @@ pub fn openai(config: &Config) -> anyhow::Result<OpenAi> {
     let mut openai_config = OpenAiConfig::new(config.openai_base_url.clone(), api_key);
     openai_config.request_timeout = config.openai_timeout;
     openai_config.stream_idle_timeout = config.openai_timeout;
+    openai_config.max_retry_wait = config.max_retry_wait;
+    openai_config.max_body_bytes = config.openai_max_body_bytes;
+    // No stream outlives the turn it serves, whatever the server keeps sending.
+    openai_config.stream_max_duration = config.turn_timeout;
     OpenAi::new(openai_config).map_err(|e| anyhow::anyhow!("invalid setting OPENAI_BASE_URL: {e}"))
 }
 
@@ -60,6 +64,10 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot create {}: {e}", config.data_dir.display()))?;
     crate::storage::migrate(&config.data_dir)?;
+    // Temp files of writes a crash or a full disk interrupted would fill a small disk again.
+    for dir in [config.data_dir.clone(), config.data_dir.join("history"), config.data_dir.join(".plugin-cache")] {
+        crate::storage::remove_stale_temp_files(&dir);
+    }
 
     let limits = Limits {
         memory_bytes: config.plugin_memory_mb << 20,
@@ -70,7 +78,9 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     };
     let runtime = PluginRuntime::new(limits)?;
     let cache = config.data_dir.join(".plugin-cache");
-    let plugins = Arc::new(PluginSet::new(runtime, &config.plugin_dir, Some(cache)));
+    let plugins = Arc::new(
+        PluginSet::new(runtime, &config.plugin_dir, Some(cache)).with_max_file_bytes(config.plugin_max_file_bytes),
+    );
     let metrics = crate::metrics::Metrics::new();
     let weak = Arc::downgrade(&plugins);
     let observed = metrics.clone();
@@ -105,15 +115,32 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     let context = kb.clone().map(|kb| Arc::new(KbContext(kb)) as Arc<dyn ContextSource>);
     let turn_log = TurnLog::open(&config.log_dir)
         .map_err(|e| anyhow::anyhow!("invalid setting LOG_DIR: cannot use {}: {e}", config.log_dir.display()))?;
-    let service = Arc::new(TurnService::new(
-        plugins.clone(),
-        openai,
-        TurnSettings::from_config(&config),
-        config.routing.clone(),
-        &config.data_dir,
-        turn_log,
-        context,
-        metrics.clone(),
-    ));
+    let prices = match &config.prices_file {
+        Some(path) => crate::usage::PriceTable::with_overrides(path)?,
+        None => crate::usage::PriceTable::shipped(),
+    };
+    let usage_journal = config.data_dir.join("usage.jsonl");
+    let ledger = crate::usage::Ledger::open(usage_journal.clone(), crate::usage::ledger::unix_ms_now())
+        .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot use {}: {e}", usage_journal.display()))?;
+    let accounting = crate::service::Accounting {
+        ledger,
+        prices,
+        budgets: config.budgets,
+        admins: config.admin_user_ids.clone(),
+        embedding_model: kb.as_ref().map(|kb| kb.config().embedding_model.clone()).unwrap_or_default(),
+    };
+    let service = Arc::new(
+        TurnService::new(
+            plugins.clone(),
+            openai,
+            TurnSettings::from_config(&config),
+            config.routing.clone(),
+            &config.data_dir,
+            turn_log,
+            context,
+            metrics.clone(),
+        )
+        .with_accounting(accounting),
+    );
     Ok(App { config, service, plugins, kb, metrics })
 }

@@ -31,6 +31,10 @@ pub struct Config {
     pub run_deadline: Duration,
     pub openai_timeout: Duration,
     pub turn_timeout: Duration,
+    /// The longest server-requested wait (`Retry-After`) honoured before a retry.
+    pub max_retry_wait: Duration,
+    /// The largest non-streamed response body, and the largest line or event of a stream.
+    pub openai_max_body_bytes: usize,
     pub routing: Routing,
     pub data_dir: PathBuf,
     pub log_dir: PathBuf,
@@ -41,6 +45,15 @@ pub struct Config {
     pub plugin_memory_mb: usize,
     pub plugin_pooling: bool,
     pub plugin_pool_size: u32,
+    /// Options handed to one backend's plugin (`settings.options`), by backend name.
+    pub backend_options: std::collections::BTreeMap<String, Vec<(String, String)>>,
+    /// A price table that replaces the shipped one (`PRICES_FILE`).
+    pub prices_file: Option<PathBuf>,
+    pub budgets: crate::usage::Budgets,
+    /// A plugin file larger than this is refused without being read.
+    pub plugin_max_file_bytes: u64,
+    /// Telegram messages one answer may take; a longer answer is cut with a note.
+    pub telegram_max_messages: usize,
     /// `GROUP_MODE`: answer only messages addressed to the bot in groups, or all.
     pub group_mode: swapbot_telegram::GroupMode,
     /// `GROUP_SESSIONS`: one session per (group, user), or one per group.
@@ -66,6 +79,20 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
 pub const DEFAULT_INSTRUCTIONS: &str =
     "You are a helpful assistant in a Telegram chat. Answer concisely. Use the knowledge base context when it is relevant.";
+
+/// An allow-list that is set but names nobody (`" "`, `","`) must not read as "everyone": that
+/// would open a private bot to the world through a typo. Unset means everyone.
+fn allow_list(
+    name: &'static str,
+    present: bool,
+    parsed: Option<BTreeSet<i64>>,
+) -> Result<Option<BTreeSet<i64>>, ConfigError> {
+    match parsed {
+        Some(ids) if !ids.is_empty() => Ok(Some(ids)),
+        _ if present => Err(invalid(name, "is set but lists no user ids (unset it to let everyone in)")),
+        _ => Ok(None),
+    }
+}
 
 impl Config {
     /// Reads `.env` (if present) without overriding the environment, then the environment.
@@ -121,6 +148,51 @@ impl Config {
             rollout_percent: number("RESPONSES_ROLLOUT_PERCENT", 100, 0, 100)? as u8,
             test_users: ids("RESPONSES_TEST_USERS")?.unwrap_or_default(),
         };
+        let mut backend_options = std::collections::BTreeMap::<String, Vec<(String, String)>>::new();
+        let mut responses_options = vec![];
+        match text("RESPONSES_CONTEXT").as_deref() {
+            None | Some("truncate") => responses_options.push(("context".to_owned(), "truncate".to_owned())),
+            Some("compact") => {
+                responses_options.push(("context".into(), "compact".into()));
+                let threshold = number("RESPONSES_COMPACT_THRESHOLD", 100_000, 1000, 100_000_000)?;
+                responses_options.push(("compact-threshold".into(), threshold.to_string()));
+            }
+            Some(other) => return Err(invalid("RESPONSES_CONTEXT", format!("expected truncate or compact, got {other:?}"))),
+        }
+        match text("RESPONSES_CONTEXT_LAYOUT").as_deref() {
+            None => {}
+            Some(v @ ("input" | "instructions")) => responses_options.push(("context-layout".into(), v.into())),
+            Some(other) => {
+                return Err(invalid("RESPONSES_CONTEXT_LAYOUT", format!("expected input or instructions, got {other:?}")));
+            }
+        }
+        backend_options.insert("responses".into(), responses_options);
+        let mut assistants_options = vec![];
+        if let Some(v) = text("ASSISTANTS_TRUNCATION") {
+            let valid = v == "auto"
+                || v.strip_prefix("last_messages:").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 1);
+            if !valid {
+                return Err(invalid("ASSISTANTS_TRUNCATION", format!("expected auto or last_messages:N, got {v:?}")));
+            }
+            assistants_options.push(("truncation-strategy".into(), v));
+        }
+        match text("ASSISTANTS_CONTEXT_LAYOUT").as_deref() {
+            None => {}
+            Some(v @ ("input" | "instructions")) => assistants_options.push(("context-layout".into(), v.into())),
+            Some(other) => {
+                return Err(invalid("ASSISTANTS_CONTEXT_LAYOUT", format!("expected input or instructions, got {other:?}")));
+            }
+        }
+        backend_options.insert("assistants".into(), assistants_options);
+        let budget = |name: &'static str| -> Result<Option<crate::usage::Limit>, ConfigError> {
+            text(name).map(|v| crate::usage::Limit::parse(&v).map_err(|m| invalid(name, m))).transpose()
+        };
+        let budgets = crate::usage::Budgets {
+            user_day: budget("BUDGET_USER_DAY")?,
+            user_month: budget("BUDGET_USER_MONTH")?,
+            total_day: budget("BUDGET_TOTAL_DAY")?,
+            total_month: budget("BUDGET_TOTAL_MONTH")?,
+        };
         let assistant_id = text("ASSISTANT_ID");
         if let Some(id) = &assistant_id {
             if !id.starts_with("asst_") {
@@ -139,16 +211,28 @@ impl Config {
             run_deadline: Duration::from_secs(number("RUN_DEADLINE_SECS", 90, 1, 3600)?),
             openai_timeout: Duration::from_secs(number("OPENAI_TIMEOUT_SECS", 60, 1, 3600)?),
             turn_timeout: Duration::from_secs(number("TURN_TIMEOUT_SECS", 150, 1, 3600)?),
+            max_retry_wait: Duration::from_secs(number(
+                "MAX_RETRY_WAIT_SECS",
+                swapbot_openai::DEFAULT_MAX_RETRY_WAIT.as_secs(),
+                0,
+                600,
+            )?),
+            openai_max_body_bytes: (number("OPENAI_MAX_BODY_MB", 16, 1, 1024)? as usize) << 20,
             routing,
             data_dir: text("DATA_DIR").unwrap_or_else(|| "data".into()).into(),
             log_dir: text("LOG_DIR").unwrap_or_else(|| "logs".into()).into(),
             plugin_dir: text("PLUGIN_DIR").unwrap_or_else(|| "target/plugins".into()).into(),
             telegram_token: text("TELOXIDE_TOKEN"),
-            allowed_user_ids: ids("ALLOWED_USER_IDS")?,
+            allowed_user_ids: allow_list("ALLOWED_USER_IDS", get("ALLOWED_USER_IDS").is_some(), ids("ALLOWED_USER_IDS")?)?,
             admin_user_ids: ids("ADMIN_USER_IDS")?.unwrap_or_default(),
             plugin_memory_mb: number("PLUGIN_MEMORY_MB", 64, 8, 4096)? as usize,
             plugin_pooling: flag("PLUGIN_POOLING", false)?,
             plugin_pool_size: number("PLUGIN_POOL_SIZE", 256, 1, 100_000)? as u32,
+            backend_options,
+            prices_file: text("PRICES_FILE").map(PathBuf::from),
+            budgets,
+            plugin_max_file_bytes: number("PLUGIN_MAX_FILE_MB", 32, 1, 1024)? << 20,
+            telegram_max_messages: number("TELEGRAM_MAX_MESSAGES", 10, 1, 1000)? as usize,
             group_mode: text("GROUP_MODE").map(|v| v.parse()).transpose().map_err(|e: String| invalid("GROUP_MODE", e))?.unwrap_or_default(),
             group_sessions: text("GROUP_SESSIONS")
                 .map(|v| v.parse())
@@ -217,6 +301,57 @@ mod tests {
         assert_eq!((c.group_mode, c.group_sessions), (swapbot_telegram::GroupMode::Mention, crate::session::GroupSessions::PerUser));
         let c = config(&[("RESPONSES_TEST_USERS", "1, 5000000000"), ("USE_OPENAI_RESPONSES", "true")]).unwrap();
         assert_eq!(c.routing.test_users, [1, 5_000_000_000].into());
+    }
+
+    #[test]
+    fn context_settings_become_backend_options() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.backend_options["responses"], [("context".to_string(), "truncate".to_string())]);
+        assert!(c.backend_options["assistants"].is_empty());
+        let c = config(&[
+            ("RESPONSES_CONTEXT", "compact"),
+            ("RESPONSES_COMPACT_THRESHOLD", "20000"),
+            ("RESPONSES_CONTEXT_LAYOUT", "instructions"),
+            ("ASSISTANTS_TRUNCATION", "last_messages:10"),
+        ])
+        .unwrap();
+        let opt = |b: &str, k: &str| c.backend_options[b].iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(opt("responses", "context").as_deref(), Some("compact"));
+        assert_eq!(opt("responses", "compact-threshold").as_deref(), Some("20000"));
+        assert_eq!(opt("responses", "context-layout").as_deref(), Some("instructions"));
+        assert_eq!(opt("assistants", "truncation-strategy").as_deref(), Some("last_messages:10"));
+        for (name, value) in [
+            ("RESPONSES_CONTEXT", "forget"),
+            ("RESPONSES_COMPACT_THRESHOLD", "999"),
+            ("RESPONSES_CONTEXT_LAYOUT", "top"),
+            ("ASSISTANTS_TRUNCATION", "last_messages:0"),
+            ("BUDGET_USER_DAY", "lots"),
+        ] {
+            let pairs = [("RESPONSES_CONTEXT", "compact"), (name, value)];
+            assert_eq!(config(&pairs).unwrap_err().name, name);
+        }
+    }
+
+    #[test]
+    fn an_allow_list_that_names_nobody_is_an_error_not_everyone() {
+        for blank in ["", " ", ",", " ; , "] {
+            let err = config(&[("ALLOWED_USER_IDS", blank)]).unwrap_err();
+            assert_eq!(err.name, "ALLOWED_USER_IDS", "{blank:?}");
+        }
+        assert_eq!(config(&[]).unwrap().allowed_user_ids, None, "unset: everyone");
+        assert_eq!(config(&[("ALLOWED_USER_IDS", " 7, 8 ")]).unwrap().allowed_user_ids, Some([7, 8].into()));
+    }
+
+    #[test]
+    fn caps_have_sane_defaults_and_are_settings() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.max_retry_wait, Duration::from_secs(5));
+        assert_eq!(c.openai_max_body_bytes, 16 << 20);
+        assert_eq!(c.plugin_max_file_bytes, 32 << 20);
+        assert_eq!(c.telegram_max_messages, 10);
+        let c = config(&[("MAX_RETRY_WAIT_SECS", "0"), ("OPENAI_MAX_BODY_MB", "2"), ("PLUGIN_MAX_FILE_MB", "3"), ("TELEGRAM_MAX_MESSAGES", "4")]).unwrap();
+        assert_eq!((c.max_retry_wait, c.openai_max_body_bytes, c.plugin_max_file_bytes, c.telegram_max_messages), (Duration::ZERO, 2 << 20, 3 << 20, 4));
+        assert_eq!(config(&[("TELEGRAM_MAX_MESSAGES", "0")]).unwrap_err().name, "TELEGRAM_MAX_MESSAGES");
     }
 
     #[test]

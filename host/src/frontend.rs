@@ -36,6 +36,48 @@ impl TurnHandler for BotHandler {
     }
 
     async fn admin(&self, user_id: i64, command: &str) -> Option<String> {
+        let mut words = command.split_whitespace();
+        let head = words.next().unwrap_or_default().to_ascii_lowercase();
+        if head == "/usage" || head.starts_with("/usage@") {
+            let args: Vec<&str> = words.collect();
+            return Some(usage_command(&self.service, user_id, &args));
+        }
         self.rollout.command(user_id, command)
+    }
+}
+
+/// `/usage`: the user's own use this day and month; `/usage top` (admins): the heaviest users.
+pub fn usage_command(service: &TurnService, user_id: i64, args: &[&str]) -> String {
+    let accounting = service.accounting();
+    let now = crate::usage::ledger::unix_ms_now();
+    let line = |t: &crate::usage::Totals| {
+        format!(
+            "{} answer{}, {} tokens ({} cached), {}",
+            t.turns,
+            if t.turns == 1 { "" } else { "s" },
+            t.tokens(),
+            t.tokens.cached_input,
+            crate::usage::format_usd(t.micro_usd)
+        )
+    };
+    match args {
+        [] => {
+            let u = accounting.ledger.usage_of(user_id, now);
+            format!("Your use of the assistant (UTC):\ntoday: {}\nthis month: {}", line(&u.day), line(&u.month))
+        }
+        ["top"] | ["top", _] if accounting.admins.contains(&user_id) => {
+            let n = args.get(1).and_then(|n| n.parse::<usize>().ok()).unwrap_or(10).clamp(1, 50);
+            let top = accounting.ledger.top(n, now);
+            let total = accounting.ledger.total(now);
+            let mut out = format!("This month (UTC), everyone: {}\nHeaviest users:", line(&total.month));
+            if top.is_empty() {
+                out.push_str(" none yet");
+            }
+            for (i, (user, t)) in top.iter().enumerate() {
+                out.push_str(&format!("\n{}. {user}: {}", i + 1, line(t)));
+            }
+            out
+        }
+        _ => "Usage: /usage".into(),
     }
 }

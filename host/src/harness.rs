@@ -170,6 +170,7 @@ fn settings_to_wit(s: &common::Settings) -> Settings {
         background: s.background,
         poll_interval_ms: s.poll_interval_ms,
         deadline_ms: s.deadline_ms,
+        options: s.options.clone(),
     }
 }
 
@@ -177,6 +178,7 @@ fn turn_to_wit(turn: &common::Turn) -> Turn {
     Turn {
         user_id: turn.user_id,
         session_id: turn.session_id.clone(),
+        cache_key: turn.cache_key.clone(),
         text: turn.text.clone(),
         context: turn
             .context
@@ -194,6 +196,10 @@ fn answer_value(answer: &Answer) -> Value {
         "turn_id": answer.turn_id,
         "new_session": answer.new_session,
         "replayed": answer.replayed,
+        "usage": answer.usage.map(|u| serde_json::json!({
+            "input_tokens": u.input_tokens, "cached_input_tokens": u.cached_input_tokens,
+            "output_tokens": u.output_tokens, "reasoning_tokens": u.reasoning_tokens,
+        })),
     })
 }
 
@@ -446,6 +452,7 @@ pub fn recorded_case(name: &str, turn: &Turn, history: &[HistoryMessage], exchan
         "turn": {
             "user_id": turn.user_id,
             "session_id": turn.session_id,
+            "cache_key": turn.cache_key,
             "text": turn.text,
             "context": turn.context.iter().map(|c| serde_json::json!({"source": c.source, "text": c.text, "score": c.score})).collect::<Vec<_>>(),
             "settings": {
@@ -456,6 +463,7 @@ pub fn recorded_case(name: &str, turn: &Turn, history: &[HistoryMessage], exchan
                 "background": turn.settings.background,
                 "poll_interval_ms": turn.settings.poll_interval_ms,
                 "deadline_ms": turn.settings.deadline_ms,
+                "options": turn.settings.options.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
             },
         },
         "history": history.iter().map(|m| serde_json::json!({"role": if m.role == Role::Assistant { "assistant" } else { "user" }, "text": m.text})).collect::<Vec<_>>(),

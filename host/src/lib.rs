@@ -14,5 +14,6 @@ pub mod storage;
 pub mod telemetry;
 pub mod terminal;
 pub mod turnlog;
+pub mod usage;
 pub mod rollout;
 pub mod frontend;

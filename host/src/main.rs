@@ -236,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 let options = swapbot_telegram::BotOptions {
                     allowed_user_ids: app.config.allowed_user_ids.as_ref().map(|ids| ids.iter().copied().collect()),
+                    max_messages: app.config.telegram_max_messages,
                     group_mode: app.config.group_mode,
                     ..Default::default()
                 };

@@ -12,6 +12,9 @@
 //! - `swapbot_turn_latency_seconds{backend}` histogram (t0 to the end of the turn)
 //! - `swapbot_time_to_first_token_seconds{backend}` histogram (turns that have a ttft)
 //! - `swapbot_kb_latency_seconds{backend}` histogram (knowledge-base lookup of the turn)
+//! - `swapbot_tokens_total{backend,kind="input|cached_input|output|reasoning|embedding"}` counter
+//!   (usage the API reported; `input` includes `cached_input`, `output` includes `reasoning`)
+//! - `swapbot_cost_microdollars_total{backend}` counter (from the price table)
 //! - `swapbot_plugin_swaps_total{backend,result="swapped|refused"}` counter
 //! - `swapbot_plugin_info{backend,version,sha256}` gauge, always 1, one series per backend
 
@@ -66,6 +69,8 @@ struct Inner {
     kb: BTreeMap<String, Histogram>,
     swaps: BTreeMap<(String, &'static str), u64>,
     info: BTreeMap<String, (String, String)>,
+    tokens: BTreeMap<(String, &'static str), u64>,
+    cost_micro_usd: BTreeMap<String, u64>,
 }
 
 /// Per-backend turn counts since the process started, e.g. for `/rollout`.
@@ -116,6 +121,21 @@ impl Metrics {
             .observe(record.latency_ms);
         if let Some(ttft) = record.ttft_ms {
             inner.ttft.entry(backend.clone()).or_insert_with(|| Histogram::new(TTFT_BUCKETS_MS)).observe(ttft);
+        }
+        let counts = [
+            ("input", record.input_tokens),
+            ("cached_input", record.cached_input_tokens),
+            ("output", record.output_tokens),
+            ("reasoning", record.reasoning_tokens),
+            ("embedding", record.embedding_tokens),
+        ];
+        if counts.iter().any(|(_, n)| n.is_some()) {
+            for (kind, n) in counts {
+                *inner.tokens.entry((backend.clone(), kind)).or_default() += n.unwrap_or(0);
+            }
+        }
+        if let Some(usd) = record.cost_usd {
+            *inner.cost_micro_usd.entry(backend.clone()).or_default() += (usd * 1e6).round() as u64;
         }
         inner.kb.entry(backend).or_insert_with(|| Histogram::new(KB_BUCKETS_MS)).observe(record.kb_ms);
     }
@@ -184,6 +204,16 @@ impl Metrics {
             &inner.ttft,
         );
         histogram(&mut out, "swapbot_kb_latency_seconds", "Knowledge-base lookup latency per turn.", &inner.kb);
+
+        header(&mut out, "swapbot_tokens_total", "counter", "Tokens the API reported, by backend and kind.");
+        for ((backend, kind), n) in &inner.tokens {
+            sample(&mut out, "swapbot_tokens_total", &[("backend", backend), ("kind", kind)], *n);
+        }
+
+        header(&mut out, "swapbot_cost_microdollars_total", "counter", "Cost of the turns from the price table, in millionths of a US dollar.");
+        for (backend, n) in &inner.cost_micro_usd {
+            sample(&mut out, "swapbot_cost_microdollars_total", &[("backend", backend)], *n);
+        }
 
         header(&mut out, "swapbot_plugin_swaps_total", "counter", "Plugin modules swapped in or refused, by backend.");
         for ((backend, result), n) in &inner.swaps {

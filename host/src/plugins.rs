@@ -25,7 +25,12 @@ pub struct PluginSet {
     cache_dir: Option<PathBuf>,
     slots: [ArcSwapOption<LoadedPlugin>; 2],
     observer: ArcSwapOption<Observer>,
+    /// A larger file is refused before it is read (a sparse 200 MB file would be read whole).
+    max_file_bytes: u64,
 }
+
+/// Default of [`PluginSet::with_max_file_bytes`]; today's plugins are well under 1 MiB.
+pub const DEFAULT_MAX_PLUGIN_FILE_BYTES: u64 = 32 << 20;
 
 fn slot(backend: Backend) -> usize {
     match backend {
@@ -50,7 +55,40 @@ impl PluginSet {
             cache_dir,
             slots: [ArcSwapOption::empty(), ArcSwapOption::empty()],
             observer: ArcSwapOption::empty(),
+            max_file_bytes: DEFAULT_MAX_PLUGIN_FILE_BYTES,
         }
+    }
+
+    pub fn with_max_file_bytes(mut self, max: u64) -> Self {
+        self.max_file_bytes = max;
+        self
+    }
+
+    /// The file's bytes, unless it is missing (`None`) or larger than the cap.
+    async fn read_capped(&self, path: &Path) -> Result<Option<Vec<u8>>, PluginError> {
+        let cannot = |err: std::io::Error| PluginError::Compile(format!("cannot read {}: {err}", path.display()));
+        let len = match tokio::fs::metadata(path).await {
+            Ok(meta) => meta.len(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(cannot(err)),
+        };
+        if len > self.max_file_bytes {
+            return Err(PluginError::Compile(format!(
+                "{} is {len} bytes, over the limit of {} (PLUGIN_MAX_FILE_MB)",
+                path.display(),
+                self.max_file_bytes
+            )));
+        }
+        // `take` also bounds a file that grows between the check and the read.
+        let file = tokio::fs::File::open(path).await.map_err(cannot)?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::AsyncReadExt::take(file, self.max_file_bytes + 1), &mut bytes)
+            .await
+            .map_err(cannot)?;
+        if bytes.len() as u64 > self.max_file_bytes {
+            return Err(PluginError::Compile(format!("{} grew over the limit while read", path.display())));
+        }
+        Ok(Some(bytes))
     }
 
     pub fn runtime(&self) -> &PluginRuntime {
@@ -86,9 +124,10 @@ impl PluginSet {
         if let Err(err) = &result {
             let old = self.get(backend);
             let file = self.dir.join(backend.file_name());
-            let new_sha256 = std::fs::read(&file)
-                .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))[..12].to_string())
-                .unwrap_or_else(|_| "-".into());
+            let new_sha256 = match self.read_capped(&file).await {
+                Ok(Some(bytes)) => hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))[..12].to_string(),
+                _ => "-".into(),
+            };
             tracing::error!(
                 backend = backend.name(),
                 file = %file.display(),
@@ -172,11 +211,7 @@ impl PluginSet {
 
     async fn try_reload(&self, backend: Backend) -> Result<LoadOutcome, PluginError> {
         let path = self.dir.join(backend.file_name());
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(LoadOutcome::Missing),
-            Err(err) => return Err(PluginError::Compile(format!("cannot read {}: {err}", path.display()))),
-        };
+        let Some(bytes) = self.read_capped(&path).await? else { return Ok(LoadOutcome::Missing) };
         let started = Instant::now();
         let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         let old = self.get(backend);
@@ -241,19 +276,33 @@ impl PluginSet {
         };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.runtime.engine().precompile_compatibility_hash().hash(&mut hasher);
-        let artifact = cache_dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish()));
-        if artifact.exists() {
-            // Safety: the file name binds the artifact to this module's bytes and this engine's
-            // compatibility; wasmtime checks the header again and refuses a mismatch.
-            match unsafe { self.runtime.load_precompiled(&artifact, sha256.into(), bytes.len(), name).await } {
-                Ok(plugin) => return Ok((plugin, true)),
-                Err(err) => tracing::warn!(artifact = %artifact.display(), %err, "compile cache entry unusable, recompiling"),
-            }
+        let engine = format!("{:016x}", hasher.finish());
+        let artifact = cache_dir.join(format!("{sha256}-{engine}.cwasm"));
+        let key = cache_key(cache_dir);
+        match std::fs::read(&artifact) {
+            Ok(entry) => match key.as_ref().and_then(|key| verified_entry(key, sha256, &engine, &entry)) {
+                // Safety: the MAC, under a key only this host holds, binds the artifact to this
+                // module's hash and this engine; wasmtime checks its header again.
+                Some(native) => match unsafe { self.runtime.load_precompiled(native, sha256.into(), bytes.len(), name).await } {
+                    Ok(plugin) => return Ok((plugin, true)),
+                    Err(err) => tracing::warn!(artifact = %artifact.display(), %err, "compile cache entry unusable, recompiling"),
+                },
+                None => tracing::warn!(
+                    artifact = %artifact.display(),
+                    module_sha256 = &sha256[..12],
+                    "compile cache entry fails its check (not written by this host for this module and engine); recompiling"
+                ),
+            },
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(artifact = %artifact.display(), %err, "compile cache entry unreadable, recompiling"),
         }
         let plugin = self.runtime.load(bytes, name).await?;
         // A cache write failure only costs a recompile at the next start.
         match PluginRuntime::serialize(&plugin) {
-            Ok(serialized) => {
+            Ok(mut serialized) => {
+                let Some(key) = key else { return Ok((plugin, false)) };
+                let mac = entry_mac(&key, sha256, &engine, &serialized);
+                serialized.extend_from_slice(&mac);
                 if let Err(err) = crate::storage::write_atomic(&artifact, &serialized) {
                     tracing::warn!(%err, "could not write the compile cache");
                 }
@@ -261,5 +310,91 @@ impl PluginSet {
             Err(err) => tracing::warn!(%err, "could not serialise the compiled plugin"),
         }
         Ok((plugin, false))
+    }
+}
+
+/// Length of the MAC that ends each compile cache entry.
+const MAC_LEN: usize = 32;
+
+/// The key of the compile cache's MACs, beside the cache (not in it), created at first start.
+/// `None` when it can neither be read nor created: then nothing is cached or trusted.
+fn cache_key(cache_dir: &Path) -> Option<[u8; 32]> {
+    let path = cache_dir.with_file_name(".plugin-cache.key");
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Some(key);
+        }
+        tracing::warn!(file = %path.display(), "compile cache key is malformed; making a new one (cached modules are recompiled)");
+    }
+    let key: [u8; 32] = rand::random();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = std::fs::create_dir_all(cache_dir.parent().unwrap_or(Path::new(".")))
+        .and_then(|()| options.open(&path))
+        .and_then(|mut file| {
+            std::io::Write::write_all(&mut file, &key)?;
+            file.sync_all()
+        });
+    match written {
+        Ok(()) => Some(key),
+        Err(err) => {
+            tracing::warn!(file = %path.display(), %err, "cannot create the compile cache key; modules are compiled at every start");
+            None
+        }
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) over what the entry claims to be and its native code.
+fn entry_mac(key: &[u8; 32], module_sha256: &str, engine: &str, native: &[u8]) -> [u8; MAC_LEN] {
+    use sha2::{Digest, Sha256};
+    let pad = |byte: u8| {
+        let mut block = [byte; 64];
+        for (b, k) in block.iter_mut().zip(key) {
+            *b ^= k;
+        }
+        block
+    };
+    let mut inner = Sha256::new();
+    inner.update(pad(0x36));
+    // Length-prefixed fields, so no two different claims hash alike.
+    for field in [module_sha256.as_bytes(), engine.as_bytes(), native] {
+        inner.update((field.len() as u64).to_le_bytes());
+        inner.update(field);
+    }
+    let mut outer = Sha256::new();
+    outer.update(pad(0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// The native code of a cache entry whose MAC checks out, else `None`.
+fn verified_entry<'a>(key: &[u8; 32], module_sha256: &str, engine: &str, entry: &'a [u8]) -> Option<&'a [u8]> {
+    let split = entry.len().checked_sub(MAC_LEN)?;
+    let (native, mac) = entry.split_at(split);
+    let expected = entry_mac(key, module_sha256, engine, native);
+    // Constant time: a timing side channel must not leak the MAC byte by byte.
+    let diff = expected.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    (diff == 0).then_some(native)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_mac_binds_module_engine_and_code() {
+        let key = [7u8; 32];
+        let mut entry = b"native code".to_vec();
+        entry.extend_from_slice(&entry_mac(&key, "abc", "e1", b"native code"));
+        assert_eq!(verified_entry(&key, "abc", "e1", &entry), Some(&b"native code"[..]));
+        assert_eq!(verified_entry(&key, "abd", "e1", &entry), None, "another module");
+        assert_eq!(verified_entry(&key, "abc", "e2", &entry), None, "another engine");
+        assert_eq!(verified_entry(&[8u8; 32], "abc", "e1", &entry), None, "another host's key");
+        let mut edited = entry.clone();
+        edited[0] ^= 1;
+        assert_eq!(verified_entry(&key, "abc", "e1", &edited), None, "edited code");
+        assert_eq!(verified_entry(&key, "abc", "e1", &entry[..10]), None, "truncated");
     }
 }

@@ -166,6 +166,20 @@ pub struct BackendReport {
     pub error_kinds: BTreeMap<String, u64>,
     /// Plugin versions that served turns in the window, with their turn counts.
     pub plugin_versions: BTreeMap<String, u64>,
+    /// Sums of the usage the API reported (plain numbers for monitors).
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub embedding_tokens: u64,
+    /// Turns that reported usage.
+    pub turns_with_usage: u64,
+    /// Input + output tokens per turn, over the turns that reported usage.
+    pub tokens_per_turn: Option<Percentiles>,
+    /// cached_input_tokens / input_tokens, 0..=1.
+    pub cache_hit_ratio: f64,
+    /// Sum of the turns' cost from the price table, US dollars.
+    pub cost_usd: f64,
 }
 
 /// What `swapbot report` prints.
@@ -305,6 +319,24 @@ fn backend_report(backend: String, records: &[TurnRecord]) -> BackendReport {
             *report.plugin_versions.entry(record.plugin_version.clone()).or_default() += 1;
         }
     }
+    for record in records {
+        report.input_tokens += record.input_tokens.unwrap_or(0);
+        report.cached_input_tokens += record.cached_input_tokens.unwrap_or(0);
+        report.output_tokens += record.output_tokens.unwrap_or(0);
+        report.reasoning_tokens += record.reasoning_tokens.unwrap_or(0);
+        report.embedding_tokens += record.embedding_tokens.unwrap_or(0);
+        report.cost_usd += record.cost_usd.unwrap_or(0.0);
+    }
+    let with_usage: Vec<u64> = records
+        .iter()
+        .filter(|r| r.input_tokens.is_some() || r.output_tokens.is_some())
+        .map(|r| r.input_tokens.unwrap_or(0) + r.output_tokens.unwrap_or(0))
+        .collect();
+    report.turns_with_usage = with_usage.len() as u64;
+    report.tokens_per_turn = Percentiles::of(with_usage);
+    report.cache_hit_ratio =
+        if report.input_tokens == 0 { 0.0 } else { report.cached_input_tokens as f64 / report.input_tokens as f64 };
+    report.cost_usd = (report.cost_usd * 1e6).round() / 1e6;
     report.error_rate = if turns == 0 { 0.0 } else { report.errors as f64 / turns as f64 };
     report.latency_ms = Percentiles::of(records.iter().map(|r| r.latency_ms).collect());
     report.ttft_ms = Percentiles::of(records.iter().filter_map(|r| r.ttft_ms).collect());
@@ -445,6 +477,27 @@ impl fmt::Display for Report {
             .collect();
         if !versions.is_empty() {
             writeln!(f, "plugin versions: {}", versions.join("; "))?;
+        }
+        let costs: Vec<String> = self
+            .backends
+            .iter()
+            .filter(|b| b.turns_with_usage > 0)
+            .map(|b| {
+                let per_turn = b.tokens_per_turn.as_ref().map(|p| format!("p50 {} p95 {}", p.p50, p.p95)).unwrap_or_default();
+                format!(
+                    "{}: tokens in {} (cached {}) out {} (reasoning {}), per turn {per_turn}, cache hit {}, cost ${:.4}",
+                    b.backend,
+                    b.input_tokens,
+                    b.cached_input_tokens,
+                    b.output_tokens,
+                    b.reasoning_tokens,
+                    percent(b.cache_hit_ratio),
+                    b.cost_usd
+                )
+            })
+            .collect();
+        if !costs.is_empty() {
+            writeln!(f, "usage: {}", costs.join("; "))?;
         }
         if !self.verdicts.is_empty() {
             writeln!(f)?;

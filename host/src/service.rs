@@ -19,11 +19,45 @@ use crate::router::{Backend, Routing};
 use crate::session::{GroupKey, SessionHistory, SessionIds, SessionKey, group_map_file};
 use crate::storage::{HistoryStore, IdMap};
 use crate::turnlog::{TurnLog, TurnRecord};
+use crate::usage::{Budgets, Ledger, PriceTable, TokenCounts};
+
+/// Knowledge-base context for a turn.
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    pub chunks: Vec<ContextChunk>,
+    /// Why there are no chunks, when that is worth a log line.
+    pub note: Option<String>,
+    /// What the embeddings call of the lookup billed.
+    pub embedding_tokens: u64,
+}
 
 /// Knowledge-base context for a turn. A source that fails returns no chunks and a note.
 #[async_trait::async_trait]
 pub trait ContextSource: Send + Sync {
-    async fn context(&self, question: &str) -> (Vec<ContextChunk>, Option<String>);
+    async fn context(&self, question: &str) -> Context;
+}
+
+/// Counting, pricing and capping what turns cost.
+pub struct Accounting {
+    pub ledger: Ledger,
+    pub prices: PriceTable,
+    pub budgets: Budgets,
+    /// Exempt from budgets.
+    pub admins: std::collections::BTreeSet<i64>,
+    /// Prices the knowledge base's embeddings.
+    pub embedding_model: String,
+}
+
+impl Default for Accounting {
+    fn default() -> Self {
+        Self {
+            ledger: Ledger::in_memory(),
+            prices: PriceTable::shipped(),
+            budgets: Budgets::default(),
+            admins: Default::default(),
+            embedding_model: "text-embedding-3-small".into(),
+        }
+    }
 }
 
 /// The settings a turn hands to plugins, from the operator's configuration.
@@ -36,6 +70,12 @@ pub struct TurnSettings {
     pub background: bool,
     pub poll_interval: Duration,
     pub deadline: Duration,
+    /// `settings.options` per backend name.
+    pub options: std::collections::BTreeMap<String, Vec<(String, String)>>,
+    /// The longest server-requested wait a retry honours (`MAX_RETRY_WAIT_SECS`).
+    pub max_retry_wait: Duration,
+    /// The most answer text a plugin may push in one turn.
+    pub max_pushed_bytes: usize,
 }
 
 impl TurnSettings {
@@ -48,10 +88,15 @@ impl TurnSettings {
             background: config.responses_background,
             poll_interval: config.poll_interval,
             deadline: config.run_deadline,
+            options: config.backend_options.clone(),
+            max_retry_wait: config.max_retry_wait,
+            // The largest answer Telegram gets: its message cap × 4096 UTF-16 units, at most 4
+            // bytes of UTF-8 per unit.
+            max_pushed_bytes: config.telegram_max_messages * 4096 * 4,
         }
     }
 
-    fn to_wit(&self) -> Settings {
+    fn to_wit(&self, backend: &str) -> Settings {
         Settings {
             model: self.model.clone(),
             instructions: self.instructions.clone(),
@@ -60,8 +105,22 @@ impl TurnSettings {
             background: self.background,
             poll_interval_ms: self.poll_interval.as_millis().min(u32::MAX as u128) as u32,
             deadline_ms: self.deadline.as_millis().min(u32::MAX as u128) as u32,
+            options: self.options.get(backend).cloned().unwrap_or_default(),
         }
     }
+}
+
+/// The prompt-cache key of a session: stable across turns, restarts and replicas, different for
+/// a user's private chat and each of their group sessions, and not an id itself (it is sent to
+/// the API).
+pub fn cache_key(session: impl Into<SessionKey>) -> String {
+    use sha2::{Digest, Sha256};
+    let seed = match session.into() {
+        SessionKey::Private(user_id) => format!("swapbot prompt cache {user_id}"),
+        SessionKey::Group(group) => format!("swapbot prompt cache group {}", crate::storage::StoreKey::to_key(&group)),
+    };
+    let digest = Sha256::digest(seed.as_bytes());
+    format!("swapbot-{}", hex::encode(&digest[..8]))
 }
 
 /// How a turn ended, for the front end.
@@ -95,6 +154,7 @@ pub struct TurnService {
     context: Option<Arc<dyn ContextSource>>,
     stats: Mutex<HashMap<Backend, BackendStats>>,
     metrics: Arc<crate::metrics::Metrics>,
+    accounting: Accounting,
 }
 
 /// The id map files the host keeps, named by the plugins' descriptions.
@@ -133,7 +193,18 @@ impl TurnService {
             context,
             stats: Mutex::new(HashMap::new()),
             metrics,
+            accounting: Accounting::default(),
         }
+    }
+
+    /// Replaces the default accounting (in memory, shipped prices, no budgets).
+    pub fn with_accounting(mut self, accounting: Accounting) -> Self {
+        self.accounting = accounting;
+        self
+    }
+
+    pub fn accounting(&self) -> &Accounting {
+        &self.accounting
     }
 
     pub fn plugins(&self) -> &Arc<PluginSet> {
@@ -256,7 +327,21 @@ impl TurnService {
             ..Default::default()
         };
 
-        let reply = self.run_turn(backend, user_id, session, text, deltas, started, &mut record).await;
+        let now_ms = unix_ms();
+        let over_budget = if self.accounting.admins.contains(&user_id) {
+            Ok(())
+        } else {
+            crate::usage::check(&self.accounting.budgets, &self.accounting.ledger, user_id, now_ms)
+        };
+        let reply = match over_budget {
+            Ok(()) => self.run_turn(backend, user_id, session, text, deltas, started, &mut record).await,
+            Err(exceeded) => {
+                tracing::info!(?exceeded, "turn refused: over budget");
+                record.error_kind = Some("over-budget".into());
+                Err(exceeded.sentence(now_ms))
+            }
+        };
+        self.account(&mut record);
 
         record.tn_unix_ms = unix_ms();
         record.latency_ms = started.elapsed().as_millis() as u64;
@@ -305,9 +390,10 @@ impl TurnService {
         let context = match &self.context {
             Some(source) => {
                 let kb_started = Instant::now();
-                let (chunks, note) = source.context(text).await;
+                let Context { chunks, note, embedding_tokens } = source.context(text).await;
                 record.kb_ms = kb_started.elapsed().as_millis() as u64;
                 record.kb_chunks = chunks.len() as u32;
+                record.embedding_tokens = (embedding_tokens > 0).then_some(embedding_tokens);
                 if let Some(note) = note {
                     tracing::warn!(note = %note, "answering without knowledge-base context");
                 }
@@ -315,17 +401,24 @@ impl TurnService {
             }
             None => vec![],
         };
+        let settings = self.settings.to_wit(&plugin.description.name);
+        record.model = settings.model.clone();
 
-        let observations = Arc::new(Mutex::new(TurnObservations::default()));
+        // Text pushed past the largest answer a front end delivers would only be held, never shown.
+        let observations = Arc::new(Mutex::new(TurnObservations {
+            max_pushed_bytes: Some(self.settings.max_pushed_bytes),
+            ..Default::default()
+        }));
         let mut attempt = 0;
         loop {
             attempt += 1;
             let turn = Turn {
                 user_id,
                 session_id: session_id.clone(),
+                cache_key: cache_key(session),
                 text: text.to_owned(),
                 context: context.clone(),
-                settings: self.settings.to_wit(),
+                settings: settings.clone(),
             };
             let history = self.session_history();
             let effects = LiveEffects {
@@ -350,8 +443,12 @@ impl TurnService {
                     record.turn_id = Some(answer.turn_id.clone());
                     record.new_session = answer.new_session;
                     record.replayed = answer.replayed;
-                    record.input_tokens = answer.usage.map(|u| u.input_tokens);
-                    record.output_tokens = answer.usage.map(|u| u.output_tokens);
+                    if let Some(u) = answer.usage {
+                        record.input_tokens = Some(u.input_tokens);
+                        record.cached_input_tokens = Some(u.cached_input_tokens);
+                        record.output_tokens = Some(u.output_tokens);
+                        record.reasoning_tokens = Some(u.reasoning_tokens);
+                    }
                     let answer_text = answer.text.trim().to_owned();
                     // The id and the exchange are durable before the user sees the answer; the
                     // fsyncs run off the async workers.
@@ -405,8 +502,17 @@ impl TurnService {
                         return Err(UNAVAILABLE.into());
                     }
                     let shown_text = obs.pushed_chars > 0;
-                    if error.retryable && attempt < 2 && !shown_text {
-                        let wait = retry_wait(&error, attempt);
+                    // A wait past the cap is not slept: the user hears now instead of after it.
+                    let wait = retry_wait(&error, attempt, self.settings.max_retry_wait);
+                    if wait.is_none() && error.retryable {
+                        tracing::warn!(
+                            retry_after_ms = error.retry_after_ms,
+                            max_ms = self.settings.max_retry_wait.as_millis() as u64,
+                            "server asked for a wait beyond the cap: not retrying"
+                        );
+                    }
+                    let retry = if error.retryable && attempt < 2 && !shown_text { wait } else { None };
+                    if let Some(wait) = retry {
                         tracing::warn!(kind = kind_name(error.kind), wait_ms = wait.as_millis() as u64, message = %error.message, "retrying the turn once");
                         record.retries += 1;
                         tokio::time::sleep(wait).await;
@@ -418,6 +524,10 @@ impl TurnService {
                 Err(plugin_error) => {
                     record.error_kind = Some(plugin_error_name(&plugin_error).into());
                     tracing::error!(error = %plugin_error, "plugin failed the turn");
+                    // A turn cut by its deadline says so; other plugin failures are ours.
+                    if matches!(plugin_error, PluginError::Timeout(_)) {
+                        return Err(TOO_SLOW.into());
+                    }
                     return Err(GENERIC.into());
                 }
             }
@@ -426,6 +536,35 @@ impl TurnService {
 }
 
 impl TurnService {
+    /// Prices a finished turn's tokens and counts them for the user and overall (in memory; the
+    /// journal line is written off the turn's path).
+    fn account(&self, record: &mut TurnRecord) {
+        let tokens = TokenCounts {
+            input: record.input_tokens.unwrap_or(0),
+            cached_input: record.cached_input_tokens.unwrap_or(0),
+            output: record.output_tokens.unwrap_or(0),
+            reasoning: record.reasoning_tokens.unwrap_or(0),
+            embedding: record.embedding_tokens.unwrap_or(0),
+        };
+        if tokens == TokenCounts::default() {
+            return;
+        }
+        let a = &self.accounting;
+        let micro_usd = a.prices.micro_usd(&record.model, &a.embedding_model, &tokens);
+        record.cost_usd = Some(micro_usd as f64 / 1e6);
+        a.ledger.record(
+            crate::usage::ledger::Entry {
+                t_unix_ms: record.t0_unix_ms,
+                user_id: record.user_id,
+                backend: record.backend.clone(),
+                model: record.model.clone(),
+                tokens,
+                micro_usd,
+            },
+            unix_ms(),
+        );
+    }
+
     /// Runs one plugin call of a turn exactly as `turn_on` would (same session, context and
     /// history) while recording its HTTP exchanges, and returns them as a harness case.
     /// Nothing is stored: recording never changes the user's state.
@@ -433,10 +572,17 @@ impl TurnService {
         let plugin = self.plugins.get(backend).ok_or_else(|| anyhow::anyhow!("no {backend} plugin loaded"))?;
         let session_id = self.id_maps.get(&plugin.description.id_map).and_then(|m| m.get(user_id));
         let context = match &self.context {
-            Some(source) => source.context(text).await.0,
+            Some(source) => source.context(text).await.chunks,
             None => vec![],
         };
-        let turn = Turn { user_id, session_id, text: text.to_owned(), context, settings: self.settings.to_wit() };
+        let turn = Turn {
+            user_id,
+            session_id,
+            cache_key: cache_key(user_id),
+            text: text.to_owned(),
+            context,
+            settings: self.settings.to_wit(&plugin.description.name),
+        };
         let history = self.history.recent(user_id);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let live = LiveEffects {
@@ -463,22 +609,29 @@ impl TurnService {
 
 const GENERIC: &str = "Sorry, something went wrong while answering. Please try again.";
 const UNAVAILABLE: &str = "Sorry, the assistant is unavailable right now. Please try again later.";
+const TOO_SLOW: &str = "The assistant took too long to answer. Please try again.";
 const EMPTY: &str = "Sorry, I could not come up with an answer. Please rephrase your question.";
+
+const CONTEXT_OVERFLOW: &str =
+    "Your message is too long for me to read in one go. Please send a shorter one (or split it into parts).";
 
 fn human_message(error: &ChatError) -> &'static str {
     match error.kind {
+        ErrorKind::ContextOverflow => CONTEXT_OVERFLOW,
         ErrorKind::RateLimited | ErrorKind::Quota => "The assistant is busy right now. Please try again in a minute.",
-        ErrorKind::Timeout => "The assistant took too long to answer. Please try again.",
+        ErrorKind::Timeout => TOO_SLOW,
         ErrorKind::SessionBusy => "I am still working on your previous message. Please wait a moment.",
         ErrorKind::Auth | ErrorKind::Config | ErrorKind::ApiGone => UNAVAILABLE,
         _ => GENERIC,
     }
 }
 
-fn retry_wait(error: &ChatError, attempt: u32) -> Duration {
+/// How long to wait before retrying a failed attempt, under the host's one cap on
+/// server-requested waits; `None` when the server asked for more than the cap.
+fn retry_wait(error: &ChatError, attempt: u32, max_wait: Duration) -> Option<Duration> {
     match error.retry_after_ms {
-        Some(ms) => Duration::from_millis(ms as u64),
-        None => swapbot_openai::backoff(attempt),
+        Some(ms) => swapbot_openai::capped_wait(Duration::from_millis(ms as u64), max_wait),
+        None => Some(swapbot_openai::backoff(attempt)),
     }
 }
 
@@ -498,6 +651,7 @@ pub fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::StreamCut => "stream-cut",
         ErrorKind::ModelFailed => "model-failed",
         ErrorKind::Config => "config",
+        ErrorKind::ContextOverflow => "context-overflow",
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Id maps are rewritten whole with temp file + fsync + rename + directory fsync, so a crash
 //! leaves each file old or new. History is an append-only JSON-lines file per user, fsynced
-//! per record; a torn last line (crash mid-append) is skipped on load.
+//! per record; a record that does not parse (a crash mid-append, a full disk cutting a record,
+//! even mid-character) is skipped on load and the records after it are read.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -33,18 +34,70 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    {
+    let tmp = dir.join(format!(".{file_name}{TMP_MARK}{}", std::process::id()));
+    let written = (|| {
         let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
         file.write_all(bytes).map_err(io_err(&tmp))?;
         file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        fs::rename(&tmp, path).map_err(io_err(path))
+    })();
+    if written.is_err() {
+        // A half-written temp file on a full disk keeps it full after the disk is cleared.
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(file = %tmp.display(), %err, "could not remove a failed write's temp file"),
+        }
+        return written;
     }
-    fs::rename(&tmp, path).map_err(io_err(path))?;
     // The rename itself must survive a power cut.
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// What names a temp file of [`write_atomic`]: `.<name>.tmp-<pid>`.
+const TMP_MARK: &str = ".tmp-";
+
+/// Removes the temp files of atomic writes that a crash or a failed write left in `dir`, and
+/// returns how many. A temp file of another live process (`swapbot ask` beside the bot) is left
+/// alone: only our own pid's, a dead process's, or (without `/proc`) an hour-old one goes.
+pub fn remove_stale_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let proc_fs = Path::new("/proc/self").exists();
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(TMP_MARK)).map(|(_, pid)| pid) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let stale = if pid == std::process::id() {
+            true
+        } else if proc_fs {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600))
+        };
+        if stale && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::warn!(dir = %dir.display(), removed, "removed temp files left by failed or interrupted writes");
+    }
+    removed
 }
 
 /// Moves an untrustworthy file aside (never deletes it) and says so.
@@ -162,16 +215,28 @@ impl<K: StoreKey> IdMap<K> {
         self.change(|map| map.remove(&user).is_some())
     }
 
+    /// Writes the map if a change is not on disk yet (an earlier write failed).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.change(|_| false)
+    }
+
+    /// Whether a change is only in memory.
+    pub fn is_dirty(&self) -> bool {
+        let version = self.entries.lock().unwrap().version;
+        *self.write_lock.lock().unwrap() < version
+    }
+
     /// Applies a change in memory, then makes it durable. Group commit: when many users change
     /// the map at once, one write covers every change made before it rendered the file, and the
-    /// others return without writing again.
+    /// others return without writing again. A call that changes nothing still writes while an
+    /// earlier write failed: the map stays dirty until a write succeeds (comparing with the
+    /// memory alone would call a lost change done).
     fn change(&self, apply: impl FnOnce(&mut BTreeMap<K, String>) -> bool) -> Result<(), StorageError> {
         let mine = {
             let mut entries = self.entries.lock().unwrap();
-            if !apply(&mut entries.map) {
-                return Ok(());
+            if apply(&mut entries.map) {
+                entries.version += 1;
             }
-            entries.version += 1;
             entries.version
         };
         let mut durable = self.write_lock.lock().unwrap();
@@ -271,11 +336,24 @@ impl<K: StoreKey> HistoryStore<K> {
         let mut messages = VecDeque::new();
         let mut lines = 0;
         if let Ok(file) = File::open(&path) {
-            for line in BufReader::new(file).lines() {
-                let Ok(line) = line else { break };
+            // Split on bytes, not `lines()`: a record cut mid-character is invalid UTF-8, and
+            // reading it as text would end the whole file there.
+            for line in BufReader::new(file).split(b'\n') {
+                let line = match line {
+                    Ok(line) => line,
+                    Err(err) => {
+                        tracing::error!(file = %path.display(), %err, "history unreadable past this point");
+                        break;
+                    }
+                };
                 lines += 1;
-                // A torn last line from a crash mid-append is skipped, the rest is kept.
-                let Ok(record) = serde_json::from_str::<HistoryRecord>(&line) else { continue };
+                // A torn or invalid record is skipped; the records after it are kept.
+                let Ok(record) = serde_json::from_slice::<HistoryRecord>(&line) else {
+                    if !line.is_empty() {
+                        tracing::warn!(file = %path.display(), line = lines, "skipped an unreadable history record");
+                    }
+                    continue;
+                };
                 let role = if record.role == "assistant" { Role::Assistant } else { Role::User };
                 messages.push_back(HistoryMessage { role, text: record.text });
                 if messages.len() > HISTORY_LIMIT {
@@ -455,5 +533,119 @@ mod tests {
         let again = HistoryStore::open(dir.path()).recent(5);
         assert_eq!(again.last().unwrap().text, "ok");
         assert_eq!(again[again.len() - 2].text, "after crash");
+    }
+    /// A directory where the temp file would go makes every write fail, like a full disk does,
+    /// until it is removed.
+    fn block_writes(path: &Path) -> PathBuf {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let blocker = path.with_file_name(format!(".{name}{TMP_MARK}{}", std::process::id()));
+        fs::create_dir(&blocker).unwrap();
+        blocker
+    }
+
+    #[test]
+    fn a_failed_id_map_write_stays_dirty_and_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user_conversations.json");
+        let map = IdMap::open(&path);
+        map.set(1, "conv_one").unwrap();
+        let blocker = block_writes(&path);
+        assert!(map.set(2, "conv_two").is_err());
+        assert!(map.is_dirty());
+        assert!(map.set(2, "conv_two").is_err(), "still failing: still an error, not Ok");
+        fs::remove_dir(&blocker).unwrap();
+        // The disk recovered: the same call (no change in memory) now writes.
+        map.set(2, "conv_two").unwrap();
+        assert!(!map.is_dirty());
+        assert_eq!(IdMap::open(&path).get(2).as_deref(), Some("conv_two"));
+
+        // A removal that failed is retried by a later unrelated call too.
+        let blocker = block_writes(&path);
+        assert!(map.remove(1).is_err());
+        fs::remove_dir(&blocker).unwrap();
+        map.flush().unwrap();
+        let reread = IdMap::open(&path);
+        assert_eq!(reread.get(1), None);
+        assert_eq!(reread.get(2).as_deref(), Some("conv_two"));
+    }
+
+    #[test]
+    fn a_failed_atomic_write_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename fails: the target is a non-empty directory.
+        let target = dir.path().join("state.json");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("keep"), "x").unwrap();
+        assert!(write_atomic(&target, b"{}").is_err());
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("state.json")], "no temp file left");
+    }
+
+    #[test]
+    fn a_full_disk_leaves_no_temp_file() {
+        // A real full disk where this test may mount a tiny tmpfs (root on Linux); elsewhere the
+        // rename failure above covers the same clean-up path.
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return;
+        }
+        let target = dir.path().join("user_conversations.json");
+        let result = write_atomic(&target, &vec![b'x'; 1 << 20]);
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        // After the disk is full, a small write must fit again: nothing was left behind.
+        let small = write_atomic(&target, b"{}");
+        let _ = std::process::Command::new("umount").arg(dir.path()).status();
+        assert!(result.is_err(), "1 MiB does not fit in 64 KiB");
+        assert!(left.is_empty(), "left behind: {left:?}");
+        small.unwrap();
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_at_start_but_not_a_live_process_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join(format!(".user_threads.json{TMP_MARK}{}", std::process::id()));
+        // No process has pid u32::MAX (Linux caps pids far below it).
+        let dead = dir.path().join(format!(".history.jsonl{TMP_MARK}{}", u32::MAX));
+        let parent_pid = std::os::unix::process::parent_id();
+        let live = dir.path().join(format!(".rollout.json{TMP_MARK}{parent_pid}"));
+        for f in [&ours, &dead, &live] {
+            fs::write(f, "partial").unwrap();
+        }
+        fs::write(dir.path().join("user_threads.json"), "{}").unwrap();
+        fs::write(dir.path().join("notes.tmp-1"), "not ours: no leading dot").unwrap();
+        assert_eq!(remove_stale_temp_files(dir.path()), 2);
+        assert!(!ours.exists() && !dead.exists());
+        assert!(live.exists(), "a live process's write in progress is left alone");
+        assert!(dir.path().join("user_threads.json").exists() && dir.path().join("notes.tmp-1").exists());
+    }
+
+    #[test]
+    fn a_record_cut_mid_character_is_skipped_and_the_next_ones_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path());
+        store.append_turn(8, "Привет", "Здравствуйте").unwrap();
+        // A full disk cut the next record inside a two-byte character.
+        let path = dir.path().join("8.jsonl");
+        let record = "{\"role\":\"user\",\"text\":\"Приве".as_bytes();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&record[..record.len() - 1]).unwrap();
+        drop(f);
+        // The disk recovered and the next exchange was written after it.
+        let store = HistoryStore::open(dir.path());
+        store.append_turn(8, "second question", "second answer").unwrap();
+        // Junk in the middle of the file is skipped too.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"\xff\xfe not json\n").unwrap();
+        drop(f);
+        store.append_turn(8, "third question", "third answer").unwrap();
+        let texts: Vec<_> = HistoryStore::open(dir.path()).recent(8).into_iter().map(|m| m.text).collect();
+        assert_eq!(texts, ["Привет", "Здравствуйте", "second question", "second answer", "third question", "third answer"]);
     }
 }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::service::TurnService;
 
 pub const HELP: &str = "I answer your questions with an OpenAI model and the knowledge base.\n\
-/new starts a fresh conversation, /help shows this, /quit (or Ctrl-D) leaves.";
+/new starts a fresh conversation, /usage shows what you used, /help shows this, /quit (or Ctrl-D) leaves.";
 
 pub async fn run(service: Arc<TurnService>, user_id: i64) -> anyhow::Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -28,6 +28,10 @@ pub async fn run(service: Arc<TurnService>, user_id: i64) -> anyhow::Result<()> 
             "/new" => {
                 service.reset(user_id).await?;
                 println!("bot> Started a new conversation.");
+                continue;
+            }
+            "/usage" => {
+                println!("bot> {}", crate::frontend::usage_command(&service, user_id, &[]));
                 continue;
             }
             _ => {}

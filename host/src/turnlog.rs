@@ -33,8 +33,23 @@ pub struct TurnRecord {
     pub error_kind: Option<String>,
     pub kb_chunks: u32,
     pub kb_ms: u64,
+    /// The model the turn asked for (prices the tokens).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    /// Usage the API reported: every input token the model saw (cached ones included), the
+    /// cached part, every output token (reasoning included), the reasoning part.
     pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub cached_input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+    /// Tokens of the knowledge-base lookup's embeddings call.
+    #[serde(default)]
+    pub embedding_tokens: Option<u64>,
+    /// The turn's cost from the price table, in US dollars (absent without usage).
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
 }
 
 impl TurnRecord {

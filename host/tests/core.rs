@@ -188,6 +188,7 @@ fn turn(text: &str) -> swapbot::plugin::Turn {
     swapbot::plugin::Turn {
         user_id: 1,
         session_id: None,
+        cache_key: "k".into(),
         text: text.into(),
         context: vec![],
         settings: swapbot::plugin::Settings {
@@ -198,6 +199,7 @@ fn turn(text: &str) -> swapbot::plugin::Turn {
             background: false,
             poll_interval_ms: 10,
             deadline_ms: 1000,
+            options: vec![("context".into(), "truncate".into())],
         },
     }
 }
@@ -253,9 +255,68 @@ async fn a_module_for_another_contract_version_is_refused_naming_both() {
     let err = runtime.load(&test_plugin("future.wasm"), None).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, PluginError::ContractMismatch { .. }), "{text}");
-    assert!(text.contains("0.2.0") && text.contains("0.1.0"), "{text}");
+    assert!(text.contains("0.9.0") && text.contains("0.2.0") && text.contains("0.1.0"), "{text}");
     let garbage = runtime.load(b"\0asm garbage", None).await.unwrap_err();
     assert!(matches!(garbage, PluginError::Compile(_)), "{garbage}");
+}
+
+/// Records what crosses the boundary, for the 0.1.0 plugin's test.
+#[derive(Default, Clone)]
+struct Seen(Arc<std::sync::Mutex<(Vec<String>, Vec<String>)>>);
+
+#[async_trait::async_trait]
+impl swapbot::plugin::HostEffects for Seen {
+    async fn http(&mut self, _: swapbot_openai::ApiRequest) -> Result<swapbot_openai::ApiResponse, swapbot_openai::TransportError> {
+        Err(swapbot_openai::TransportError::Refused("no HTTP here".into()))
+    }
+    async fn http_stream(&mut self, _: swapbot_openai::ApiRequest) -> Result<swapbot::plugin::StreamStart, swapbot_openai::TransportError> {
+        Err(swapbot_openai::TransportError::Refused("no HTTP here".into()))
+    }
+    fn push_text(&mut self, delta: String) {
+        self.0.lock().unwrap().0.push(delta);
+    }
+    fn log(&mut self, _: swapbot::plugin::effects::LogLevel, message: String) {
+        self.0.lock().unwrap().1.push(message);
+    }
+    fn now_ms(&mut self) -> u64 {
+        3
+    }
+    async fn sleep_ms(&mut self, _: u32) {}
+    fn recent_history(&mut self) -> Vec<swapbot::plugin::HistoryMessage> {
+        vec![swapbot::plugin::HistoryMessage { role: swapbot::plugin::Role::User, text: "earlier".into() }]
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_built_for_contract_0_1_0_still_answers_beside_0_2_0() {
+    let runtime = hostile_runtime();
+    let legacy = runtime.load(&test_plugin("legacy-v0.1.wasm"), Some("legacy")).await.unwrap();
+    assert_eq!(legacy.description.contract, "0.1.0");
+    let current = runtime.load(&std::fs::read(plugin_dir().join("responses.wasm")).unwrap(), Some("responses")).await.unwrap();
+    assert_eq!(current.description.contract, swapbot::plugin::CONTRACT_VERSION);
+
+    let seen = Seen::default();
+    let mut t = turn("hello");
+    t.user_id = 5_000_000_001;
+    let answer = runtime.chat(&legacy, t.clone(), Box::new(seen.clone())).await.unwrap().unwrap();
+    // The turn went in (id, text, settings) and the host's imports answered (history, clock).
+    assert_eq!(answer.text, "legacy 5000000001: hello (history 1, model m, 0 chunk(s))");
+    assert_eq!(answer.turn_id, "resp_legacy_3");
+    let usage = answer.usage.unwrap();
+    assert_eq!((usage.input_tokens, usage.cached_input_tokens, usage.output_tokens, usage.reasoning_tokens), (11, 0, 7, 0));
+    let (pushed, logs) = seen.0.lock().unwrap().clone();
+    assert_eq!(pushed, [answer.text.clone()]);
+    assert_eq!(logs, ["legacy plugin answering"]);
+    // Errors convert too, with the session the turn created.
+    let failed = runtime.chat(&legacy, turn("fail"), Box::new(seen.clone())).await.unwrap().unwrap_err();
+    assert_eq!(failed.kind, swapbot::plugin::ErrorKind::RateLimited);
+    assert_eq!((failed.retryable, failed.retry_after_ms, failed.session_id.as_deref()), (true, Some(1), Some("conv_legacy_new")));
+    let replayed = runtime
+        .replay(&legacy, "conv_1".into(), vec![swapbot::plugin::HistoryMessage { role: swapbot::plugin::Role::Assistant, text: "a".into() }; 3], t.settings.clone(), Box::new(seen))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replayed, 3);
 }
 
 #[tokio::test]
@@ -306,11 +367,20 @@ async fn retrieval_puts_the_right_chunk_into_the_prompt_on_both_backends() {
 
     let requests = bot.sandbox.requests();
     let response = requests.iter().find(|r| r.path.ends_with("/responses") && r.method == "POST").unwrap();
-    let instructions = response.body["instructions"].as_str().unwrap();
-    assert!(instructions.contains("swordfish-42") && instructions.contains("(office.md)"), "{instructions}");
+    // Responses: after the question, in the turn's input, so that the instructions (the start of
+    // the prompt) stay the same every turn and the prompt cache can hold the conversation.
+    let parts = response.body["input"][0]["content"].as_array().unwrap();
+    assert_eq!(parts[0]["text"], "What is the office wifi password?");
+    let context = parts[1]["text"].as_str().unwrap();
+    assert!(context.contains("swordfish-42") && context.contains("(office.md)"), "{context}");
+    assert!(!response.body["instructions"].as_str().unwrap().contains("swordfish-42"));
+    // Assistants: the run's additional instructions, as the old bot sent it.
     let run = requests.iter().find(|r| r.path.ends_with("/runs") && r.method == "POST").unwrap();
     assert!(run.body["additional_instructions"].as_str().unwrap().contains("swordfish-42"));
-    // The context goes into the instructions, never into the user's stored message.
+    // The host's own history (what it replays) keeps only the question.
+    let history = std::fs::read_to_string(bot.app.config.data_dir.join("history/21.jsonl")).unwrap();
+    let question = history.lines().next().unwrap();
+    assert!(question.contains("office wifi") && !question.contains("swordfish-42"), "{history}");
     let embeddings = requests.iter().filter(|r| r.path.ends_with("/embeddings")).count();
     assert!(embeddings >= 3, "ingest + one per turn");
     bot.sandbox.shutdown().await;

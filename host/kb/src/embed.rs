@@ -24,6 +24,18 @@ pub fn estimate_tokens(s: &str) -> usize {
 /// Turns texts into vectors, one per input, in input order.
 pub trait Embedder: Send + Sync {
     fn embed<'a>(&'a self, inputs: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, KbError>>;
+
+    /// Like [`embed`](Self::embed), with the tokens the API billed (its `usage`; 0 when it
+    /// reports none or nothing is billed).
+    fn embed_billed<'a>(&'a self, inputs: &'a [String]) -> BoxFuture<'a, Result<(Vec<Vec<f32>>, u64), KbError>> {
+        Box::pin(async move { Ok((self.embed(inputs).await?, 0)) })
+    }
+}
+
+/// `usage.total_tokens` (or `prompt_tokens`) of an `/embeddings` answer.
+pub fn billed_tokens(answer: &Value) -> u64 {
+    let u = answer.get("usage");
+    u.and_then(|u| u.get("total_tokens").or_else(|| u.get("prompt_tokens"))).and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// The one thing the OpenAI embedder needs from a transport.
@@ -69,21 +81,28 @@ impl<T: JsonTransport> OpenAiEmbedder<T> {
         body
     }
 
-    async fn embed_batch(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, KbError> {
+    async fn embed_batch(&self, inputs: &[String]) -> Result<(Vec<Vec<f32>>, u64), KbError> {
         let body = self.request_body(inputs);
         let answer = self.transport.post_json("/embeddings", &body).await?;
-        parse_embeddings(&answer, inputs.len())
+        Ok((parse_embeddings(&answer, inputs.len())?, billed_tokens(&answer)))
     }
 }
 
 impl<T: JsonTransport> Embedder for OpenAiEmbedder<T> {
     fn embed<'a>(&'a self, inputs: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, KbError>> {
+        Box::pin(async move { Ok(self.embed_billed(inputs).await?.0) })
+    }
+
+    fn embed_billed<'a>(&'a self, inputs: &'a [String]) -> BoxFuture<'a, Result<(Vec<Vec<f32>>, u64), KbError>> {
         Box::pin(async move {
             let mut out = Vec::with_capacity(inputs.len());
+            let mut tokens = 0;
             for range in plan_batches(inputs) {
-                out.extend(self.embed_batch(&inputs[range]).await?);
+                let (vectors, billed) = self.embed_batch(&inputs[range]).await?;
+                out.extend(vectors);
+                tokens += billed;
             }
-            Ok(out)
+            Ok((out, tokens))
         })
     }
 }

@@ -63,11 +63,13 @@ pub struct Retrieval {
     pub chunks: Vec<Chunk>,
     /// Set when `chunks` is empty for a reason worth logging (unreachable, empty, mismatch, …).
     pub note: Option<String>,
+    /// Tokens the embeddings API billed for the question.
+    pub embedding_tokens: u64,
 }
 
 impl Retrieval {
     fn empty(note: impl Into<String>) -> Self {
-        Retrieval { chunks: vec![], note: Some(note.into()) }
+        Retrieval { chunks: vec![], note: Some(note.into()), embedding_tokens: 0 }
     }
 }
 
@@ -143,7 +145,7 @@ impl Kb {
             }
         }
         let input = vec![embed::truncate_for_input(question).to_string()];
-        let vector = match tokio::time::timeout(self.config.retrieve_embed_timeout, self.embedder.embed(&input)).await {
+        let (vector, embedding_tokens) = match tokio::time::timeout(self.config.retrieve_embed_timeout, self.embedder.embed_billed(&input)).await {
             Err(_) => {
                 return Retrieval::empty(format!(
                     "embedding the question took longer than {} ms",
@@ -151,8 +153,8 @@ impl Kb {
                 ));
             }
             Ok(Err(e)) => return Retrieval::empty(e.to_string()),
-            Ok(Ok(mut v)) => match v.pop() {
-                Some(v) if !v.is_empty() => v,
+            Ok(Ok((mut v, billed))) => match v.pop() {
+                Some(v) if !v.is_empty() => (v, billed),
                 _ => return Retrieval::empty("the embeddings answer held no vector"),
             },
         };
@@ -164,9 +166,9 @@ impl Kb {
         let mut vector = vector;
         embed::normalize(&mut vector);
         match self.store.query(&vector, self.config.top_k).await {
-            Ok(chunks) if chunks.is_empty() => Retrieval::empty("the store returned no chunks"),
-            Ok(chunks) => Retrieval { chunks, note: None },
-            Err(e) => Retrieval::empty(e.to_string()),
+            Ok(chunks) if chunks.is_empty() => Retrieval { embedding_tokens, ..Retrieval::empty("the store returned no chunks") },
+            Ok(chunks) => Retrieval { chunks, note: None, embedding_tokens },
+            Err(e) => Retrieval { embedding_tokens, ..Retrieval::empty(e.to_string()) },
         }
     }
 

@@ -7,13 +7,13 @@
 mod sse;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 
-pub use sse::{SseEvent, SseParser};
+pub use sse::{DEFAULT_MAX_EVENT_BYTES, SseError, SseEvent, SseParser};
 
 #[derive(Clone, Debug)]
 pub struct OpenAiConfig {
@@ -23,9 +23,21 @@ pub struct OpenAiConfig {
     /// Bound on a whole non-streamed request.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
-    /// Bound on the silence between two chunks of a stream (and before its headers).
+    /// Bound on the time without a complete line on a stream (and before its headers). Bytes
+    /// that never end a line do not count as life.
     pub stream_idle_timeout: Duration,
+    /// Bound on a whole stream, whatever the server sends (the host sets the turn timeout).
+    pub stream_max_duration: Duration,
+    /// Bound on a non-streamed body and on one line or event of a stream.
+    pub max_body_bytes: usize,
+    /// The longest server-requested wait (`Retry-After`) the host honours before a retry; a
+    /// longer one is not waited for at all (see [`capped_wait`]).
+    pub max_retry_wait: Duration,
 }
+
+/// Default of [`OpenAiConfig::max_retry_wait`]: a user waits a few seconds, not the hours a
+/// server may ask for.
+pub const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
 
 impl OpenAiConfig {
     pub fn new(base_url: impl Into<String>, api_key: impl Into<String>) -> Self {
@@ -35,6 +47,9 @@ impl OpenAiConfig {
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             stream_idle_timeout: Duration::from_secs(60),
+            stream_max_duration: Duration::from_secs(150),
+            max_body_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_retry_wait: DEFAULT_MAX_RETRY_WAIT,
         }
     }
 }
@@ -114,11 +129,18 @@ pub struct SseStream {
     bytes: ByteStream,
     parser: SseParser,
     idle_timeout: Duration,
+    /// When the last complete line arrived (or the stream started).
+    last_line: Instant,
+    /// The stream is cut here whatever arrives.
+    deadline: Instant,
+    max_duration: Duration,
     finished: bool,
 }
 
 impl SseStream {
-    /// The next event; `None` at the end of the stream. A stream that breaks mid-way is an error.
+    /// The next event; `None` at the end of the stream. A stream that breaks mid-way, stays
+    /// without a complete line for the idle timeout, outlasts its deadline or sends a line or event
+    /// over the size limit is an error.
     pub async fn next_event(&mut self) -> Result<Option<SseEvent>, TransportError> {
         loop {
             if let Some(event) = self.parser.next_event() {
@@ -127,15 +149,37 @@ impl SseStream {
             if self.finished {
                 return Ok(self.parser.finish());
             }
-            match tokio::time::timeout(self.idle_timeout, self.bytes.next()).await {
-                Err(_) => {
-                    return Err(TransportError::Timeout(format!(
-                        "no data on the stream for {} s",
-                        self.idle_timeout.as_secs()
-                    )));
-                }
+            let now = Instant::now();
+            if now >= self.deadline {
+                return Err(TransportError::Timeout(format!(
+                    "the stream lasted longer than {} s",
+                    self.max_duration.as_secs()
+                )));
+            }
+            let idle_until = self.last_line + self.idle_timeout;
+            if now >= idle_until {
+                return Err(TransportError::Timeout(format!(
+                    "no complete line on the stream for {} s",
+                    self.idle_timeout.as_secs()
+                )));
+            }
+            let wake = idle_until.min(self.deadline);
+            match tokio::time::timeout_at(wake.into(), self.bytes.next()).await {
+                // The checks above say which bound it was.
+                Err(_) => continue,
                 Ok(None) => self.finished = true,
-                Ok(Some(Ok(chunk))) => self.parser.feed(&chunk),
+                Ok(Some(Ok(chunk))) => {
+                    let lines = self
+                        .parser
+                        .feed(&chunk)
+                        .map_err(|e| TransportError::Refused(e.to_string()))?;
+                    if lines > 0 {
+                        self.last_line = Instant::now();
+                    }
+                    // A server that never stops sending must not keep this task from yielding:
+                    // the turn's own timeout and other users' turns need the worker too.
+                    tokio::task::consume_budget().await;
+                }
                 Ok(Some(Err(err))) => return Err(classify(err)),
             }
         }
@@ -147,6 +191,8 @@ impl SseStream {
 pub struct OpenAi {
     client: reqwest::Client,
     base_url: Arc<str>,
+    /// The base URL parsed once; every request URL must stay under it after normalisation.
+    base: Arc<reqwest::Url>,
     auth: Arc<str>,
     config: Arc<OpenAiConfig>,
 }
@@ -167,6 +213,10 @@ impl OpenAi {
                 "OPENAI_BASE_URL must start with http:// or https://, got {base:?}"
             )));
         }
+        let parsed = reqwest::Url::parse(&base)
+            .ok()
+            .filter(|u| u.host_str().is_some() && !u.cannot_be_a_base() && u.query().is_none() && u.fragment().is_none())
+            .ok_or_else(|| TransportError::Refused("OPENAI_BASE_URL is not a valid base URL".into()))?;
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -176,6 +226,7 @@ impl OpenAi {
         Ok(Self {
             client,
             base_url: base.into(),
+            base: Arc::new(parsed),
             auth: format!("Bearer {}", config.api_key).into(),
             config: Arc::new(config),
         })
@@ -185,20 +236,35 @@ impl OpenAi {
         &self.base_url
     }
 
-    /// Builds the request; refuses paths that would leave the API (absolute URLs, `..`).
-    fn build(&self, req: &ApiRequest) -> Result<reqwest::RequestBuilder, TransportError> {
-        let path = req.path.as_str();
-        if !path.starts_with('/') || path.contains("..") || path.contains("://") || path.contains('#')
+    /// The URL of a plugin's path, refused unless it stays under the base URL. The requests
+    /// carry the API key, so the check runs on the URL as parsed and normalised (what is sent),
+    /// not only on the text a plugin handed in.
+    fn url_for(&self, path: &str) -> Result<reqwest::Url, TransportError> {
+        let refuse = || TransportError::Refused(format!("path {path:?} is not a path under the API base URL"));
+        let path_part = path.split('?').next().unwrap_or_default().to_ascii_lowercase();
+        // Cheap refusals first. The URL parser silently drops tab, LF and CR (hiding a `..`), and a
+        // server may decode `%2e`, `%2f` or `%5c` after this check: none has a use in an API path.
+        if !path.starts_with('/')
+            || path.contains("..")
+            || path.contains("://")
+            || path.contains('#')
+            || path.contains('\\')
+            || path.chars().any(char::is_control)
+            || ["%2e", "%2f", "%5c"].iter().any(|e| path_part.contains(e))
         {
-            return Err(TransportError::Refused(format!(
-                "path {path:?} is not a path under the API base URL"
-            )));
+            return Err(refuse());
         }
+        normalised_under_base(&self.base, path).ok_or_else(refuse)
+    }
+
+    /// Builds the request; refuses paths that would leave the API.
+    fn build(&self, req: &ApiRequest) -> Result<reqwest::RequestBuilder, TransportError> {
+        let url = self.url_for(&req.path)?;
         let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| TransportError::Refused(format!("unknown method {:?}", req.method)))?;
         let mut builder = self
             .client
-            .request(method, format!("{}{}", self.base_url, path))
+            .request(method, url)
             .header(reqwest::header::AUTHORIZATION, &*self.auth);
         for (name, value) in &req.headers {
             // The key is the host's: a plugin cannot replace or read it.
@@ -221,7 +287,7 @@ impl OpenAi {
     pub async fn send(&self, req: ApiRequest) -> Result<ApiResponse, TransportError> {
         let builder = self.build(&req)?.timeout(self.config.request_timeout);
         let response = builder.send().await.map_err(classify)?;
-        read_whole(response).await
+        read_whole(response, self.config.max_body_bytes).await
     }
 
     /// One streamed attempt: 2xx answers yield their events, others are read whole.
@@ -232,12 +298,16 @@ impl OpenAi {
             .map_err(|_| TransportError::Timeout("no answer to the stream request".into()))?
             .map_err(classify)?;
         if !response.status().is_success() {
-            return Ok(StreamStart::Refused(read_whole(response).await?));
+            return Ok(StreamStart::Refused(read_whole(response, self.config.max_body_bytes).await?));
         }
+        let now = Instant::now();
         Ok(StreamStart::Events(SseStream {
             bytes: Box::pin(response.bytes_stream()),
-            parser: SseParser::default(),
+            parser: SseParser::with_limit(self.config.max_body_bytes),
             idle_timeout: self.config.stream_idle_timeout,
+            last_line: now,
+            deadline: now + self.config.stream_max_duration,
+            max_duration: self.config.stream_max_duration,
             finished: false,
         }))
     }
@@ -258,7 +328,13 @@ impl OpenAi {
             let wait = match &outcome {
                 Err(TransportError::Refused(_)) => None,
                 Err(_) => Some(backoff(attempt)),
-                Ok(resp) => retry_wait(resp.status, resp.header("retry-after"), error_code(&resp.body).as_deref(), attempt),
+                Ok(resp) => retry_wait(
+                    resp.status,
+                    resp.header("retry-after"),
+                    error_code(&resp.body).as_deref(),
+                    attempt,
+                    self.config.max_retry_wait,
+                ),
             };
             match (outcome, wait) {
                 (Ok(resp), _) if (200..300).contains(&resp.status) => {
@@ -275,6 +351,21 @@ impl OpenAi {
             }
         }
     }
+}
+
+/// `base` + `path` parsed as the HTTP client will send it, if it stays on the base's origin and
+/// under its path (dot segments, in any encoding the parser understands, already resolved).
+fn normalised_under_base(base: &reqwest::Url, path: &str) -> Option<reqwest::Url> {
+    let joined = format!("{}{}", base.as_str().trim_end_matches('/'), path);
+    let url = reqwest::Url::parse(&joined).ok()?;
+    let same_origin = url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default()
+        && url.username() == base.username()
+        && url.password() == base.password();
+    let base_path = base.path().trim_end_matches('/');
+    let under = url.path().strip_prefix(base_path).is_some_and(|rest| rest.starts_with('/'));
+    (same_origin && under && url.fragment().is_none()).then_some(url)
 }
 
 /// The error of a non-2xx answer, with OpenAI's `error.message` and `error.code` when present.
@@ -303,16 +394,28 @@ fn error_code(body: &str) -> Option<String> {
 }
 
 /// When a failed attempt is worth one more, how long to wait first. `None` = do not retry.
-pub fn retry_wait(status: u16, retry_after: Option<&str>, code: Option<&str>, attempt: u32) -> Option<Duration> {
+pub fn retry_wait(
+    status: u16,
+    retry_after: Option<&str>,
+    code: Option<&str>,
+    attempt: u32,
+    max_wait: Duration,
+) -> Option<Duration> {
     let retryable = matches!(status, 408 | 409 | 429) || (500..600).contains(&status);
     if !retryable || code == Some("insufficient_quota") {
         return None;
     }
     match retry_after.and_then(parse_retry_after) {
-        Some(wait) if wait <= Duration::from_secs(120) => Some(wait),
-        Some(_) => None,
+        Some(wait) => capped_wait(wait, max_wait),
         None => Some(backoff(attempt)),
     }
+}
+
+/// The host's one policy for a wait a server (or a plugin relaying it) asks for: honoured up to
+/// `max_wait`, and beyond it not at all. Sleeping a capped part of a longer wait would only make
+/// the retry fail again later, while the caller (holding the user's turn) could answer now.
+pub fn capped_wait(requested: Duration, max_wait: Duration) -> Option<Duration> {
+    (requested <= max_wait).then_some(requested)
 }
 
 /// Retry-After in seconds (possibly fractional); HTTP dates are not used by OpenAI.
@@ -328,14 +431,32 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base - jitter)
 }
 
-async fn read_whole(response: reqwest::Response) -> Result<ApiResponse, TransportError> {
+/// Reads a body up to `max` bytes; a larger one is refused as soon as it is known to be larger
+/// (by its `Content-Length`, or while reading), so memory never holds more than `max`.
+async fn read_whole(response: reqwest::Response, max: usize) -> Result<ApiResponse, TransportError> {
     let status = response.status().as_u16();
     let headers = response
         .headers()
         .iter()
         .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
-    let body = response.text().await.map_err(classify)?;
+    let too_large = || TransportError::Refused(format!("response body larger than {max} bytes (HTTP {status})"));
+    if response.content_length().is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(classify)?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = match String::from_utf8(body) {
+        Ok(text) => text,
+        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+    };
     Ok(ApiResponse { status, headers, body })
 }
 
@@ -367,13 +488,57 @@ mod tests {
 
     #[test]
     fn retry_policy_follows_the_sdks() {
-        assert_eq!(retry_wait(429, Some("2"), None, 1), Some(Duration::from_secs(2)));
-        assert_eq!(retry_wait(429, None, Some("insufficient_quota"), 1), None);
-        assert_eq!(retry_wait(400, None, None, 1), None);
-        assert_eq!(retry_wait(404, None, None, 1), None);
-        assert_eq!(retry_wait(429, Some("500"), None, 1), None, "a wait beyond 120 s is not taken");
-        let wait = retry_wait(503, None, None, 1).unwrap();
+        let max = DEFAULT_MAX_RETRY_WAIT;
+        assert_eq!(retry_wait(429, Some("2"), None, 1, max), Some(Duration::from_secs(2)));
+        assert_eq!(retry_wait(429, None, Some("insufficient_quota"), 1, max), None);
+        assert_eq!(retry_wait(400, None, None, 1, max), None);
+        assert_eq!(retry_wait(404, None, None, 1, max), None);
+        let wait = retry_wait(503, None, None, 1, max).unwrap();
         assert!(wait <= Duration::from_millis(500) && wait >= Duration::from_millis(375));
+    }
+
+    #[test]
+    fn a_server_requested_wait_beyond_the_cap_is_not_taken() {
+        let max = Duration::from_secs(5);
+        assert_eq!(retry_wait(429, Some("5"), None, 1, max), Some(Duration::from_secs(5)));
+        assert_eq!(retry_wait(429, Some("5.5"), None, 1, max), None);
+        assert_eq!(retry_wait(503, Some("100000"), None, 1, max), None);
+        assert_eq!(retry_wait(429, Some("60"), None, 1, Duration::from_secs(120)), Some(Duration::from_secs(60)));
+        assert_eq!(capped_wait(Duration::from_secs(100_000), max), None);
+        assert_eq!(capped_wait(Duration::from_millis(1500), max), Some(Duration::from_millis(1500)));
+    }
+
+    /// A 429 asking for a long wait: `post_json` (the knowledge base's embeddings) answers at once
+    /// with the status instead of sleeping.
+    #[tokio::test]
+    async fn post_json_does_not_sleep_a_wait_beyond_the_cap() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let app = axum::Router::new().route(
+            "/v1/embeddings",
+            axum::routing::post(move || {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "100")],
+                        r#"{"error":{"message":"slow down","code":"rate_limit_exceeded"}}"#,
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let api = OpenAi::new(OpenAiConfig::new(format!("http://{addr}/v1"), "sk-test")).unwrap();
+        // The guard only turns a hang (the bug) into a failure; it asserts no speed.
+        let result = tokio::time::timeout(Duration::from_secs(30), api.post_json("/embeddings", &serde_json::json!({})))
+            .await
+            .expect("post_json slept the server's 100 s");
+        assert_eq!(result.unwrap_err().status(), Some(429));
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "not retried");
     }
 
     #[test]
@@ -383,6 +548,11 @@ mod tests {
             let req = ApiRequest { method: "GET".into(), path: path.into(), ..Default::default() };
             assert!(matches!(api.build(&req), Err(TransportError::Refused(_))), "{path}");
         }
+        for path in ["/models", "/conversations/conv_1/items?limit=20&after=a%2Fb", "/responses/resp_1/cancel"] {
+            let req = ApiRequest { method: "GET".into(), path: path.into(), ..Default::default() };
+            let url = api.build(&req).unwrap().build().unwrap().url().clone();
+            assert!(url.path().starts_with("/v1/"), "{path}: {url}");
+        }
         let req = ApiRequest {
             method: "GET".into(),
             path: "/models".into(),
@@ -390,6 +560,48 @@ mod tests {
             body: None,
         };
         assert!(matches!(api.build(&req), Err(TransportError::Refused(_))));
+    }
+
+    /// Item 8 of the hardening issue: each of these reached a path outside `/v1` with the key.
+    const ESCAPES: [&str; 14] = [
+        "/%2e%2e/admin",
+        "/%2E%2E/admin",
+        "/.%2e/admin",
+        "/%2e./admin",
+        "/x/%2e%2e/%2e%2e/admin",
+        "/.\t./admin",
+        "/.\n./admin",
+        "/.\r./admin",
+        "/\t../admin",
+        "/..\t/admin",
+        "/x/.\n./.\r./admin",
+        "/..%2fadmin",
+        "/%5c..%5cadmin",
+        "/..\\admin",
+    ];
+
+    #[test]
+    fn encoded_and_hidden_dot_segments_are_refused() {
+        let api = OpenAi::new(OpenAiConfig::new("http://127.0.0.1:9/v1", "sk-secret")).unwrap();
+        for path in ESCAPES {
+            let req = ApiRequest { method: "GET".into(), path: path.into(), ..Default::default() };
+            assert!(matches!(api.build(&req), Err(TransportError::Refused(_))), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn the_normalised_url_is_checked_not_only_the_text() {
+        // Without the cheap text checks, the parsed URL alone still refuses every escape the
+        // parser resolves (dot segments in %2e form, or split by a tab, LF or CR).
+        let base = reqwest::Url::parse("http://127.0.0.1:9/v1").unwrap();
+        for path in ["/%2e%2e/admin", "/.%2e/admin", "/%2e./admin", "/.\t./admin", "/.\n./admin", "/.\r./admin", "/x/%2e%2e/%2e%2e/admin", "/../admin", "@evil.example/x"] {
+            assert_eq!(normalised_under_base(&base, path), None, "{path:?}");
+        }
+        assert_eq!(normalised_under_base(&base, "/models").unwrap().as_str(), "http://127.0.0.1:9/v1/models");
+        assert_eq!(normalised_under_base(&base, "/a/../models").unwrap().path(), "/v1/models");
+        let nested = reqwest::Url::parse("https://proxy.example/openai/v1").unwrap();
+        assert_eq!(normalised_under_base(&nested, "/../v2/x"), None);
+        assert_eq!(normalised_under_base(&nested, "s/x"), None, "/v1s is not under /v1");
     }
 
     #[tokio::test]

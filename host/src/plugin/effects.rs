@@ -69,6 +69,40 @@ pub struct TurnObservations {
     pub first_text_at: Option<Instant>,
     pub http_calls: u32,
     pub pushed_chars: usize,
+    /// Bound on the text pushed in one turn (None: [`DEFAULT_MAX_PUSHED_BYTES`]); the host sets
+    /// the largest answer it would deliver.
+    pub max_pushed_bytes: Option<usize>,
+    /// Pushed text dropped past the bound.
+    pub pushed_dropped: usize,
+    pub streams_opened: u32,
+    pub log_calls: u32,
+    pub log_bytes: usize,
+    pub log_capped: bool,
+}
+
+/// Per-turn bounds on what a plugin may make the host hold or write: without them one plugin
+/// limited to 64 MiB grew the host to 2.1 GB (pushes), held 5,022 descriptors (streams) and wrote
+/// 84 MB of logs in 0.4 s.
+pub const DEFAULT_MAX_PUSHED_BYTES: usize = 1 << 20;
+pub const MAX_STREAMS_PER_TURN: u32 = 16;
+pub const MAX_LOG_CALLS_PER_TURN: u32 = 200;
+pub const MAX_LOG_BYTES_PER_TURN: usize = 64 << 10;
+
+/// A plugin's log text as one record: control characters (a newline could forge a host log
+/// line, an escape sequence could rewrite a terminal) are shown escaped.
+pub fn escape_log_text(message: &str) -> String {
+    if !message.chars().any(char::is_control) {
+        return message.to_owned();
+    }
+    let mut out = String::with_capacity(message.len() + 8);
+    for c in message.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The live effects of one turn: OpenAI through the host's transport, text to the user.
@@ -100,7 +134,14 @@ impl HostEffects for LiveEffects {
     }
 
     async fn http_stream(&mut self, req: ApiRequest) -> Result<StreamStart, TransportError> {
-        self.observations.lock().unwrap().http_calls += 1;
+        {
+            let mut obs = self.observations.lock().unwrap();
+            obs.http_calls += 1;
+            if obs.streams_opened >= MAX_STREAMS_PER_TURN {
+                return Err(TransportError::Refused(format!("more than {MAX_STREAMS_PER_TURN} streams in one turn")));
+            }
+            obs.streams_opened += 1;
+        }
         tracing::debug!(method = %req.method, path = %req.path, "plugin HTTP stream");
         Ok(match self.openai.send_stream(req).await? {
             swapbot_openai::StreamStart::Events(stream) => StreamStart::Events(Box::new(LiveStream(stream))),
@@ -112,8 +153,25 @@ impl HostEffects for LiveEffects {
         if delta.is_empty() {
             return;
         }
+        let mut delta = delta;
         {
             let mut obs = self.observations.lock().unwrap();
+            let max = obs.max_pushed_bytes.unwrap_or(DEFAULT_MAX_PUSHED_BYTES);
+            let room = max.saturating_sub(obs.pushed_chars);
+            if delta.len() > room {
+                let mut cut = room;
+                while !delta.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                if obs.pushed_dropped == 0 {
+                    tracing::warn!(plugin = %self.plugin, max_bytes = max, "plugin pushed more text than an answer can hold; the rest is dropped");
+                }
+                obs.pushed_dropped += delta.len() - cut;
+                delta.truncate(cut);
+            }
+            if delta.is_empty() {
+                return;
+            }
             obs.first_text_at.get_or_insert_with(Instant::now);
             obs.pushed_chars += delta.len();
         }
@@ -123,6 +181,20 @@ impl HostEffects for LiveEffects {
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
+        {
+            let mut obs = self.observations.lock().unwrap();
+            obs.log_calls += 1;
+            obs.log_bytes += message.len();
+            if obs.log_calls > MAX_LOG_CALLS_PER_TURN || obs.log_bytes > MAX_LOG_BYTES_PER_TURN {
+                // One line says the rest is dropped; the plugin cannot flood the logs.
+                if !obs.log_capped {
+                    obs.log_capped = true;
+                    tracing::warn!(plugin = %self.plugin, "plugin log limit for this turn reached; further plugin log lines are dropped");
+                }
+                return;
+            }
+        }
+        let message = escape_log_text(&message);
         let plugin = self.plugin.as_str();
         match level {
             LogLevel::Debug => tracing::debug!(plugin, "{message}"),

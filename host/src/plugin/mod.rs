@@ -6,8 +6,8 @@
 
 pub mod effects;
 mod host_impl;
+pub mod since_v0_1;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub use effects::{EventSource, HostEffects, StreamStart};
 
 /// The contract version this host implements (the `package` line of `wit/backend.wit`).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
+/// Every version served, newest first: the latest, then one `since_v0_*` module per older one.
+pub const SERVED_VERSIONS: [&str; 2] = [CONTRACT_VERSION, since_v0_1::VERSION];
 const CONTRACT_PACKAGE: &str = "swapbot:backend";
 
 pub mod bindings {
@@ -34,6 +36,11 @@ pub mod bindings {
     });
 }
 
+host_impl::impl_host_interface!(
+    crate::plugin::bindings::swapbot::backend::host,
+    crate::plugin::bindings::swapbot::backend::types
+);
+
 pub use bindings::swapbot::backend::types::{
     Answer, ChatError, ContextChunk, Description, ErrorKind, HistoryMessage, Role, Settings, Turn,
     Usage,
@@ -45,7 +52,7 @@ pub use bindings::swapbot::backend::types::{
 pub enum PluginError {
     #[error("not a valid component: {0}")]
     Compile(String),
-    #[error("plugin built for contract {plugin}, this host implements {host}")]
+    #[error("plugin built for contract {plugin}, this host implements {host} (and serves {})", SERVED_VERSIONS[1..].join(", "))]
     ContractMismatch { plugin: String, host: String },
     #[error("plugin does not fit the contract: {0}")]
     Link(String),
@@ -107,9 +114,66 @@ impl WasiView for TurnState {
     }
 }
 
+/// A component ready to instantiate, in the bindings of the contract version it was built for.
+enum Pre {
+    Latest(bindings::BackendPre<TurnState>),
+    V0_1(since_v0_1::bindings::BackendPre<TurnState>),
+}
+
+/// One turn's instance; its calls take and give the latest types whatever its version.
+enum Instance {
+    Latest(bindings::Backend),
+    V0_1(since_v0_1::bindings::Backend),
+}
+
+impl Pre {
+    async fn instantiate(&self, store: &mut Store<TurnState>) -> wasmtime::Result<Instance> {
+        Ok(match self {
+            Pre::Latest(pre) => Instance::Latest(pre.instantiate_async(store).await?),
+            Pre::V0_1(pre) => Instance::V0_1(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+impl Instance {
+    async fn describe(&self, store: &mut Store<TurnState>) -> wasmtime::Result<Description> {
+        match self {
+            Instance::Latest(b) => b.call_describe(store).await,
+            Instance::V0_1(b) => b.call_describe(store).await.map(since_v0_1::description),
+        }
+    }
+
+    async fn chat(&self, store: &mut Store<TurnState>, turn: &Turn) -> wasmtime::Result<Result<Answer, ChatError>> {
+        match self {
+            Instance::Latest(b) => b.call_chat(store, turn).await,
+            Instance::V0_1(b) => Ok(b
+                .call_chat(store, &since_v0_1::turn(turn))
+                .await?
+                .map(since_v0_1::answer)
+                .map_err(since_v0_1::error)),
+        }
+    }
+
+    async fn replay(
+        &self,
+        store: &mut Store<TurnState>,
+        session_id: &str,
+        history: &[HistoryMessage],
+        settings: &Settings,
+    ) -> wasmtime::Result<Result<u32, ChatError>> {
+        match self {
+            Instance::Latest(b) => b.call_replay(store, session_id, history, settings).await,
+            Instance::V0_1(b) => Ok(b
+                .call_replay(store, session_id, &since_v0_1::history(history), &since_v0_1::settings(settings))
+                .await?
+                .map_err(since_v0_1::error)),
+        }
+    }
+}
+
 /// A compiled, validated plugin ready to serve turns.
 pub struct LoadedPlugin {
-    pre: bindings::BackendPre<TurnState>,
+    pre: Pre,
     component: Component,
     pub description: Description,
     pub sha256: String,
@@ -171,6 +235,11 @@ impl PluginRuntime {
             |state| state,
         )
         .map_err(anyhow_of)?;
+        since_v0_1::bindings::Backend::add_to_linker::<TurnState, wasmtime::component::HasSelf<TurnState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(anyhow_of)?;
 
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ticker_engine = engine.weak();
@@ -221,19 +290,20 @@ impl PluginRuntime {
     }
 
     /// Like [`load`], from a precompiled artifact of [`Component::serialize`] (the disk cache).
+    /// Bytes, not a path: what was checked is what is deserialized.
     ///
     /// # Safety
-    /// The bytes must come from `serialize` of this wasmtime version, as the cache guarantees
-    /// by keying on the engine's compatibility hash.
+    /// The bytes must come from `serialize` of this wasmtime version for this module, as the
+    /// cache guarantees by checking each entry's MAC.
     pub async unsafe fn load_precompiled(
         &self,
-        artifact: &Path,
+        artifact: &[u8],
         sha256: String,
         size: usize,
         expected_name: Option<&str>,
     ) -> Result<LoadedPlugin, PluginError> {
         let started = Instant::now();
-        let component = unsafe { Component::deserialize_file(&self.engine, artifact) }
+        let component = unsafe { Component::deserialize(&self.engine, artifact) }
             .map_err(|e| PluginError::Compile(first_line(&e)))?;
         self.finish_load(component, sha256, size, started, expected_name).await
     }
@@ -246,12 +316,17 @@ impl PluginRuntime {
         started: Instant,
         expected_name: Option<&str>,
     ) -> Result<LoadedPlugin, PluginError> {
-        check_contract_version(&self.engine, &component)?;
+        let version = contract_version(&self.engine, &component)?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Link(first_line(&e)))?;
-        let pre = bindings::BackendPre::new(instance_pre).map_err(|e| PluginError::Link(first_line(&e)))?;
+        let link = |e: wasmtime::Error| PluginError::Link(first_line(&e));
+        let pre = if version == since_v0_1::VERSION {
+            Pre::V0_1(since_v0_1::bindings::BackendPre::new(instance_pre).map_err(link)?)
+        } else {
+            Pre::Latest(bindings::BackendPre::new(instance_pre).map_err(link)?)
+        };
         let compile_time = started.elapsed();
         let mut plugin = LoadedPlugin {
             pre,
@@ -270,12 +345,13 @@ impl PluginRuntime {
         };
         let description = self
             .call(&plugin, Box::new(effects::NoEffects), |backend, store| {
-                Box::pin(async move { backend.call_describe(store).await })
+                Box::pin(async move { backend.describe(store).await })
             })
             .await?;
-        if description.contract != CONTRACT_VERSION {
+        // The description must name the version the component was built against.
+        if description.contract != version {
             return Err(PluginError::ContractMismatch {
-                plugin: description.contract,
+                plugin: format!("{} (its imports are {version})", description.contract),
                 host: CONTRACT_VERSION.into(),
             });
         }
@@ -301,7 +377,7 @@ impl PluginRuntime {
         effects: Box<dyn HostEffects>,
     ) -> Result<Result<Answer, ChatError>, PluginError> {
         self.call(plugin, effects, move |backend, store| {
-            Box::pin(async move { backend.call_chat(store, &turn).await })
+            Box::pin(async move { backend.chat(store, &turn).await })
         })
         .await
     }
@@ -315,7 +391,7 @@ impl PluginRuntime {
         effects: Box<dyn HostEffects>,
     ) -> Result<Result<u32, ChatError>, PluginError> {
         self.call(plugin, effects, move |backend, store| {
-            Box::pin(async move { backend.call_replay(store, &session_id, &history, &settings).await })
+            Box::pin(async move { backend.replay(store, &session_id, &history, &settings).await })
         })
         .await
     }
@@ -325,7 +401,7 @@ impl PluginRuntime {
         plugin: &LoadedPlugin,
         effects: Box<dyn HostEffects>,
         f: impl for<'a> FnOnce(
-            &'a bindings::Backend,
+            &'a Instance,
             &'a mut Store<TurnState>,
         ) -> std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>
         + Send,
@@ -341,7 +417,7 @@ impl PluginRuntime {
         let run = async {
             let backend = plugin
                 .pre
-                .instantiate_async(&mut store)
+                .instantiate(&mut store)
                 .await
                 .map_err(|e| classify_trap(&e, &store, cpu_ticks, memory_mib))?;
             let result = f(&backend, &mut store).await;
@@ -394,19 +470,26 @@ fn classify_trap(err: &wasmtime::Error, _store: &Store<TurnState>, cpu_ticks: u6
     PluginError::Trap(first_line(err))
 }
 
-/// Refuses a component whose imports name another version of the contract package, naming both.
-fn check_contract_version(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+/// The contract version a component's imports name, if the host serves it; otherwise refused,
+/// naming both versions. A component that imports nothing of the contract is taken as latest
+/// (linking then checks its exports).
+fn contract_version(engine: &Engine, component: &Component) -> Result<&'static str, PluginError> {
     let ty = component.component_type();
+    let mut found: Option<&'static str> = None;
     for (name, _) in ty.imports(engine) {
         if let Some(rest) = name.strip_prefix(CONTRACT_PACKAGE) {
             // e.g. "swapbot:backend/host@0.2.0"
             let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("unversioned");
-            if version != CONTRACT_VERSION {
+            let Some(served) = SERVED_VERSIONS.into_iter().find(|v| *v == version) else {
                 return Err(PluginError::ContractMismatch { plugin: version.into(), host: CONTRACT_VERSION.into() });
+            };
+            if found.is_some_and(|f| f != served) {
+                return Err(PluginError::Link(format!("imports two contract versions ({} and {served})", found.unwrap())));
             }
+            found = Some(served);
         }
     }
-    Ok(())
+    Ok(found.unwrap_or(CONTRACT_VERSION))
 }
 
 fn first_line(err: &wasmtime::Error) -> String {

@@ -15,6 +15,7 @@ pub mod draft;
 pub mod group;
 pub mod pacing;
 pub mod text;
+pub mod updates;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -31,7 +32,6 @@ use teloxide::{
         BotCommand, CallbackQuery, ChatAction, ChatId, ChatMemberUpdated, Me, Message, MessageId, MessageKind, ParseMode,
         ReplyParameters, ThreadId, Update,
     },
-    update_listeners::Polling,
 };
 use teloxide::payloads::{EditMessageTextSetters, SendChatActionSetters, SendMessageSetters};
 use tokio::time::Instant;
@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 pub use crate::group::GroupMode;
 use crate::group::{is_addressed, strip_bot_mentions};
 use crate::pacing::{Pacer, delivery_backoff, next_preview_at, polling_backoff};
-use crate::text::{draft_preview, escape_html, group_preview, split_answer};
+use crate::text::{draft_preview, escape_html, group_preview, split_answer_capped};
 
 /// The host side of a conversation turn.
 #[async_trait::async_trait]
@@ -89,6 +89,8 @@ pub struct BotOptions {
     pub edit_interval: Duration,
     /// How often "typing…" is repeated while a turn runs.
     pub typing_interval: Duration,
+    /// Messages one answer may take; a longer answer is cut with a note.
+    pub max_messages: usize,
     /// What the bot answers in groups (`GROUP_MODE`).
     pub group_mode: GroupMode,
 }
@@ -101,6 +103,7 @@ impl Default for BotOptions {
             // Groups allow about 20 messages a minute and edits count: one edit per 3 s stays inside.
             edit_interval: Duration::from_secs(3),
             typing_interval: Duration::from_secs(4),
+            max_messages: 10,
             group_mode: GroupMode::Mention,
         }
     }
@@ -523,9 +526,9 @@ async fn preview_loop(bot: Bot, preview: Arc<tokio::sync::Mutex<Preview>>, mut r
 /// Delivers the final text of a turn (answer or failure sentence) as exactly one message, or several when too
 /// long. In groups the streamed message becomes the first part; if it can't be edited it is replaced. The
 /// first part replies to the question (groups); every part goes to the question's topic.
-async fn deliver(bot: &Bot, target: Target, preview: &mut Preview, text: &str) {
+async fn deliver(bot: &Bot, target: Target, preview: &mut Preview, text: &str, max_messages: usize) {
     let chat = target.chat;
-    let chunks = split_answer(text);
+    let chunks = split_answer_capped(text, max_messages);
     let mut rest: &[String] = &chunks;
     let mut next = target;
     if let (Some(mid), Some(first)) = (preview.message, chunks.first()) {
@@ -636,7 +639,7 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
         }
     };
     drop(_typing);
-    deliver(bot, target, &mut preview, &final_text).await;
+    deliver(bot, target, &mut preview, &final_text, ctx.options.max_messages).await;
     if kind == PreviewKind::Edit {
         // The answer (streamed or not) just went out: the next turn's first update waits its turn.
         let last = Instant::now();
@@ -868,10 +871,8 @@ pub async fn run_polling_until(
             .default_handler(|_| async {})
             .build();
         let stop = dispatcher.shutdown_token();
-        let listener = Polling::builder(bot.clone())
-            .timeout(Duration::from_secs(10))
-            .backoff_strategy(Box::new(polling_backoff))
-            .build();
+        // Not teloxide's `Polling`: one undecodable update would wedge it (see `updates`).
+        let listener = updates::listener(bot.clone(), Duration::from_secs(10));
         let listener_token = token.clone();
         let listener_errors = Arc::new(move |e: RequestError| {
             let token = listener_token.clone();

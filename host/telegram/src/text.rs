@@ -117,6 +117,29 @@ pub fn split_answer(text: &str) -> Vec<String> {
     split_text(text, SAFE_LIMIT)
 }
 
+/// What ends the last message of an answer cut at the message cap.
+pub const CUT_NOTE: &str = "[The answer was too long for Telegram and was cut here.]";
+
+/// Splits an answer into at most `max_messages` messages; a longer answer ends with [`CUT_NOTE`]
+/// in its last message instead of flooding the chat (a 400 KB answer was 103 messages).
+pub fn split_answer_capped(text: &str, max_messages: usize) -> Vec<String> {
+    let max_messages = max_messages.max(1);
+    // Only the part that can be shown is split: splitting a huge answer whole is wasted work.
+    // A prefix of (cap + 1) full messages always splits into more than the cap.
+    let text = text.trim();
+    let shown = &text[..prefix_end(text, (max_messages + 1) * SAFE_LIMIT)];
+    let mut chunks = split_answer(shown);
+    if chunks.len() <= max_messages {
+        return chunks;
+    }
+    chunks.truncate(max_messages);
+    let note_units = utf16_len(CUT_NOTE) + 2;
+    let last = chunks.pop().unwrap_or_default();
+    let kept = split_text(&last, SAFE_LIMIT - note_units).into_iter().next().unwrap_or_default();
+    chunks.push(format!("{kept}\n\n{CUT_NOTE}"));
+    chunks
+}
+
 /// What a private-chat draft shows while the answer streams: the chunk being written now.
 pub fn draft_preview(acc: &str) -> Option<String> {
     let t = acc.trim();
@@ -159,6 +182,21 @@ mod tests {
         assert_eq!(utf16_len("abc"), 3);
         assert_eq!(utf16_len("é"), 1);
         assert_eq!(utf16_len("😀"), 2);
+    }
+
+    #[test]
+    fn a_long_answer_is_cut_at_the_message_cap_with_a_note() {
+        let text = "A sentence that goes on. ".repeat(16_000); // 400 KB
+        assert!(split_answer(&text).len() >= 100);
+        let chunks = split_answer_capped(&text, 10);
+        assert_eq!(chunks.len(), 10);
+        assert!(chunks.iter().all(|c| utf16_len(c) <= SAFE_LIMIT));
+        assert!(chunks[9].ends_with(CUT_NOTE));
+        assert!(chunks[..9].iter().all(|c| !c.contains(CUT_NOTE)));
+        // Within the cap nothing changes.
+        let short = "word ".repeat(2000);
+        assert_eq!(split_answer_capped(&short, 10), split_answer(&short));
+        assert!(split_answer_capped(&text, 1)[0].ends_with(CUT_NOTE));
     }
 
     #[test]

@@ -132,6 +132,7 @@ fn fast() -> BotOptions {
         edit_interval: Duration::from_secs(1),
         typing_interval: Duration::from_secs(4),
         group_mode: GroupMode::Mention,
+        ..BotOptions::default()
     }
 }
 

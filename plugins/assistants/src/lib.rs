@@ -105,7 +105,7 @@ fn add_message<E: Effects>(
     }
 }
 
-/// The `replay` export (and the replay into a new thread): messages oldest first.
+/// The replay into a new thread: messages oldest first.
 pub fn replay<E: Effects>(
     fx: &mut E,
     thread: &str,
@@ -213,15 +213,38 @@ pub fn run_text(list: &Value) -> String {
     texts.join("\n\n").trim().to_owned()
 }
 
+/// A run's usage (`prompt_tokens` is every token of the thread the run saw). The spec has no
+/// cached or reasoning detail for runs; one is read if a server sends it.
 fn run_usage(run: &Value) -> Option<Usage> {
     let u = run.get("usage").filter(|u| u.is_object())?;
+    let n = |p: &str| u.pointer(p).and_then(Value::as_u64).unwrap_or(0);
     Some(Usage {
-        input_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-        output_tokens: u
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
+        input_tokens: n("/prompt_tokens"),
+        cached_input_tokens: n("/prompt_token_details/cached_tokens"),
+        output_tokens: n("/completion_tokens"),
+        reasoning_tokens: n("/completion_tokens_details/reasoning_tokens"),
     })
+}
+
+/// The run's `truncation_strategy` from the option `truncation-strategy`: unset keeps the
+/// Assistants default (`auto`); `auto`, or `last_messages:N`.
+pub fn truncation_strategy(settings: &Settings) -> Result<Option<Value>, ChatError> {
+    let Some(v) = settings.option("truncation-strategy") else {
+        return Ok(None);
+    };
+    if v == "auto" {
+        return Ok(Some(json!({"type": "auto"})));
+    }
+    let n = v
+        .strip_prefix("last_messages:")
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .filter(|n| *n >= 1);
+    match n {
+        Some(n) => Ok(Some(json!({"type": "last_messages", "last_messages": n}))),
+        None => Err(ChatError::config(format!(
+            "truncation-strategy={v:?}: expected `auto` or `last_messages:N` (N at least 1)"
+        ))),
+    }
 }
 
 fn run_failed(run: &Value, run_id: &str, status: &str) -> ChatError {
@@ -246,28 +269,42 @@ pub fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
             "no assistant id configured for the Assistants backend (ASSISTANT_ID)",
         ));
     };
-    let session = thread_with_message(fx, turn.session_id.as_deref(), &turn.text)?;
+    let layout = ContextLayout::of(&turn.settings, ContextLayout::Instructions)?;
+    let truncation = truncation_strategy(&turn.settings)?;
+    // With the input layout the context rides in the user's message (and so stays in the
+    // thread); with the instructions layout it is the run's `additional_instructions`.
+    let message = match layout {
+        ContextLayout::Input => format!("{}{}", turn.text, context_block(&turn.context)),
+        ContextLayout::Instructions => turn.text.clone(),
+    };
+    let session = thread_with_message(fx, turn.session_id.as_deref(), &message)?;
     let created = if session.new {
         Some(session.id.as_str())
     } else {
         None
     };
-    run_turn(fx, turn, assistant_id, &session).map_err(|e| e.with_session(created))
+    let mut body = json!({"assistant_id": assistant_id});
+    let extra = match layout {
+        ContextLayout::Instructions => build_instructions(&turn.settings.instructions, &turn.context),
+        ContextLayout::Input => turn.settings.instructions.clone(),
+    };
+    if !extra.is_empty() {
+        body["additional_instructions"] = Value::String(extra);
+    }
+    if let Some(truncation) = truncation {
+        body["truncation_strategy"] = truncation;
+    }
+    run_turn(fx, turn, body, &session).map_err(|e| e.with_session(created))
 }
 
 fn run_turn<E: Effects>(
     fx: &mut E,
     turn: &Turn,
-    assistant_id: &str,
+    body: Value,
     session: &Session,
 ) -> Result<Answer, ChatError> {
     let thread = session.id.as_str();
     let started = fx.now_ms();
-    let mut body = json!({"assistant_id": assistant_id});
-    let extra = build_instructions(&turn.settings.instructions, &turn.context);
-    if !extra.is_empty() {
-        body["additional_instructions"] = Value::String(extra);
-    }
     let runs = format!("{}/runs", thread_path(thread));
     let mut run = call_json(fx, request("POST", runs.clone(), Some(&body)), |r| {
         api_gone(r, false)

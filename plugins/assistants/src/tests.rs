@@ -30,6 +30,7 @@ fn turn(session: Option<&str>) -> Turn {
     Turn {
         user_id: 5_000_000_001,
         session_id: session.map(Into::into),
+        cache_key: String::new(),
         text: "hi".into(),
         context: vec![],
         settings: Settings {
@@ -43,7 +44,7 @@ fn turn(session: Option<&str>) -> Turn {
 fn describe_names_the_backend() {
     let d = describe();
     assert_eq!(d.name, "assistants");
-    assert_eq!(d.contract, "0.1.0");
+    assert_eq!(d.contract, "0.2.0");
     assert_eq!(d.id_map, "user_threads.json");
 }
 
@@ -143,9 +144,59 @@ fn usage_comes_from_the_run() {
         a.usage,
         Some(Usage {
             input_tokens: 123,
-            output_tokens: 45
+            cached_input_tokens: 0,
+            output_tokens: 45,
+            reasoning_tokens: 0,
         })
     );
     // the poll slept once per GET of the run
     assert_eq!(fx.slept, 2 * 500);
+}
+
+#[test]
+fn truncation_strategy_is_the_assistants_default_unless_set() {
+    let mut s = Settings::default();
+    assert_eq!(truncation_strategy(&s).unwrap(), None);
+    s.options = vec![("truncation-strategy".into(), "auto".into())];
+    assert_eq!(truncation_strategy(&s).unwrap(), Some(json!({"type": "auto"})));
+    s.options = vec![("truncation-strategy".into(), "last_messages:12".into())];
+    assert_eq!(
+        truncation_strategy(&s).unwrap(),
+        Some(json!({"type": "last_messages", "last_messages": 12}))
+    );
+    for bad in ["last_messages:0", "last_messages", "everything"] {
+        s.options = vec![("truncation-strategy".into(), bad.into())];
+        assert_eq!(truncation_strategy(&s).unwrap_err().kind, ErrorKind::Config, "{bad}");
+    }
+}
+
+#[test]
+fn the_run_carries_the_truncation_strategy_and_the_input_layout_moves_context_into_the_message() {
+    let mut t = turn(Some("thread_1"));
+    t.context = vec![ContextChunk {
+        source: "faq.md".into(),
+        text: "Swaps settle fast.".into(),
+        score: 0.9,
+    }];
+    t.settings.options = vec![
+        ("truncation-strategy".into(), "last_messages:4".into()),
+        ("context-layout".into(), "input".into()),
+    ];
+    let mut fx = ScriptedEffects::new(
+        vec![
+            exchange(json!({"request": {"method": "POST", "path": "/threads/thread_1/messages",
+                "body": {"role": "user", "content": format!("hi{CONTEXT_HEADER}[1] (faq.md) Swaps settle fast.")}},
+                "response": {"status": 200, "body": {"id": "msg_1"}}})),
+            exchange(json!({"request": {"method": "POST", "path": "/threads/thread_1/runs",
+                "body": {"assistant_id": "asst_1", "truncation_strategy": {"type": "last_messages", "last_messages": 4}},
+                "absent": ["additional_instructions"]},
+                "response": {"status": 200, "body": {"id": "run_1", "status": "completed", "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}}})),
+            exchange(json!({"request": {"method": "GET", "path": "/threads/thread_1/messages?order=desc&limit=20&run_id=run_1"},
+                "response": {"status": 200, "body": {"data": [{"role": "assistant", "content": [{"type": "text", "text": {"value": "fast"}}]}]}}})),
+        ],
+        vec![],
+    );
+    let a = chat(&mut fx, &t).unwrap();
+    fx.assert_done();
+    assert_eq!(a.text, "fast");
 }

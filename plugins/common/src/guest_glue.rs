@@ -116,6 +116,7 @@ fn from_settings(s: wt::Settings) -> c::Settings {
         background: s.background,
         poll_interval_ms: s.poll_interval_ms,
         deadline_ms: s.deadline_ms,
+        options: s.options,
     }
 }
 
@@ -123,6 +124,7 @@ fn from_turn(t: wt::Turn) -> c::Turn {
     c::Turn {
         user_id: t.user_id,
         session_id: t.session_id,
+        cache_key: t.cache_key,
         text: t.text,
         context: t
             .context
@@ -146,7 +148,9 @@ fn to_answer(a: c::Answer) -> wt::Answer {
         replayed: a.replayed,
         usage: a.usage.map(|u| wt::Usage {
             input_tokens: u.input_tokens,
+            cached_input_tokens: u.cached_input_tokens,
             output_tokens: u.output_tokens,
+            reasoning_tokens: u.reasoning_tokens,
         }),
     }
 }
@@ -169,6 +173,7 @@ fn to_kind(k: c::ErrorKind) -> wt::ErrorKind {
         K::StreamCut => W::StreamCut,
         K::ModelFailed => W::ModelFailed,
         K::Config => W::Config,
+        K::ContextOverflow => W::ContextOverflow,
     }
 }
 

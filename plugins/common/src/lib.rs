@@ -1,4 +1,4 @@
-//! What both backend plugins share: Rust mirrors of the `swapbot:backend@0.1.0` types, the
+//! What both backend plugins share: Rust mirrors of the `swapbot:backend@0.2.0` types, the
 //! [`Effects`] trait the protocol logic runs on (the host's imports in a wasm guest, a scripted
 //! fake in native tests, a real client in a native baseline), error classification, JSON and
 //! prompt helpers.
@@ -10,8 +10,8 @@ use serde_json::Value;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-/// The contract version both plugins are built for (`package swapbot:backend@0.1.0`).
-pub const CONTRACT: &str = "0.1.0";
+/// The contract version both plugins are built for (`package swapbot:backend@0.2.0`).
+pub const CONTRACT: &str = "0.2.0";
 
 /// Most items one create/append call on a conversation accepts.
 pub const MAX_ITEMS_PER_CALL: usize = 20;
@@ -77,6 +77,8 @@ pub struct Settings {
     pub background: bool,
     pub poll_interval_ms: u32,
     pub deadline_ms: u32,
+    /// Backend-specific settings (key, value), as the operator wrote them.
+    pub options: Vec<(String, String)>,
 }
 
 impl Default for Settings {
@@ -89,11 +91,22 @@ impl Default for Settings {
             background: false,
             poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
             deadline_ms: DEFAULT_DEADLINE_MS,
+            options: Vec::new(),
         }
     }
 }
 
 impl Settings {
+    /// A backend-specific option (the last one wins when a key repeats), trimmed.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
     /// The poll interval, with 0 meaning the default.
     pub fn poll_interval(&self) -> u32 {
         if self.poll_interval_ms == 0 {
@@ -116,6 +129,8 @@ impl Settings {
 pub struct Turn {
     pub user_id: i64,
     pub session_id: Option<String>,
+    /// Stable per session: the prompt-cache key.
+    pub cache_key: String,
     pub text: String,
     pub context: Vec<ContextChunk>,
     pub settings: Settings,
@@ -124,7 +139,21 @@ pub struct Turn {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Usage {
     pub input_tokens: u64,
+    pub cached_input_tokens: u64,
     pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+}
+
+impl Usage {
+    /// Sum of two calls' usage (a turn may make several billed calls).
+    pub fn plus(self, other: Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens + other.input_tokens,
+            cached_input_tokens: self.cached_input_tokens + other.cached_input_tokens,
+            output_tokens: self.output_tokens + other.output_tokens,
+            reasoning_tokens: self.reasoning_tokens + other.reasoning_tokens,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -153,10 +182,11 @@ pub enum ErrorKind {
     StreamCut,
     ModelFailed,
     Config,
+    ContextOverflow,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Timeout,
         ErrorKind::Connection,
         ErrorKind::RateLimited,
@@ -171,6 +201,7 @@ impl ErrorKind {
         ErrorKind::StreamCut,
         ErrorKind::ModelFailed,
         ErrorKind::Config,
+        ErrorKind::ContextOverflow,
     ];
 
     /// The WIT spelling, e.g. `rate-limited`.
@@ -190,6 +221,7 @@ impl ErrorKind {
             ErrorKind::StreamCut => "stream-cut",
             ErrorKind::ModelFailed => "model-failed",
             ErrorKind::Config => "config",
+            ErrorKind::ContextOverflow => "context-overflow",
         }
     }
 
@@ -474,6 +506,11 @@ impl ApiError {
             || m.contains("conversation_locked")
     }
 
+    /// The input does not fit the model's context window.
+    pub fn is_context_overflow(&self) -> bool {
+        self.code == "context_length_exceeded"
+    }
+
     pub fn is_quota(&self) -> bool {
         self.code == "insufficient_quota" || self.kind == "insufficient_quota"
     }
@@ -542,6 +579,7 @@ pub fn classify_http(what: &str, resp: &HttpResponse) -> ChatError {
         429 if api.is_quota() => (ErrorKind::Quota, false),
         429 => (ErrorKind::RateLimited, true),
         401 | 403 => (ErrorKind::Auth, false),
+        400..=499 if api.is_context_overflow() => (ErrorKind::ContextOverflow, false),
         408 | 409 | 500..=599 => (ErrorKind::Server, true),
         400..=499 if api.is_session_busy() => (ErrorKind::SessionBusy, true),
         400..=499 => (ErrorKind::BadRequest, false),
@@ -563,6 +601,7 @@ pub fn classify_api_error(what: &str, api: &ApiError) -> ChatError {
             (ErrorKind::RateLimited, true)
         }
         ("conversation_locked", _) => (ErrorKind::SessionBusy, true),
+        ("context_length_exceeded", _) => (ErrorKind::ContextOverflow, false),
         _ if api.is_session_busy() => (ErrorKind::SessionBusy, true),
         ("invalid_api_key", _) | (_, "authentication_error") | (_, "permission_error") => {
             (ErrorKind::Auth, false)
@@ -705,20 +744,56 @@ pub fn truncate(s: &str, max: usize) -> String {
 
 pub const CONTEXT_HEADER: &str = "\n\nKnowledge base context (use it when relevant):\n";
 
-/// `instructions`, followed when there is context by [`CONTEXT_HEADER`] and one line per chunk,
-/// `[n] (source) text` (n from 1). Line breaks inside a chunk become spaces (one line per chunk).
-pub fn build_instructions(instructions: &str, context: &[ContextChunk]) -> String {
-    let mut out = instructions.to_owned();
-    if context.is_empty() {
-        return out;
+/// Where a turn's knowledge-base context goes in the prompt (option `context-layout`).
+///
+/// The API caches the longest repeated prefix of a prompt, and the prompt starts with
+/// `instructions`: context there changes the prefix every turn, so nothing after it (the whole
+/// conversation) is ever cached. In the turn's input it comes after the cached prefix
+/// (measured in `bench/results.md`: "billed input tokens").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextLayout {
+    /// Appended to `instructions` (the layout of 0.1 plugins, and the Assistants default: the
+    /// run's `additional_instructions`, as the old bot sent it).
+    Instructions,
+    /// After the user's message, in the same input message (the Responses default).
+    Input,
+}
+
+impl ContextLayout {
+    pub const OPTION: &'static str = "context-layout";
+
+    /// The layout the settings ask for, or the backend's `default`.
+    pub fn of(settings: &Settings, default: ContextLayout) -> Result<ContextLayout, ChatError> {
+        match settings.option(Self::OPTION) {
+            None => Ok(default),
+            Some("input") => Ok(ContextLayout::Input),
+            Some("instructions") => Ok(ContextLayout::Instructions),
+            Some(other) => Err(ChatError::config(format!(
+                "{}={other:?}: expected `input` or `instructions`",
+                Self::OPTION
+            ))),
+        }
     }
-    out.push_str(CONTEXT_HEADER);
+}
+
+/// [`CONTEXT_HEADER`] and one line per chunk, `[n] (source) text` (n from 1); empty without
+/// chunks. Line breaks inside a chunk become spaces (one line per chunk).
+pub fn context_block(context: &[ContextChunk]) -> String {
+    if context.is_empty() {
+        return String::new();
+    }
     let lines: Vec<String> = context
         .iter()
         .enumerate()
         .map(|(i, c)| format!("[{}] ({}) {}", i + 1, flatten(&c.source), flatten(&c.text)))
         .collect();
-    out.push_str(&lines.join("\n"));
+    format!("{CONTEXT_HEADER}{}", lines.join("\n"))
+}
+
+/// `instructions`, followed by the [`context_block`] when there is context.
+pub fn build_instructions(instructions: &str, context: &[ContextChunk]) -> String {
+    let mut out = instructions.to_owned();
+    out.push_str(&context_block(context));
     out
 }
 

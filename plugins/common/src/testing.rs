@@ -292,6 +292,15 @@ pub fn parse_settings(v: &Value) -> Settings {
             .unwrap_or(d.background),
         poll_interval_ms: u("poll_interval_ms", d.poll_interval_ms),
         deadline_ms: u("deadline_ms", d.deadline_ms),
+        options: v
+            .get("options")
+            .and_then(Value::as_object)
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -316,6 +325,7 @@ pub fn parse_turn(v: &Value) -> Turn {
     Turn {
         user_id: v.get("user_id").and_then(Value::as_i64).unwrap_or(42),
         session_id: s(v, "session_id"),
+        cache_key: s(v, "cache_key").unwrap_or_default(),
         text: s(v, "text").unwrap_or_default(),
         context: v
             .get("context")
@@ -413,7 +423,10 @@ pub fn answer_json(a: &Answer) -> Value {
     json!({
         "text": a.text, "session_id": a.session_id, "turn_id": a.turn_id,
         "new_session": a.new_session, "replayed": a.replayed,
-        "usage": a.usage.map(|u| json!({"input_tokens": u.input_tokens, "output_tokens": u.output_tokens})),
+        "usage": a.usage.map(|u| json!({
+            "input_tokens": u.input_tokens, "cached_input_tokens": u.cached_input_tokens,
+            "output_tokens": u.output_tokens, "reasoning_tokens": u.reasoning_tokens,
+        })),
     })
 }
 

@@ -131,18 +131,81 @@ pub fn replay<E: Effects>(
     Ok(items.len() as u32)
 }
 
+/// How a conversation is kept within the model's context window (option `context`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextMode {
+    /// `truncation: "auto"`: the oldest items drop out of what the model sees.
+    Truncate,
+    /// Server-side compaction at a token threshold, with truncation as the backstop.
+    Compact { threshold: u64 },
+}
+
+/// The smallest `compact_threshold` the API accepts.
+pub const MIN_COMPACT_THRESHOLD: u64 = 1000;
+pub const DEFAULT_COMPACT_THRESHOLD: u64 = 100_000;
+
+impl ContextMode {
+    pub fn of(settings: &Settings) -> Result<ContextMode, ChatError> {
+        match settings.option("context") {
+            None | Some("truncate") => Ok(ContextMode::Truncate),
+            Some("compact") => {
+                let threshold = match settings.option("compact-threshold") {
+                    None => DEFAULT_COMPACT_THRESHOLD,
+                    Some(v) => v
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n >= MIN_COMPACT_THRESHOLD)
+                        .ok_or_else(|| {
+                            ChatError::config(format!(
+                                "compact-threshold={v:?}: expected a whole number of tokens, at least {MIN_COMPACT_THRESHOLD}"
+                            ))
+                        })?,
+                };
+                Ok(ContextMode::Compact { threshold })
+            }
+            Some(other) => Err(ChatError::config(format!(
+                "context={other:?}: expected `truncate` or `compact`"
+            ))),
+        }
+    }
+}
+
 /// The `POST /responses` body for a turn (without `stream` / `background`).
-pub fn response_body(turn: &Turn, conversation: &str) -> Value {
+///
+/// The prompt is laid out for the prompt cache: `instructions` stays the same every turn, the
+/// conversation follows, and the turn's context comes last, after the user's words
+/// ([`ContextLayout::Input`], the default).
+pub fn response_body(turn: &Turn, conversation: &str) -> Result<Value, ChatError> {
+    let layout = ContextLayout::of(&turn.settings, ContextLayout::Input)?;
+    let mode = ContextMode::of(&turn.settings)?;
+    let mut content = vec![json!({"type": "input_text", "text": turn.text})];
+    let instructions = match layout {
+        ContextLayout::Instructions => build_instructions(&turn.settings.instructions, &turn.context),
+        ContextLayout::Input => {
+            let block = context_block(&turn.context);
+            if !block.is_empty() {
+                content.push(json!({"type": "input_text", "text": block}));
+            }
+            turn.settings.instructions.clone()
+        }
+    };
     let mut body = json!({
         "model": turn.settings.model,
         "conversation": conversation,
-        "input": [{"role": "user", "content": [{"type": "input_text", "text": turn.text}]}],
+        "input": [{"role": "user", "content": content}],
+        // Without it a conversation that outgrows the window is refused for good.
+        "truncation": "auto",
     });
-    let instructions = build_instructions(&turn.settings.instructions, &turn.context);
+    if let ContextMode::Compact { threshold } = mode {
+        body["context_management"] = json!([{"type": "compaction", "compact_threshold": threshold}]);
+    }
+    if !turn.cache_key.is_empty() {
+        body["prompt_cache_key"] = Value::String(turn.cache_key.clone());
+    }
     if !instructions.is_empty() {
         body["instructions"] = Value::String(instructions);
     }
-    body
+    Ok(body)
 }
 
 /// A 404 on `POST /responses` that names the conversation (not e.g. `model_not_found`): the
@@ -168,6 +231,8 @@ pub fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
             "no model configured for the Responses backend",
         ));
     }
+    // Settings are checked before anything is created.
+    response_body(turn, "")?;
     let session = get_or_create_conversation(fx, turn.session_id.as_deref())?;
     let created = if session.new {
         Some(session.id.as_str())
@@ -233,9 +298,12 @@ pub fn usage_of(response: &Value) -> Option<Usage> {
     if !u.is_object() {
         return None;
     }
+    let n = |p: &str| u.pointer(p).and_then(Value::as_u64).unwrap_or(0);
     Some(Usage {
-        input_tokens: u.get("input_tokens").and_then(Value::as_u64).unwrap_or(0),
-        output_tokens: u.get("output_tokens").and_then(Value::as_u64).unwrap_or(0),
+        input_tokens: n("/input_tokens"),
+        cached_input_tokens: n("/input_tokens_details/cached_tokens"),
+        output_tokens: n("/output_tokens"),
+        reasoning_tokens: n("/output_tokens_details/reasoning_tokens"),
     })
 }
 
@@ -276,7 +344,7 @@ pub fn stream_turn<E: Effects>(
     turn: &Turn,
     conversation: &str,
 ) -> Result<Finished, ChatError> {
-    let mut body = response_body(turn, conversation);
+    let mut body = response_body(turn, conversation)?;
     body["stream"] = Value::Bool(true);
     let req = HttpRequest::post("/responses")
         .header("Accept", "text/event-stream")
@@ -449,7 +517,7 @@ pub fn plain_turn<E: Effects>(
     conversation: &str,
 ) -> Result<Finished, ChatError> {
     let started = fx.now_ms();
-    let mut body = response_body(turn, conversation);
+    let mut body = response_body(turn, conversation)?;
     if turn.settings.background {
         body["background"] = Value::Bool(true);
     }

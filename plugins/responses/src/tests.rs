@@ -27,6 +27,8 @@ swapbot_plugin_common::plugin_case_tests!(
     error_event_flat,
     transport_timeout,
     replay_batches,
+    context_length_exceeded,
+    compaction_requested,
 );
 
 
@@ -42,6 +44,7 @@ fn turn(session: Option<&str>) -> Turn {
     Turn {
         user_id: 5_000_000_001,
         session_id: session.map(Into::into),
+        cache_key: String::new(),
         text: "hi".into(),
         context: vec![],
         settings: settings(),
@@ -56,7 +59,7 @@ fn exchange(v: serde_json::Value) -> Exchange {
 fn describe_names_the_backend() {
     let d = describe();
     assert_eq!(d.name, "responses");
-    assert_eq!(d.contract, "0.1.0");
+    assert_eq!(d.contract, "0.2.0");
     assert_eq!(d.id_map, "user_conversations.json");
     assert_eq!(d.version, env!("CARGO_PKG_VERSION"));
 }
@@ -92,12 +95,107 @@ fn deltas_are_pushed_before_the_stream_ends() {
 fn request_body_omits_optional_fields() {
     let mut t = turn(Some("conv_1"));
     t.settings.instructions = String::new();
-    let b = response_body(&t, "conv_1");
+    let b = response_body(&t, "conv_1").unwrap();
     let o = b.as_object().unwrap();
     let mut keys: Vec<_> = o.keys().cloned().collect();
     keys.sort();
-    assert_eq!(keys, ["conversation", "input", "model"]);
+    assert_eq!(keys, ["conversation", "input", "model", "truncation"]);
     assert!(!b.to_string().contains("null"));
+}
+
+fn chunk(text: &str) -> ContextChunk {
+    ContextChunk {
+        source: "faq.md".into(),
+        text: text.into(),
+        score: 0.9,
+    }
+}
+
+#[test]
+fn every_response_bounds_its_context_and_names_its_cache_key() {
+    let mut t = turn(Some("conv_1"));
+    t.cache_key = "sb-1234".into();
+    let b = response_body(&t, "conv_1").unwrap();
+    assert_eq!(b["truncation"], "auto");
+    assert_eq!(b["prompt_cache_key"], "sb-1234");
+    assert!(b.get("context_management").is_none());
+}
+
+#[test]
+fn compact_mode_asks_for_server_side_compaction_at_the_threshold() {
+    let mut t = turn(Some("conv_1"));
+    t.settings.options = vec![
+        ("context".into(), "compact".into()),
+        ("compact-threshold".into(), "5000".into()),
+    ];
+    let b = response_body(&t, "conv_1").unwrap();
+    assert_eq!(
+        b["context_management"],
+        json!([{"type": "compaction", "compact_threshold": 5000}])
+    );
+    // Truncation stays on as the backstop: compaction alone can still overflow.
+    assert_eq!(b["truncation"], "auto");
+    t.settings.options = vec![("context".into(), "compact".into())];
+    let b = response_body(&t, "conv_1").unwrap();
+    assert_eq!(
+        b["context_management"][0]["compact_threshold"],
+        DEFAULT_COMPACT_THRESHOLD
+    );
+}
+
+#[test]
+fn bad_context_options_are_config_errors_before_any_request() {
+    for (k, v) in [
+        ("context", "forget"),
+        ("compact-threshold", "999"),
+        ("context-layout", "sideways"),
+    ] {
+        let mut t = turn(None);
+        t.settings.options = vec![("context".into(), "compact".into()), (k.into(), v.into())];
+        let mut fx = ScriptedEffects::new(vec![], vec![]);
+        let e = chat(&mut fx, &t).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Config, "{k}={v}");
+        assert!(e.message.contains(k), "{}", e.message);
+        assert!(fx.requests.is_empty());
+    }
+}
+
+#[test]
+fn context_goes_after_the_question_by_default_and_into_instructions_on_request() {
+    let mut t = turn(Some("conv_1"));
+    t.context = vec![chunk("Swaps settle within 10 minutes.")];
+    let b = response_body(&t, "conv_1").unwrap();
+    // The instructions stay the same every turn, so the prompt's prefix can be cached.
+    assert_eq!(b["instructions"], "Be brief.");
+    let parts = b["input"][0]["content"].as_array().unwrap();
+    assert_eq!(parts[0]["text"], "hi");
+    assert_eq!(
+        parts[1]["text"],
+        format!("{CONTEXT_HEADER}[1] (faq.md) Swaps settle within 10 minutes.")
+    );
+    t.settings.options = vec![("context-layout".into(), "instructions".into())];
+    let b = response_body(&t, "conv_1").unwrap();
+    assert_eq!(b["input"][0]["content"].as_array().unwrap().len(), 1);
+    assert!(b["instructions"].as_str().unwrap().ends_with("[1] (faq.md) Swaps settle within 10 minutes."));
+}
+
+#[test]
+fn context_length_exceeded_is_a_context_overflow_not_a_retry() {
+    let mut fx = ScriptedEffects::new(
+        vec![
+            exchange(
+                json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}),
+            ),
+            exchange(
+                json!({"request": {"method": "POST", "path": "/responses"}, "response": {"status": 400, "body": {"error": {
+                    "message": "Your input exceeds the context window of this model. Please adjust your input and try again.",
+                    "type": "invalid_request_error", "param": "input", "code": "context_length_exceeded"}}}}),
+            ),
+        ],
+        vec![],
+    );
+    let e = chat(&mut fx, &turn(Some("conv_1"))).unwrap_err();
+    assert_eq!((e.kind, e.retryable), (ErrorKind::ContextOverflow, false));
 }
 
 #[test]
@@ -223,7 +321,9 @@ fn run_script(case: &str) -> Answer {
 fn usage_comes_from_the_completed_response() {
     let want = Some(Usage {
         input_tokens: 37,
+        cached_input_tokens: 0,
         output_tokens: 11,
+        reasoning_tokens: 0,
     });
     assert_eq!(
         run_script(include_str!("../cases/creates_conversation_when_none.json")).usage,
@@ -237,6 +337,22 @@ fn usage_comes_from_the_completed_response() {
         run_script(include_str!("../cases/background_poll.json")).usage,
         want
     );
+}
+
+#[test]
+fn usage_reads_cached_and_reasoning_tokens() {
+    let u = usage_of(&json!({"usage": {"input_tokens": 2000, "input_tokens_details": {"cached_tokens": 1920},
+        "output_tokens": 50, "output_tokens_details": {"reasoning_tokens": 30}, "total_tokens": 2050}}));
+    assert_eq!(
+        u,
+        Some(Usage {
+            input_tokens: 2000,
+            cached_input_tokens: 1920,
+            output_tokens: 50,
+            reasoning_tokens: 30
+        })
+    );
+    assert_eq!(usage_of(&json!({"usage": null})), None);
 }
 
 #[test]

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::model::{self, Msg};
+use crate::usage::{Bill, Endpoint};
 use crate::util::{self, ApiError, check_known, metadata, now, opt_bool, opt_str};
 use crate::{FaultKind, Shared, Store as SbState, StreamFault};
 
@@ -52,6 +53,15 @@ pub struct Run {
     pub answer: String,
     pub prompt_tokens: u64,
     pub usage: Value,
+    /// `{type, last_messages}` as given (default auto).
+    pub truncation_strategy: Value,
+    pub max_prompt_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    /// The answer was cut at `max_completion_tokens`: the run ends `incomplete`.
+    pub cut: bool,
+    /// The latest message alone does not fit: the run ends `incomplete` (max_prompt_tokens).
+    pub overflow: bool,
+    pub incomplete_details: Value,
 }
 
 impl Run {
@@ -63,8 +73,8 @@ impl Run {
             "cancelled_at": self.cancelled_at, "failed_at": self.failed_at, "completed_at": self.completed_at,
             "required_action": null, "last_error": self.last_error, "model": self.model, "instructions": self.instructions,
             "tools": [], "tool_resources": {}, "metadata": self.metadata, "temperature": 1.0, "top_p": 1.0,
-            "max_completion_tokens": null, "max_prompt_tokens": null,
-            "truncation_strategy": {"type": "auto", "last_messages": null}, "incomplete_details": null,
+            "max_completion_tokens": self.max_completion_tokens, "max_prompt_tokens": self.max_prompt_tokens,
+            "truncation_strategy": self.truncation_strategy, "incomplete_details": self.incomplete_details,
             "usage": self.usage, "response_format": "auto", "tool_choice": "auto", "parallel_tool_calls": true,
         })
     }
@@ -245,6 +255,31 @@ pub async fn create_run(
     let model_name = opt_str(&body, "model")?.unwrap_or_else(|| "gpt-4o".to_string());
     let stream = opt_bool(&body, "stream")?.unwrap_or(false);
     let meta = metadata(&body)?;
+    let (truncation_strategy, last_messages) = parse_truncation_strategy(&body)?;
+    let max_completion_tokens = match body.get("max_completion_tokens") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 256) => n.as_u64(),
+        Some(Value::Number(n)) => {
+            return Err(ApiError::bad_request(
+                format!("Invalid 'max_completion_tokens': integer below minimum value. Expected a value >= 256, but got {n} instead."),
+                Some("max_completion_tokens"),
+                Some("integer_below_min_value"),
+            ));
+        }
+        Some(other) => return Err(ApiError::invalid_type("max_completion_tokens", "an integer", other)),
+    };
+    let max_prompt_tokens = match body.get("max_prompt_tokens") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 256) => n.as_u64(),
+        Some(Value::Number(n)) => {
+            return Err(ApiError::bad_request(
+                format!("Invalid 'max_prompt_tokens': integer below minimum value. Expected a value >= 256, but got {n} instead."),
+                Some("max_prompt_tokens"),
+                Some("integer_below_min_value"),
+            ));
+        }
+        Some(other) => return Err(ApiError::invalid_type("max_prompt_tokens", "an integer", other)),
+    };
     let mut extra = Vec::new();
     match body.get("additional_messages") {
         None | Some(Value::Null) => {}
@@ -267,15 +302,28 @@ pub async fn create_run(
             let m = message_obj(&sh, &id, &role, &text, None, mm);
             t.messages.push(m);
         }
-        let msgs: Vec<Msg> = t.messages.iter().map(|m| Msg::new(m["role"].as_str().unwrap_or("user"), &message_text(m))).collect();
+        let all: Vec<Msg> = t.messages.iter().map(|m| Msg::new(m["role"].as_str().unwrap_or("user"), &message_text(m))).collect();
+        let kb = format!("{}\n{}", instructions.clone().unwrap_or_default(), additional.clone().unwrap_or_default());
+        let mut window = cfg.window_for(&model_name);
+        if let Some(m) = max_prompt_tokens {
+            window = window.min(m);
+        }
+        let (msgs, overflow) = visible_messages(&all, &kb, last_messages, window);
         let cur = msgs.iter().rposition(|m| m.role == "user");
         let current = cur.map(|i| msgs[i].text.clone()).unwrap_or_default();
         let history: Vec<Msg> = match cur {
             Some(i) => msgs[..i].to_vec(),
             None => msgs.clone(),
         };
-        let kb = format!("{}\n{}", instructions.clone().unwrap_or_default(), additional.clone().unwrap_or_default());
-        let answer = model::answer(&history, &current, &kb);
+        let mut answer = if overflow { String::new() } else { model::answer(&history, &current, &kb) };
+        let mut cut = false;
+        if let Some(m) = max_completion_tokens {
+            let toks = model::tokens(&answer);
+            if toks.len() as u64 > m {
+                answer = toks[..m as usize].concat();
+                cut = true;
+            }
+        }
         let n = model::tokens(&answer).len() as u32;
         let prompt_tokens = (model::count_tokens(&kb) + msgs.iter().map(|m| model::count_tokens(&m.text)).sum::<u64>()).max(1);
         let run = Run {
@@ -302,6 +350,12 @@ pub async fn create_run(
             answer,
             prompt_tokens,
             usage: Value::Null,
+            truncation_strategy,
+            max_prompt_tokens,
+            max_completion_tokens,
+            cut,
+            overflow,
+            incomplete_details: Value::Null,
         };
         let out = run.to_json();
         t.active_run = Some(run.id.clone());
@@ -321,18 +375,50 @@ fn complete_run(sh: &Shared, t: &mut Thread, run_id: &str) -> Option<Value> {
         return None;
     }
     let (answer, assistant) = (t.runs[idx].answer.clone(), t.runs[idx].assistant_id.clone());
-    let msg = message_obj(sh, &t.id, "assistant", &answer, Some((run_id, &assistant)), json!({}));
-    t.messages.push(msg.clone());
+    let overflow = t.runs[idx].overflow;
+    let cut = t.runs[idx].cut;
+    let msg = (!overflow).then(|| {
+        let mut m = message_obj(sh, &t.id, "assistant", &answer, Some((run_id, &assistant)), json!({}));
+        if cut {
+            m["status"] = json!("incomplete");
+            m["incomplete_details"] = json!({"reason": "max_tokens"});
+            m["incomplete_at"] = m["completed_at"].take();
+        }
+        m
+    });
+    if let Some(m) = &msg {
+        t.messages.push(m.clone());
+    }
     let r = &mut t.runs[idx];
-    r.status = "completed".into();
-    r.completed_at = Some(now());
     r.started_at.get_or_insert(now());
-    let completion = model::tokens(&r.answer).len() as u64;
-    r.usage = json!({"prompt_tokens": r.prompt_tokens, "completion_tokens": completion, "total_tokens": r.prompt_tokens + completion});
+    if overflow {
+        // Nothing was read or written: the latest message alone is over the prompt limit.
+        r.status = "incomplete".into();
+        r.incomplete_details = json!({"reason": "max_prompt_tokens"});
+        r.usage = json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
+    } else {
+        if cut {
+            r.status = "incomplete".into();
+            r.incomplete_details = json!({"reason": "max_completion_tokens"});
+        } else {
+            r.status = "completed".into();
+            r.completed_at = Some(now());
+        }
+        let completion = model::tokens(&r.answer).len() as u64;
+        r.usage = json!({"prompt_tokens": r.prompt_tokens, "completion_tokens": completion, "total_tokens": r.prompt_tokens + completion});
+        sh.bill(Bill {
+            endpoint: Endpoint::Runs,
+            model: &r.model,
+            usage: &r.usage,
+            cache_key: None,
+            user: None,
+            conversation: Some(&r.thread_id),
+        });
+    }
     if t.active_run.as_deref() == Some(run_id) {
         t.active_run = None;
     }
-    Some(msg)
+    msg
 }
 
 fn advance(sh: &Shared, st: &mut SbState, thread_id: &str, run_id: &str) {
@@ -556,7 +642,8 @@ fn stream_run(sh: Arc<Shared>, thread_id: String, run: Value, ttft: Duration, in
         step["completed_at"] = json!(now());
         yield Ok(sse("thread.run.step.completed", &step));
         if let Some(r) = done_run {
-            yield Ok(sse("thread.run.completed", &r));
+            let event = if r["status"] == "incomplete" { "thread.run.incomplete" } else { "thread.run.completed" };
+            yield Ok(sse(event, &r));
         }
         yield Ok(Bytes::from("event: done\ndata: [DONE]\n\n"));
     };
@@ -565,3 +652,61 @@ fn stream_run(sh: Arc<Shared>, thread_id: String, run: Value, ttft: Duration, in
     r
 }
 
+
+/// `truncation_strategy`: absent/null → `{type: auto}`; `{type: "auto"}`; `{type: "last_messages",
+/// last_messages: N >= 1}`. Returns the object to echo and N.
+fn parse_truncation_strategy(body: &serde_json::Map<String, Value>) -> Result<(Value, Option<usize>), ApiError> {
+    let o = match body.get("truncation_strategy") {
+        None | Some(Value::Null) => return Ok((json!({"type": "auto", "last_messages": null}), None)),
+        Some(Value::Object(o)) => o,
+        Some(other) => return Err(ApiError::invalid_type("truncation_strategy", "an object", other)),
+    };
+    if let Some(k) = o.keys().find(|k| !["type", "last_messages"].contains(&k.as_str())) {
+        return Err(ApiError::unknown_parameter(&format!("truncation_strategy.{k}")));
+    }
+    let last = match o.get("last_messages") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => n.as_u64(),
+        Some(Value::Number(n)) => {
+            return Err(ApiError::bad_request(
+                format!("Invalid 'truncation_strategy.last_messages': integer below minimum value. Expected a value >= 1, but got {n} instead."),
+                Some("truncation_strategy.last_messages"),
+                Some("integer_below_min_value"),
+            ));
+        }
+        Some(other) => return Err(ApiError::invalid_type("truncation_strategy.last_messages", "an integer", other)),
+    };
+    match o.get("type") {
+        Some(Value::String(t)) if t == "auto" => Ok((json!({"type": "auto", "last_messages": last}), None)),
+        Some(Value::String(t)) if t == "last_messages" => {
+            Ok((json!({"type": "last_messages", "last_messages": last}), last.map(|n| n as usize)))
+        }
+        Some(Value::String(t)) => Err(ApiError::invalid_value(
+            format!("Invalid value: '{t}'. Supported values are: 'auto' and 'last_messages'."),
+            "truncation_strategy.type",
+        )),
+        None | Some(Value::Null) => Err(ApiError::missing("truncation_strategy.type")),
+        Some(other) => Err(ApiError::invalid_type("truncation_strategy.type", "a string", other)),
+    }
+}
+
+/// The messages a run sees: the last N with `last_messages`, then, while instructions + messages are over
+/// the window, messages dropped from the middle (the oldest after the first, then the first), never the
+/// latest user message or what follows it. `true` when even that does not fit.
+fn visible_messages(all: &[Msg], kb: &str, last: Option<usize>, window: u64) -> (Vec<Msg>, bool) {
+    let mut msgs: Vec<Msg> = match last {
+        Some(n) if n < all.len() => all[all.len() - n..].to_vec(),
+        _ => all.to_vec(),
+    };
+    let tokens = |m: &[Msg]| model::count_tokens(kb) + m.iter().map(|x| model::count_tokens(&x.text)).sum::<u64>();
+    let keep_from = |m: &[Msg]| m.iter().rposition(|x| x.role == "user").unwrap_or(m.len().saturating_sub(1));
+    while tokens(&msgs) > window {
+        let k = keep_from(&msgs);
+        if k == 0 {
+            return (msgs, true);
+        }
+        let drop = if k >= 2 { 1 } else { 0 };
+        msgs.remove(drop);
+    }
+    (msgs, false)
+}

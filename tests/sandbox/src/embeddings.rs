@@ -8,6 +8,7 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use crate::Shared;
+use crate::usage::{Bill, Endpoint};
 use crate::util::{self, ApiError, check_known, fnv1a, opt_str};
 
 /// Native size of a known embedding model.
@@ -45,20 +46,11 @@ pub fn embed(text: &str, dims: usize) -> Vec<f32> {
 }
 
 fn encode_base64(v: &[f32]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
-    }
-    out
+    util::b64_encode(&bytes)
 }
 
-pub async fn create(State(_sh): State<Arc<Shared>>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn create(State(sh): State<Arc<Shared>>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
     let body = util::parse_object(&bytes)?;
     check_known(&body, &["dimensions", "encoding_format", "input", "model", "user"])?;
     let model = match body.get("model") {
@@ -153,10 +145,10 @@ pub async fn create(State(_sh): State<Arc<Shared>>, bytes: Bytes) -> Result<Json
             json!({"object": "embedding", "index": i, "embedding": emb})
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list", "data": data, "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })))
+    let usage = json!({"prompt_tokens": tokens, "total_tokens": tokens});
+    let user = opt_str(&body, "user")?;
+    sh.bill(Bill { endpoint: Endpoint::Embeddings, model: &model, usage: &usage, cache_key: None, user: user.as_deref(), conversation: None });
+    Ok(Json(json!({"object": "list", "data": data, "model": model, "usage": usage})))
 }
 
 #[cfg(test)]

@@ -19,9 +19,15 @@
 //!
 //! ## Endpoints (all under `/v1`)
 //! * Responses: `POST /responses` (plain, `stream: true`, `background: true`), `GET /responses/{id}`,
-//!   `POST /responses/{id}/cancel` (background only), `DELETE /responses/{id}`.
+//!   `POST /responses/{id}/cancel` (background only), `DELETE /responses/{id}`,
+//!   `POST /responses/compact`, `POST /responses/input_tokens`.
 //! * Conversations: `POST /conversations`, `GET|POST|DELETE /conversations/{id}`,
 //!   `POST|GET /conversations/{id}/items`, `GET /conversations/{id}/items/{item_id}`.
+//!   Items (there and in a response's `input`): user/system/developer messages (string or `input_text`…
+//!   parts), assistant messages (string, or `output_text` / `refusal` parts, `id` and `status` optional;
+//!   `input_text` on an assistant is 400 "Supported values are: 'output_text' and 'refusal'."),
+//!   compaction items (their `encrypted_content` is checked), other item kinds kept as given. At most 20
+//!   per call.
 //! * Assistants v2 (header `OpenAI-Beta: assistants=v2` required on every `/threads*` call, else 400):
 //!   `POST /threads`, `GET /threads/{id}`, `POST|GET /threads/{id}/messages`,
 //!   `POST|GET /threads/{id}/runs`, `GET /threads/{id}/runs/{run_id}`, `POST /threads/{id}/runs/{run_id}/cancel`.
@@ -29,6 +35,7 @@
 //!   With [`SandboxConfig::assistants_gone`] every `/threads*` call answers 404 `Invalid URL (METHOD /v1/threads…)`,
 //!   the answer of the live API for an endpoint that does not exist.
 //! * Embeddings: `POST /embeddings`.
+//! * Chat Completions: `POST /chat/completions` (plain and `stream: true`), stateless.
 //! * Anything else under `/v1`: 404 `Invalid URL (METHOD PATH)`.
 //!
 //! Every error has the OpenAI body `{"error":{"message","type","param","code"}}`. Every answer carries
@@ -46,8 +53,10 @@
 //!
 //! ## The deterministic model
 //! The model sees only the history of the same conversation / thread (conversation items, then the
-//! request's input; or the thread's messages before the run; or the chain of `previous_response_id`),
-//! never another one. The *current message* is the last user message of the input (responses) or of
+//! request's input; or the thread's messages before the run; or the chain of `previous_response_id`;
+//! or the messages of a chat completion), never another one, and of it only what fits (see *Tokens and
+//! the context window*: items dropped by truncation are not seen; a compaction item stands for the
+//! items it replaced with their stated facts only). The *current message* is the last user message of the input (responses) or of
 //! the thread (runs); *earlier user messages* are the user messages before it. Rules, first match wins
 //! (matching is case-insensitive, the current message is trimmed):
 //!
@@ -57,25 +66,143 @@
 //! 3. contains `what is my name` → `Your name is X.` where X comes from the latest earlier user
 //!    message containing `my name is X` (X ends at `.`, `,`, `!`, `?`, `;` or end of line), else
 //!    `I don't know your name yet.`
-//! 4. contains `my name is X` → `Nice to meet you, X.`
-//! 5. contains `what did i ask you to remember` → `You asked me to remember: f1; f2.` with the facts of
+//! 4. contains `what is my <thing>` or `what's my <thing>` (thing: up to 4 words, up to punctuation)
+//!    → `Your <thing> is X.` where X comes from the latest earlier user message stating
+//!    `my <thing> is X`, else `I don't know your <thing> yet.` A *stated fact* is `my <thing> is <value>`
+//!    anywhere in a message (case-insensitive; `my` a word of its own; thing: 1 to 4 words of letters,
+//!    digits, `-`, `'`, compared lowercased; value up to `.`, `,`, `!`, `?`, `;`, end of line or
+//!    ` and my `, case kept); a message can state several. E.g. `my secret is Blue Fox` then
+//!    `What is my secret?` → `Your secret is Blue Fox.`
+//! 5. contains `my name is X` → `Nice to meet you, X.`
+//! 6. contains `what did i ask you to remember` → `You asked me to remember: f1; f2.` with the facts of
 //!    every earlier user message starting with `remember ` (oldest first, trailing `.!` stripped), or
 //!    `You have not asked me to remember anything.`
-//! 6. starts with `remember ` → `OK, I will remember: <fact>.` (trailing `.!` of the fact stripped).
-//! 7. `count` (alone, optional trailing punctuation) → `This conversation has N earlier user messages.`
-//! 8. Knowledge base: lines of the form `[n] (source) text` found in `instructions` (responses),
-//!    `instructions` / `additional_instructions` (runs), or in the current message itself (they are
+//! 7. starts with `remember ` → `OK, I will remember: <fact>.` (trailing `.!` of the fact stripped).
+//! 8. states a fact `my <thing> is X` → `OK, your <thing> is X.` (the first one stated).
+//! 9. `count` (alone, optional trailing punctuation) → `This conversation has N earlier user messages.`
+//!    (the earlier user messages the model sees, those folded into compaction items included).
+//! 10. Knowledge base: lines of the form `[n] (source) text` found in `instructions` (responses),
+//!    `instructions` / `additional_instructions` (runs), or in the current message itself (they, and a
+//!    header line `Knowledge base context …:` above them, are
 //!    then removed from the question). The chunk sharing the most content words (lowercase alphanumeric
 //!    words of 3+ letters, minus common stop words; ties → first chunk) with the question, if any, gives
 //!    `According to my notes: <chunk's first sentence> (from <source>)`.
-//! 9. Otherwise `You said: <current message>`.
+//! 11. Otherwise `You said: <current message>`.
 //!
 //! Models whose name starts with `gpt-5`, `o1`, `o3` or `o4` are *reasoning models*: their output starts
 //! with a `reasoning` item (`rs_…`, empty summary) before the `message` item, in plain, background and
 //! streamed responses, and that item is also appended to the conversation, as the live API does.
 //!
-//! Usage: `input_tokens` = word tokens of instructions + history + input (at least 1);
-//! `output_tokens` = number of streamed text tokens (word tokens, each with its leading whitespace).
+//! ## Tokens and the context window
+//! A *token* is a whitespace-separated word ([`model::count_tokens`]). What the model sees for a response
+//! is, in order: `instructions`, the *visible items* (the conversation's items, or the items of the
+//! `previous_response_id` chain: each earlier response's input then output items), then the request's
+//! `input`. Messages count the words of their text; a compaction item counts the words of
+//! `[compacted context: N user messages]` plus those of the facts it keeps; reasoning items count 0;
+//! other items the words of their `name`, `arguments`, `output` and `text` strings.
+//!
+//! Each model has a context window, the most input tokens a request may carry:
+//! [`SandboxConfig::model_context_windows`] (exact name), else [`SandboxConfig::context_window`], else the
+//! live table [`context::CONTEXT_WINDOWS`] (gpt-4.1*: 1 047 576; gpt-4o*: 128 000; gpt-5*: 272 000 input
+//! of a 400 000 window; o1/o3/o4-mini: 200 000; gpt-4: 8 192; others 128 000).
+//!
+//! `POST /responses` (plain, streamed and background alike; all checks happen before anything is
+//! answered, streamed or stored):
+//! 1. The model sees the visible items from the latest *server-side* compaction item on (inclusive).
+//! 2. instructions + input over the window → HTTP 400 `{"error": {"message": "Your input exceeds the
+//!    context window of this model. Please adjust your input and try again.", "type":
+//!    "invalid_request_error", "param": "input", "code": "context_length_exceeded"}}`, whatever
+//!    `truncation` says. Nothing is stored, the conversation is not locked.
+//! 3. `context_management: [{"type": "compaction", "compact_threshold": N}]` and the whole context over N
+//!    with at least one visible earlier item → *compaction*: the response's `output` starts with a
+//!    `{"id": "cmp_…", "type": "compaction", "encrypted_content": "gAAAAB…"}` item (streamed as
+//!    `response.output_item.added`/`.done` before the message), which stands, for later requests, for
+//!    every item before it, this turn's input included; it is appended to the conversation with the
+//!    other output items (the stored conversation keeps every older item too). The compaction turn bills
+//!    the whole context it read (`input_tokens`) and the compaction item's tokens as output; the turns
+//!    after it see `compaction item + what follows`. The answer of the compaction turn is made from the
+//!    whole context. Validation per the spec: a non-empty array of `{type: "compaction",
+//!    compact_threshold?: integer >= 1000 or null}` (minimum: [`SandboxConfig::min_compact_threshold`];
+//!    null/absent: 80% of the window); several entries: the smallest threshold. An input ending with
+//!    `{"type": "compaction_trigger"}` compacts now (when there are earlier items), whatever the
+//!    threshold; the trigger item is not stored (anywhere else in the input: 400).
+//! 4. Else, the context over the window: `truncation: "disabled"` (the default) → the same 400;
+//!    `"auto"` → the oldest visible items are dropped from what the model sees (not from the stored
+//!    conversation) until it fits. The response object echoes `truncation`.
+//!
+//! What the model knows after compaction: an item's `encrypted_content` carries (base64 JSON behind the
+//! `gAAAAB` prefix; opaque to clients, an altered one is 400 `invalid_encrypted_content`) how many user
+//! messages it folded in and the fact-stating ones (names, `remember …`, `my <thing> is …`; the latest
+//! per fact, every `remember`), at most half the window's tokens of them (the oldest facts go first). So
+//! names, secrets and remembered facts survive compaction, and `count` still counts every user message;
+//! anything else of the older items is forgotten.
+//!
+//! `POST /responses/compact` (`model` required; `input`, `instructions`, `previous_response_id`,
+//! `prompt_cache_key`…; no `conversation`): answers `{"id": "resp_…", "object": "response.compaction",
+//! "created_at", "output", "usage"}` where `output` is the visible user messages (with ids, oldest first)
+//! then one compaction item for the rest (which hides nothing: pass the whole `output` as the next input).
+//! `usage.input_tokens` = the context read (over the window → the same 400), `output_tokens` = the
+//! compaction item's tokens, nothing cached.
+//!
+//! `POST /responses/input_tokens` → `{"object": "response.input_tokens", "input_tokens": N}`: what the
+//! request would bill (with `truncation: "auto"` after dropping; else the whole context, even over the
+//! window).
+//!
+//! ## Prompt caching
+//! Every prompt is a sequence of tokens (instructions, then visible items, then input; a token is a word
+//! with the role of its item, so the same words in another role differ). `cached_tokens` = the length of
+//! the prefix it shares with the *previous request of the same scope*, 0 below
+//! [`SandboxConfig::cache_min_tokens`] (live 1024), else that minimum plus whole
+//! [`SandboxConfig::cache_step_tokens`] (live 128): 1500 shared tokens → 1408. Scope, within one model:
+//! the request's `prompt_cache_key`, else its conversation, else one shared scope per model. Every
+//! accepted request becomes its scope's previous request. So anything that changes in `instructions`
+//! breaks the whole prefix, and truncation that drops an old item shifts it (a miss after the
+//! instructions). Chat completions cache the same way (scope: `prompt_cache_key`, else the model) over
+//! their messages; runs report no cached tokens (the spec has no field for it).
+//!
+//! ## Usage
+//! Responses: `usage` = `{input_tokens, input_tokens_details: {cached_tokens, cache_write_tokens: 0},
+//! output_tokens, output_tokens_details: {reasoning_tokens}, total_tokens}`; `input_tokens` = the whole
+//! context seen (at least 1); `output_tokens` = text tokens (the streamed deltas) + reasoning tokens
+//! (+ a compaction item's tokens); reasoning models spend `8 + words of the current message` reasoning
+//! tokens (`max_output_tokens` covers both). Runs: `{prompt_tokens, completion_tokens, total_tokens}`
+//! with the prompt = instructions + additional_instructions + the messages the run saw. Embeddings:
+//! `{prompt_tokens, total_tokens}` (words per input, at least 1 each). Chat completions:
+//! `{prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details: {cached_tokens, audio_tokens},
+//! completion_tokens_details: {reasoning_tokens, audio_tokens, accepted_prediction_tokens,
+//! rejected_prediction_tokens}}`.
+//!
+//! *Billed* = every answer that carried a usage object: a response when it completes (or ends
+//! `incomplete`), a run when it completes, each compaction, embeddings, chat completions (streamed ones
+//! once their last chunk is sent). Failed, cancelled and cut answers bill nothing.
+//! [`Sandbox::usage_totals`] and `GET /_sandbox/usage` give the sums ([`UsageTotals`]): `all`, per
+//! endpoint kind (`responses`, `compact`, `runs`, `embeddings`, `chat`), and per model, per
+//! `prompt_cache_key`, per user (`safety_identifier`, else `user`) and per conversation / thread id.
+//!
+//! ## Assistants runs and the window
+//! `truncation_strategy` on run create: absent → `{type: "auto"}`; `{type: "last_messages",
+//! last_messages: N}` → the run sees the last N messages. Then, while instructions + messages are over the
+//! window (the model's, or `max_prompt_tokens` when lower; minimum 256), messages are dropped from the
+//! middle as the spec says (the oldest after the first, then the first), never the latest user message:
+//! a run never overflows. If even that message does not fit, the run ends `incomplete`
+//! (`incomplete_details.reason: "max_prompt_tokens"`), adds no message and bills nothing.
+//! `max_completion_tokens` (minimum 256) cuts a longer answer: the run ends `incomplete`
+//! (`max_completion_tokens`), its message is `incomplete` too, and it is billed. The run object echoes
+//! `truncation_strategy`, `max_prompt_tokens` and `max_completion_tokens`.
+//!
+//! ## Chat completions
+//! `POST /chat/completions` `{model, messages, stream?, stream_options?: {include_usage}, max_completion_tokens?
+//! (or max_tokens), prompt_cache_key?, …}` (unknown fields 400): the model sees only the request's messages
+//! (system/developer ones are the knowledge base; the current message is the last user one). Answer:
+//! `chat.completion` with one choice (`finish_reason` `stop`, or `length` when cut by the token limit).
+//! Streamed: `data:` lines only, a first chunk with `delta: {role: "assistant", content: ""}`, one chunk per
+//! text token, a chunk with `finish_reason`, with `include_usage` a last chunk with `choices: []` and the
+//! usage (the others carry `usage: null`), then `data: [DONE]`. Over the window: 400
+//! `context_length_exceeded`, param `messages`, "This model's maximum context length is W tokens. However,
+//! your messages resulted in N tokens. Please reduce the length of the messages." Faults: status ones as
+//! everywhere; `CutStreamAfterDeltas(n)` cuts the stream after n content chunks (or the body);
+//! `StreamFailed` / `ErrorEvent` send `data: {"error": {…}}` and end without `[DONE]` (without
+//! `stream`: 500). Timing as for responses.
 //!
 //! ## Timing
 //! Streams wait `time_to_first_token` before the first delta and `token_interval` between deltas;
@@ -91,10 +218,15 @@
 //! and `path_contains` match a request is applied and its `times` decremented (removed at 0).
 
 mod assistants;
+mod chat;
+pub mod context;
 mod embeddings;
 pub mod model;
 mod responses;
+mod usage;
 mod util;
+
+pub use usage::{Endpoint, Usage, UsageTotals};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -114,7 +246,9 @@ use serde_json::{Value, json};
 
 pub(crate) use util::ApiError;
 
-/// Behaviour of the emulator. `Default`: no key check, zero delays, `run_steps: 1`, assistants alive.
+/// Behaviour of the emulator. `Default`: no key check, zero delays, `run_steps: 1`, assistants alive,
+/// the live context windows ([`context::CONTEXT_WINDOWS`]) and the live prompt cache (from 1024 tokens,
+/// in steps of 128), `compact_threshold` at least 1000 as the spec has it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SandboxConfig {
     /// When `Some`, require `Authorization: Bearer <key>` (else 401 with an OpenAI error body);
@@ -129,6 +263,26 @@ pub struct SandboxConfig {
     pub run_steps: u32,
     /// `/threads*` answer 404 like the sunset Assistants API.
     pub assistants_gone: bool,
+    /// When `Some(n)`, every model's context window is `n` tokens (instead of [`context::CONTEXT_WINDOWS`]).
+    pub context_window: Option<u64>,
+    /// Per-model windows, checked before `context_window` and the table (exact model name).
+    pub model_context_windows: Vec<(String, u64)>,
+    /// Prompt caching starts at this many shared prefix tokens (live: 1024).
+    pub cache_min_tokens: u64,
+    /// Cached tokens grow in steps of this many tokens above `cache_min_tokens` (live: 128).
+    pub cache_step_tokens: u64,
+    /// Smallest `context_management[].compact_threshold` accepted (spec: 1000).
+    pub min_compact_threshold: u64,
+}
+
+impl SandboxConfig {
+    /// The context window the sandbox applies to `model`.
+    pub fn window_for(&self, model: &str) -> u64 {
+        if let Some((_, w)) = self.model_context_windows.iter().find(|(m, _)| m == model) {
+            return *w;
+        }
+        self.context_window.unwrap_or_else(|| context::default_context_window(model))
+    }
 }
 
 impl Default for SandboxConfig {
@@ -139,6 +293,11 @@ impl Default for SandboxConfig {
             token_interval: Duration::ZERO,
             run_steps: 1,
             assistants_gone: false,
+            context_window: None,
+            model_context_windows: Vec::new(),
+            cache_min_tokens: 1024,
+            cache_step_tokens: 128,
+            min_compact_threshold: 1000,
         }
     }
 }
@@ -218,7 +377,8 @@ pub enum FaultKind {
     Quota,
     /// Sleep, then process the request normally.
     DelayBeforeResponse(#[serde(with = "util::duration_ms")] Duration),
-    /// Stream faults (this one, `StreamFailed`, `ErrorEvent`) also apply to `POST /threads/{id}/runs`:
+    /// Stream faults (this one, `StreamFailed`, `ErrorEvent`) also apply to `POST /threads/{id}/runs`
+    /// and `POST /chat/completions` (see the crate docs):
     /// with `stream: true` the run stream is cut after N `thread.message.delta` events / ends with
     /// `thread.run.failed` + `[DONE]` / ends with an `error` event `{code,message,param,type}`; without
     /// `stream`, `StreamFailed` makes the run end `failed` (last_error server_error) when it would have
@@ -246,6 +406,8 @@ pub(crate) struct Shared {
     pub config: Mutex<SandboxConfig>,
     pub requests: Mutex<Vec<RecordedRequest>>,
     pub faults: Mutex<VecDeque<Fault>>,
+    /// Locked after `state` when both are needed.
+    pub usage: Mutex<UsageTotals>,
     pub state: Mutex<Store>,
     counter: AtomicU64,
 }
@@ -255,6 +417,8 @@ pub(crate) struct Store {
     pub conversations: HashMap<String, responses::Conversation>,
     pub responses: HashMap<String, responses::StoredResponse>,
     pub threads: HashMap<String, assistants::Thread>,
+    /// Prompt cache: scope → token hashes of its previous prompt.
+    pub cache: HashMap<String, Vec<u64>>,
 }
 
 impl Shared {
@@ -269,6 +433,22 @@ impl Shared {
     }
     pub fn config(&self) -> SandboxConfig {
         self.config.lock().unwrap().clone()
+    }
+    pub(crate) fn bill(&self, b: usage::Bill) {
+        self.usage.lock().unwrap().record(b);
+    }
+}
+
+impl Store {
+    /// `cached_tokens` for a prompt in a cache scope, remembering it as the scope's previous prompt.
+    pub(crate) fn cache_lookup(&mut self, scope: String, sequence: Vec<u64>, cfg: &SandboxConfig) -> u64 {
+        let cached = self
+            .cache
+            .get(&scope)
+            .map(|prev| context::cached_tokens(prev, &sequence, cfg.cache_min_tokens, cfg.cache_step_tokens))
+            .unwrap_or(0);
+        self.cache.insert(scope, sequence);
+        cached
     }
 }
 
@@ -292,6 +472,7 @@ impl Sandbox {
             config: Mutex::new(config),
             requests: Mutex::new(Vec::new()),
             faults: Mutex::new(VecDeque::new()),
+            usage: Mutex::new(UsageTotals::default()),
             state: Mutex::new(Store::default()),
             counter: AtomicU64::new(0),
         });
@@ -374,6 +555,16 @@ impl Sandbox {
         self.shared.state.lock().unwrap().responses.get(id).map(|r| r.to_json())
     }
 
+    /// Everything billed so far: the sums of the `usage` of every answer (see [`UsageTotals`]).
+    pub fn usage_totals(&self) -> UsageTotals {
+        self.shared.usage.lock().unwrap().clone()
+    }
+
+    /// Start the usage sums again from zero.
+    pub fn reset_usage(&self) {
+        *self.shared.usage.lock().unwrap() = UsageTotals::default();
+    }
+
     /// Live (not deleted) conversations.
     pub fn conversation_count(&self) -> usize {
         self.shared.state.lock().unwrap().conversations.len()
@@ -407,6 +598,8 @@ impl Drop for Sandbox {
 fn router(shared: Arc<Shared>) -> Router {
     let v1 = Router::new()
         .route("/responses", post(responses::create))
+        .route("/responses/compact", post(responses::compact))
+        .route("/responses/input_tokens", post(responses::input_tokens))
         .route("/responses/{id}", get(responses::retrieve).delete(responses::delete))
         .route("/responses/{id}/cancel", post(responses::cancel))
         .route("/conversations", post(responses::create_conversation))
@@ -422,11 +615,13 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/threads/{id}/runs", post(assistants::create_run).get(assistants::list_runs))
         .route("/threads/{id}/runs/{run_id}", get(assistants::get_run))
         .route("/threads/{id}/runs/{run_id}/cancel", post(assistants::cancel_run))
-        .route("/embeddings", post(embeddings::create));
+        .route("/embeddings", post(embeddings::create))
+        .route("/chat/completions", post(chat::create));
     let admin = Router::new()
         .route("/faults", post(admin_add_fault).get(admin_list_faults).delete(admin_clear_faults))
         .route("/requests", get(admin_requests).delete(admin_clear_requests))
-        .route("/config", post(admin_set_config).get(admin_get_config));
+        .route("/config", post(admin_set_config).get(admin_get_config))
+        .route("/usage", get(admin_usage).delete(admin_clear_usage));
     Router::new()
         .nest("/v1", v1)
         .nest("/_sandbox", admin)
@@ -625,6 +820,11 @@ fn config_json(c: &SandboxConfig) -> Value {
         "token_interval_ms": c.token_interval.as_millis() as u64,
         "run_steps": c.run_steps,
         "assistants_gone": c.assistants_gone,
+        "context_window": c.context_window,
+        "model_context_windows": c.model_context_windows.iter().map(|(m, w)| (m.clone(), json!(w))).collect::<serde_json::Map<_, _>>(),
+        "cache_min_tokens": c.cache_min_tokens,
+        "cache_step_tokens": c.cache_step_tokens,
+        "min_compact_threshold": c.min_compact_threshold,
     })
 }
 
@@ -643,8 +843,27 @@ async fn admin_set_config(State(sh): State<Arc<Shared>>, Json(patch): Json<Value
             "token_interval_ms" => c.token_interval = Duration::from_millis(v.as_u64().unwrap_or(0)),
             "run_steps" => c.run_steps = v.as_u64().unwrap_or(1) as u32,
             "assistants_gone" => c.assistants_gone = v.as_bool().unwrap_or(false),
+            "context_window" => c.context_window = v.as_u64(),
+            "model_context_windows" => {
+                c.model_context_windows = v
+                    .as_object()
+                    .map(|o| o.iter().filter_map(|(m, w)| w.as_u64().map(|w| (m.clone(), w))).collect())
+                    .unwrap_or_default()
+            }
+            "cache_min_tokens" => c.cache_min_tokens = v.as_u64().unwrap_or(1024),
+            "cache_step_tokens" => c.cache_step_tokens = v.as_u64().unwrap_or(128).max(1),
+            "min_compact_threshold" => c.min_compact_threshold = v.as_u64().unwrap_or(1000),
             other => return Err(ApiError::unknown_parameter(other)),
         }
     }
     Ok(Json(config_json(&c)))
+}
+
+async fn admin_usage(State(sh): State<Arc<Shared>>) -> Json<UsageTotals> {
+    Json(sh.usage.lock().unwrap().clone())
+}
+
+async fn admin_clear_usage(State(sh): State<Arc<Shared>>) -> Json<Value> {
+    *sh.usage.lock().unwrap() = UsageTotals::default();
+    Json(json!({"ok": true}))
 }

@@ -1,4 +1,5 @@
-//! `swapbot-sandbox --port N [--api-key K] [--ttft-ms N] [--token-interval-ms N] [--run-steps N] [--assistants-gone]`
+//! `swapbot-sandbox --port N [--api-key K] [--ttft-ms N] [--token-interval-ms N] [--run-steps N] [--assistants-gone]
+//! [--context-window N] [--model-window MODEL=N]… [--cache-min-tokens N] [--cache-step-tokens N] [--min-compact-threshold N]`
 //!
 //! Prints the two `export` lines to paste, then serves until Ctrl-C (or SIGTERM).
 
@@ -6,7 +7,8 @@ use std::time::Duration;
 
 use swapbot_sandbox::{Sandbox, SandboxConfig};
 
-const USAGE: &str = "usage: swapbot-sandbox [--port N] [--api-key K] [--ttft-ms N] [--token-interval-ms N] [--run-steps N] [--assistants-gone]";
+const USAGE: &str = "usage: swapbot-sandbox [--port N] [--api-key K] [--ttft-ms N] [--token-interval-ms N] [--run-steps N] [--assistants-gone] \
+[--context-window N] [--model-window MODEL=N]... [--cache-min-tokens N] [--cache-step-tokens N] [--min-compact-threshold N]";
 
 fn parse() -> Result<(SandboxConfig, u16), String> {
     let mut cfg = SandboxConfig::default();
@@ -28,6 +30,15 @@ fn parse() -> Result<(SandboxConfig, u16), String> {
             "--token-interval-ms" => cfg.token_interval = Duration::from_millis(num(value("--token-interval-ms")?, "--token-interval-ms")?),
             "--run-steps" => cfg.run_steps = num(value("--run-steps")?, "--run-steps")? as u32,
             "--assistants-gone" => cfg.assistants_gone = true,
+            "--context-window" => cfg.context_window = Some(num(value("--context-window")?, "--context-window")?),
+            "--model-window" => {
+                let v = value("--model-window")?;
+                let (m, n) = v.rsplit_once('=').ok_or_else(|| format!("--model-window: expected MODEL=N, got {v}"))?;
+                cfg.model_context_windows.push((m.to_string(), num(n.to_string(), "--model-window")?));
+            }
+            "--cache-min-tokens" => cfg.cache_min_tokens = num(value("--cache-min-tokens")?, "--cache-min-tokens")?,
+            "--cache-step-tokens" => cfg.cache_step_tokens = num(value("--cache-step-tokens")?, "--cache-step-tokens")?.max(1),
+            "--min-compact-threshold" => cfg.min_compact_threshold = num(value("--min-compact-threshold")?, "--min-compact-threshold")?,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument: {other}\n{USAGE}")),
         }

@@ -23,6 +23,8 @@ pub fn answer(history: &[Msg], current: &str, instructions: &str) -> String {
     for line in current.lines() {
         match parse_kb_line(line) {
             Some(c) => chunks.push(c),
+            // The header a host puts above the chunks is not part of the question either.
+            None if is_context_header(line) => {}
             None => question_lines.push(line),
         }
     }
@@ -42,6 +44,12 @@ pub fn answer(history: &[Msg], current: &str, instructions: &str) -> String {
             None => "I don't know your name yet.".to_string(),
         };
     }
+    if let Some(thing) = asked_thing(&question) {
+        return match earlier_users.iter().rev().find_map(|t| my_facts_in(t).into_iter().rev().find(|(k, _)| *k == thing)) {
+            Some((_, value)) => format!("Your {thing} is {value}."),
+            None => format!("I don't know your {thing} yet."),
+        };
+    }
     if let Some(name) = name_in(&question) {
         return format!("Nice to meet you, {name}.");
     }
@@ -56,6 +64,9 @@ pub fn answer(history: &[Msg], current: &str, instructions: &str) -> String {
     if let Some(fact) = fact_in(&question) {
         return format!("OK, I will remember: {fact}.");
     }
+    if let Some((thing, value)) = my_facts_in(&question).into_iter().next() {
+        return format!("OK, your {thing} is {value}.");
+    }
     if lower.trim_end_matches(['.', '!', '?']).trim() == "count" {
         let n = earlier_users.len();
         return format!("This conversation has {n} earlier user message{}.", if n == 1 { "" } else { "s" });
@@ -64,6 +75,13 @@ pub fn answer(history: &[Msg], current: &str, instructions: &str) -> String {
         return format!("According to my notes: {} (from {})", first_sentence(&c.text), c.source);
     }
     format!("You said: {question}")
+}
+
+/// A line that announces knowledge-base context, e.g. swapbot's
+/// `Knowledge base context (use it when relevant):`.
+pub fn is_context_header(line: &str) -> bool {
+    let l = line.trim().to_lowercase();
+    l.starts_with("knowledge base context") && l.ends_with(':')
 }
 
 /// `my name is X` anywhere in a message (case-insensitive) → X, up to punctuation or end of line.
@@ -79,6 +97,70 @@ pub fn name_in(text: &str) -> Option<String> {
     let end = rest.find(['.', ',', '!', '?', ';', '\n']).unwrap_or(rest.len());
     let name = rest[..end].trim();
     (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Characters that end a stated value (a name, a fact's value, the thing asked about).
+const VALUE_END: [char; 6] = ['.', ',', '!', '?', ';', '\n'];
+
+/// Every `my <thing> is <value>` in a message, in order (case-insensitive): `<thing>` is 1 to 4 words of
+/// letters, digits, `-` or `'` (lowercased) right after a standalone `my`; `<value>` runs to `.`, `,`, `!`,
+/// `?`, `;`, the end of the line or ` and my ` (trimmed, case kept). A question (`what is my …`) states
+/// nothing. `my name is X` is one of them (thing `name`).
+pub fn my_facts_in(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if asked_thing(text).is_some() {
+        return out;
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let lower: Vec<char> = chars.iter().map(|c| if c.is_uppercase() { c.to_lowercase().next().unwrap_or(*c) } else { *c }).collect();
+    let n = chars.len();
+    let mut i = 0;
+    while i + 3 <= n {
+        let boundary = i == 0 || !lower[i - 1].is_alphanumeric();
+        if boundary && lower[i] == 'm' && lower[i + 1] == 'y' && lower[i + 2] == ' ' {
+            let rest: String = lower[i + 3..].iter().collect();
+            if let Some(pos) = rest.find(" is ") {
+                let thing = rest[..pos].trim().to_string();
+                let words: Vec<&str> = thing.split(' ').collect();
+                let ok = !thing.is_empty()
+                    && words.len() <= 4
+                    && words.iter().all(|w| !w.is_empty() && w.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '\''));
+                if ok {
+                    let start = (i + 3 + rest[..pos].chars().count() + " is ".len()).min(n);
+                    let value_chars: String = chars[start..].iter().collect();
+                    let value_lower: String = lower[start..].iter().collect();
+                    let mut end = value_chars.find(VALUE_END).unwrap_or(value_chars.len());
+                    if let Some(a) = value_lower.find(" and my ")
+                        && a < end
+                        && value_chars.is_char_boundary(a) {
+                            end = a;
+                        }
+                    let value = value_chars[..end].trim().to_string();
+                    if !value.is_empty() {
+                        out.push((thing, value));
+                        i = start + value_chars[..end].chars().count();
+                        continue;
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The thing asked about in `what is my <thing>` / `what's my <thing>` (lowercased, up to punctuation, at
+/// most 4 words).
+pub fn asked_thing(text: &str) -> Option<String> {
+    let lower = text.to_lowercase();
+    let (pos, len) = ["what is my ", "what's my ", "what\u{2019}s my "]
+        .iter()
+        .filter_map(|p| lower.find(p).map(|i| (i, p.len())))
+        .min()?;
+    let rest = &lower[pos + len..];
+    let end = rest.find(VALUE_END).unwrap_or(rest.len());
+    let words: Vec<&str> = rest[..end].split_whitespace().collect();
+    (!words.is_empty() && words.len() <= 4).then(|| words.join(" "))
 }
 
 /// `remember <fact>` at the start of a message → the fact (not the question about remembering).
@@ -235,6 +317,21 @@ mod tests {
     }
 
     #[test]
+    fn stated_facts() {
+        let h = vec![Msg::new("user", "Hi. My secret is Blue Fox."), Msg::new("user", "my favourite colour is green, ok?")];
+        assert_eq!(answer(&h, "What is my secret?", ""), "Your secret is Blue Fox.");
+        assert_eq!(answer(&h, "what's my favourite colour", ""), "Your favourite colour is green.");
+        assert_eq!(answer(&h, "What is my dog?", ""), "I don't know your dog yet.");
+        assert_eq!(answer(&[], "My secret is 42.", ""), "OK, your secret is 42.");
+        assert_eq!(answer(&[], "my name is Bob", ""), "Nice to meet you, Bob.");
+        let h2 = vec![Msg::new("user", "my secret is A"), Msg::new("user", "my secret is B")];
+        assert_eq!(answer(&h2, "what is my secret?", ""), "Your secret is B.");
+        assert!(my_facts_in("the army is here").is_empty());
+        assert!(my_facts_in("what is my secret").is_empty());
+        assert_eq!(my_facts_in("my name is Al and my dog is Rex"), vec![("name".into(), "Al".into()), ("dog".into(), "Rex".into())]);
+    }
+
+    #[test]
     fn echo_long_default() {
         assert_eq!(answer(&[], "echo:  Hello World ", ""), "Hello World");
         assert_eq!(answer(&[], "hello there", ""), "You said: hello there");
@@ -258,6 +355,9 @@ mod tests {
         assert_eq!(answer(&[], "Tell me a joke", instr), "You said: Tell me a joke");
         let inline = "[1] (faq.txt) Refunds take ten days.\nHow long do refunds take?";
         assert_eq!(answer(&[], inline, ""), "According to my notes: Refunds take ten days. (from faq.txt)");
+        // Context after the question, under a header (swapbot's input layout): neither is the question.
+        let after = "Tell me a joke\n\nKnowledge base context (use it when relevant):\n[1] (faq.txt) Refunds take ten days.";
+        assert_eq!(answer(&[], after, ""), "You said: Tell me a joke");
     }
 
     #[test]

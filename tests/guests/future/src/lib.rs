@@ -1,4 +1,4 @@
-//! A backend built for a future contract (swapbot:backend@0.2.0): the host must refuse it,
+//! A backend built for a future contract (swapbot:backend@0.9.0): the host must refuse it,
 //! naming both versions.
 #![cfg(target_arch = "wasm32")]
 
@@ -13,7 +13,7 @@ impl Guest for Future {
         wt::Description {
             name: "responses".into(),
             version: "9.0.0".into(),
-            contract: "0.2.0".into(),
+            contract: "0.9.0".into(),
             id_map: "user_conversations.json".into(),
             session_label: "conversation_id".into(),
             turn_label: "response_id".into(),

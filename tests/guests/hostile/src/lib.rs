@@ -14,7 +14,7 @@ impl Guest for Hostile {
         wt::Description {
             name: "responses".into(),
             version: "6.6.6-hostile".into(),
-            contract: "0.1.0".into(),
+            contract: "0.2.0".into(),
             id_map: "user_conversations.json".into(),
             session_label: "conversation_id".into(),
             turn_label: "response_id".into(),

@@ -1,0 +1,446 @@
+//! Usage counters per user and overall, per UTC day and month, exact under parallel turns (one
+//! mutex, no read-modify-write across an await) and durable in an append-only journal,
+//! `DATA_DIR/usage.jsonl`, that one writer thread appends to. A turn never waits on the disk; a
+//! kill -9 loses at most the lines not yet handed to the kernel (microseconds' worth). At start
+//! the journal is read back (a torn or bad line is skipped) and entries of past months are dropped
+//! by an atomic rewrite, so the file holds one month at most.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+
+use serde::{Deserialize, Serialize};
+
+use super::prices::TokenCounts;
+
+const DAY_MS: u64 = 86_400_000;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Period {
+    Day,
+    Month,
+}
+
+/// Sums over some turns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub turns: u64,
+    pub tokens: TokenCounts,
+    pub micro_usd: u64,
+}
+
+impl Totals {
+    /// What budgets in tokens count: input + output + embeddings.
+    pub fn tokens(&self) -> u64 {
+        self.tokens.input + self.tokens.output + self.tokens.embedding
+    }
+
+    fn add(&mut self, e: &Entry) {
+        self.turns += 1;
+        let t = &mut self.tokens;
+        t.input += e.tokens.input;
+        t.cached_input += e.tokens.cached_input;
+        t.output += e.tokens.output;
+        t.reasoning += e.tokens.reasoning;
+        t.embedding += e.tokens.embedding;
+        self.micro_usd += e.micro_usd;
+    }
+}
+
+/// One user's (or everyone's) use in the current day and month.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub day: Totals,
+    pub month: Totals,
+}
+
+/// One billed turn, as a journal line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub t_unix_ms: u64,
+    pub user_id: i64,
+    pub backend: String,
+    pub model: String,
+    pub tokens: TokenCounts,
+    pub micro_usd: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    day: u64,
+    month: (i64, u32),
+    usage: Usage,
+}
+
+impl Counters {
+    /// Forgets the day or month that is over.
+    fn roll(&mut self, now_ms: u64) {
+        let (day, month) = (now_ms / DAY_MS, month_of(now_ms));
+        if self.month != month {
+            self.month = month;
+            self.usage.month = Totals::default();
+        }
+        if self.day != day {
+            self.day = day;
+            self.usage.day = Totals::default();
+        }
+    }
+
+    fn add(&mut self, e: &Entry, now_ms: u64) {
+        self.roll(now_ms);
+        if month_of(e.t_unix_ms) == self.month {
+            self.usage.month.add(e);
+            if e.t_unix_ms / DAY_MS == self.day {
+                self.usage.day.add(e);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    users: HashMap<i64, Counters>,
+    total: Counters,
+}
+
+enum Job {
+    Line(String),
+    Sync(mpsc::Sender<()>),
+}
+
+pub struct Ledger {
+    state: Mutex<State>,
+    journal: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ledger {
+    /// Counters only, nothing on disk (tests, `swapbot ask`).
+    pub fn in_memory() -> Self {
+        Self { state: Mutex::default(), journal: None, writer: None }
+    }
+
+    /// Reads `path` back and appends to it from now on.
+    pub fn open(path: PathBuf, now_ms: u64) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let (entries, dropped) = read_journal(&path, now_ms);
+        if dropped > 0 {
+            rewrite(&path, &entries)?;
+            tracing::info!(path = %path.display(), dropped, kept = entries.len(), "usage journal: entries of past months dropped");
+        }
+        let mut state = State::default();
+        for e in &entries {
+            state.users.entry(e.user_id).or_default().add(e, now_ms);
+            state.total.add(e, now_ms);
+        }
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new().name("usage-journal".into()).spawn(move || write_loop(path, rx))?;
+        Ok(Self { state: Mutex::new(state), journal: Some(tx), writer: Some(writer) })
+    }
+
+    /// Counts one billed turn and hands its line to the journal writer.
+    pub fn record(&self, entry: Entry, now_ms: u64) {
+        {
+            let mut state = self.state.lock().unwrap();
+            state.users.entry(entry.user_id).or_default().add(&entry, now_ms);
+            state.total.add(&entry, now_ms);
+        }
+        if let Some(tx) = &self.journal {
+            let line = serde_json::to_string(&entry).unwrap_or_default();
+            let _ = tx.send(Job::Line(line));
+        }
+    }
+
+    pub fn usage_of(&self, user_id: i64, now_ms: u64) -> Usage {
+        let mut state = self.state.lock().unwrap();
+        match state.users.get_mut(&user_id) {
+            Some(c) => {
+                c.roll(now_ms);
+                c.usage
+            }
+            None => Usage::default(),
+        }
+    }
+
+    pub fn total(&self, now_ms: u64) -> Usage {
+        let mut state = self.state.lock().unwrap();
+        state.total.roll(now_ms);
+        state.total.usage
+    }
+
+    /// The `n` users with the most tokens this month, heaviest first.
+    pub fn top(&self, n: usize, now_ms: u64) -> Vec<(i64, Totals)> {
+        let mut state = self.state.lock().unwrap();
+        let mut all: Vec<(i64, Totals)> = state
+            .users
+            .iter_mut()
+            .map(|(id, c)| {
+                c.roll(now_ms);
+                (*id, c.usage.month)
+            })
+            .filter(|(_, t)| t.turns > 0)
+            .collect();
+        all.sort_by(|a, b| b.1.tokens().cmp(&a.1.tokens()).then(a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
+    /// Waits until every line recorded so far is written and fsynced.
+    pub fn sync(&self) {
+        if let Some(tx) = &self.journal {
+            let (done_tx, done_rx) = mpsc::channel();
+            if tx.send(Job::Sync(done_tx)).is_ok() {
+                let _ = done_rx.recv();
+            }
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer drain and exit.
+        self.journal.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn write_loop(path: PathBuf, rx: mpsc::Receiver<Job>) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut waiting: Vec<mpsc::Sender<()>> = Vec::new();
+    let mut failing = false;
+    loop {
+        // Block for one job, then take whatever else is queued: one write and one fsync per group.
+        let first = if pending.is_empty() {
+            match rx.recv() {
+                Ok(job) => Some(job),
+                Err(_) => break,
+            }
+        } else {
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            }
+        };
+        let mut closed = false;
+        let take = |job: Job, pending: &mut Vec<u8>, waiting: &mut Vec<mpsc::Sender<()>>| match job {
+            Job::Line(line) => {
+                pending.extend_from_slice(line.as_bytes());
+                pending.push(b'\n');
+            }
+            Job::Sync(done) => waiting.push(done),
+        };
+        if let Some(job) = first {
+            take(job, &mut pending, &mut waiting);
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(job) => take(job, &mut pending, &mut waiting),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if !pending.is_empty() {
+            match append(&path, &pending) {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!(path = %path.display(), "usage journal writable again");
+                        failing = false;
+                    }
+                    pending.clear();
+                }
+                Err(err) => {
+                    // Kept in memory and tried again: counters stay right meanwhile.
+                    if !failing {
+                        tracing::error!(path = %path.display(), %err, "cannot write the usage journal; will retry");
+                        failing = true;
+                    }
+                }
+            }
+        }
+        if pending.is_empty() {
+            for done in waiting.drain(..) {
+                let _ = done.send(());
+            }
+        }
+        if closed {
+            if !pending.is_empty() {
+                let _ = append(&path, &pending);
+            }
+            break;
+        }
+    }
+}
+
+fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_data()
+}
+
+/// Entries of the current month; and how many older (or unreadable) lines were seen.
+fn read_journal(path: &Path, now_ms: u64) -> (Vec<Entry>, usize) {
+    let Ok(file) = std::fs::File::open(path) else { return (vec![], 0) };
+    let month = month_of(now_ms);
+    let (mut kept, mut dropped) = (vec![], 0);
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        let Ok(line) = line else { break };
+        match serde_json::from_slice::<Entry>(&line) {
+            Ok(e) if month_of(e.t_unix_ms) == month => kept.push(e),
+            Ok(_) => dropped += 1,
+            Err(_) if line.iter().all(u8::is_ascii_whitespace) => {}
+            Err(_) => {
+                tracing::warn!(path = %path.display(), "usage journal: skipping an unreadable line");
+                dropped += 1;
+            }
+        }
+    }
+    (kept, dropped)
+}
+
+fn rewrite(path: &Path, entries: &[Entry]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut body = String::new();
+    for e in entries {
+        body.push_str(&serde_json::to_string(e)?);
+        body.push('\n');
+    }
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(result?)
+}
+
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// (year, month) of a Unix time in milliseconds, UTC.
+pub fn month_of(unix_ms: u64) -> (i64, u32) {
+    let (y, m, _) = civil_from_days((unix_ms / DAY_MS) as i64);
+    (y, m)
+}
+
+/// When the current day or month ends, in Unix milliseconds (UTC).
+pub fn period_end_ms(period: Period, now_ms: u64) -> u64 {
+    match period {
+        Period::Day => (now_ms / DAY_MS + 1) * DAY_MS,
+        Period::Month => {
+            let (y, m) = month_of(now_ms);
+            let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            days_from_civil(y, m, 1) as u64 * DAY_MS
+        }
+    }
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 → (year, month, day).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_796_160_600_000 + 14 * DAY_MS; // 2026-12-15 21:30 UTC
+
+    fn entry(user_id: i64, t: u64, input: u64) -> Entry {
+        Entry {
+            t_unix_ms: t,
+            user_id,
+            backend: "responses".into(),
+            model: "gpt-4.1-mini".into(),
+            tokens: TokenCounts { input, output: 10, ..Default::default() },
+            micro_usd: 5,
+        }
+    }
+
+    #[test]
+    fn calendar_math() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(month_of(NOW), (2026, 12));
+        assert_eq!(days_from_civil(2026, 12, 15), (NOW / DAY_MS) as i64);
+        assert_eq!(period_end_ms(Period::Month, NOW), days_from_civil(2027, 1, 1) as u64 * DAY_MS);
+    }
+
+    #[test]
+    fn counters_survive_a_reopen_and_past_months_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.jsonl");
+        {
+            let ledger = Ledger::open(path.clone(), NOW).unwrap();
+            ledger.record(entry(1, NOW - 40 * DAY_MS, 100), NOW); // November
+            ledger.record(entry(1, NOW - DAY_MS, 100), NOW); // yesterday
+            ledger.record(entry(1, NOW, 100), NOW);
+            ledger.record(entry(2, NOW, 1000), NOW);
+            ledger.sync();
+        }
+        // A torn last line (a full disk, a kill mid-write) is skipped.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"t_unix_ms\":17").unwrap();
+        let ledger = Ledger::open(path.clone(), NOW).unwrap();
+        let u = ledger.usage_of(1, NOW);
+        assert_eq!((u.day.turns, u.month.turns), (1, 2));
+        assert_eq!(u.month.tokens(), 220);
+        assert_eq!(ledger.total(NOW).day.tokens(), 110 + 1010);
+        assert_eq!(ledger.top(1, NOW)[0].0, 2);
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, 3, "the November entry and the torn line are gone from the file");
+        // The next day the day counters start again.
+        assert_eq!(ledger.usage_of(1, NOW + DAY_MS).day, Totals::default());
+        assert_eq!(ledger.usage_of(1, NOW + DAY_MS).month.turns, 2);
+    }
+
+    #[test]
+    fn parallel_records_are_exact() {
+        let ledger = std::sync::Arc::new(Ledger::in_memory());
+        let threads: Vec<_> = (0..20)
+            .map(|u| {
+                let ledger = ledger.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        ledger.record(entry(u, NOW, 3), NOW);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(ledger.total(NOW).month.turns, 20 * 500);
+        assert_eq!(ledger.total(NOW).month.tokens(), 20 * 500 * 13);
+        assert_eq!(ledger.usage_of(7, NOW).day.micro_usd, 500 * 5);
+    }
+}

@@ -1,0 +1,207 @@
+//! Conversations that outlive the model's context window, and what they cost: the real plugins in
+//! the real runtime against the sandbox with a small window, prompt caching and usage that counts
+//! the whole context the model saw.
+
+use std::path::PathBuf;
+
+use swapbot::config::Config;
+use swapbot::router::Backend;
+use swapbot_sandbox::{Sandbox, SandboxConfig};
+
+const KEY: &str = "sk-test-long-0123456789";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Bot {
+    app: swapbot::app::App,
+    sandbox: Sandbox,
+    _data: tempfile::TempDir,
+}
+
+async fn bot(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Bot {
+    let sandbox = Sandbox::start(SandboxConfig { api_key: Some(KEY.into()), ..sandbox }).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let plugins = repo().join("target/plugins");
+    assert!(plugins.join("responses.wasm").exists(), "run `make build` (make test does)");
+    let mut vars: Vec<(String, String)> = vec![
+        ("OPENAI_API_KEY".into(), KEY.into()),
+        ("OPENAI_BASE_URL".into(), sandbox.base_url()),
+        ("ASSISTANT_ID".into(), "asst_test".into()),
+        ("DATA_DIR".into(), data.path().join("data").display().to_string()),
+        ("LOG_DIR".into(), data.path().join("logs").display().to_string()),
+        ("PLUGIN_DIR".into(), plugins.display().to_string()),
+        ("POLL_INTERVAL_MS".into(), "50".into()),
+        ("OPENAI_INSTRUCTIONS".into(), "Be brief.".into()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let lookup = |name: &str| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let config = Config::from_lookup(lookup).unwrap();
+    let app = swapbot::app::build(config, None).await.unwrap();
+    Bot { app, sandbox, _data: data }
+}
+
+async fn ask(bot: &Bot, backend: Backend, user: i64, text: &str) -> Result<String, String> {
+    bot.app.service.turn_on(backend, "test", user, text, None).await.reply
+}
+
+fn fact(i: usize) -> String {
+    format!("k{i:03}x")
+}
+
+/// Every turn is answered, and the model always sees the last three turns, on both backends and
+/// with both ways of bounding the context; the stored conversation keeps growing past the window.
+#[tokio::test]
+async fn a_forty_turn_dialog_past_a_small_window_is_answered_every_turn() {
+    let filler = "with some words to make the conversation grow faster than the window allows";
+    let variants: [(&str, Backend, Vec<(&str, &str)>); 4] = [
+        ("responses streamed, truncate", Backend::Responses, vec![]),
+        ("responses not streamed, truncate", Backend::Responses, vec![("RESPONSES_STREAM", "false")]),
+        ("responses, compact", Backend::Responses, vec![("RESPONSES_CONTEXT", "compact"), ("RESPONSES_COMPACT_THRESHOLD", "1000")]),
+        ("assistants, default truncation", Backend::Assistants, vec![]),
+    ];
+    for (name, backend, extra) in variants {
+        // Compaction starts at 1000 tokens at the least (the API's minimum), so its window is larger.
+        let tokens = if name.contains("compact") { 1500 } else { 500 };
+        let window = SandboxConfig { context_window: Some(tokens), ..Default::default() };
+        let bot = bot(window, &extra).await;
+        for i in 1..=40 {
+            let answer = ask(&bot, backend, 77, &format!("remember {} {filler}", fact(i))).await;
+            let answer = answer.unwrap_or_else(|e| panic!("{name}: turn {i} failed: {e}"));
+            assert!(answer.contains(&fact(i)), "{name}: turn {i}: {answer}");
+            if i % 10 == 0 {
+                let recall = ask(&bot, backend, 77, "What did I ask you to remember?").await.unwrap();
+                for recent in [i, i - 1, i - 2] {
+                    assert!(recall.contains(&fact(recent)), "{name}: after turn {i} the model lost {}: {recall}", fact(recent));
+                }
+                if i >= 20 && !name.contains("compact") {
+                    // Responses drops the oldest items; Assistants' `auto` drops from the middle.
+                    let dropped = (1..=i).filter(|k| !recall.contains(&fact(*k))).count();
+                    assert!(dropped > 0, "{name}: the window is small, earlier turns drop out of view: {recall}");
+                }
+            }
+        }
+        // No user locked out: nothing but successful turns in the log.
+        let report = swapbot::report::build_report(&bot.app.config.log_dir, &swapbot::report::ReportOptions::all()).unwrap();
+        let b = report.backend(backend.name()).unwrap();
+        assert_eq!((b.turns, b.errors), (44, 0), "{name}");
+        if backend == Backend::Responses {
+            let posts: Vec<_> = bot.sandbox.requests().into_iter().filter(|r| r.method == "POST" && r.path == "/v1/responses").collect();
+            assert!(posts.iter().all(|r| r.body["truncation"] == "auto"), "{name}");
+            assert!(posts.iter().all(|r| r.body["prompt_cache_key"] == swapbot::service::cache_key(77)), "{name}");
+            if name.contains("compact") {
+                assert!(posts.iter().all(|r| r.body["context_management"][0]["compact_threshold"] == 1000), "{name}");
+            }
+        }
+        bot.sandbox.shutdown().await;
+    }
+}
+
+/// A message too long for the window even with truncation gets one clear sentence, is not
+/// retried, and the next turn works with the earlier context intact.
+#[tokio::test]
+async fn a_message_longer_than_the_window_is_refused_politely_and_the_next_turn_works() {
+    let bot = bot(SandboxConfig { context_window: Some(300), ..Default::default() }, &[]).await;
+    ask(&bot, Backend::Responses, 5, "remember the door code is 4512").await.unwrap();
+    let huge = "blah ".repeat(400);
+    let before = bot.sandbox.requests().len();
+    let refused = ask(&bot, Backend::Responses, 5, &huge).await.unwrap_err();
+    assert!(refused.contains("too long") && refused.contains("shorter"), "{refused}");
+    let posts = bot.sandbox.requests()[before..].iter().filter(|r| r.method == "POST" && r.path == "/v1/responses").count();
+    assert_eq!(posts, 1, "context_length_exceeded is not retried");
+    let recall = ask(&bot, Backend::Responses, 5, "What did I ask you to remember?").await.unwrap();
+    assert!(recall.contains("the door code is 4512"), "{recall}");
+    // The refused message is not in the host's history either.
+    let history = std::fs::read_to_string(bot.app.config.data_dir.join("history/5.jsonl")).unwrap();
+    assert!(!history.contains("blah blah"), "{history}");
+    bot.sandbox.shutdown().await;
+}
+
+/// The report's sums are what the sandbox billed, per backend, and the cost is the price table's.
+#[tokio::test]
+async fn the_report_sums_equal_what_the_api_billed() {
+    let bot = bot(SandboxConfig { cache_min_tokens: 16, cache_step_tokens: 8, ..Default::default() }, &[]).await;
+    for i in 0..6 {
+        ask(&bot, Backend::Responses, 900, &format!("remember {} for the report", fact(i))).await.unwrap();
+        ask(&bot, Backend::Assistants, 901, &format!("remember {} for the report", fact(i))).await.unwrap();
+    }
+    let billed = bot.sandbox.usage_totals();
+    let report = swapbot::report::build_report(&bot.app.config.log_dir, &swapbot::report::ReportOptions::all()).unwrap();
+    let responses = report.backend("responses").unwrap();
+    assert_eq!(responses.input_tokens, billed.responses.input_tokens);
+    assert_eq!(responses.cached_input_tokens, billed.responses.cached_tokens);
+    assert_eq!(responses.output_tokens, billed.responses.output_tokens);
+    assert!(responses.cached_input_tokens > 0, "the conversation's prefix is cached from the second turn");
+    let assistants = report.backend("assistants").unwrap();
+    assert_eq!(assistants.input_tokens, billed.runs.input_tokens);
+    assert_eq!(assistants.output_tokens, billed.runs.output_tokens);
+    // The cost is the shipped price of gpt-4.1-mini.
+    let p = swapbot::usage::PriceTable::shipped();
+    let price = p.get("gpt-4.1-mini").unwrap();
+    let expected = ((billed.responses.input_tokens - billed.responses.cached_tokens) as f64 * price.input
+        + billed.responses.cached_tokens as f64 * price.cached_input
+        + billed.responses.output_tokens as f64 * price.output)
+        / 1e6;
+    assert!((responses.cost_usd - expected).abs() < 1e-5, "{} vs {expected}", responses.cost_usd);
+    // And the same numbers in /metrics.
+    let metrics = bot.app.metrics.render();
+    let line = format!("swapbot_tokens_total{{backend=\"responses\",kind=\"input\"}} {}", billed.responses.input_tokens);
+    assert!(metrics.contains(&line), "{metrics}");
+    bot.sandbox.shutdown().await;
+}
+
+/// 20 users in parallel: counters exact; a user over the daily budget gets one sentence and no
+/// request is made; admins are exempt; counters survive a restart.
+#[tokio::test]
+async fn budgets_are_exact_under_parallel_turns_and_survive_a_restart() {
+    let extra = [("BUDGET_USER_DAY", "1 tokens"), ("ADMIN_USER_IDS", "1000")];
+    let bot = bot(SandboxConfig::default(), &extra).await;
+    let service = bot.app.service.clone();
+    let turns: Vec<_> = (1000..1020)
+        .map(|user| {
+            let service = service.clone();
+            tokio::spawn(async move { service.turn_on(Backend::Responses, "test", user, "hello there", None).await })
+        })
+        .collect();
+    let mut total_in = 0;
+    for t in turns {
+        let outcome = t.await.unwrap();
+        assert!(outcome.reply.is_ok(), "the first turn of each user is within the budget");
+        total_in += outcome.record.input_tokens.unwrap();
+    }
+    let now = swapbot::usage::ledger::unix_ms_now();
+    let ledger = &service.accounting().ledger;
+    assert_eq!(ledger.total(now).day.turns, 20);
+    assert_eq!(ledger.total(now).day.tokens.input, total_in);
+    assert_eq!(total_in, bot.sandbox.usage_totals().responses.input_tokens);
+
+    // Over the budget: one polite sentence with the reset time, and nothing sent.
+    let before = bot.sandbox.requests().len();
+    let refused = service.turn_on(Backend::Responses, "test", 1001, "hello again", None).await;
+    let sentence = refused.reply.unwrap_err();
+    assert!(sentence.contains("today's allowance") && sentence.contains("resets at") && sentence.contains("UTC"), "{sentence}");
+    assert_eq!(bot.sandbox.requests().len(), before, "no request for a refused turn");
+    assert_eq!(refused.record.error_kind.as_deref(), Some("over-budget"));
+    // The admin is exempt.
+    service.turn_on(Backend::Responses, "test", 1000, "hello again", None).await.reply.unwrap();
+
+    // /usage shows a user their own use; /usage top is for admins.
+    let mine = swapbot::frontend::usage_command(&service, 1001, &[]);
+    assert!(mine.contains("today: 1 answer,"), "{mine}");
+    let top = swapbot::frontend::usage_command(&service, 1000, &["top"]);
+    assert!(top.contains("1. 1000:"), "the admin made two turns: {top}");
+    assert_eq!(swapbot::frontend::usage_command(&service, 1001, &["top"]), "Usage: /usage");
+
+    // A restart reads the journal back.
+    ledger.sync();
+    let config = bot.app.config.clone();
+    drop(service);
+    let Bot { app, sandbox, _data } = bot;
+    drop(app);
+    let app = swapbot::app::build(config, None).await.unwrap();
+    let after = app.service.accounting().ledger.total(swapbot::usage::ledger::unix_ms_now());
+    assert_eq!(after.day.turns, 21);
+    assert!(app.service.turn_on(Backend::Responses, "test", 1002, "hi", None).await.reply.is_err(), "still over budget");
+    sandbox.shutdown().await;
+}
