@@ -68,7 +68,7 @@ impl TurnHandler for Echo {
     async fn turn(&self, _who: Sender, text: String, _deltas: tokio::sync::mpsc::UnboundedSender<String>) -> TurnResult {
         TurnResult::Answer(format!("echo: {text}"))
     }
-    async fn reset(&self, _who: swapbot_telegram::Sender) -> anyhow::Result<()> {
+    async fn reset(&self, _who: Sender) -> anyhow::Result<()> {
         Ok(())
     }
 }
