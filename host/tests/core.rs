@@ -1,61 +1,14 @@
 //! The core end to end: the real plugins (built by `make build` into target/plugins) in the
 //! real runtime, talking real HTTP to the OpenAI sandbox on 127.0.0.1.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use swapbot::config::Config;
 use swapbot::plugin::{Limits, PluginError, PluginRuntime};
 use swapbot::router::Backend;
-use swapbot_sandbox::{Fault, FaultKind, Sandbox, SandboxConfig};
+use swapbot_sandbox::{Fault, FaultKind};
 
-const KEY: &str = "sk-test-core-0123456789";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn plugin_dir() -> PathBuf {
-    let dir = repo().join("target/plugins");
-    assert!(
-        dir.join("responses.wasm").exists() && dir.join("assistants.wasm").exists(),
-        "plugins missing in {}: run `make build` (make test does)",
-        dir.display()
-    );
-    dir
-}
-
-fn test_plugin(name: &str) -> Vec<u8> {
-    let path = repo().join("target/test-plugins").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}: run `make test-guests`", path.display()))
-}
-
-struct Bot {
-    app: swapbot::app::App,
-    sandbox: Sandbox,
-    _data: tempfile::TempDir,
-}
-
-async fn bot(extra: &[(&str, &str)]) -> Bot {
-    let sandbox = Sandbox::start(SandboxConfig { api_key: Some(KEY.into()), ..Default::default() }).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let mut vars: Vec<(String, String)> = vec![
-        ("OPENAI_API_KEY".into(), KEY.into()),
-        ("OPENAI_BASE_URL".into(), sandbox.base_url()),
-        ("ASSISTANT_ID".into(), "asst_test".into()),
-        ("DATA_DIR".into(), data.path().join("data").display().to_string()),
-        ("LOG_DIR".into(), data.path().join("logs").display().to_string()),
-        ("PLUGIN_DIR".into(), plugin_dir().display().to_string()),
-        ("POLL_INTERVAL_MS".into(), "50".into()),
-    ];
-    for (k, v) in extra {
-        vars.push((k.to_string(), v.to_string()));
-    }
-    let config = Config::from_lookup(|name| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())).unwrap();
-    let kb = swapbot_kb::KbConfig::from_lookup(|name| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())).unwrap();
-    let app = swapbot::app::build(config, Some(kb)).await.unwrap();
-    Bot { app, sandbox, _data: data }
-}
+mod common;
+use common::{Bot, KEY, bot, plugin_dir, repo, test_plugin};
 
 async fn ask(bot: &Bot, backend: Backend, user: i64, text: &str) -> Result<String, String> {
     bot.app.service.turn_on(backend, "test", user, text, None).await.reply

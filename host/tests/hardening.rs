@@ -4,62 +4,15 @@
 //! Some tests wrap a call in a generous `timeout`: it asserts no speed, it only turns the hang
 //! the defect caused into a failure instead of a stuck test run.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use swapbot::config::Config;
 use swapbot::router::Backend;
 use swapbot_sandbox::{Fault, FaultKind, Sandbox, SandboxConfig};
 
-const KEY: &str = "sk-test-hardening-0123456789";
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn plugin_dir() -> PathBuf {
-    let dir = repo().join("target/plugins");
-    assert!(
-        dir.join("responses.wasm").exists() && dir.join("assistants.wasm").exists(),
-        "plugins missing in {}: run `make build` (make test does)",
-        dir.display()
-    );
-    dir
-}
-
-fn test_plugin(name: &str) -> Vec<u8> {
-    let path = repo().join("target/test-plugins").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}: run `make test-guests`", path.display()))
-}
-
-struct Bot {
-    app: swapbot::app::App,
-    sandbox: Sandbox,
-    _data: tempfile::TempDir,
-}
-
-async fn bot(extra: &[(&str, &str)]) -> Bot {
-    let sandbox = Sandbox::start(SandboxConfig { api_key: Some(KEY.into()), ..Default::default() }).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let mut vars: Vec<(String, String)> = vec![
-        ("OPENAI_API_KEY".into(), KEY.into()),
-        ("OPENAI_BASE_URL".into(), sandbox.base_url()),
-        ("ASSISTANT_ID".into(), "asst_test".into()),
-        ("DATA_DIR".into(), data.path().join("data").display().to_string()),
-        ("LOG_DIR".into(), data.path().join("logs").display().to_string()),
-        ("PLUGIN_DIR".into(), plugin_dir().display().to_string()),
-        ("POLL_INTERVAL_MS".into(), "50".into()),
-    ];
-    for (k, v) in extra {
-        vars.push((k.to_string(), v.to_string()));
-    }
-    let lookup = |name: &str| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let config = Config::from_lookup(lookup).unwrap();
-    let kb = swapbot_kb::KbConfig::from_lookup(lookup).unwrap();
-    let app = swapbot::app::build(config, Some(kb)).await.unwrap();
-    Bot { app, sandbox, _data: data }
-}
+mod common;
+use common::{Bot, KEY, bot, plugin_dir, test_plugin};
 
 /// A plugin directory serving the hostile guest as the responses backend.
 fn hostile_plugin_dir() -> tempfile::TempDir {

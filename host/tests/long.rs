@@ -2,44 +2,16 @@
 //! the real runtime against the sandbox with a small window, prompt caching and usage that counts
 //! the whole context the model saw.
 
-use std::path::PathBuf;
-
-use swapbot::config::Config;
 use swapbot::router::Backend;
-use swapbot_sandbox::{Fault, FaultKind, Sandbox, SandboxConfig};
+use swapbot_sandbox::{Fault, FaultKind, SandboxConfig};
 
-const KEY: &str = "sk-test-long-0123456789";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Bot {
-    app: swapbot::app::App,
-    sandbox: Sandbox,
-    _data: tempfile::TempDir,
-}
+mod common;
+use common::Bot;
 
 async fn bot(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Bot {
-    let sandbox = Sandbox::start(SandboxConfig { api_key: Some(KEY.into()), ..sandbox }).await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let plugins = repo().join("target/plugins");
-    assert!(plugins.join("responses.wasm").exists(), "run `make build` (make test does)");
-    let mut vars: Vec<(String, String)> = vec![
-        ("OPENAI_API_KEY".into(), KEY.into()),
-        ("OPENAI_BASE_URL".into(), sandbox.base_url()),
-        ("ASSISTANT_ID".into(), "asst_test".into()),
-        ("DATA_DIR".into(), data.path().join("data").display().to_string()),
-        ("LOG_DIR".into(), data.path().join("logs").display().to_string()),
-        ("PLUGIN_DIR".into(), plugins.display().to_string()),
-        ("POLL_INTERVAL_MS".into(), "50".into()),
-        ("OPENAI_INSTRUCTIONS".into(), "Be brief.".into()),
-    ];
-    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let lookup = |name: &str| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let config = Config::from_lookup(lookup).unwrap();
-    let app = swapbot::app::build(config, None).await.unwrap();
-    Bot { app, sandbox, _data: data }
+    let mut vars = vec![("OPENAI_INSTRUCTIONS", "Be brief.")];
+    vars.extend_from_slice(extra);
+    common::bot_with(sandbox, &vars).await
 }
 
 async fn ask(bot: &Bot, backend: Backend, user: i64, text: &str) -> Result<String, String> {
