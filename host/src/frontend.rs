@@ -35,16 +35,22 @@ impl TurnHandler for BotHandler {
         self.service.reset(self.session(&who)).await
     }
 
-    async fn admin(&self, user_id: i64, command: &str) -> Option<String> {
+    async fn admin(&self, who: &Sender, command: &str) -> Option<String> {
         let mut words = command.split_whitespace();
         let head = words.next().unwrap_or_default().to_ascii_lowercase();
         if head == "/usage" || head.starts_with("/usage@") {
             let args: Vec<&str> = words.collect();
-            return Some(usage_command(&self.service, user_id, &args));
+            // Other users' ids and spending are not for a group to read.
+            if !who.private && args.first().is_some_and(|a| a.eq_ignore_ascii_case("top")) {
+                return Some(USAGE_TOP_IN_PRIVATE.into());
+            }
+            return Some(usage_command(&self.service, who.user_id, &args));
         }
-        self.rollout.command(user_id, command)
+        self.rollout.command(who.user_id, command)
     }
 }
+
+pub const USAGE_TOP_IN_PRIVATE: &str = "Ask /usage top in a private chat with me: it lists other users.";
 
 /// `/usage`: the user's own use this day and month; `/usage top` (admins): the heaviest users.
 pub fn usage_command(service: &TurnService, user_id: i64, args: &[&str]) -> String {

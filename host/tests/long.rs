@@ -198,6 +198,16 @@ async fn budgets_are_exact_under_parallel_turns_and_survive_a_restart() {
     let top = swapbot::frontend::usage_command(&service, 1000, &["top"]);
     assert!(top.contains("1. 1000:"), "the admin made two turns: {top}");
     assert_eq!(swapbot::frontend::usage_command(&service, 1001, &["top"]), "Usage: /usage");
+    // As typed in Telegram: in a group, even an admin's /usage top is not answered with other users' use.
+    let rollout = swapbot::rollout::Rollout::new(&bot.app.config.data_dir, bot.app.config.routing.clone(), service.clone(), [1000].into());
+    let handler = swapbot::frontend::BotHandler { service: service.clone(), rollout, group_sessions: bot.app.config.group_sessions };
+    let admin = |private: bool| swapbot_telegram::Sender { user_id: 1000, chat_id: if private { 1000 } else { -100777 }, private, username: None };
+    use swapbot_telegram::TurnHandler;
+    let in_group = handler.admin(&admin(false), "/usage top").await.unwrap();
+    assert_eq!(in_group, swapbot::frontend::USAGE_TOP_IN_PRIVATE);
+    let in_private = handler.admin(&admin(true), "/usage top").await.unwrap();
+    assert!(in_private.contains("1. 1000:"), "{in_private}");
+    assert!(handler.admin(&admin(false), "/usage").await.unwrap().contains("today: 2 answers"));
 
     // A restart reads the journal back.
     ledger.sync();

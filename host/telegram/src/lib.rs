@@ -52,9 +52,10 @@ pub trait TurnHandler: Send + Sync + 'static {
     /// /new: forget the conversation of this chat (a private chat's, or the user's session in a group) on
     /// every backend.
     async fn reset(&self, who: Sender) -> anyhow::Result<()>;
-    /// Admin text commands such as "/rollout ..."; `None` = not handled (then answered as unknown in private
-    /// chats, ignored in groups).
-    async fn admin(&self, _user_id: i64, _command: &str) -> Option<String> {
+    /// Other text commands, such as "/rollout ..." or "/usage", from `who` (the chat tells a handler whether
+    /// an answer may go to a group); `None` = not handled (then answered as unknown in private chats,
+    /// ignored in groups).
+    async fn admin(&self, _who: &Sender, _command: &str) -> Option<String> {
         None
     }
 }
@@ -740,7 +741,7 @@ async fn on_message(bot: Bot, me: Me, msg: Message, ctx: Arc<Ctx>) -> anyhow::Re
                 };
                 reply(&bot, target, answer).await;
             }
-            _ => match ctx.handler.admin(sender.user_id, &cmd.normalized).await {
+            _ => match ctx.handler.admin(&sender, &cmd.normalized).await {
                 Some(answer) => reply(&bot, target, &answer).await,
                 // A bare unknown `/cmd` in a group may be another bot's: only `/cmd@thisbot` gets an answer.
                 None if sender.private || cmd.for_this_bot => reply(&bot, target, UNKNOWN_COMMAND_TEXT).await,

@@ -66,7 +66,7 @@ impl TurnHandler for Scripted {
         self.resets.lock().unwrap().push((who.user_id, who.chat_id));
         Ok(())
     }
-    async fn admin(&self, _user_id: i64, command: &str) -> Option<String> {
+    async fn admin(&self, _who: &Sender, command: &str) -> Option<String> {
         command.starts_with("/rollout").then(|| format!("admin got {command}"))
     }
 }
