@@ -347,6 +347,7 @@ impl TurnService {
         let mut record = TurnRecord {
             t0_unix_ms,
             user_id,
+            session: session.label(),
             backend: backend.name().into(),
             route: route.into(),
             ..Default::default()

@@ -15,6 +15,9 @@ pub struct TurnRecord {
     /// Unix milliseconds when the turn finished (tN).
     pub tn_unix_ms: u64,
     pub user_id: i64,
+    /// Which of the user's chats: `private`, or `group:<chat>[:<user>]` (see `session.rs`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session: String,
     pub backend: String,
     pub route: String,
     pub plugin_version: String,

@@ -76,6 +76,28 @@ fn stored_conversation(bot: &Bot, user: i64) -> String {
     map[user.to_string()].as_str().unwrap().to_owned()
 }
 
+/// The turn log line says which of the user's chats a turn was in.
+#[tokio::test]
+async fn the_turn_log_names_the_chat_of_the_turn() {
+    use swapbot::session::{GroupSessions, SessionKey};
+    let bot = bot(SandboxConfig::default(), &[]).await;
+    let private = bot.app.service.turn_on(Backend::Responses, "test", 7, "hello", None).await;
+    assert_eq!(private.record.session, "private");
+    let group = SessionKey::for_chat(7, -100555, false, GroupSessions::PerUser);
+    let outcome = bot.app.service.turn_in(7, group, "hello", None).await;
+    assert!(outcome.reply.is_ok());
+    assert_eq!(outcome.record.session, "group:-100555:7");
+    let logs: String = std::fs::read_dir(&bot.app.config.log_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("turns"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(logs.contains(r#""session":"group:-100555:7""#), "{logs}");
+    assert!(logs.contains(r#""session":"private""#), "{logs}");
+    bot.sandbox.shutdown().await;
+}
+
 /// A message too long for the window even with truncation gets one clear sentence (after one try
 /// in a new conversation, which is dropped), and the next turn works in the conversation the user
 /// had, with the earlier context intact.
