@@ -290,12 +290,7 @@ async fn ids_and_history_are_on_disk_as_soon_as_the_turn_ends() {
     let history = std::fs::read_to_string(data.join("history/5000000001.jsonl")).unwrap();
     assert_eq!(history.lines().count(), 2);
     // Turn log line with both ids and the latency.
-    let logs: String = std::fs::read_dir(&bot.app.config.log_dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("turns"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+    let logs = common::turn_log(&bot);
     let line: serde_json::Value = serde_json::from_str(logs.lines().last().unwrap()).unwrap();
     assert!(line["conversation_id"].as_str().unwrap().starts_with("conv_"));
     assert!(line["response_id"].as_str().unwrap().starts_with("resp_"));

@@ -87,12 +87,7 @@ async fn the_turn_log_names_the_chat_of_the_turn() {
     let outcome = bot.app.service.turn_in(7, group, "hello", None).await;
     assert!(outcome.reply.is_ok());
     assert_eq!(outcome.record.session, "group:-100555:7");
-    let logs: String = std::fs::read_dir(&bot.app.config.log_dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("turns"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+    let logs = common::turn_log(&bot);
     assert!(logs.contains(r#""session":"group:-100555:7""#), "{logs}");
     assert!(logs.contains(r#""session":"private""#), "{logs}");
     bot.sandbox.shutdown().await;

@@ -61,3 +61,13 @@ pub async fn bot_with(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Bot {
     let app = swapbot::app::build(config, Some(kb)).await.unwrap();
     Bot { app, sandbox, _data: data }
 }
+
+/// Every turn log line the bot has written so far.
+pub fn turn_log(bot: &Bot) -> String {
+    std::fs::read_dir(&bot.app.config.log_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("turns"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect()
+}
