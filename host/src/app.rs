@@ -121,7 +121,7 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     };
     let usage_journal = config.data_dir.join("usage.jsonl");
     let ledger = if config.usage_journal {
-        crate::usage::Ledger::open(usage_journal.clone(), crate::usage::ledger::unix_ms_now())
+        crate::usage::Ledger::open(usage_journal.clone(), crate::calendar::unix_ms_now())
             .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot use {}: {e}", usage_journal.display()))?
     } else {
         crate::usage::Ledger::in_memory()

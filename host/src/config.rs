@@ -153,6 +153,14 @@ impl Config {
             rollout_percent: number("RESPONSES_ROLLOUT_PERCENT", 100, 0, 100)? as u8,
             test_users: ids("RESPONSES_TEST_USERS")?.unwrap_or_default(),
         };
+        // Where a backend puts knowledge-base context: the plugin option `context-layout`.
+        let layout = |name: &'static str| -> Result<Option<(String, String)>, ConfigError> {
+            match text(name).as_deref() {
+                None => Ok(None),
+                Some(v @ ("input" | "instructions")) => Ok(Some(("context-layout".into(), v.into()))),
+                Some(other) => Err(invalid(name, format!("expected input or instructions, got {other:?}"))),
+            }
+        };
         let mut backend_options = std::collections::BTreeMap::<String, Vec<(String, String)>>::new();
         let mut responses_options = vec![];
         match text("RESPONSES_CONTEXT").as_deref() {
@@ -164,13 +172,7 @@ impl Config {
             }
             Some(other) => return Err(invalid("RESPONSES_CONTEXT", format!("expected truncate or compact, got {other:?}"))),
         }
-        match text("RESPONSES_CONTEXT_LAYOUT").as_deref() {
-            None => {}
-            Some(v @ ("input" | "instructions")) => responses_options.push(("context-layout".into(), v.into())),
-            Some(other) => {
-                return Err(invalid("RESPONSES_CONTEXT_LAYOUT", format!("expected input or instructions, got {other:?}")));
-            }
-        }
+        responses_options.extend(layout("RESPONSES_CONTEXT_LAYOUT")?);
         backend_options.insert("responses".into(), responses_options);
         let mut assistants_options = vec![];
         if let Some(v) = text("ASSISTANTS_TRUNCATION") {
@@ -181,13 +183,7 @@ impl Config {
             }
             assistants_options.push(("truncation-strategy".into(), v));
         }
-        match text("ASSISTANTS_CONTEXT_LAYOUT").as_deref() {
-            None => {}
-            Some(v @ ("input" | "instructions")) => assistants_options.push(("context-layout".into(), v.into())),
-            Some(other) => {
-                return Err(invalid("ASSISTANTS_CONTEXT_LAYOUT", format!("expected input or instructions, got {other:?}")));
-            }
-        }
+        assistants_options.extend(layout("ASSISTANTS_CONTEXT_LAYOUT")?);
         backend_options.insert("assistants".into(), assistants_options);
         let budget = |name: &'static str| -> Result<Option<crate::usage::Limit>, ConfigError> {
             text(name).map(|v| crate::usage::Limit::parse(&v).map_err(|m| invalid(name, m))).transpose()

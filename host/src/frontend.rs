@@ -55,7 +55,7 @@ pub const USAGE_TOP_IN_PRIVATE: &str = "Ask /usage top in a private chat with me
 /// `/usage`: the user's own use this day and month; `/usage top` (admins): the heaviest users.
 pub fn usage_command(service: &TurnService, user_id: i64, args: &[&str]) -> String {
     let accounting = service.accounting();
-    let now = crate::usage::ledger::unix_ms_now();
+    let now = crate::calendar::unix_ms_now();
     let line = |t: &crate::usage::Totals| {
         format!(
             "{} answer{}, {} tokens ({} cached), {}",

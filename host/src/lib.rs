@@ -1,6 +1,7 @@
 //! swapbot: a Telegram assistant bot whose OpenAI backend is a hot-swappable WebAssembly plugin.
 
 pub mod app;
+pub mod calendar;
 pub mod config;
 pub mod harness;
 pub mod metrics;

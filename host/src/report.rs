@@ -24,10 +24,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::calendar::{civil_from_days, days_from_civil};
 use crate::turnlog::TurnRecord;
 
 /// The backend that a canary is compared against in the verdict lines.
@@ -50,7 +51,7 @@ impl ReportOptions {
 
     /// The last `window` before now.
     pub fn since(window: Duration) -> Self {
-        Self::since_at(window, now_ms())
+        Self::since_at(window, crate::calendar::unix_ms_now())
     }
 
     /// The last `window` before `now_ms` (unix milliseconds).
@@ -626,29 +627,6 @@ fn days_in_month(year: i64, month: i64) -> i64 {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if month <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, month, day)
-}
-
 /// Unix milliseconds as RFC 3339 UTC, to the second (`2025-01-31T12:00:00Z`).
 pub fn format_rfc3339(unix_ms: u64) -> String {
     let secs = (unix_ms / 1000) as i64;
@@ -657,7 +635,4 @@ pub fn format_rfc3339(unix_ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::calendar::unix_ms_now as unix_ms;
 
 use arc_swap::ArcSwap;
 use swapbot_openai::OpenAi;
@@ -744,6 +746,3 @@ fn plugin_error_name(err: &PluginError) -> &'static str {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}

@@ -192,7 +192,7 @@ async fn budgets_are_exact_under_parallel_turns_and_survive_a_restart() {
         assert!(outcome.reply.is_ok(), "the first turn of each user is within the budget");
         total_in += outcome.record.input_tokens.unwrap();
     }
-    let now = swapbot::usage::ledger::unix_ms_now();
+    let now = swapbot::calendar::unix_ms_now();
     let ledger = &service.accounting().ledger;
     assert_eq!(ledger.total(now).day.turns, 20);
     assert_eq!(ledger.total(now).day.tokens.input, total_in);
@@ -233,7 +233,7 @@ async fn budgets_are_exact_under_parallel_turns_and_survive_a_restart() {
     let Bot { app, sandbox, _data } = bot;
     drop(app);
     let app = swapbot::app::build(config, None).await.unwrap();
-    let after = app.service.accounting().ledger.total(swapbot::usage::ledger::unix_ms_now());
+    let after = app.service.accounting().ledger.total(swapbot::calendar::unix_ms_now());
     assert_eq!(after.day.turns, 21);
     assert!(app.service.turn_on(Backend::Responses, "test", 1002, "hi", None).await.reply.is_err(), "still over budget");
     sandbox.shutdown().await;

@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use serde::{Deserialize, Serialize};
 
 use super::prices::TokenCounts;
+use crate::calendar::{civil_from_days, days_from_civil};
 
 const DAY_MS: u64 = 86_400_000;
 /// Unwritten journal bytes kept while the disk fails.
@@ -344,14 +345,10 @@ fn rewrite(path: &Path, entries: &[Entry]) -> anyhow::Result<()> {
     Ok(result?)
 }
 
-pub fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 /// (year, month) of a Unix time in milliseconds, UTC.
 pub fn month_of(unix_ms: u64) -> (i64, u32) {
     let (y, m, _) = civil_from_days((unix_ms / DAY_MS) as i64);
-    (y, m)
+    (y, m as u32)
 }
 
 /// When the current day or month ends, in Unix milliseconds (UTC).
@@ -361,32 +358,9 @@ pub fn period_end_ms(period: Period, now_ms: u64) -> u64 {
         Period::Month => {
             let (y, m) = month_of(now_ms);
             let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            days_from_civil(y, m, 1) as u64 * DAY_MS
+            days_from_civil(y, i64::from(m), 1) as u64 * DAY_MS
         }
     }
-}
-
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 → (year, month, day).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

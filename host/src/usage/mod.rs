@@ -103,7 +103,7 @@ pub fn check(budgets: &Budgets, ledger: &Ledger, user_id: i64, now_unix_ms: u64)
 
 /// `2026-12-02 00:00`.
 pub fn format_utc(unix_ms: u64) -> String {
-    let (y, m, d) = ledger::civil_from_days((unix_ms / 86_400_000) as i64);
+    let (y, m, d) = crate::calendar::civil_from_days((unix_ms / 86_400_000) as i64);
     let secs = (unix_ms / 1000) % 86_400;
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", secs / 3600, secs / 60 % 60)
 }

@@ -144,18 +144,6 @@ pub struct Usage {
     pub reasoning_tokens: u64,
 }
 
-impl Usage {
-    /// Sum of two calls' usage (a turn may make several billed calls).
-    pub fn plus(self, other: Usage) -> Usage {
-        Usage {
-            input_tokens: self.input_tokens + other.input_tokens,
-            cached_input_tokens: self.cached_input_tokens + other.cached_input_tokens,
-            output_tokens: self.output_tokens + other.output_tokens,
-            reasoning_tokens: self.reasoning_tokens + other.reasoning_tokens,
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct Answer {
     pub text: String,

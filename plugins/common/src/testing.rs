@@ -425,14 +425,18 @@ impl Case {
     }
 }
 
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.input_tokens, "cached_input_tokens": u.cached_input_tokens,
+        "output_tokens": u.output_tokens, "reasoning_tokens": u.reasoning_tokens,
+    })
+}
+
 pub fn answer_json(a: &Answer) -> Value {
     json!({
         "text": a.text, "session_id": a.session_id, "turn_id": a.turn_id,
         "new_session": a.new_session, "replayed": a.replayed,
-        "usage": a.usage.map(|u| json!({
-            "input_tokens": u.input_tokens, "cached_input_tokens": u.cached_input_tokens,
-            "output_tokens": u.output_tokens, "reasoning_tokens": u.reasoning_tokens,
-        })),
+        "usage": a.usage.as_ref().map(usage_json),
     })
 }
 
@@ -440,10 +444,7 @@ pub fn error_json(e: &ChatError) -> Value {
     json!({
         "kind": e.kind.as_str(), "message": e.message, "retryable": e.retryable,
         "retry_after_ms": e.retry_after_ms, "session_id": e.session_id, "turn_id": e.turn_id,
-        "usage": e.usage.map(|u| json!({
-            "input_tokens": u.input_tokens, "cached_input_tokens": u.cached_input_tokens,
-            "output_tokens": u.output_tokens, "reasoning_tokens": u.reasoning_tokens,
-        })),
+        "usage": e.usage.as_ref().map(usage_json),
     })
 }
 

@@ -186,16 +186,7 @@ pub async fn create(State(sh): State<Arc<Shared>>, req: Request) -> Result<Respo
             "usage": usage, "service_tier": "default", "system_fingerprint": null,
         });
         if let Some(FaultKind::CutStreamAfterDeltas(_)) = fault {
-            let half = out.to_string();
-            let half = half[..half.len() / 2].to_string();
-            let body = async_stream::stream! {
-                yield Ok::<Bytes, std::io::Error>(Bytes::from(half));
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                yield Err(std::io::Error::other("connection cut by sandbox fault"));
-            };
-            let mut r = Response::new(Body::from_stream(body));
-            r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
-            return Ok(r);
+            return Ok(util::cut_json_body(&out));
         }
         bill(&sh, &usage);
         return Ok((StatusCode::OK, axum::Json(out)).into_response());

@@ -86,6 +86,20 @@ impl IntoResponse for ApiError {
 }
 
 /// 64-bit FNV-1a: stable across runs and platforms.
+/// A 200 JSON answer whose body breaks off halfway (the `CutStreamAfterDeltas` fault without `stream`).
+pub fn cut_json_body(value: &Value) -> Response {
+    let text = value.to_string();
+    let half = text[..text.len() / 2].to_string();
+    let body = async_stream::stream! {
+        yield Ok::<Bytes, std::io::Error>(Bytes::from(half));
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        yield Err(std::io::Error::other("connection cut by sandbox fault"));
+    };
+    let mut r = Response::new(axum::body::Body::from_stream(body));
+    r.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    r
+}
+
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {

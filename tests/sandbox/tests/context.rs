@@ -5,66 +5,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use swapbot_sandbox::{Sandbox, SandboxConfig, Usage};
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Client {
-    fn new(sb: &Sandbox) -> Client {
-        Client { http: reqwest::Client::new(), base: sb.base_url() }
-    }
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let rb = self.http.request(method, format!("{}{}", self.base, path)).bearer_auth("sk-test");
-        if path.starts_with("/threads") { rb.header("OpenAI-Beta", "assistants=v2") } else { rb }
-    }
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let r = self.req(reqwest::Method::POST, path).json(&body).send().await.unwrap();
-        let st = r.status();
-        (st, r.json().await.unwrap_or(Value::Null))
-    }
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let r = self.req(reqwest::Method::GET, path).send().await.unwrap();
-        let st = r.status();
-        (st, r.json().await.unwrap_or(Value::Null))
-    }
-    /// Raw body text of a POST (for streams).
-    async fn post_text(&self, path: &str, body: Value) -> (StatusCode, String) {
-        let r = self.req(reqwest::Method::POST, path).json(&body).send().await.unwrap();
-        let st = r.status();
-        (st, r.text().await.unwrap_or_default())
-    }
-}
-
-fn output_text(resp: &Value) -> String {
-    resp["output"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["type"] == "message")
-        .flat_map(|i| i["content"].as_array().unwrap().iter())
-        .filter(|p| p["type"] == "output_text")
-        .map(|p| p["text"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// `data:` payloads of an SSE body, with their `event:` names ("" when none).
-fn sse(text: &str) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
-        let mut event = String::new();
-        let mut data = String::new();
-        for line in block.lines() {
-            if let Some(e) = line.strip_prefix("event: ") {
-                event = e.to_string();
-            } else if let Some(d) = line.strip_prefix("data: ") {
-                data.push_str(d);
-            }
-        }
-        out.push((event, serde_json::from_str(&data).unwrap_or(Value::String(data))));
-    }
-    out
-}
+mod common;
+use common::{Client, output_text, parse_sse as sse};
 
 async fn start(cfg: SandboxConfig) -> (Sandbox, Client) {
     let sb = Sandbox::start(cfg).await.unwrap();
