@@ -6,17 +6,17 @@ use std::sync::Arc;
 use swapbot_openai::{OpenAi, OpenAiConfig};
 
 use crate::config::Config;
-use crate::plugin::{Limits, PluginRuntime};
-use crate::plugins::{LoadOutcome, PluginSet};
-use crate::service::{ContextSource, TurnService, TurnSettings};
-use crate::turnlog::TurnLog;
+use crate::runtime::{Limits, PluginRuntime};
+use crate::registry::{LoadOutcome, PluginSet};
+use crate::turn::{ContextSource, TurnService, TurnSettings};
+use crate::telemetry::turnlog::TurnLog;
 
 pub struct App {
     pub config: Config,
     pub service: Arc<TurnService>,
     pub plugins: Arc<PluginSet>,
     pub kb: Option<swapbot_kb::Kb>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 /// The knowledge base as the turn pipeline sees it: chunks, or none and a note why.
@@ -24,14 +24,14 @@ pub struct KbContext(pub swapbot_kb::Kb);
 
 #[async_trait::async_trait]
 impl ContextSource for KbContext {
-    async fn context(&self, question: &str) -> crate::service::Context {
+    async fn context(&self, question: &str) -> crate::turn::Context {
         let retrieval = self.0.retrieve(question).await;
         let chunks = retrieval
             .chunks
             .into_iter()
-            .map(|c| crate::plugin::ContextChunk { source: c.source, text: c.text, score: c.score })
+            .map(|c| crate::runtime::ContextChunk { source: c.source, text: c.text, score: c.score })
             .collect();
-        crate::service::Context { chunks, note: retrieval.note, embedding_tokens: retrieval.embedding_tokens }
+        crate::turn::Context { chunks, note: retrieval.note, embedding_tokens: retrieval.embedding_tokens }
     }
 }
 
@@ -63,10 +63,10 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     };
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot create {}: {e}", config.data_dir.display()))?;
-    crate::storage::migrate(&config.data_dir)?;
+    crate::state::migrate(&config.data_dir)?;
     // Temp files of writes a crash or a full disk interrupted would fill a small disk again.
     for dir in [config.data_dir.clone(), config.data_dir.join("history"), config.data_dir.join(".plugin-cache")] {
-        crate::storage::remove_stale_temp_files(&dir);
+        crate::state::remove_stale_temp_files(&dir);
     }
 
     let limits = Limits {
@@ -81,7 +81,7 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     let plugins = Arc::new(
         PluginSet::new(runtime, &config.plugin_dir, Some(cache)).with_max_file_bytes(config.plugin_max_file_bytes),
     );
-    let metrics = crate::metrics::Metrics::new();
+    let metrics = crate::telemetry::metrics::Metrics::new();
     let weak = Arc::downgrade(&plugins);
     let observed = metrics.clone();
     plugins.set_observer(move |backend, ok| {
@@ -133,7 +133,7 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
             tracing::warn!(model, "no price for this model in the price table (PRICES_FILE): its cost counts as 0{budgets}");
         }
     }
-    let accounting = crate::service::Accounting {
+    let accounting = crate::turn::Accounting {
         ledger,
         prices,
         budgets: config.budgets,

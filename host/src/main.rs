@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use swapbot::config::Config;
-use swapbot::router::Backend;
+use swapbot::routing::Backend;
 
 #[derive(Parser)]
 #[command(name = "swapbot", version, about = "A Telegram assistant bot whose OpenAI backend is a hot-swappable WebAssembly plugin")]
@@ -96,12 +96,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugin { command: PluginCommand::Test { plugin, cases } } => {
             init_logs(None, vec![]);
-            let ok = swapbot::harness::run_files(&plugin, &cases).await?;
+            let ok = swapbot::dev::harness::run_files(&plugin, &cases).await?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Plugin { command: PluginCommand::Info { plugin } } => {
             init_logs(None, vec![]);
-            let runtime = swapbot::plugin::PluginRuntime::new(Default::default())?;
+            let runtime = swapbot::runtime::PluginRuntime::new(Default::default())?;
             let bytes = std::fs::read(&plugin).map_err(|e| anyhow::anyhow!("{}: {e}", plugin.display()))?;
             let loaded = runtime.load(&bytes, None).await.map_err(|e| anyhow::anyhow!("{} refused: {e}", plugin.display()))?;
             let d = &loaded.description;
@@ -203,7 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Err(err) => tracing::warn!(%err, "could not seed the knowledge base"),
                 }
             }
-            let rollout = swapbot::rollout::Rollout::new(
+            let rollout = swapbot::routing::rollout::Rollout::new(
                 &app.config.data_dir,
                 app.config.routing.clone(),
                 app.service.clone(),
@@ -221,7 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             if let Some(addr) = metrics_addr {
-                let (bound, _server) = swapbot::metrics::serve(addr, app.metrics.clone(), ready.clone()).await?;
+                let (bound, _server) = swapbot::telemetry::metrics::serve(addr, app.metrics.clone(), ready.clone()).await?;
                 tracing::info!(%bound, "metrics on /metrics, health on /healthz");
             }
             ready.store(true, std::sync::atomic::Ordering::Release);
@@ -255,7 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             tracing::info!("no TELOXIDE_TOKEN: serving a terminal chat through the same pipeline");
-            swapbot::terminal::run(app.service.clone(), user).await?;
+            swapbot::frontend::terminal::run(app.service.clone(), user).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,7 +1,7 @@
 //! `swapbot report [LOG_DIR]`: per-backend figures from the turn logs, so an operator can decide to
 //! widen or roll back a canary.
 //!
-//! Input: every file named `turns.*` directly under `LOG_DIR` (the daily files [`crate::turnlog::TurnLog`]
+//! Input: every file named `turns.*` directly under `LOG_DIR` (the daily files [`crate::telemetry::turnlog::TurnLog`]
 //! writes, `turns.YYYY-MM-DD.log`), one JSON [`TurnRecord`] per line. Unknown extra fields (the backend's
 //! own id labels) are ignored; fields missing from an older line take their default; a line that is not
 //! a JSON object with at least `backend`, `outcome` and `latency_ms`, or whose fields have the wrong
@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::calendar::{civil_from_days, days_from_civil};
-use crate::turnlog::TurnRecord;
+use crate::telemetry::turnlog::TurnRecord;
 
 /// The backend that a canary is compared against in the verdict lines.
 pub const BASELINE: &str = "assistants";

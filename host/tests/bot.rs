@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use swapbot::config::Config;
 use swapbot::frontend::BotHandler;
-use swapbot::rollout::Rollout;
-use swapbot::router::{Backend, bucket};
+use swapbot::routing::rollout::Rollout;
+use swapbot::routing::{Backend, bucket};
 use swapbot_fake_telegram::{FakeFailure, FakeTelegram};
 use swapbot_sandbox::{Fault, FaultKind, Sandbox, SandboxConfig};
 use swapbot_telegram::{BotOptions, TurnHandler, run_polling_until};

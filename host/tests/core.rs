@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use swapbot::plugin::{Limits, PluginError, PluginRuntime};
-use swapbot::router::Backend;
+use swapbot::runtime::{Limits, PluginError, PluginRuntime};
+use swapbot::routing::Backend;
 use swapbot_sandbox::{Fault, FaultKind};
 
 mod common;
@@ -137,14 +137,14 @@ fn hostile_runtime() -> PluginRuntime {
     .unwrap()
 }
 
-fn turn(text: &str) -> swapbot::plugin::Turn {
-    swapbot::plugin::Turn {
+fn turn(text: &str) -> swapbot::runtime::Turn {
+    swapbot::runtime::Turn {
         user_id: 1,
         session_id: None,
         cache_key: "k".into(),
         text: text.into(),
         context: vec![],
-        settings: swapbot::plugin::Settings {
+        settings: swapbot::runtime::Settings {
             model: "m".into(),
             instructions: "i".into(),
             assistant_id: None,
@@ -161,7 +161,7 @@ fn turn(text: &str) -> swapbot::plugin::Turn {
 async fn a_plugin_that_loops_allocates_or_panics_fails_only_its_turn() {
     let runtime = hostile_runtime();
     let plugin = runtime.load(&test_plugin("hostile.wasm"), None).await.unwrap();
-    let none = || Box::new(swapbot::plugin::effects::NoEffects);
+    let none = || Box::new(swapbot::runtime::effects::NoEffects);
     let looped = runtime.chat(&plugin, turn("loop"), none()).await;
     assert!(matches!(looped, Err(PluginError::CpuLimit(_))), "{looped:?}");
     let grown = runtime.chat(&plugin, turn("alloc"), none()).await;
@@ -177,22 +177,22 @@ async fn a_plugin_that_loops_allocates_or_panics_fails_only_its_turn() {
 async fn a_turn_that_waits_forever_is_cut_by_the_turn_timeout() {
     struct RealSleep;
     #[async_trait::async_trait]
-    impl swapbot::plugin::HostEffects for RealSleep {
+    impl swapbot::runtime::HostEffects for RealSleep {
         async fn http(&mut self, _: swapbot_openai::ApiRequest) -> Result<swapbot_openai::ApiResponse, swapbot_openai::TransportError> {
             unreachable!()
         }
-        async fn http_stream(&mut self, _: swapbot_openai::ApiRequest) -> Result<swapbot::plugin::StreamStart, swapbot_openai::TransportError> {
+        async fn http_stream(&mut self, _: swapbot_openai::ApiRequest) -> Result<swapbot::runtime::StreamStart, swapbot_openai::TransportError> {
             unreachable!()
         }
         fn push_text(&mut self, _: String) {}
-        fn log(&mut self, _: swapbot::plugin::effects::LogLevel, _: String) {}
+        fn log(&mut self, _: swapbot::runtime::effects::LogLevel, _: String) {}
         fn now_ms(&mut self) -> u64 {
             0
         }
         async fn sleep_ms(&mut self, ms: u32) {
             tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await
         }
-        fn recent_history(&mut self) -> Vec<swapbot::plugin::HistoryMessage> {
+        fn recent_history(&mut self) -> Vec<swapbot::runtime::HistoryMessage> {
             vec![]
         }
     }
@@ -218,25 +218,25 @@ async fn a_module_for_another_contract_version_is_refused_naming_both() {
 struct Seen(Arc<std::sync::Mutex<(Vec<String>, Vec<String>)>>);
 
 #[async_trait::async_trait]
-impl swapbot::plugin::HostEffects for Seen {
+impl swapbot::runtime::HostEffects for Seen {
     async fn http(&mut self, _: swapbot_openai::ApiRequest) -> Result<swapbot_openai::ApiResponse, swapbot_openai::TransportError> {
         Err(swapbot_openai::TransportError::Refused("no HTTP here".into()))
     }
-    async fn http_stream(&mut self, _: swapbot_openai::ApiRequest) -> Result<swapbot::plugin::StreamStart, swapbot_openai::TransportError> {
+    async fn http_stream(&mut self, _: swapbot_openai::ApiRequest) -> Result<swapbot::runtime::StreamStart, swapbot_openai::TransportError> {
         Err(swapbot_openai::TransportError::Refused("no HTTP here".into()))
     }
     fn push_text(&mut self, delta: String) {
         self.0.lock().unwrap().0.push(delta);
     }
-    fn log(&mut self, _: swapbot::plugin::effects::LogLevel, message: String) {
+    fn log(&mut self, _: swapbot::runtime::effects::LogLevel, message: String) {
         self.0.lock().unwrap().1.push(message);
     }
     fn now_ms(&mut self) -> u64 {
         3
     }
     async fn sleep_ms(&mut self, _: u32) {}
-    fn recent_history(&mut self) -> Vec<swapbot::plugin::HistoryMessage> {
-        vec![swapbot::plugin::HistoryMessage { role: swapbot::plugin::Role::User, text: "earlier".into() }]
+    fn recent_history(&mut self) -> Vec<swapbot::runtime::HistoryMessage> {
+        vec![swapbot::runtime::HistoryMessage { role: swapbot::runtime::Role::User, text: "earlier".into() }]
     }
 }
 
@@ -246,7 +246,7 @@ async fn a_plugin_built_for_contract_0_1_0_still_answers_beside_0_2_0() {
     let legacy = runtime.load(&test_plugin("legacy-v0.1.wasm"), Some("legacy")).await.unwrap();
     assert_eq!(legacy.description.contract, "0.1.0");
     let current = runtime.load(&std::fs::read(plugin_dir().join("responses.wasm")).unwrap(), Some("responses")).await.unwrap();
-    assert_eq!(current.description.contract, swapbot::plugin::CONTRACT_VERSION);
+    assert_eq!(current.description.contract, swapbot::runtime::CONTRACT_VERSION);
 
     let seen = Seen::default();
     let mut t = turn("hello");
@@ -262,10 +262,10 @@ async fn a_plugin_built_for_contract_0_1_0_still_answers_beside_0_2_0() {
     assert_eq!(logs, ["legacy plugin answering"]);
     // Errors convert too, with the session the turn created.
     let failed = runtime.chat(&legacy, turn("fail"), Box::new(seen.clone())).await.unwrap().unwrap_err();
-    assert_eq!(failed.kind, swapbot::plugin::ErrorKind::RateLimited);
+    assert_eq!(failed.kind, swapbot::runtime::ErrorKind::RateLimited);
     assert_eq!((failed.retryable, failed.retry_after_ms, failed.session_id.as_deref()), (true, Some(1), Some("conv_legacy_new")));
     let replayed = runtime
-        .replay(&legacy, "conv_1".into(), vec![swapbot::plugin::HistoryMessage { role: swapbot::plugin::Role::Assistant, text: "a".into() }; 3], t.settings.clone(), Box::new(seen))
+        .replay(&legacy, "conv_1".into(), vec![swapbot::runtime::HistoryMessage { role: swapbot::runtime::Role::Assistant, text: "a".into() }; 3], t.settings.clone(), Box::new(seen))
         .await
         .unwrap()
         .unwrap();
@@ -342,9 +342,9 @@ async fn a_case_recorded_from_a_real_run_replays_green_in_the_harness() {
         let case = bot.app.service.record_case(Backend::Responses, 31, "What is my name?", "recorded").await.unwrap();
         assert_eq!(case["expect"]["ok"]["text"], "Your name is Ada.");
         let recorded = bot.sandbox.requests().len();
-        let case = swapbot::harness::Case::parse(&case.to_string());
+        let case = swapbot::dev::harness::Case::parse(&case.to_string());
         let plugin = bot.app.plugins.get(Backend::Responses).unwrap();
-        let result = swapbot::harness::run_case(bot.app.plugins.runtime(), &plugin, case).await;
+        let result = swapbot::dev::harness::run_case(bot.app.plugins.runtime(), &plugin, case).await;
         assert!(result.passed(), "{:?}", result.failures);
         assert_eq!(bot.sandbox.requests().len(), recorded, "the harness replays without the network");
         bot.sandbox.shutdown().await;
@@ -359,14 +359,14 @@ async fn with_pooling_more_turns_than_slots_wait_for_a_slot_instead_of_failing()
     for i in 0..12 {
         let (runtime, plugin) = (runtime.clone(), plugin.clone());
         turns.push(tokio::spawn(async move {
-            runtime.chat(&plugin, turn(&format!("t{i}")), Box::new(swapbot::plugin::effects::NoEffects)).await
+            runtime.chat(&plugin, turn(&format!("t{i}")), Box::new(swapbot::runtime::effects::NoEffects)).await
         }));
     }
     for (i, t) in turns.into_iter().enumerate() {
         assert_eq!(t.await.unwrap().unwrap().unwrap().text, format!("survived: t{i}"));
     }
     // The pool is bounded for real: a memory hog still hits the per-instance limit.
-    let grown = runtime.chat(&plugin, turn("alloc"), Box::new(swapbot::plugin::effects::NoEffects)).await;
+    let grown = runtime.chat(&plugin, turn("alloc"), Box::new(swapbot::runtime::effects::NoEffects)).await;
     assert!(matches!(grown, Err(PluginError::MemoryLimit(_)) | Err(PluginError::Trap(_))), "{grown:?}");
 }
 
@@ -378,16 +378,16 @@ async fn the_harness_fails_a_case_the_plugin_does_not_follow() {
     let case = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
         edit(&mut v);
-        swapbot::harness::Case::parse(&v.to_string())
+        swapbot::dev::harness::Case::parse(&v.to_string())
     };
-    let good = swapbot::harness::run_case(&runtime, &plugin, case(&|_| {})).await;
+    let good = swapbot::dev::harness::run_case(&runtime, &plugin, case(&|_| {})).await;
     assert!(good.passed(), "{:?}", good.failures);
-    let extra = swapbot::harness::run_case(&runtime, &plugin, case(&|v| {
+    let extra = swapbot::dev::harness::run_case(&runtime, &plugin, case(&|v| {
         let last = v["exchanges"].as_array().unwrap().last().unwrap().clone();
         v["exchanges"].as_array_mut().unwrap().push(last);
     }))
     .await;
     assert!(extra.failures.iter().any(|f| f.contains("never requested")), "{:?}", extra.failures);
-    let wrong = swapbot::harness::run_case(&runtime, &plugin, case(&|v| v["exchanges"][0]["request"]["path"] = "/conversations/other".into())).await;
+    let wrong = swapbot::dev::harness::run_case(&runtime, &plugin, case(&|v| v["exchanges"][0]["request"]["path"] = "/conversations/other".into())).await;
     assert!(wrong.failures.iter().any(|f| f.contains("does not match")), "{:?}", wrong.failures);
 }

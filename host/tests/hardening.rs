@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use swapbot::router::Backend;
+use swapbot::routing::Backend;
 use swapbot_sandbox::{Fault, FaultKind, Sandbox, SandboxConfig};
 
 const HANG_GUARD: Duration = Duration::from_secs(60);
@@ -113,8 +113,8 @@ mod plugin_bounds {
     //! Item 10: what one turn's plugin can make the host hold or write is bounded.
     use std::sync::{Arc, Mutex};
 
-    use swapbot::plugin::effects::{LiveEffects, LogLevel, TurnObservations, MAX_LOG_CALLS_PER_TURN, MAX_STREAMS_PER_TURN};
-    use swapbot::plugin::HostEffects;
+    use swapbot::runtime::effects::{LiveEffects, LogLevel, TurnObservations, MAX_LOG_CALLS_PER_TURN, MAX_STREAMS_PER_TURN};
+    use swapbot::runtime::HostEffects;
     use swapbot_openai::{ApiRequest, OpenAi, OpenAiConfig, TransportError};
 
     fn effects(max_pushed: usize) -> (LiveEffects, tokio::sync::mpsc::UnboundedReceiver<String>, Arc<Mutex<TurnObservations>>) {
@@ -200,12 +200,12 @@ mod plugin_bounds {
 /// responses entry: a restart must not serve it.
 #[tokio::test]
 async fn a_forged_compile_cache_entry_is_not_served() {
-    use swapbot::plugin::{Limits, PluginRuntime};
-    use swapbot::plugins::{LoadOutcome, PluginSet};
+    use swapbot::runtime::{Limits, PluginRuntime};
+    use swapbot::registry::{LoadOutcome, PluginSet};
     let data = tempfile::tempdir().unwrap();
     let cache = data.path().join(".plugin-cache");
     let set = || PluginSet::new(PluginRuntime::new(Limits::default()).unwrap(), plugin_dir(), Some(cache.clone()));
-    let cached = |outcomes: Vec<(Backend, Result<LoadOutcome, swapbot::plugin::PluginError>)>| -> Vec<bool> {
+    let cached = |outcomes: Vec<(Backend, Result<LoadOutcome, swapbot::runtime::PluginError>)>| -> Vec<bool> {
         outcomes
             .into_iter()
             .map(|(_, o)| match o.unwrap() {

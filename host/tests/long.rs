@@ -2,7 +2,7 @@
 //! the real runtime against the sandbox with a small window, prompt caching and usage that counts
 //! the whole context the model saw.
 
-use swapbot::router::Backend;
+use swapbot::routing::Backend;
 use swapbot_sandbox::{Fault, FaultKind, SandboxConfig};
 
 mod common;
@@ -79,7 +79,7 @@ fn stored_conversation(bot: &Bot, user: i64) -> String {
 /// The turn log line says which of the user's chats a turn was in.
 #[tokio::test]
 async fn the_turn_log_names_the_chat_of_the_turn() {
-    use swapbot::session::{GroupSessions, SessionKey};
+    use swapbot::state::{GroupSessions, SessionKey};
     let bot = bot(SandboxConfig::default(), &[]).await;
     let private = bot.app.service.turn_on(Backend::Responses, "test", 7, "hello", None).await;
     assert_eq!(private.record.session, "private");
@@ -216,7 +216,7 @@ async fn budgets_are_exact_under_parallel_turns_and_survive_a_restart() {
     assert!(top.contains("1. 1000:"), "the admin made two turns: {top}");
     assert_eq!(swapbot::frontend::usage_command(&service, 1001, &["top"]), "Usage: /usage");
     // As typed in Telegram: in a group, even an admin's /usage top is not answered with other users' use.
-    let rollout = swapbot::rollout::Rollout::new(&bot.app.config.data_dir, bot.app.config.routing.clone(), service.clone(), [1000].into());
+    let rollout = swapbot::routing::rollout::Rollout::new(&bot.app.config.data_dir, bot.app.config.routing.clone(), service.clone(), [1000].into());
     let handler = swapbot::frontend::BotHandler { service: service.clone(), rollout, group_sessions: bot.app.config.group_sessions };
     let admin = |private: bool| swapbot_telegram::Sender { user_id: 1000, chat_id: if private { 1000 } else { -100777 }, private, username: None };
     use swapbot_telegram::TurnHandler;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use swapbot::metrics::{Metrics, TurnCounts, serve};
-use swapbot::turnlog::TurnRecord;
+use swapbot::telemetry::metrics::{Metrics, TurnCounts, serve};
+use swapbot::telemetry::turnlog::TurnRecord;
 
 fn turn(backend: &str, latency_ms: u64, ttft_ms: Option<u64>, retries: u32, error_kind: Option<&str>) -> TurnRecord {
     TurnRecord {

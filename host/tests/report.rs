@@ -7,7 +7,7 @@ use std::time::Duration;
 use swapbot::report::{
     build_report, format_rfc3339, nearest_rank, parse_time, parse_window, Percentiles, ReportOptions,
 };
-use swapbot::turnlog::TurnRecord;
+use swapbot::telemetry::turnlog::TurnRecord;
 
 /// 2025-01-01T00:00:00Z
 const T0: u64 = 1_735_689_600_000;

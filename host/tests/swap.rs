@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use swapbot::config::Config;
-use swapbot::plugin::{Limits, PluginRuntime};
-use swapbot::plugins::{LoadOutcome, PluginSet};
-use swapbot::router::Backend;
+use swapbot::runtime::{Limits, PluginRuntime};
+use swapbot::registry::{LoadOutcome, PluginSet};
+use swapbot::routing::Backend;
 use swapbot_sandbox::{Sandbox, SandboxConfig};
 
 fn repo() -> PathBuf {

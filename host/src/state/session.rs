@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use crate::plugin::HistoryMessage;
-use crate::storage::{HistoryStore, IdMap, StorageError, StoreKey};
+use crate::runtime::HistoryMessage;
+use crate::state::{HistoryStore, IdMap, StorageError, StoreKey};
 
 /// How sessions in groups are keyed (`GROUP_SESSIONS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::turnlog::TurnRecord;
+use crate::telemetry::turnlog::TurnRecord;
 
 /// Upper bounds, in milliseconds, of the turn latency histogram buckets.
 pub const LATENCY_BUCKETS_MS: &[u64] =

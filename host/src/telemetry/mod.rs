@@ -1,6 +1,9 @@
 //! Logging to stderr and to rotated files under `LOG_DIR`, with every secret redacted from
 //! every line, whatever produced it (our code, teloxide, reqwest, a plugin's log import).
 
+pub mod metrics;
+pub mod turnlog;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::router::Routing;
+use crate::routing::Routing;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid setting {name}: {message}")]
@@ -60,7 +60,7 @@ pub struct Config {
     /// `GROUP_MODE`: answer only messages addressed to the bot in groups, or all.
     pub group_mode: swapbot_telegram::GroupMode,
     /// `GROUP_SESSIONS`: one session per (group, user), or one per group.
-    pub group_sessions: crate::session::GroupSessions,
+    pub group_sessions: crate::state::GroupSessions,
     /// How long SIGTERM/SIGINT lets turns in flight finish before the bot exits.
     pub shutdown_grace: Duration,
 }
@@ -299,9 +299,9 @@ mod tests {
         assert_eq!(config(&[("GROUP_MODE", "sometimes")]).unwrap_err().name, "GROUP_MODE");
         assert_eq!(config(&[("GROUP_SESSIONS", "per-topic")]).unwrap_err().name, "GROUP_SESSIONS");
         let c = config(&[("GROUP_MODE", "all"), ("GROUP_SESSIONS", "per-group")]).unwrap();
-        assert_eq!((c.group_mode, c.group_sessions), (swapbot_telegram::GroupMode::All, crate::session::GroupSessions::PerGroup));
+        assert_eq!((c.group_mode, c.group_sessions), (swapbot_telegram::GroupMode::All, crate::state::GroupSessions::PerGroup));
         let c = config(&[]).unwrap();
-        assert_eq!((c.group_mode, c.group_sessions), (swapbot_telegram::GroupMode::Mention, crate::session::GroupSessions::PerUser));
+        assert_eq!((c.group_mode, c.group_sessions), (swapbot_telegram::GroupMode::Mention, crate::state::GroupSessions::PerUser));
         let c = config(&[("RESPONSES_TEST_USERS", "1, 5000000000"), ("USE_OPENAI_RESPONSES", "true")]).unwrap();
         assert_eq!(c.routing.test_users, [1, 5_000_000_000].into());
     }

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::router::{Backend, Routing};
-use crate::service::TurnService;
+use crate::routing::{Backend, Routing};
+use crate::turn::TurnService;
 
 pub const FILE_NAME: &str = "rollout.json";
 
@@ -116,7 +116,7 @@ impl Rollout {
         file.updated_by = Some(format!("telegram:{who}"));
         file.updated_at_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
         let text = serde_json::to_string_pretty(&file)?;
-        crate::storage::write_atomic(&self.path, text.as_bytes())?;
+        crate::state::write_atomic(&self.path, text.as_bytes())?;
         let routing = self.apply_file()?;
         *self.seen.lock().unwrap() = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
         tracing::info!(admin = who, file = %self.path.display(), "rollout changed by an admin");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::service::TurnService;
+use crate::turn::TurnService;
 
 pub const HELP: &str = "I answer your questions with an OpenAI model and the knowledge base.\n\
 /new starts a fresh conversation, /usage shows what you used, /help shows this, /quit (or Ctrl-D) leaves.";

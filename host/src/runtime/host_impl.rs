@@ -34,7 +34,7 @@ pub(super) fn bounded_log_message(mut message: String) -> String {
 /// bindings (`$host`, `$types`: the generated modules) for [`TurnState`].
 macro_rules! impl_host_interface {
     ($host:path, $types:path) => {
-        $crate::plugin::host_impl::impl_host_interface!($host, $types, {});
+        $crate::runtime::host_impl::impl_host_interface!($host, $types, {});
     };
     // `$extra`: methods of `host::Host` that only this version has.
     ($host:path, $types:path, { $($extra:item)* }) => {
@@ -42,9 +42,9 @@ macro_rules! impl_host_interface {
             use wasmtime::component::Resource;
             use $host as host;
             use $types as types;
-            use $crate::plugin::effects::{EventStreamHandle, LogLevel, StreamStart};
-            use $crate::plugin::host_impl::bounded_log_message;
-            use $crate::plugin::TurnState;
+            use $crate::runtime::effects::{EventStreamHandle, LogLevel, StreamStart};
+            use $crate::runtime::host_impl::bounded_log_message;
+            use $crate::runtime::TurnState;
 
             impl types::Host for TurnState {}
 
@@ -124,8 +124,8 @@ macro_rules! impl_host_interface {
                         .into_iter()
                         .map(|m| types::HistoryMessage {
                             role: match m.role {
-                                $crate::plugin::Role::User => types::Role::User,
-                                $crate::plugin::Role::Assistant => types::Role::Assistant,
+                                $crate::runtime::Role::User => types::Role::User,
+                                $crate::runtime::Role::Assistant => types::Role::Assistant,
                             },
                             text: m.text,
                         })

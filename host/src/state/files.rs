@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::plugin::{HistoryMessage, Role};
+use crate::runtime::{HistoryMessage, Role};
 
 /// Messages kept per user: at least the last 50 turns (user + assistant).
 pub const HISTORY_LIMIT: usize = 100;
@@ -123,7 +123,7 @@ fn quarantine(path: &Path, why: &str) -> Option<PathBuf> {
 }
 
 /// What keys an id map or a history: a user id (private chats, written as the Python bot did) or a group
-/// session's key (`crate::session::GroupKey`). `to_key` is the JSON object key, `file_stem` the history
+/// session's key (`crate::state::GroupKey`). `to_key` is the JSON object key, `file_stem` the history
 /// file's name.
 pub trait StoreKey: Copy + Ord + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static {
     fn to_key(&self) -> String;

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 
-use crate::plugin::{LoadedPlugin, PluginError, PluginRuntime};
-use crate::router::Backend;
+use crate::runtime::{LoadedPlugin, PluginError, PluginRuntime};
+use crate::routing::Backend;
 
 type Observer = Box<dyn Fn(Backend, bool) + Send + Sync>;
 
@@ -252,8 +252,8 @@ impl PluginSet {
             .collect();
         files.sort();
         for file in &files {
-            let case = crate::harness::read_case(file).map_err(|e| PluginError::SelfTest(e.to_string()))?;
-            let result = crate::harness::run_case(&self.runtime, plugin, case).await;
+            let case = crate::dev::harness::read_case(file).map_err(|e| PluginError::SelfTest(e.to_string()))?;
+            let result = crate::dev::harness::run_case(&self.runtime, plugin, case).await;
             if !result.passed() {
                 return Err(PluginError::SelfTest(format!(
                     "case {:?} ({}) failed: {}",
@@ -303,7 +303,7 @@ impl PluginSet {
                 let Some(key) = key else { return Ok((plugin, false)) };
                 let mac = entry_mac(&key, sha256, &engine, &serialized);
                 serialized.extend_from_slice(&mac);
-                if let Err(err) = crate::storage::write_atomic(&artifact, &serialized) {
+                if let Err(err) = crate::state::write_atomic(&artifact, &serialized) {
                     tracing::warn!(%err, "could not write the compile cache");
                 }
             }

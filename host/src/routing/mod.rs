@@ -1,5 +1,7 @@
 //! Which backend answers a user: the flag, the canary percent and the test users.
 
+pub mod rollout;
+
 use std::collections::BTreeSet;
 
 /// The two backends the product knows by name.

@@ -1,13 +1,15 @@
 //! What the Telegram front end calls: turns, /new and the admins' /rollout, over the
 //! turn service. Each chat has its own session (see `session.rs`).
 
+pub mod terminal;
+
 use std::sync::Arc;
 
 use swapbot_telegram::{Sender, TurnHandler, TurnResult};
 
-use crate::rollout::Rollout;
-use crate::service::TurnService;
-use crate::session::{GroupSessions, SessionKey};
+use crate::routing::rollout::Rollout;
+use crate::turn::TurnService;
+use crate::state::{GroupSessions, SessionKey};
 
 pub struct BotHandler {
     pub service: Arc<TurnService>,

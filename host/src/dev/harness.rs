@@ -14,11 +14,11 @@ use swapbot_openai::{ApiRequest, ApiResponse, SseEvent, TransportError};
 use swapbot_plugin_common as common;
 use swapbot_plugin_common::testing::{self as cases, Reply};
 
-use crate::plugin::effects::{EventSource, HostEffects, LogLevel, StreamStart};
-use crate::plugin::{
+use crate::runtime::effects::{EventSource, HostEffects, LogLevel, StreamStart};
+use crate::runtime::{
     Answer, ChatError, ContextChunk, HistoryMessage, LoadedPlugin, PluginRuntime, Role, Settings, Turn,
 };
-use crate::service::kind_name;
+use crate::turn::kind_name;
 
 pub use swapbot_plugin_common::testing::Case;
 
@@ -189,7 +189,7 @@ fn turn_to_wit(turn: &common::Turn) -> Turn {
     }
 }
 
-fn usage_value(u: &crate::plugin::Usage) -> Value {
+fn usage_value(u: &crate::runtime::Usage) -> Value {
     serde_json::json!({
         "input_tokens": u.input_tokens, "cached_input_tokens": u.cached_input_tokens,
         "output_tokens": u.output_tokens, "reasoning_tokens": u.reasoning_tokens,

@@ -37,8 +37,8 @@ pub mod bindings {
 }
 
 host_impl::impl_host_interface!(
-    crate::plugin::bindings::swapbot::backend::host,
-    crate::plugin::bindings::swapbot::backend::types,
+    crate::runtime::bindings::swapbot::backend::host,
+    crate::runtime::bindings::swapbot::backend::types,
     {
         async fn session_started(&mut self, session_id: String) {
             self.entered_host();

@@ -14,13 +14,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::plugin::effects::{LiveEffects, TurnObservations};
-use crate::plugin::{ChatError, ContextChunk, ErrorKind, PluginError, Settings, Turn};
-use crate::plugins::PluginSet;
-use crate::router::{Backend, Routing};
-use crate::session::{GroupKey, SessionHistory, SessionIds, SessionKey, group_map_file};
-use crate::storage::{HistoryStore, IdMap};
-use crate::turnlog::{TurnLog, TurnRecord};
+use crate::runtime::effects::{LiveEffects, TurnObservations};
+use crate::runtime::{ChatError, ContextChunk, ErrorKind, PluginError, Settings, Turn};
+use crate::registry::PluginSet;
+use crate::routing::{Backend, Routing};
+use crate::state::{GroupKey, SessionHistory, SessionIds, SessionKey, group_map_file};
+use crate::state::{HistoryStore, IdMap};
+use crate::telemetry::turnlog::{TurnLog, TurnRecord};
 use crate::usage::{Budgets, Ledger, PriceTable, TokenCounts};
 
 /// Knowledge-base context for a turn.
@@ -120,7 +120,7 @@ pub fn cache_key(salt: &str, session: impl Into<SessionKey>) -> String {
     use sha2::{Digest, Sha256};
     let seed = match session.into() {
         SessionKey::Private(user_id) => format!("{salt} private {user_id}"),
-        SessionKey::Group(group) => format!("{salt} group {}", crate::storage::StoreKey::to_key(&group)),
+        SessionKey::Group(group) => format!("{salt} group {}", crate::state::StoreKey::to_key(&group)),
     };
     let digest = Sha256::digest(seed.as_bytes());
     format!("swapbot-{}", hex::encode(&digest[..8]))
@@ -173,7 +173,7 @@ pub struct TurnService {
     turn_log: TurnLog,
     context: Option<Arc<dyn ContextSource>>,
     stats: Mutex<HashMap<Backend, BackendStats>>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
     accounting: Accounting,
     cache_salt: String,
 }
@@ -190,7 +190,7 @@ impl TurnService {
         data_dir: &std::path::Path,
         turn_log: TurnLog,
         context: Option<Arc<dyn ContextSource>>,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::telemetry::metrics::Metrics>,
     ) -> Self {
         let id_maps = ID_MAP_FILES
             .iter()
@@ -662,14 +662,14 @@ impl TurnService {
             plugin: plugin.description.name.clone(),
             started: Instant::now(),
         };
-        let (recorder, exchanges) = crate::harness::Recorder::new(Box::new(live));
+        let (recorder, exchanges) = crate::dev::harness::Recorder::new(Box::new(live));
         let outcome = self.plugins.runtime().chat(&plugin, turn.clone(), Box::new(recorder)).await?;
         let mut pushed = String::new();
         while let Ok(delta) = rx.try_recv() {
             pushed.push_str(&delta);
         }
         let exchanges = exchanges.lock().unwrap().clone();
-        Ok(crate::harness::recorded_case(name, &turn, &history, exchanges, &outcome, &pushed))
+        Ok(crate::dev::harness::recorded_case(name, &turn, &history, exchanges, &outcome, &pushed))
     }
 }
 
@@ -679,7 +679,7 @@ const OVER_BUDGET: &str = "over-budget";
 const FRESH_SESSION_REPLAY: usize = 20;
 
 /// Adds one call's billed usage to the turn's (a turn may be billed more than once: retries).
-fn add_usage(record: &mut TurnRecord, usage: Option<crate::plugin::Usage>) {
+fn add_usage(record: &mut TurnRecord, usage: Option<crate::runtime::Usage>) {
     let Some(u) = usage else { return };
     let add = |field: &mut Option<u64>, n: u64| *field = Some(field.unwrap_or(0) + n);
     add(&mut record.input_tokens, u.input_tokens);

@@ -18,7 +18,7 @@ pub mod bindings {
         imports: { default: async },
         exports: { default: async },
         with: {
-            "swapbot:backend/host.event-stream": crate::plugin::effects::EventStreamHandle,
+            "swapbot:backend/host.event-stream": crate::runtime::effects::EventStreamHandle,
         },
     });
 }
@@ -26,8 +26,8 @@ pub mod bindings {
 use bindings::swapbot::backend::types as v0_1;
 
 super::host_impl::impl_host_interface!(
-    crate::plugin::since_v0_1::bindings::swapbot::backend::host,
-    crate::plugin::since_v0_1::bindings::swapbot::backend::types
+    crate::runtime::since_v0_1::bindings::swapbot::backend::host,
+    crate::runtime::since_v0_1::bindings::swapbot::backend::types
 );
 
 pub fn settings(s: &latest::Settings) -> v0_1::Settings {

@@ -1,0 +1,8 @@
+//! What the host keeps for users: session ids per backend, the history a new session replays,
+//! and the atomic-file primitives under `DATA_DIR` they are stored with.
+
+pub mod files;
+pub mod session;
+
+pub use files::*;
+pub use session::*;
