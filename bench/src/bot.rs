@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use swapbot::service::TurnService;
+use swapbot::turn::TurnService;
 use swapbot_telegram::{BotOptions, Sender, TurnHandler, TurnResult};
 
 pub const TOKEN: &str = "7000000001:AAbenchmarkTokenNotASecret";

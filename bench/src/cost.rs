@@ -4,7 +4,7 @@
 //! window that fills within the run, and the knowledge base seeded from `kb-sample/` (so every
 //! turn carries retrieved chunks); cost at the shipped price table.
 
-use swapbot::router::Backend;
+use swapbot::routing::Backend;
 use swapbot_sandbox::{Sandbox, SandboxConfig};
 
 use crate::common::{Out, Samples, record, remove_dir, root, scratch};

@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use swapbot::plugin::effects::{EventSource, HostEffects, LogLevel, StreamStart};
-use swapbot::plugin::{HistoryMessage, Settings, Turn};
+use swapbot::runtime::effects::{EventSource, HostEffects, LogLevel, StreamStart};
+use swapbot::runtime::{HistoryMessage, Settings, Turn};
 use swapbot_openai::{ApiRequest, ApiResponse, OpenAi, SseEvent, TransportError};
 use swapbot_plugin_common as pc;
 

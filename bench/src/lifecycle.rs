@@ -6,9 +6,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use swapbot::plugin::{Limits, PluginRuntime};
-use swapbot::plugins::{LoadOutcome, PluginSet};
-use swapbot::router::Backend;
+use swapbot::runtime::{Limits, PluginRuntime};
+use swapbot::registry::{LoadOutcome, PluginSet};
+use swapbot::routing::Backend;
 
 use crate::common::{Out, Samples, plugin_path, record, remove_dir, root, rss_mib, scratch};
 use crate::effects::{Canned, Path as TurnPath, wit_turn};
@@ -53,8 +53,8 @@ pub async fn hot_swap(out: &Out, cold_runs: usize, cached_runs: usize) -> anyhow
     let g = "5 hot swap";
     for (backend, path) in [(Backend::Responses, TurnPath::ResponsesStream), (Backend::Assistants, TurnPath::Assistants)] {
         let name = path.plugin();
-        let script = crate::plugin::record_turn(path).await?;
-        let turn = wit_turn(path, 1, Some(crate::plugin::session_of(&script, path)), "hello", 500);
+        let script = crate::runtime::record_turn(path).await?;
+        let turn = wit_turn(path, 1, Some(crate::runtime::session_of(&script, path)), "hello", 500);
         let base = std::fs::read(plugin_path(name))?;
         for watched in [true, false] {
             let work = scratch("swap");

@@ -5,8 +5,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use swapbot::plugin::effects::{LiveEffects, TurnObservations};
-use swapbot::plugin::{Limits, LoadedPlugin, PluginRuntime};
+use swapbot::runtime::effects::{LiveEffects, TurnObservations};
+use swapbot::runtime::{Limits, LoadedPlugin, PluginRuntime};
 use swapbot_openai::{OpenAi, OpenAiConfig};
 
 use crate::common::{Out, Samples, plugin_path, record, root, self_cpu};

@@ -1,20 +1,21 @@
-//! Builds the running product from its configuration: storage migration, plugins, transport,
-//! the turn service. Shared by `run`, `ask` and the tests.
+//! Builds the running product from its configuration: storage migration, the registry of
+//! plugins, each backend's transport, the turn service. Shared by `run`, `ask` and the tests.
 
 use std::sync::Arc;
 
 use swapbot_openai::{OpenAi, OpenAiConfig};
 
 use crate::config::Config;
+use crate::registry::Registry;
 use crate::runtime::{Limits, PluginRuntime};
-use crate::registry::{LoadOutcome, PluginSet};
+use crate::turn::transport::{TransportLimits, Transports};
 use crate::turn::{ContextSource, TurnService, TurnSettings};
 use crate::telemetry::turnlog::TurnLog;
 
 pub struct App {
     pub config: Config,
     pub service: Arc<TurnService>,
-    pub plugins: Arc<PluginSet>,
+    pub plugins: Arc<Registry>,
     pub kb: Option<swapbot_kb::Kb>,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
@@ -35,7 +36,7 @@ impl ContextSource for KbContext {
     }
 }
 
-/// The OpenAI transport from the configuration.
+/// The OpenAI transport of the knowledge base's embeddings (`OPENAI_BASE_URL`, `OPENAI_API_KEY`).
 pub fn openai(config: &Config) -> anyhow::Result<OpenAi> {
     let api_key = config.require_api_key()?.to_owned();
     let mut openai_config = OpenAiConfig::new(config.openai_base_url.clone(), api_key);
@@ -56,9 +57,13 @@ pub fn knowledge_base(kb: swapbot_kb::KbConfig, openai: OpenAi) -> anyhow::Resul
 
 /// Builds the product; `kb` is the knowledge base's settings (None: no retrieval).
 pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::Result<App> {
-    let openai = openai(&config)?;
     let kb = match kb {
-        Some(kb) => Some(knowledge_base(kb, openai.clone())?),
+        // Embeddings are OpenAI's: a bot whose backends are all local servers runs without them.
+        Some(_) if config.openai_api_key.is_none() => {
+            tracing::warn!("OPENAI_API_KEY is not set: answering without the knowledge base");
+            None
+        }
+        Some(kb) => Some(knowledge_base(kb, openai(&config)?)?),
         None => None,
     };
     std::fs::create_dir_all(&config.data_dir)
@@ -79,34 +84,51 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     let runtime = PluginRuntime::new(limits)?;
     let cache = config.data_dir.join(".plugin-cache");
     let plugins = Arc::new(
-        PluginSet::new(runtime, &config.plugin_dir, Some(cache)).with_max_file_bytes(config.plugin_max_file_bytes),
+        Registry::new(runtime, &config.plugin_dir, Some(cache)).with_max_file_bytes(config.plugin_max_file_bytes),
     );
     let metrics = crate::telemetry::metrics::Metrics::new();
     let weak = Arc::downgrade(&plugins);
     let observed = metrics.clone();
     plugins.set_observer(move |backend, ok| {
-        observed.plugin_swap(backend.name(), ok);
+        observed.plugin_swap(backend, ok);
         if let Some(plugin) = weak.upgrade().and_then(|set| set.get(backend)).filter(|_| ok) {
-            observed.set_plugin_info(backend.name(), &plugin.description.version, &plugin.sha256);
+            observed.set_plugin_info(backend, &plugin.description.version, &plugin.sha256);
         }
     });
-    let mut loaded = 0;
     for (backend, outcome) in plugins.load_all().await {
-        match outcome {
-            Ok(LoadOutcome::Loaded { .. }) | Ok(LoadOutcome::Unchanged) => loaded += 1,
-            Ok(LoadOutcome::Missing) => tracing::warn!(
-                backend = backend.name(),
-                file = %config.plugin_dir.join(backend.file_name()).display(),
-                "plugin file missing: turns routed to this backend will fail (run `make build`)"
-            ),
-            Err(err) => tracing::error!(backend = backend.name(), %err, "plugin refused"),
+        if let Err(err) = outcome {
+            tracing::error!(backend, %err, "plugin refused");
         }
     }
-    if loaded == 0 {
+    if plugins.loaded().is_empty() {
         anyhow::bail!(
-            "invalid setting PLUGIN_DIR: no valid assistants.wasm or responses.wasm in {} (run `make build`)",
+            "invalid setting PLUGIN_DIR: no valid plugin (<name>.wasm) in {} (run `make build`)",
             config.plugin_dir.display()
         );
+    }
+    let settings = TurnSettings::from_config(&config);
+    let transports = Transports::new(
+        config.backends.clone(),
+        TransportLimits {
+            max_body_bytes: config.openai_max_body_bytes,
+            max_retry_wait: config.max_retry_wait,
+            stream_max_duration: config.turn_timeout,
+        },
+    );
+    // The backends users are routed to must be reachable as configured: a missing key is a start
+    // error naming its variable, not an error reply to every user.
+    for backend in config.routing.backends() {
+        let backend_config = config.backends.get(backend);
+        if let Err(err) = transports.get(backend, &backend_config) {
+            anyhow::bail!("backend {backend}: {err}");
+        }
+        if plugins.get(backend).is_none() {
+            tracing::warn!(
+                backend,
+                file = %plugins.file_of(backend).display(),
+                "no plugin for a backend the routing uses: turns routed to it fail until the file is there (run `make build`)"
+            );
+        }
     }
 
     if let Some(kb) = &kb {
@@ -127,7 +149,9 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
         crate::usage::Ledger::in_memory()
     };
     let embedding_model = kb.as_ref().map(|kb| kb.config().embedding_model.clone()).unwrap_or_default();
-    for model in [config.model.as_str(), embedding_model.as_str()].into_iter().filter(|m| !m.is_empty()) {
+    let models: std::collections::BTreeSet<String> =
+        config.routing.backends().into_iter().map(|b| config.backends.get(b).model).chain([embedding_model.clone()]).collect();
+    for model in models.iter().filter(|m| !m.is_empty()) {
         if prices.get(model).is_none() {
             let budgets = if config.budgets.any() { "; budgets in dollars never trigger for it" } else { "" };
             tracing::warn!(model, "no price for this model in the price table (PRICES_FILE): its cost counts as 0{budgets}");
@@ -143,8 +167,8 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     let service = Arc::new(
         TurnService::new(
             plugins.clone(),
-            openai,
-            TurnSettings::from_config(&config),
+            transports,
+            settings,
             config.routing.clone(),
             &config.data_dir,
             turn_log,

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use swapbot::config::Config;
-use swapbot::routing::Backend;
 
 #[derive(Parser)]
 #[command(name = "swapbot", version, about = "A Telegram assistant bot whose OpenAI backend is a hot-swappable WebAssembly plugin")]
@@ -23,7 +22,8 @@ enum Command {
     },
     /// Run one turn from the command line, printing the answer as it streams.
     Ask {
-        #[arg(long, value_parser = ["responses", "assistants"])]
+        /// A loaded backend (a plugin file's name); without it, the routing picks.
+        #[arg(long)]
         backend: Option<String>,
         #[arg(long, default_value_t = 1)]
         user: i64,
@@ -64,7 +64,8 @@ enum PluginCommand {
     Info { plugin: PathBuf },
     /// Run one real turn (OPENAI_BASE_URL, OPENAI_API_KEY) and print it as a harness case file.
     Record {
-        #[arg(long, value_parser = ["responses", "assistants"])]
+        /// A loaded backend (a plugin file's name).
+        #[arg(long)]
         backend: String,
         #[arg(long, default_value_t = 1)]
         user: i64,
@@ -110,7 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 d.name,
                 d.version,
                 d.contract,
-                d.id_map,
+                d.id_map.as_deref().unwrap_or("-"),
                 loaded.size,
                 loaded.sha256,
                 loaded.compile_time.as_millis()
@@ -122,8 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logs(None, config.secrets());
             config.usage_journal = false;
             let app = swapbot::app::build(config, Some(swapbot_kb::KbConfig::from_env()?)).await?;
-            let backend = Backend::parse(&backend).expect("clap checked the value");
-            let case = app.service.record_case(backend, user, &text, &name).await?;
+            let case = app.service.record_case(&backend, user, &text, &name).await?;
             println!("{}", serde_json::to_string_pretty(&case)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -160,7 +160,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 streamed
             });
-            let outcome = match backend.as_deref().and_then(Backend::parse) {
+            if let Some(name) = &backend
+                && app.plugins.get(name).is_none()
+            {
+                let loaded: Vec<String> = app.plugins.loaded().keys().cloned().collect();
+                anyhow::bail!("no backend {name:?} is loaded (loaded: {})", loaded.join(", "));
+            }
+            let outcome = match backend.as_deref() {
                 Some(backend) => app.service.turn_on(backend, "cli", user, &text, Some(tx)).await,
                 None => app.service.turn(user, &text, Some(tx)).await,
             };
@@ -226,12 +232,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             ready.store(true, std::sync::atomic::Ordering::Release);
             let routing = app.service.routing();
-            tracing::info!(
-                use_openai_responses = routing.use_responses,
-                rollout_percent = routing.rollout_percent,
-                test_users = routing.test_users.len(),
-                "ready"
-            );
+            let backends: Vec<String> = app.plugins.loaded().keys().cloned().collect();
+            tracing::info!(routing = %routing, backends = %backends.join(","), "ready");
             if telegram {
                 let Some(bot) = swapbot_telegram::bot_from_env()? else {
                     anyhow::bail!("invalid setting TELOXIDE_TOKEN: not set");

@@ -32,7 +32,7 @@ use crate::calendar::{civil_from_days, days_from_civil};
 use crate::telemetry::turnlog::TurnRecord;
 
 /// The backend that a canary is compared against in the verdict lines.
-pub const BASELINE: &str = "assistants";
+pub const BASELINE: &str = crate::config::legacy::REPORT_BASELINE;
 /// Below this many turns a backend's verdict line says its figures are noisy.
 pub const FEW_TURNS: u64 = 100;
 

@@ -19,6 +19,7 @@ pub use sse::{DEFAULT_MAX_EVENT_BYTES, SseError, SseEvent, SseParser};
 pub struct OpenAiConfig {
     /// e.g. `https://api.openai.com/v1`; paths are appended to it.
     pub base_url: String,
+    /// Empty: no `Authorization` header at all.
     pub api_key: String,
     /// Bound on a whole non-streamed request.
     pub request_timeout: Duration,
@@ -193,7 +194,8 @@ pub struct OpenAi {
     base_url: Arc<str>,
     /// The base URL parsed once; every request URL must stay under it after normalisation.
     base: Arc<reqwest::Url>,
-    auth: Arc<str>,
+    /// `None` for a server that takes no key (a local OpenAI-compatible server).
+    auth: Option<Arc<str>>,
     config: Arc<OpenAiConfig>,
 }
 
@@ -227,7 +229,7 @@ impl OpenAi {
             client,
             base_url: base.into(),
             base: Arc::new(parsed),
-            auth: format!("Bearer {}", config.api_key).into(),
+            auth: (!config.api_key.is_empty()).then(|| format!("Bearer {}", config.api_key).into()),
             config: Arc::new(config),
         })
     }
@@ -262,10 +264,10 @@ impl OpenAi {
         let url = self.url_for(&req.path)?;
         let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| TransportError::Refused(format!("unknown method {:?}", req.method)))?;
-        let mut builder = self
-            .client
-            .request(method, url)
-            .header(reqwest::header::AUTHORIZATION, &*self.auth);
+        let mut builder = self.client.request(method, url);
+        if let Some(auth) = &self.auth {
+            builder = builder.header(reqwest::header::AUTHORIZATION, &**auth);
+        }
         for (name, value) in &req.headers {
             // The key is the host's: a plugin cannot replace or read it.
             if name.eq_ignore_ascii_case("authorization") || name.eq_ignore_ascii_case("host") {

@@ -1,11 +1,16 @@
-//! Settings from the environment (a `.env` file fills only what the environment leaves unset).
-//! A missing or invalid setting is one clear error naming it.
+//! Settings from the environment (a `.env` file fills only what the environment leaves unset)
+//! and the config file (`swapbot.toml`: per-backend sections and the routing). A missing or
+//! invalid setting is one clear error naming it (and, in the file, its line and key).
+
+pub mod backends;
+pub mod legacy;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::routing::Routing;
+use crate::routing::{Canary, Routing};
+pub use backends::{BackendConfig, Backends};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid setting {name}: {message}")]
@@ -14,22 +19,22 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError { name, message: message.into() }
 }
 
 #[derive(Clone)]
 pub struct Config {
+    /// `OPENAI_API_KEY`: the knowledge base's embeddings, and every backend whose settings do
+    /// not name another key variable.
     pub openai_api_key: Option<String>,
+    /// `OPENAI_BASE_URL`: the embeddings, and the default of every backend.
     pub openai_base_url: String,
-    pub model: String,
-    pub instructions: String,
-    pub assistant_id: Option<String>,
-    pub responses_stream: bool,
-    pub responses_background: bool,
-    pub poll_interval: Duration,
-    pub run_deadline: Duration,
     pub openai_timeout: Duration,
+    /// Every backend's settings (`swapbot.toml` and the environment).
+    pub backends: Backends,
+    /// The config file read, if any.
+    pub config_file: Option<PathBuf>,
     pub turn_timeout: Duration,
     /// The longest server-requested wait (`Retry-After`) honoured before a retry.
     pub max_retry_wait: Duration,
@@ -45,8 +50,6 @@ pub struct Config {
     pub plugin_memory_mb: usize,
     pub plugin_pooling: bool,
     pub plugin_pool_size: u32,
-    /// Options handed to one backend's plugin (`settings.options`), by backend name.
-    pub backend_options: std::collections::BTreeMap<String, Vec<(String, String)>>,
     /// A price table that replaces the shipped one (`PRICES_FILE`).
     pub prices_file: Option<PathBuf>,
     pub budgets: crate::usage::Budgets,
@@ -71,7 +74,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("openai_api_key", &self.openai_api_key.as_ref().map(|_| "<set>"))
             .field("openai_base_url", &self.openai_base_url)
-            .field("model", &self.model)
+            .field("config_file", &self.config_file)
             .field("routing", &self.routing)
             .field("data_dir", &self.data_dir)
             .field("plugin_dir", &self.plugin_dir)
@@ -97,6 +100,36 @@ fn allow_list(
         _ if present => Err(invalid(name, "is set but lists no user ids (unset it to let everyone in)")),
         _ => Ok(None),
     }
+}
+
+/// The routing at start: the preset (default and canary of [`legacy`]), the file's `[routing]`
+/// over it, the environment over that. `rollout.json` later wins over all of them.
+fn routing_from(
+    file: backends::FileRouting,
+    text: &dyn Fn(&'static str) -> Option<String>,
+    flag: &dyn Fn(&'static str, bool) -> Result<bool, ConfigError>,
+    number: &dyn Fn(&'static str, u64, u64, u64) -> Result<u64, ConfigError>,
+    ids: &dyn Fn(&'static str) -> Result<Option<BTreeSet<i64>>, ConfigError>,
+) -> Result<Routing, ConfigError> {
+    let name = |var: &'static str, file: Option<String>, preset: &str| -> Result<String, ConfigError> {
+        let value = text(var).or(file).unwrap_or_else(|| preset.to_owned());
+        if value.is_empty() || backends::valid_backend_name(&value) {
+            Ok(value)
+        } else {
+            Err(invalid(var, format!("{value:?} is not a backend name ([a-z][a-z0-9-]*, the plugin file's stem)")))
+        }
+    };
+    let default = name("DEFAULT_BACKEND", file.default, legacy::DEFAULT_BACKEND)?;
+    if default.is_empty() {
+        return Err(invalid("DEFAULT_BACKEND", "is empty: name the backend that answers everyone off the canary"));
+    }
+    let canary = name("CANARY_BACKEND", file.canary, legacy::CANARY_BACKEND)?;
+    let enabled = flag("USE_OPENAI_RESPONSES", file.canary_enabled.unwrap_or(false))?;
+    let percent = number("RESPONSES_ROLLOUT_PERCENT", file.canary_percent.unwrap_or(100).min(100) as u64, 0, 100)? as u8;
+    let test_users = ids("RESPONSES_TEST_USERS")?.or(file.test_users).unwrap_or_default();
+    // `CANARY_BACKEND=""` (or `canary = ""`): no canary at all.
+    let canary = (!canary.is_empty()).then_some(Canary { backend: canary, enabled, percent, test_users });
+    Ok(Routing { default, canary })
 }
 
 impl Config {
@@ -148,43 +181,30 @@ impl Config {
                 .to_owned(),
             (None, None) => DEFAULT_INSTRUCTIONS.into(),
         };
-        let routing = Routing {
-            use_responses: flag("USE_OPENAI_RESPONSES", false)?,
-            rollout_percent: number("RESPONSES_ROLLOUT_PERCENT", 100, 0, 100)? as u8,
-            test_users: ids("RESPONSES_TEST_USERS")?.unwrap_or_default(),
+        let openai_timeout = Duration::from_secs(number("OPENAI_TIMEOUT_SECS", 60, 1, 3600)?);
+        let defaults = BackendConfig {
+            base_url: openai_base_url.clone(),
+            api_key_env: Some("OPENAI_API_KEY".into()),
+            model: text("OPENAI_MODEL").unwrap_or_else(|| DEFAULT_MODEL.into()),
+            instructions,
+            request_timeout: openai_timeout,
+            poll_interval: Duration::from_millis(number("POLL_INTERVAL_MS", 500, 50, 60_000)?),
+            deadline: Duration::from_secs(number("RUN_DEADLINE_SECS", 90, 1, 3600)?),
+            options: vec![],
         };
-        // Where a backend puts knowledge-base context: the plugin option `context-layout`.
-        let layout = |name: &'static str| -> Result<Option<(String, String)>, ConfigError> {
-            match text(name).as_deref() {
-                None => Ok(None),
-                Some(v @ ("input" | "instructions")) => Ok(Some(("context-layout".into(), v.into()))),
-                Some(other) => Err(invalid(name, format!("expected input or instructions, got {other:?}"))),
-            }
+        // An explicitly named file must exist; the default name is read only when present.
+        let config_file = match text("SWAPBOT_CONFIG") {
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(PathBuf::from("swapbot.toml")).filter(|p| p.is_file()),
         };
-        let mut backend_options = std::collections::BTreeMap::<String, Vec<(String, String)>>::new();
-        let mut responses_options = vec![];
-        match text("RESPONSES_CONTEXT").as_deref() {
-            None | Some("truncate") => responses_options.push(("context".to_owned(), "truncate".to_owned())),
-            Some("compact") => {
-                responses_options.push(("context".into(), "compact".into()));
-                let threshold = number("RESPONSES_COMPACT_THRESHOLD", 100_000, 1000, 100_000_000)?;
-                responses_options.push(("compact-threshold".into(), threshold.to_string()));
-            }
-            Some(other) => return Err(invalid("RESPONSES_CONTEXT", format!("expected truncate or compact, got {other:?}"))),
-        }
-        responses_options.extend(layout("RESPONSES_CONTEXT_LAYOUT")?);
-        backend_options.insert("responses".into(), responses_options);
-        let mut assistants_options = vec![];
-        if let Some(v) = text("ASSISTANTS_TRUNCATION") {
-            let valid = v == "auto"
-                || v.strip_prefix("last_messages:").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 1);
-            if !valid {
-                return Err(invalid("ASSISTANTS_TRUNCATION", format!("expected auto or last_messages:N, got {v:?}")));
-            }
-            assistants_options.push(("truncation-strategy".into(), v));
-        }
-        assistants_options.extend(layout("ASSISTANTS_CONTEXT_LAYOUT")?);
-        backend_options.insert("assistants".into(), assistants_options);
+        let file = match &config_file {
+            Some(path) => Some((path.as_path(), backends::read_file(path)?)),
+            None => None,
+        };
+        let legacy_options = legacy::options_from_env(&|name| text(name), &number)?;
+        let lookup = |name: &str| get(name);
+        let (backends, file_routing) = backends::resolve(defaults, file, legacy_options, &lookup)?;
+        let routing = routing_from(file_routing.unwrap_or_default(), &text, &flag, &number, &ids)?;
         let budget = |name: &'static str| -> Result<Option<crate::usage::Limit>, ConfigError> {
             text(name).map(|v| crate::usage::Limit::parse(&v).map_err(|m| invalid(name, m))).transpose()
         };
@@ -194,23 +214,12 @@ impl Config {
             total_day: budget("BUDGET_TOTAL_DAY")?,
             total_month: budget("BUDGET_TOTAL_MONTH")?,
         };
-        let assistant_id = text("ASSISTANT_ID");
-        if let Some(id) = &assistant_id {
-            if !id.starts_with("asst_") {
-                return Err(invalid("ASSISTANT_ID", format!("expected an id like asst_…, got {id:?}")));
-            }
-        }
         Ok(Config {
             openai_api_key: text("OPENAI_API_KEY"),
             openai_base_url,
-            model: text("OPENAI_MODEL").unwrap_or_else(|| DEFAULT_MODEL.into()),
-            instructions,
-            assistant_id,
-            responses_stream: flag("RESPONSES_STREAM", true)?,
-            responses_background: flag("RESPONSES_BACKGROUND", false)?,
-            poll_interval: Duration::from_millis(number("POLL_INTERVAL_MS", 500, 50, 60_000)?),
-            run_deadline: Duration::from_secs(number("RUN_DEADLINE_SECS", 90, 1, 3600)?),
-            openai_timeout: Duration::from_secs(number("OPENAI_TIMEOUT_SECS", 60, 1, 3600)?),
+            openai_timeout,
+            backends,
+            config_file,
             turn_timeout: Duration::from_secs(number("TURN_TIMEOUT_SECS", 150, 1, 3600)?),
             max_retry_wait: Duration::from_secs(number(
                 "MAX_RETRY_WAIT_SECS",
@@ -229,7 +238,6 @@ impl Config {
             plugin_memory_mb: number("PLUGIN_MEMORY_MB", 64, 8, 4096)? as usize,
             plugin_pooling: flag("PLUGIN_POOLING", false)?,
             plugin_pool_size: number("PLUGIN_POOL_SIZE", 256, 1, 100_000)? as u32,
-            backend_options,
             prices_file: text("PRICES_FILE").map(PathBuf::from),
             budgets,
             usage_journal: true,
@@ -258,6 +266,7 @@ impl Config {
         if let Some(key) = &self.openai_api_key {
             secrets.push(key.clone());
         }
+        secrets.extend(self.backends.key_values().map(str::to_owned));
         if let Some(token) = &self.telegram_token {
             secrets.push(token.clone());
             if let Some((_, secret)) = token.split_once(':') {
@@ -282,9 +291,10 @@ mod tests {
     #[test]
     fn defaults_match_the_run_contract() {
         let c = config(&[]).unwrap();
-        assert!(!c.routing.use_responses);
-        assert_eq!(c.routing.rollout_percent, 100);
-        assert!(c.responses_stream);
+        let canary = c.routing.canary.clone().unwrap();
+        assert_eq!((c.routing.default.as_str(), canary.backend.as_str()), (legacy::DEFAULT_BACKEND, legacy::CANARY_BACKEND));
+        assert!(!canary.enabled);
+        assert_eq!(canary.percent, 100);
         assert_eq!(c.openai_base_url, DEFAULT_BASE_URL);
         assert_eq!(c.data_dir, PathBuf::from("data"));
         assert_eq!(c.plugin_dir, PathBuf::from("target/plugins"));
@@ -303,36 +313,71 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!((c.group_mode, c.group_sessions), (swapbot_telegram::GroupMode::Mention, crate::state::GroupSessions::PerUser));
         let c = config(&[("RESPONSES_TEST_USERS", "1, 5000000000"), ("USE_OPENAI_RESPONSES", "true")]).unwrap();
-        assert_eq!(c.routing.test_users, [1, 5_000_000_000].into());
+        let canary = c.routing.canary.unwrap();
+        assert_eq!(canary.test_users, [1, 5_000_000_000].into());
+        assert!(canary.enabled);
+        assert_eq!(config(&[("DEFAULT_BACKEND", "Chat")]).unwrap_err().name, "DEFAULT_BACKEND");
+        let c = config(&[("DEFAULT_BACKEND", "chat"), ("CANARY_BACKEND", "")]).unwrap();
+        assert_eq!(c.routing, Routing::only("chat"));
     }
 
     #[test]
-    fn context_settings_become_backend_options() {
+    fn the_shipped_backends_variables_become_their_options() {
         let c = config(&[]).unwrap();
-        assert_eq!(c.backend_options["responses"], [("context".to_string(), "truncate".to_string())]);
-        assert!(c.backend_options["assistants"].is_empty());
+        assert!(c.backends.get(legacy::CANARY_BACKEND).options.is_empty());
+        assert!(c.backends.get(legacy::DEFAULT_BACKEND).options.is_empty());
         let c = config(&[
             ("RESPONSES_CONTEXT", "compact"),
             ("RESPONSES_COMPACT_THRESHOLD", "20000"),
             ("RESPONSES_CONTEXT_LAYOUT", "instructions"),
+            ("RESPONSES_STREAM", "off"),
             ("ASSISTANTS_TRUNCATION", "last_messages:10"),
+            ("ASSISTANT_ID", "asst_1"),
+            ("OPENAI_MODEL", "gpt-x"),
         ])
         .unwrap();
-        let opt = |b: &str, k: &str| c.backend_options[b].iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-        assert_eq!(opt("responses", "context").as_deref(), Some("compact"));
-        assert_eq!(opt("responses", "compact-threshold").as_deref(), Some("20000"));
-        assert_eq!(opt("responses", "context-layout").as_deref(), Some("instructions"));
-        assert_eq!(opt("assistants", "truncation-strategy").as_deref(), Some("last_messages:10"));
+        let new = c.backends.get(legacy::CANARY_BACKEND);
+        let old = c.backends.get(legacy::DEFAULT_BACKEND);
+        assert_eq!(new.option("context"), Some("compact"));
+        assert_eq!(new.option("compact-threshold"), Some("20000"));
+        assert_eq!(new.option("context-layout"), Some("instructions"));
+        assert_eq!(new.option("stream"), Some("false"));
+        assert_eq!(old.option("truncation-strategy"), Some("last_messages:10"));
+        assert_eq!(old.option("assistant-id"), Some("asst_1"));
+        assert_eq!((new.model.as_str(), old.model.as_str()), ("gpt-x", "gpt-x"));
         for (name, value) in [
             ("RESPONSES_CONTEXT", "forget"),
             ("RESPONSES_COMPACT_THRESHOLD", "999"),
             ("RESPONSES_CONTEXT_LAYOUT", "top"),
+            ("RESPONSES_STREAM", "maybe"),
             ("ASSISTANTS_TRUNCATION", "last_messages:0"),
             ("BUDGET_USER_DAY", "lots"),
         ] {
             let pairs = [("RESPONSES_CONTEXT", "compact"), (name, value)];
             assert_eq!(config(&pairs).unwrap_err().name, name);
         }
+    }
+
+    #[test]
+    fn the_config_file_sets_backends_and_routing_and_the_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("swapbot.toml");
+        std::fs::write(
+            &path,
+            "[routing]\ndefault = \"responses\"\ncanary = \"chat\"\ncanary_enabled = true\ncanary_percent = 10\n\n[backends.chat]\nbase_url = \"http://127.0.0.1:11434/v1\"\napi_key_env = \"\"\nmodel = \"llama3\"\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let c = config(&[("SWAPBOT_CONFIG", file)]).unwrap();
+        assert_eq!(c.routing.default, "responses");
+        let canary = c.routing.canary.clone().unwrap();
+        assert_eq!((canary.backend.as_str(), canary.enabled, canary.percent), ("chat", true, 10));
+        assert_eq!(c.backends.get("chat").model, "llama3");
+        let c = config(&[("SWAPBOT_CONFIG", file), ("RESPONSES_ROLLOUT_PERCENT", "25"), ("BACKEND_CHAT_MODEL", "qwen")]).unwrap();
+        assert_eq!(c.routing.canary.unwrap().percent, 25);
+        assert_eq!(c.backends.get("chat").model, "qwen");
+        let missing = dir.path().join("nope.toml");
+        assert_eq!(config(&[("SWAPBOT_CONFIG", missing.to_str().unwrap())]).unwrap_err().name, "SWAPBOT_CONFIG");
     }
 
     #[test]

@@ -18,7 +18,6 @@ use crate::runtime::effects::{EventSource, HostEffects, LogLevel, StreamStart};
 use crate::runtime::{
     Answer, ChatError, ContextChunk, HistoryMessage, LoadedPlugin, PluginRuntime, Role, Settings, Turn,
 };
-use crate::turn::kind_name;
 
 pub use swapbot_plugin_common::testing::Case;
 
@@ -165,9 +164,6 @@ fn settings_to_wit(s: &common::Settings) -> Settings {
     Settings {
         model: s.model.clone(),
         instructions: s.instructions.clone(),
-        assistant_id: s.assistant_id.clone(),
-        stream: s.stream,
-        background: s.background,
         poll_interval_ms: s.poll_interval_ms,
         deadline_ms: s.deadline_ms,
         options: s.options.clone(),
@@ -209,7 +205,7 @@ fn answer_value(answer: &Answer) -> Value {
 
 fn error_value(error: &ChatError) -> Value {
     serde_json::json!({
-        "kind": kind_name(error.kind),
+        "kind": crate::runtime::ErrorKind::as_str(error.kind),
         "retryable": error.retryable,
         "retry_after_ms": error.retry_after_ms,
         "session_id": error.session_id,
@@ -234,13 +230,9 @@ pub async fn run_case(runtime: &PluginRuntime, plugin: &LoadedPlugin, case: Case
         call_no: 0,
     };
     let settings = settings_to_wit(&case.turn.settings);
+    let _ = settings;
     let outcome: Result<Value, String> = if case.call == "replay" {
-        let session = case.session_id.clone().or(case.turn.session_id.clone()).unwrap_or_default();
-        match runtime.replay(plugin, session, history, settings, Box::new(effects)).await {
-            Ok(Ok(count)) => Ok(serde_json::json!({"ok": {"replayed": count}})),
-            Ok(Err(e)) => Ok(serde_json::json!({"error": error_value(&e)})),
-            Err(e) => Err(e.to_string()),
-        }
+        Err("contract 0.2.0 has no replay export: chat replays the history".into())
     } else {
         match runtime.chat(plugin, turn_to_wit(&case.turn), Box::new(effects)).await {
             Ok(Ok(answer)) => Ok(serde_json::json!({"ok": answer_value(&answer)})),
@@ -466,9 +458,6 @@ pub fn recorded_case(name: &str, turn: &Turn, history: &[HistoryMessage], exchan
             "settings": {
                 "model": turn.settings.model,
                 "instructions": turn.settings.instructions,
-                "assistant_id": turn.settings.assistant_id,
-                "stream": turn.settings.stream,
-                "background": turn.settings.background,
                 "poll_interval_ms": turn.settings.poll_interval_ms,
                 "deadline_ms": turn.settings.deadline_ms,
                 "options": turn.settings.options.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),

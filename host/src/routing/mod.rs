@@ -1,67 +1,33 @@
-//! Which backend answers a user: the flag, the canary percent and the test users.
+//! Which backend answers a user: a default backend and one canary (a target backend, a percent
+//! of users by a stable hash of their id, and test users), changed at runtime by `rollout.json`
+//! and the admins' `/rollout` commands ([`rollout`]).
 
 pub mod rollout;
 
 use std::collections::BTreeSet;
 
-/// The two backends the product knows by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Backend {
-    Assistants,
-    Responses,
-}
-
-impl Backend {
-    pub const ALL: [Backend; 2] = [Backend::Assistants, Backend::Responses];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Assistants => "assistants",
-            Backend::Responses => "responses",
-        }
-    }
-
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Backend::Assistants => "assistants.wasm",
-            Backend::Responses => "responses.wasm",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Backend> {
-        match name {
-            "assistants" => Some(Backend::Assistants),
-            "responses" => Some(Backend::Responses),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
+/// The canary: some users on another backend than the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Canary {
+    pub backend: String,
+    /// Off sends everyone, test users too, to the default (`USE_OPENAI_RESPONSES=false`).
+    pub enabled: bool,
+    /// 0–100: users whose [`bucket`] is below it.
+    pub percent: u8,
+    /// Always on the canary while it is enabled.
+    pub test_users: BTreeSet<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Routing {
-    /// `USE_OPENAI_RESPONSES`: off sends everyone to the legacy backend.
-    pub use_responses: bool,
-    /// `RESPONSES_ROLLOUT_PERCENT`, 0–100.
-    pub rollout_percent: u8,
-    /// `RESPONSES_TEST_USERS`: always on the new backend while the flag is on.
-    pub test_users: BTreeSet<i64>,
-}
-
-impl Default for Routing {
-    fn default() -> Self {
-        Self { use_responses: false, rollout_percent: 100, test_users: BTreeSet::new() }
-    }
+    pub default: String,
+    pub canary: Option<Canary>,
 }
 
 /// Why a user landed where they did, for the turn's log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
+    /// There is no canary, or it is off.
     FlagOff,
     TestUser,
     InRollout,
@@ -80,17 +46,51 @@ impl Reason {
 }
 
 impl Routing {
-    pub fn route(&self, user_id: i64) -> (Backend, Reason) {
-        if !self.use_responses {
-            return (Backend::Assistants, Reason::FlagOff);
+    /// Everyone on one backend.
+    pub fn only(backend: impl Into<String>) -> Self {
+        Self { default: backend.into(), canary: None }
+    }
+
+    pub fn route(&self, user_id: i64) -> (&str, Reason) {
+        let Some(canary) = self.canary.as_ref().filter(|c| c.enabled) else {
+            return (&self.default, Reason::FlagOff);
+        };
+        if canary.test_users.contains(&user_id) {
+            return (&canary.backend, Reason::TestUser);
         }
-        if self.test_users.contains(&user_id) {
-            return (Backend::Responses, Reason::TestUser);
-        }
-        if bucket(user_id) < self.rollout_percent.min(100) {
-            (Backend::Responses, Reason::InRollout)
+        if bucket(user_id) < canary.percent.min(100) {
+            (&canary.backend, Reason::InRollout)
         } else {
-            (Backend::Assistants, Reason::OutsideRollout)
+            (&self.default, Reason::OutsideRollout)
+        }
+    }
+
+    /// Every backend this routing can send a user to.
+    pub fn backends(&self) -> Vec<&str> {
+        let mut names = vec![self.default.as_str()];
+        if let Some(c) = &self.canary {
+            if c.backend != self.default {
+                names.push(&c.backend);
+            }
+        }
+        names
+    }
+}
+
+impl std::fmt::Display for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "default {}", self.default)?;
+        match &self.canary {
+            None => write!(f, ", no canary"),
+            Some(c) => {
+                let users = if c.test_users.is_empty() {
+                    "none".to_string()
+                } else {
+                    c.test_users.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", ")
+                };
+                let state = if c.enabled { "on" } else { "off" };
+                write!(f, ", canary {} {state} at {}%, test users: {users}", c.backend, c.percent)
+            }
         }
     }
 }
@@ -111,6 +111,13 @@ pub fn bucket(user_id: i64) -> u8 {
 mod tests {
     use super::*;
 
+    fn canary(backend: &str, enabled: bool, percent: u8, test_users: &[i64]) -> Routing {
+        Routing {
+            default: "old".into(),
+            canary: Some(Canary { backend: backend.into(), enabled, percent, test_users: test_users.iter().copied().collect() }),
+        }
+    }
+
     #[test]
     fn buckets_are_pinned_forever() {
         // Changing these values moves real users between backends: it must never happen.
@@ -130,26 +137,36 @@ mod tests {
 
     #[test]
     fn rollout_share_matches_the_percent_and_is_sticky() {
-        let routing = Routing { use_responses: true, rollout_percent: 20, test_users: BTreeSet::new() };
-        let on_new = (1..=10_000i64).filter(|&u| routing.route(u).0 == Backend::Responses).count();
+        let routing = canary("new", true, 20, &[]);
+        let on_new = (1..=10_000i64).filter(|&u| routing.route(u).0 == "new").count();
         assert!((1_700..=2_300).contains(&on_new), "{on_new} of 10000 on the new path at 20%");
         for u in 1..=1000 {
             assert_eq!(routing.route(u), routing.route(u));
         }
-        let wider = Routing { rollout_percent: 50, ..routing.clone() };
+        let wider = canary("new", true, 50, &[]);
         for u in 1..=1000 {
-            if routing.route(u).0 == Backend::Responses {
-                assert_eq!(wider.route(u).0, Backend::Responses, "widening never moves a user back");
+            if routing.route(u).0 == "new" {
+                assert_eq!(wider.route(u).0, "new", "widening never moves a user back");
             }
         }
     }
 
     #[test]
-    fn flag_off_sends_everyone_to_legacy_even_test_users() {
-        let routing = Routing { use_responses: false, rollout_percent: 100, test_users: [7].into() };
-        assert_eq!(routing.route(7), (Backend::Assistants, Reason::FlagOff));
-        let on = Routing { use_responses: true, rollout_percent: 0, ..routing };
-        assert_eq!(on.route(7), (Backend::Responses, Reason::TestUser));
-        assert_eq!(on.route(8).0, Backend::Assistants);
+    fn a_canary_that_is_off_sends_everyone_to_the_default_even_test_users() {
+        let off = canary("new", false, 100, &[7]);
+        assert_eq!(off.route(7), ("old", Reason::FlagOff));
+        let on = canary("new", true, 0, &[7]);
+        assert_eq!(on.route(7), ("new", Reason::TestUser));
+        assert_eq!(on.route(8), ("old", Reason::OutsideRollout));
+        assert_eq!(Routing::only("solo").route(7), ("solo", Reason::FlagOff));
+    }
+
+    #[test]
+    fn the_canary_target_is_any_backend_and_the_buckets_do_not_depend_on_it() {
+        let a = canary("chat", true, 30, &[]);
+        let b = canary("echo", true, 30, &[]);
+        for u in 1..=2000 {
+            assert_eq!(a.route(u).0 == "chat", b.route(u).0 == "echo", "user {u}");
+        }
     }
 }

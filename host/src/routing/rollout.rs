@@ -8,20 +8,29 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::routing::{Backend, Routing};
+use crate::routing::{Canary, Routing};
 use crate::turn::TurnService;
 
 pub const FILE_NAME: &str = "rollout.json";
 
-/// The rollout file. Absent fields fall back to the environment's values.
+/// The rollout file. Absent fields fall back to the start-up routing (environment and config
+/// file). The first three fields are the Python bot's and keep its meaning: the canary on or
+/// off, its percent, its test users; an existing file is read as before.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RolloutFile {
+    /// Whether the canary is on (`USE_OPENAI_RESPONSES`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_openai_responses: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_percent: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_users: Option<BTreeSet<i64>>,
+    /// The backend everyone off the canary is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<String>,
+    /// The canary's target backend; `""` for no canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_backend: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -30,11 +39,25 @@ pub struct RolloutFile {
 
 impl RolloutFile {
     fn over(&self, base: &Routing) -> Routing {
-        Routing {
-            use_responses: self.use_openai_responses.unwrap_or(base.use_responses),
-            rollout_percent: self.rollout_percent.unwrap_or(base.rollout_percent).min(100),
-            test_users: self.test_users.clone().unwrap_or_else(|| base.test_users.clone()),
-        }
+        let base_canary = base.canary.clone();
+        let backend = self.canary_backend.clone().or_else(|| base_canary.as_ref().map(|c| c.backend.clone())).unwrap_or_default();
+        let canary = (!backend.is_empty()).then(|| Canary {
+            backend,
+            enabled: self.use_openai_responses.or(base_canary.as_ref().map(|c| c.enabled)).unwrap_or(false),
+            percent: self.rollout_percent.or(base_canary.as_ref().map(|c| c.percent)).unwrap_or(100).min(100),
+            test_users: self
+                .test_users
+                .clone()
+                .or_else(|| base_canary.as_ref().map(|c| c.test_users.clone()))
+                .unwrap_or_default(),
+        });
+        Routing { default: self.default_backend.clone().unwrap_or_else(|| base.default.clone()), canary }
+    }
+
+    /// Backend names the file holds that are not names.
+    fn invalid_name(&self) -> Option<&str> {
+        let names = self.default_backend.iter().chain(self.canary_backend.iter().filter(|c| !c.is_empty()));
+        names.map(String::as_str).find(|n| !crate::config::backends::valid_backend_name(n))
     }
 }
 
@@ -65,6 +88,9 @@ impl Rollout {
                 if file.rollout_percent.is_some_and(|p| p > 100) {
                     anyhow::bail!("{}: rollout_percent must be 0–100; the current rollout stays in force", self.path.display());
                 }
+                if let Some(name) = file.invalid_name() {
+                    anyhow::bail!("{}: {name:?} is not a backend name; the current rollout stays in force", self.path.display());
+                }
                 file.over(&self.env)
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => self.env.clone(),
@@ -72,12 +98,12 @@ impl Rollout {
         };
         let before = self.service.routing();
         if *before != routing {
-            tracing::info!(
-                use_openai_responses = routing.use_responses,
-                rollout_percent = routing.rollout_percent,
-                test_users = ?routing.test_users,
-                "rollout changed"
-            );
+            tracing::info!(routing = %routing, "rollout changed");
+            for backend in routing.backends() {
+                if self.service.plugins().get(backend).is_none() {
+                    tracing::error!(backend, "the rollout routes users to a backend with no plugin loaded: they get an error reply");
+                }
+            }
             self.service.set_routing(routing.clone());
         }
         Ok(routing)
@@ -109,9 +135,13 @@ impl Rollout {
             .unwrap_or_default();
         // Start from what is in force, so a command never resets other fields to the env.
         let current = self.service.routing();
-        file.use_openai_responses.get_or_insert(current.use_responses);
-        file.rollout_percent.get_or_insert(current.rollout_percent);
-        file.test_users.get_or_insert_with(|| current.test_users.clone());
+        file.default_backend.get_or_insert_with(|| current.default.clone());
+        file.canary_backend.get_or_insert_with(|| current.canary.as_ref().map(|c| c.backend.clone()).unwrap_or_default());
+        if let Some(c) = &current.canary {
+            file.use_openai_responses.get_or_insert(c.enabled);
+            file.rollout_percent.get_or_insert(c.percent);
+            file.test_users.get_or_insert_with(|| c.test_users.clone());
+        }
         change(&mut file);
         file.updated_by = Some(format!("telegram:{who}"));
         file.updated_at_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
@@ -137,14 +167,47 @@ impl Rollout {
         // `/ROLLOUT ON` is meant like `/rollout on`.
         let args: Vec<String> = words.map(str::to_ascii_lowercase).collect();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let loaded = |name: &str| self.service.plugins().get(name).is_some();
+        let not_loaded = |name: &str| {
+            let names: Vec<String> = self.service.plugins().loaded().keys().cloned().collect();
+            Ok(format!("No backend {name:?} is loaded (loaded: {}). Drop {name}.wasm into the plugin directory first.", names.join(", ")))
+        };
         let result = match args.as_slice() {
             [] | ["status"] => Ok(self.status()),
-            ["on"] => self.write(user_id, |f| f.use_openai_responses = Some(true)).map(|r| describe("flag on", &r)),
-            ["off"] => self.write(user_id, |f| f.use_openai_responses = Some(false)).map(|r| describe("flag off (rollback)", &r)),
-            ["percent", n] => match n.trim_end_matches('%').parse::<u8>() {
-                Ok(p) if p <= 100 => self.write(user_id, |f| f.rollout_percent = Some(p)).map(|r| describe("percent set", &r)),
-                _ => Ok("Usage: /rollout percent N (0–100)".into()),
+            ["on"] => self.write(user_id, |f| f.use_openai_responses = Some(true)).map(|r| describe("canary on", &r)),
+            ["off"] => self.write(user_id, |f| f.use_openai_responses = Some(false)).map(|r| describe("canary off (rollback)", &r)),
+            ["percent", n] => match parse_percent(n) {
+                Some(p) => self.write(user_id, |f| f.rollout_percent = Some(p)).map(|r| describe("percent set", &r)),
+                None => Ok("Usage: /rollout percent N (0–100)".into()),
             },
+            ["canary", name, rest @ ..] if rest.len() <= 1 => {
+                let percent = match rest.first() {
+                    None => None,
+                    Some(n) => match parse_percent(n) {
+                        Some(p) => Some(p),
+                        None => return Some("Usage: /rollout canary BACKEND [PERCENT]".into()),
+                    },
+                };
+                if !loaded(name) {
+                    not_loaded(name)
+                } else {
+                    self.write(user_id, |f| {
+                        f.canary_backend = Some(name.to_string());
+                        f.use_openai_responses = Some(true);
+                        if let Some(p) = percent {
+                            f.rollout_percent = Some(p);
+                        }
+                    })
+                    .map(|r| describe("canary set", &r))
+                }
+            }
+            ["default", name] => {
+                if !loaded(name) {
+                    not_loaded(name)
+                } else {
+                    self.write(user_id, |f| f.default_backend = Some(name.to_string())).map(|r| describe("default set", &r))
+                }
+            }
             ["add-test-user", id] => match id.parse::<i64>() {
                 Ok(id) => self
                     .write(user_id, |f| {
@@ -161,7 +224,7 @@ impl Rollout {
                     .map(|r| describe("test user removed", &r)),
                 Err(_) => Ok("Usage: /rollout remove-test-user USER_ID".into()),
             },
-            _ => Ok("Usage: /rollout [on|off|percent N|add-test-user ID|remove-test-user ID]".into()),
+            _ => Ok("Usage: /rollout [status|on|off|percent N|canary BACKEND [PERCENT]|default BACKEND|add-test-user ID|remove-test-user ID]".into()),
         };
         Some(result.unwrap_or_else(|err| {
             tracing::error!(%err, "rollout command failed");
@@ -169,19 +232,24 @@ impl Rollout {
         }))
     }
 
-    /// The state an admin sees with `/rollout`.
+    /// The state an admin sees with `/rollout`: the routing, then every backend loaded or routed
+    /// to, with its plugin and its turns since start.
     pub fn status(&self) -> String {
         let routing = self.service.routing();
         let mut out = describe("rollout", &routing);
         let stats = self.service.stats();
-        for backend in Backend::ALL {
-            let plugin = self.service.plugins().get(backend);
+        let loaded = self.service.plugins().loaded();
+        let mut names: BTreeSet<String> = loaded.keys().cloned().collect();
+        names.extend(routing.backends().into_iter().map(str::to_owned));
+        for backend in names {
             let s = stats.get(&backend).copied().unwrap_or_default();
             let rate = if s.turns == 0 { 0.0 } else { 100.0 * s.errors as f64 / s.turns as f64 };
+            let plugin = loaded.get(&backend);
             out.push_str(&format!(
-                "\n{}: plugin {}, {} turns, {:.1}% errors since start",
-                backend.name(),
-                plugin.map(|p| format!("v{} ({})", p.description.version, &p.sha256[..12])).unwrap_or_else(|| "not loaded".into()),
+                "\n{backend}: plugin {}, {} turns, {:.1}% errors since start",
+                plugin
+                    .map(|p| format!("v{} ({}, contract {})", p.description.version, &p.sha256[..12], p.description.contract))
+                    .unwrap_or_else(|| "not loaded".into()),
                 s.turns,
                 rate
             ));
@@ -190,15 +258,10 @@ impl Rollout {
     }
 }
 
+fn parse_percent(n: &str) -> Option<u8> {
+    n.trim_end_matches('%').parse::<u8>().ok().filter(|p| *p <= 100)
+}
+
 fn describe(what: &str, r: &Routing) -> String {
-    format!(
-        "{what}: USE_OPENAI_RESPONSES={} RESPONSES_ROLLOUT_PERCENT={} test users: {}",
-        r.use_responses,
-        r.rollout_percent,
-        if r.test_users.is_empty() {
-            "none".to_string()
-        } else {
-            r.test_users.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", ")
-        }
-    )
+    format!("{what}: {r}")
 }

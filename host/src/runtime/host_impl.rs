@@ -5,17 +5,8 @@
 //! cannot drift apart. A version whose `host` interface changes gets its own impl in its
 //! `since_v0_*` module instead.
 
-use super::TurnState;
-
 /// The most a plugin may write into the host's log in one call.
 const MAX_LOG_MESSAGE: usize = 2000;
-
-impl TurnState {
-    /// Every host call ends a stretch of guest CPU time.
-    pub(super) fn entered_host(&mut self) {
-        self.ticks_in_guest = 0;
-    }
-}
 
 /// Bounds what a plugin can write into the host's logs.
 pub(super) fn bounded_log_message(mut message: String) -> String {
@@ -66,16 +57,12 @@ macro_rules! impl_host_interface {
 
             impl host::Host for TurnState {
                 async fn http(&mut self, req: host::Request) -> Result<host::Response, host::TransportError> {
-                    self.entered_host();
                     let result = self.effects.http(to_api(req)).await;
-                    self.entered_host();
                     result.map(from_api).map_err(transport)
                 }
 
                 async fn http_stream(&mut self, req: host::Request) -> Result<host::StreamStart, host::TransportError> {
-                    self.entered_host();
                     let result = self.effects.http_stream(to_api(req)).await;
-                    self.entered_host();
                     match result.map_err(transport)? {
                         StreamStart::Refused(resp) => Ok(host::StreamStart::Refused(from_api(resp))),
                         StreamStart::Events(source) => {
@@ -89,12 +76,10 @@ macro_rules! impl_host_interface {
                 }
 
                 async fn push_text(&mut self, delta: String) {
-                    self.entered_host();
                     self.effects.push_text(delta);
                 }
 
                 async fn log(&mut self, level: host::Level, message: String) {
-                    self.entered_host();
                     let level = match level {
                         host::Level::Debug => LogLevel::Debug,
                         host::Level::Info => LogLevel::Info,
@@ -105,20 +90,16 @@ macro_rules! impl_host_interface {
                 }
 
                 async fn now_ms(&mut self) -> u64 {
-                    self.entered_host();
                     self.effects.now_ms()
                 }
 
                 async fn sleep_ms(&mut self, ms: u32) {
-                    self.entered_host();
                     self.effects.sleep_ms(ms).await;
-                    self.entered_host();
                 }
 
                 $($extra)*
 
                 async fn recent_history(&mut self) -> Vec<types::HistoryMessage> {
-                    self.entered_host();
                     self.effects
                         .recent_history()
                         .into_iter()
@@ -138,13 +119,11 @@ macro_rules! impl_host_interface {
                     &mut self,
                     stream: Resource<EventStreamHandle>,
                 ) -> Result<Option<host::SseEvent>, host::TransportError> {
-                    self.entered_host();
                     let handle = self
                         .table
                         .get_mut(&stream)
                         .map_err(|e| host::TransportError::Refused(format!("unknown stream: {e}")))?;
                     let result = handle.0.next().await;
-                    self.entered_host();
                     result
                         .map(|event| event.map(|e| host::SseEvent { event: e.event, data: e.data }))
                         .map_err(transport)

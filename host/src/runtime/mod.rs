@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{CallHook, Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use effects::{EventSource, HostEffects, StreamStart};
@@ -41,7 +41,6 @@ host_impl::impl_host_interface!(
     crate::runtime::bindings::swapbot::backend::types,
     {
         async fn session_started(&mut self, session_id: String) {
-            self.entered_host();
             self.effects.session_started(session_id);
         }
     }
@@ -51,6 +50,29 @@ pub use bindings::swapbot::backend::types::{
     Answer, ChatError, ContextChunk, Description, ErrorKind, HistoryMessage, Role, Settings, Turn,
     Usage,
 };
+
+impl ErrorKind {
+    /// The kind's name in logs, metrics and case files: the WIT spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connection => "connection",
+            ErrorKind::RateLimited => "rate-limited",
+            ErrorKind::Quota => "quota",
+            ErrorKind::Server => "server",
+            ErrorKind::SessionBusy => "session-busy",
+            ErrorKind::SessionGone => "session-gone",
+            ErrorKind::ApiGone => "api-gone",
+            ErrorKind::Auth => "auth",
+            ErrorKind::BadRequest => "bad-request",
+            ErrorKind::BadResponse => "bad-response",
+            ErrorKind::StreamCut => "stream-cut",
+            ErrorKind::ModelFailed => "model-failed",
+            ErrorKind::Config => "config",
+            ErrorKind::ContextOverflow => "context-overflow",
+        }
+    }
+}
 
 /// Why the runtime could not run or accept a plugin (as opposed to a backend error the plugin
 /// reported itself, which is a [`ChatError`]).
@@ -64,6 +86,8 @@ pub enum PluginError {
     Link(String),
     #[error("plugin describes itself as {found:?}, expected {expected:?}")]
     WrongName { expected: String, found: String },
+    #[error("plugin's id map {map:?} {reason}")]
+    IdMap { map: String, reason: String },
     #[error("plugin failed its self-test: {0}")]
     SelfTest(String),
     #[error("plugin trapped: {0}")]
@@ -108,10 +132,55 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct TurnState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: TurnLimiter,
     effects: Box<dyn HostEffects>,
     /// Epoch ticks the guest has run since it last called the host.
     ticks_in_guest: u64,
+}
+
+/// The guest asked for more linear memory than its limit: the turn ends with a typed error.
+#[derive(Debug, thiserror::Error)]
+#[error("swapbot: guest memory limit of {limit} bytes reached (asked for {desired})")]
+struct MemoryLimitReached {
+    limit: usize,
+    desired: usize,
+}
+
+/// The guest ran its whole CPU slice without returning to the host.
+#[derive(Debug, thiserror::Error)]
+#[error("swapbot: guest CPU slice exhausted")]
+struct CpuSliceExhausted;
+
+/// The store's limits; memory growth past the limit fails with [`MemoryLimitReached`], so a
+/// trap is classified by its type, not by the text wasmtime gives it.
+struct TurnLimiter {
+    memory_bytes: usize,
+    others: StoreLimits,
+}
+
+impl wasmtime::ResourceLimiter for TurnLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            return Err(wasmtime::Error::new(MemoryLimitReached { limit: self.memory_bytes, desired }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.others.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.others.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.others.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.others.memories()
+    }
 }
 
 impl WasiView for TurnState {
@@ -156,22 +225,6 @@ impl Instance {
                 .call_chat(store, &since_v0_1::turn(turn))
                 .await?
                 .map(since_v0_1::answer)
-                .map_err(since_v0_1::error)),
-        }
-    }
-
-    async fn replay(
-        &self,
-        store: &mut Store<TurnState>,
-        session_id: &str,
-        history: &[HistoryMessage],
-        settings: &Settings,
-    ) -> wasmtime::Result<Result<u32, ChatError>> {
-        match self {
-            Instance::Latest(b) => b.call_replay(store, session_id, history, settings).await,
-            Instance::V0_1(b) => Ok(b
-                .call_replay(store, session_id, &since_v0_1::history(history), &since_v0_1::settings(settings))
-                .await?
                 .map_err(since_v0_1::error)),
         }
     }
@@ -281,8 +334,8 @@ impl PluginRuntime {
     }
 
     /// Compiles and validates a module: its contract version, its fit to the contract, and
-    /// its `describe` answer. `expected_name` guards against `responses.wasm` holding the
-    /// other backend.
+    /// its `describe` answer. `expected_name` (the file's stem) guards against a file holding
+    /// another backend than its name says.
     pub async fn load(&self, bytes: &[u8], expected_name: Option<&str>) -> Result<LoadedPlugin, PluginError> {
         let started = Instant::now();
         let sha256 = hex::encode(Sha256::digest(bytes));
@@ -341,7 +394,7 @@ impl PluginRuntime {
                 name: String::new(),
                 version: String::new(),
                 contract: String::new(),
-                id_map: String::new(),
+                id_map: None,
                 session_label: String::new(),
                 turn_label: String::new(),
             },
@@ -388,20 +441,6 @@ impl PluginRuntime {
         .await
     }
 
-    pub async fn replay(
-        &self,
-        plugin: &LoadedPlugin,
-        session_id: String,
-        history: Vec<HistoryMessage>,
-        settings: Settings,
-        effects: Box<dyn HostEffects>,
-    ) -> Result<Result<u32, ChatError>, PluginError> {
-        self.call(plugin, effects, move |backend, store| {
-            Box::pin(async move { backend.replay(store, &session_id, &history, &settings).await })
-        })
-        .await
-    }
-
     async fn call<R: Send + 'static>(
         &self,
         plugin: &LoadedPlugin,
@@ -418,16 +457,11 @@ impl PluginRuntime {
             None => None,
         };
         let mut store = self.new_store(effects);
-        let cpu_ticks = (self.limits.cpu_slice.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
-        let memory_mib = self.limits.memory_bytes >> 20;
+        let limits = &self.limits;
         let run = async {
-            let backend = plugin
-                .pre
-                .instantiate(&mut store)
-                .await
-                .map_err(|e| classify_trap(&e, &store, cpu_ticks, memory_mib))?;
+            let backend = plugin.pre.instantiate(&mut store).await.map_err(|e| classify_trap(&e, limits))?;
             let result = f(&backend, &mut store).await;
-            result.map_err(|e| classify_trap(&e, &store, cpu_ticks, memory_mib))
+            result.map_err(|e| classify_trap(&e, limits))
         };
         match tokio::time::timeout(self.limits.turn_timeout, run).await {
             Ok(result) => result,
@@ -438,24 +472,24 @@ impl PluginRuntime {
     fn new_store(&self, effects: Box<dyn HostEffects>) -> Store<TurnState> {
         // Nothing ambient: no args, env, preopened dirs, stdio or network.
         let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
-            .instances(16)
-            .tables(16)
-            .memories(4)
-            .trap_on_grow_failure(true)
-            .build();
+        let others = StoreLimitsBuilder::new().instances(16).tables(16).memories(4).trap_on_grow_failure(true).build();
+        let limits = TurnLimiter { memory_bytes: self.limits.memory_bytes, others };
         let state = TurnState { wasi, table: ResourceTable::new(), limits, effects, ticks_in_guest: 0 };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        let cpu_ticks = (self.limits.cpu_slice.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        let cpu_ticks = cpu_ticks(&self.limits);
+        // Time spent in the host does not count: every transition between guest and host starts
+        // a new slice.
+        store.call_hook(|mut ctx, _hook: CallHook| {
+            ctx.data_mut().ticks_in_guest = 0;
+            Ok(())
+        });
         store.set_epoch_deadline(1);
-        // Time spent waiting on the host does not count: host calls reset the counter.
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
             state.ticks_in_guest += 1;
             if state.ticks_in_guest > cpu_ticks {
-                return Err(wasmtime::Error::msg(CPU_LIMIT_MARKER));
+                return Err(wasmtime::Error::new(CpuSliceExhausted));
             }
             Ok(UpdateDeadline::Yield(1))
         });
@@ -463,15 +497,21 @@ impl PluginRuntime {
     }
 }
 
-const CPU_LIMIT_MARKER: &str = "swapbot: guest CPU budget exhausted";
+fn cpu_ticks(limits: &Limits) -> u64 {
+    (limits.cpu_slice.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+}
 
-fn classify_trap(err: &wasmtime::Error, _store: &Store<TurnState>, cpu_ticks: u64, memory_mib: usize) -> PluginError {
-    let text = format!("{err:?}");
-    if text.contains(CPU_LIMIT_MARKER) {
-        return PluginError::CpuLimit(EPOCH_TICK * cpu_ticks as u32);
+/// Whether `err` is, or was caused by, an `E`.
+fn caused_by<E: std::error::Error + Send + Sync + 'static>(err: &wasmtime::Error) -> bool {
+    err.downcast_ref::<E>().is_some() || err.chain().any(|cause| cause.downcast_ref::<E>().is_some())
+}
+
+fn classify_trap(err: &wasmtime::Error, limits: &Limits) -> PluginError {
+    if caused_by::<CpuSliceExhausted>(err) {
+        return PluginError::CpuLimit(EPOCH_TICK * cpu_ticks(limits) as u32);
     }
-    if text.contains("forcing trap when growing memory") || text.contains("memory minimum size") {
-        return PluginError::MemoryLimit(memory_mib);
+    if caused_by::<MemoryLimitReached>(err) {
+        return PluginError::MemoryLimit(limits.memory_bytes >> 20);
     }
     PluginError::Trap(first_line(err))
 }

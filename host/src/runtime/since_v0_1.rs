@@ -5,7 +5,8 @@
 //! What 0.1.0 lacks is filled in on the way back: no cached or reasoning token counts (0), no
 //! `context-overflow` kind (its `bad-request` naming `context_length_exceeded` becomes one), no
 //! usage of a failed turn. What it cannot receive is
-//! dropped on the way in: `settings.options` and `turn.cache-key`.
+//! dropped on the way in: `turn.cache-key` and the options that were not fields in 0.1.0. 0.1.0's
+//! `replay` export is never called.
 
 use super::bindings::swapbot::backend::types as latest;
 
@@ -30,13 +31,19 @@ super::host_impl::impl_host_interface!(
     crate::runtime::since_v0_1::bindings::swapbot::backend::types
 );
 
+/// 0.1.0 had the shipped backends' options as fields; 0.2.0 has them as options.
 pub fn settings(s: &latest::Settings) -> v0_1::Settings {
+    let option = |key: &str| s.options.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let flag = |key: &str, default: bool| match option(key) {
+        Some(v) => v.eq_ignore_ascii_case("true"),
+        None => default,
+    };
     v0_1::Settings {
         model: s.model.clone(),
         instructions: s.instructions.clone(),
-        assistant_id: s.assistant_id.clone(),
-        stream: s.stream,
-        background: s.background,
+        assistant_id: option("assistant-id").map(str::to_owned),
+        stream: flag("stream", true),
+        background: flag("background", false),
         poll_interval_ms: s.poll_interval_ms,
         deadline_ms: s.deadline_ms,
     }
@@ -56,22 +63,10 @@ pub fn turn(t: &latest::Turn) -> v0_1::Turn {
     }
 }
 
-pub fn history(h: &[latest::HistoryMessage]) -> Vec<v0_1::HistoryMessage> {
-    h.iter()
-        .map(|m| v0_1::HistoryMessage {
-            role: match m.role {
-                latest::Role::User => v0_1::Role::User,
-                latest::Role::Assistant => v0_1::Role::Assistant,
-            },
-            text: m.text.clone(),
-        })
-        .collect()
-}
-
 pub fn answer(a: v0_1::Answer) -> latest::Answer {
     latest::Answer {
         text: a.text,
-        session_id: a.session_id,
+        session_id: Some(a.session_id),
         turn_id: a.turn_id,
         new_session: a.new_session,
         replayed: a.replayed,
@@ -127,7 +122,7 @@ pub fn description(d: v0_1::Description) -> latest::Description {
         name: d.name,
         version: d.version,
         contract: d.contract,
-        id_map: d.id_map,
+        id_map: Some(d.id_map),
         session_label: d.session_label,
         turn_label: d.turn_label,
     }

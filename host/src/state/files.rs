@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::{HistoryMessage, Role};
+use crate::state::session::group_map_file;
 
 /// Messages kept per user: at least the last 50 turns (user + assistant).
 pub const HISTORY_LIMIT: usize = 100;
@@ -277,7 +278,10 @@ fn render_id_map<K: StoreKey>(entries: &BTreeMap<K, String>) -> String {
 pub fn migrate(data_dir: &Path) -> Result<bool, StorageError> {
     let mut migrated = false;
     // Group sessions follow the same rule in their own pair of files.
-    for (legacy, new) in [("user_threads.json", "user_conversations.json"), ("group_threads.json", "group_conversations.json")] {
+    let pairs = crate::config::legacy::LEGACY_ID_MAPS
+        .iter()
+        .flat_map(|(legacy, new)| [(legacy.to_string(), new.to_string()), (group_map_file(legacy), group_map_file(new))]);
+    for (legacy, new) in pairs {
         let threads = data_dir.join(legacy);
         let conversations = data_dir.join(new);
         if threads.exists() && !conversations.exists() {

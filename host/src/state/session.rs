@@ -98,8 +98,11 @@ impl From<i64> for SessionKey {
 }
 
 /// The group map kept beside a backend's private map: `user_threads.json` → `group_threads.json`.
+/// Group session maps are derived from the private ones: a plugin's id map cannot start with it.
+pub const GROUP_MAP_PREFIX: &str = "group_";
+
 pub fn group_map_file(private_file: &str) -> String {
-    format!("group_{}", private_file.strip_prefix("user_").unwrap_or(private_file))
+    format!("{GROUP_MAP_PREFIX}{}", private_file.strip_prefix("user_").unwrap_or(private_file))
 }
 
 /// One backend's session ids, both kinds of key.

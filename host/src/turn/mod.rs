@@ -1,6 +1,11 @@
 //! The turn pipeline every front end uses (Telegram, the terminal chat, `swapbot ask`):
-//! route → one turn per user at a time → session id → knowledge base → plugin (with one safe
-//! retry) → ids and history made durable → one log line.
+//! route → one turn per session at a time → budget → session id → knowledge base → plugin on
+//! its backend's transport (with the [`retry`] policy) → ids and history made durable → one log
+//! line and the user's [`replies`].
+
+pub mod replies;
+pub mod retry;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,17 +14,18 @@ use std::time::{Duration, Instant};
 use crate::calendar::unix_ms_now as unix_ms;
 
 use arc_swap::ArcSwap;
-use swapbot_openai::OpenAi;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{BackendConfig, Config};
+use crate::registry::Registry;
+use crate::routing::Routing;
 use crate::runtime::effects::{LiveEffects, TurnObservations};
-use crate::runtime::{ChatError, ContextChunk, ErrorKind, PluginError, Settings, Turn};
-use crate::registry::PluginSet;
-use crate::routing::{Backend, Routing};
+use crate::runtime::{ContextChunk, ErrorKind, PluginError, Settings, Turn};
 use crate::state::{GroupKey, SessionHistory, SessionIds, SessionKey, group_map_file};
 use crate::state::{HistoryStore, IdMap};
+use replies::{EMPTY, GENERIC, TOO_SLOW, UNAVAILABLE};
+use transport::Transports;
 use crate::telemetry::turnlog::{TurnLog, TurnRecord};
 use crate::usage::{Budgets, Ledger, PriceTable, TokenCounts};
 
@@ -62,18 +68,10 @@ impl Default for Accounting {
     }
 }
 
-/// The settings a turn hands to plugins, from the operator's configuration.
+/// The settings of turns: every backend's, and the host's caps.
 #[derive(Clone, Debug)]
 pub struct TurnSettings {
-    pub model: String,
-    pub instructions: String,
-    pub assistant_id: Option<String>,
-    pub stream: bool,
-    pub background: bool,
-    pub poll_interval: Duration,
-    pub deadline: Duration,
-    /// `settings.options` per backend name.
-    pub options: std::collections::BTreeMap<String, Vec<(String, String)>>,
+    pub backends: crate::config::Backends,
     /// The longest server-requested wait a retry honours (`MAX_RETRY_WAIT_SECS`).
     pub max_retry_wait: Duration,
     /// The most answer text a plugin may push in one turn.
@@ -83,32 +81,23 @@ pub struct TurnSettings {
 impl TurnSettings {
     pub fn from_config(config: &Config) -> Self {
         Self {
-            model: config.model.clone(),
-            instructions: config.instructions.clone(),
-            assistant_id: config.assistant_id.clone(),
-            stream: config.responses_stream,
-            background: config.responses_background,
-            poll_interval: config.poll_interval,
-            deadline: config.run_deadline,
-            options: config.backend_options.clone(),
+            backends: config.backends.clone(),
             max_retry_wait: config.max_retry_wait,
             // The largest answer Telegram gets: its message cap × 4096 UTF-16 units, at most 4
             // bytes of UTF-8 per unit.
             max_pushed_bytes: config.telegram_max_messages * 4096 * 4,
         }
     }
+}
 
-    fn to_wit(&self, backend: &str) -> Settings {
-        Settings {
-            model: self.model.clone(),
-            instructions: self.instructions.clone(),
-            assistant_id: self.assistant_id.clone(),
-            stream: self.stream,
-            background: self.background,
-            poll_interval_ms: self.poll_interval.as_millis().min(u32::MAX as u128) as u32,
-            deadline_ms: self.deadline.as_millis().min(u32::MAX as u128) as u32,
-            options: self.options.get(backend).cloned().unwrap_or_default(),
-        }
+/// What a plugin is handed of its backend's settings (never its base URL or key).
+pub fn plugin_settings(backend: &BackendConfig) -> Settings {
+    Settings {
+        model: backend.model.clone(),
+        instructions: backend.instructions.clone(),
+        poll_interval_ms: backend.poll_interval.as_millis().min(u32::MAX as u128) as u32,
+        deadline_ms: backend.deadline.as_millis().min(u32::MAX as u128) as u32,
+        options: backend.options.clone(),
     }
 }
 
@@ -146,7 +135,7 @@ fn cache_salt(data_dir: &std::path::Path) -> String {
 /// How a turn ended, for the front end.
 #[derive(Debug, Clone)]
 pub struct TurnOutcome {
-    pub backend: Backend,
+    pub backend: String,
     /// The answer, or one short human sentence for the user.
     pub reply: Result<String, String>,
     pub record: TurnRecord,
@@ -159,32 +148,30 @@ pub struct BackendStats {
 }
 
 pub struct TurnService {
-    plugins: Arc<PluginSet>,
-    openai: OpenAi,
+    plugins: Arc<Registry>,
+    transports: Transports,
     settings: TurnSettings,
     routing: ArcSwap<Routing>,
-    id_maps: HashMap<String, Arc<IdMap>>,
-    /// Group sessions' ids, by the private map's file name (`user_threads.json` → `group_threads.json`).
-    group_maps: HashMap<String, Arc<IdMap<GroupKey>>>,
+    data_dir: std::path::PathBuf,
+    /// Each backend's session ids (private and group), by the id map its plugin names, opened
+    /// when a plugin first names it.
+    session_maps: Mutex<HashMap<String, SessionIds>>,
     history: Arc<HistoryStore>,
     group_history: Arc<HistoryStore<GroupKey>>,
     /// One turn per session at a time (a session's conversation takes one response at a time).
     user_locks: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
     turn_log: TurnLog,
     context: Option<Arc<dyn ContextSource>>,
-    stats: Mutex<HashMap<Backend, BackendStats>>,
+    stats: Mutex<HashMap<String, BackendStats>>,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
     accounting: Accounting,
     cache_salt: String,
 }
 
-/// The id map files the host keeps, named by the plugins' descriptions.
-const ID_MAP_FILES: [&str; 2] = ["user_threads.json", "user_conversations.json"];
-
 impl TurnService {
     pub fn new(
-        plugins: Arc<PluginSet>,
-        openai: OpenAi,
+        plugins: Arc<Registry>,
+        transports: Transports,
         settings: TurnSettings,
         routing: Routing,
         data_dir: &std::path::Path,
@@ -192,21 +179,13 @@ impl TurnService {
         context: Option<Arc<dyn ContextSource>>,
         metrics: Arc<crate::telemetry::metrics::Metrics>,
     ) -> Self {
-        let id_maps = ID_MAP_FILES
-            .iter()
-            .map(|name| (name.to_string(), Arc::new(IdMap::open(data_dir.join(name)))))
-            .collect();
-        let group_maps = ID_MAP_FILES
-            .iter()
-            .map(|name| (name.to_string(), Arc::new(IdMap::open_keyed(data_dir.join(group_map_file(name))))))
-            .collect();
         Self {
             plugins,
-            openai,
+            transports,
             settings,
             routing: ArcSwap::from_pointee(routing),
-            id_maps,
-            group_maps,
+            data_dir: data_dir.to_owned(),
+            session_maps: Mutex::new(HashMap::new()),
             history: Arc::new(HistoryStore::open(data_dir.join("history"))),
             group_history: Arc::new(HistoryStore::open_keyed(data_dir.join("history").join("groups"))),
             user_locks: Mutex::new(HashMap::new()),
@@ -234,7 +213,7 @@ impl TurnService {
         cache_key(&self.cache_salt, session)
     }
 
-    pub fn plugins(&self) -> &Arc<PluginSet> {
+    pub fn plugins(&self) -> &Arc<Registry> {
         &self.plugins
     }
 
@@ -246,21 +225,33 @@ impl TurnService {
         self.routing.store(Arc::new(routing));
     }
 
-    pub fn stats(&self) -> HashMap<Backend, BackendStats> {
+    pub fn stats(&self) -> HashMap<String, BackendStats> {
         self.stats.lock().unwrap().clone()
     }
 
-    pub fn id_map(&self, file: &str) -> Option<&Arc<IdMap>> {
-        self.id_maps.get(file)
+    /// The private sessions' ids of the backends that name `file` as their id map.
+    pub fn id_map(&self, file: &str) -> Arc<IdMap> {
+        self.session_ids(file).private
+    }
+
+    pub fn settings(&self) -> &TurnSettings {
+        &self.settings
     }
 
     pub fn history(&self) -> &HistoryStore {
         &self.history
     }
 
-    /// A backend's session ids (private and group) by the private map's file name.
-    pub fn session_ids(&self, file: &str) -> Option<SessionIds> {
-        Some(SessionIds { private: self.id_maps.get(file)?.clone(), groups: self.group_maps.get(file)?.clone() })
+    /// A backend's session ids (private and group) by the private map's file name, which the
+    /// registry has checked to be a plain file of this backend's under `DATA_DIR`.
+    pub fn session_ids(&self, file: &str) -> SessionIds {
+        let mut maps = self.session_maps.lock().unwrap();
+        maps.entry(file.to_owned())
+            .or_insert_with(|| SessionIds {
+                private: Arc::new(IdMap::open(self.data_dir.join(file))),
+                groups: Arc::new(IdMap::<GroupKey>::open_keyed(self.data_dir.join(group_map_file(file)))),
+            })
+            .clone()
     }
 
     /// The replay history of every kind of session.
@@ -284,10 +275,13 @@ impl TurnService {
         let session = session.into();
         let lock = self.user_lock(session);
         let _turn = lock.lock().await;
-        for file in self.id_maps.keys() {
-            if let Some(ids) = self.session_ids(file) {
-                ids.remove(session)?;
-            }
+        // Every backend's map, loaded or not: a backend swapped out must not bring an old
+        // session back when it returns.
+        let mut files: std::collections::BTreeSet<String> =
+            self.plugins.loaded().values().filter_map(|p| p.description.id_map.clone()).collect();
+        files.extend(self.session_maps.lock().unwrap().keys().cloned());
+        for file in files {
+            self.session_ids(&file).remove(session)?;
         }
         self.session_history().clear(session)?;
         tracing::info!(session = %session.label(), "user started a new conversation");
@@ -308,23 +302,26 @@ impl TurnService {
         text: &str,
         deltas: Option<UnboundedSender<String>>,
     ) -> TurnOutcome {
-        let (backend, reason) = self.routing.load().route(user_id);
+        let routing = self.routing.load();
+        let (backend, reason) = routing.route(user_id);
         let span = tracing::info_span!(
             "turn",
             user_id,
             session = %session.label(),
-            backend = backend.name(),
+            backend,
             route = reason.as_str(),
             session_id = tracing::field::Empty,
             turn_id = tracing::field::Empty,
         );
-        self.turn_on_in(backend, reason.as_str(), user_id, session, text, deltas).instrument(span).await
+        let backend = backend.to_owned();
+        drop(routing);
+        self.turn_on_in(&backend, reason.as_str(), user_id, session, text, deltas).instrument(span).await
     }
 
     /// Runs one turn of the user's private chat on a given backend (`swapbot ask --backend`).
     pub async fn turn_on(
         &self,
-        backend: Backend,
+        backend: &str,
         route: &str,
         user_id: i64,
         text: &str,
@@ -335,7 +332,7 @@ impl TurnService {
 
     async fn turn_on_in(
         &self,
-        backend: Backend,
+        backend: &str,
         route: &str,
         user_id: i64,
         session: SessionKey,
@@ -350,7 +347,7 @@ impl TurnService {
             t0_unix_ms,
             user_id,
             session: session.label(),
-            backend: backend.name().into(),
+            backend: backend.into(),
             route: route.into(),
             ..Default::default()
         };
@@ -384,19 +381,19 @@ impl TurnService {
         };
         {
             let mut stats = self.stats.lock().unwrap();
-            let entry = stats.entry(backend).or_default();
+            let entry = stats.entry(backend.to_owned()).or_default();
             entry.turns += 1;
             entry.errors += (record.outcome == "error") as u64;
         }
         self.turn_log.write(&record);
         self.metrics.record_turn(&record);
-        TurnOutcome { backend, reply, record }
+        TurnOutcome { backend: backend.to_owned(), reply, record }
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn run_turn(
         &self,
-        backend: Backend,
+        backend: &str,
         user_id: i64,
         session: SessionKey,
         text: &str,
@@ -405,19 +402,25 @@ impl TurnService {
         record: &mut TurnRecord,
     ) -> Result<String, String> {
         let Some(plugin) = self.plugins.get(backend) else {
-            tracing::error!(backend = backend.name(), dir = %self.plugins.dir().display(), "no plugin loaded for this backend");
+            tracing::error!(backend, file = %self.plugins.file_of(backend).display(), "no plugin loaded for this backend");
             record.error_kind = Some("plugin-missing".into());
             return Err(UNAVAILABLE.into());
         };
         record.plugin_version = plugin.description.version.clone();
         record.session_label = plugin.description.session_label.clone();
         record.turn_label = plugin.description.turn_label.clone();
-        let Some(id_map) = self.session_ids(&plugin.description.id_map) else {
-            tracing::error!(id_map = %plugin.description.id_map, "plugin asks for an id map the host does not keep");
-            record.error_kind = Some("plugin-invalid".into());
-            return Err(UNAVAILABLE.into());
+        let config = self.settings.backends.get(backend);
+        let openai = match self.transports.get(backend, &config) {
+            Ok(openai) => openai,
+            Err(err) => {
+                tracing::error!(backend, %err, "the backend's transport is not configured");
+                record.error_kind = Some("config".into());
+                return Err(UNAVAILABLE.into());
+            }
         };
-        let mut session_id = id_map.get(session);
+        // A stateless backend keeps no session ids: its conversation is the history.
+        let id_map = plugin.description.id_map.as_deref().map(|file| self.session_ids(file));
+        let mut session_id = id_map.as_ref().and_then(|ids| ids.get(session));
         record.session_id = session_id.clone();
 
         let context = match &self.context {
@@ -434,7 +437,7 @@ impl TurnService {
             }
             None => vec![],
         };
-        let settings = self.settings.to_wit(&plugin.description.name);
+        let settings = plugin_settings(&config);
         record.model = settings.model.clone();
 
         // Text pushed past the largest answer a front end delivers would only be held, never shown.
@@ -459,7 +462,7 @@ impl TurnService {
             let history = self.session_history();
             let bounded = left_session.is_some();
             let effects = LiveEffects {
-                openai: self.openai.clone(),
+                openai: openai.clone(),
                 deltas: deltas.clone(),
                 history: Box::new(move || {
                     let mut recent = history.recent(session);
@@ -480,15 +483,17 @@ impl TurnService {
             match result {
                 Ok(Ok(answer)) => {
                     let current = tracing::Span::current();
-                    current.record("session_id", answer.session_id.as_str());
+                    if let Some(id) = &answer.session_id {
+                        current.record("session_id", id.as_str());
+                    }
                     current.record("turn_id", answer.turn_id.as_str());
-                    record.session_id = Some(answer.session_id.clone());
+                    record.session_id = answer.session_id.clone();
                     record.turn_id = Some(answer.turn_id.clone());
                     record.new_session = answer.new_session;
                     record.replayed = answer.replayed;
                     add_usage(record, answer.usage);
                     if let Some(Some(left)) = &left_session {
-                        tracing::warn!(left = %left, new = %answer.session_id, "continued in a new conversation: the old one no longer fit the model's window");
+                        tracing::warn!(left = %left, new = ?answer.session_id, "continued in a new conversation: the old one no longer fit the model's window");
                     }
                     let answer_text = answer.text.trim().to_owned();
                     // The id and the exchange are durable before the user sees the answer; the
@@ -502,7 +507,9 @@ impl TurnService {
                         answer_text.clone(),
                     );
                     let durable = tokio::task::spawn_blocking(move || {
-                        map.set(key, &session).map_err(|e| format!("could not store the session id: {e}"))?;
+                        if let (Some(map), Some(session)) = (map, session) {
+                            map.set(key, &session).map_err(|e| format!("could not store the session id: {e}"))?;
+                        }
                         if !stored.is_empty() {
                             history.append_turn(key, &question, &stored).map_err(|e| format!("could not store the history: {e}"))?;
                         }
@@ -521,7 +528,7 @@ impl TurnService {
                     return Ok(answer_text);
                 }
                 Ok(Err(error)) => {
-                    record.error_kind = Some(kind_name(error.kind).into());
+                    record.error_kind = Some(error.kind.as_str().into());
                     record.turn_id = error.turn_id.clone().or(record.turn_id.take());
                     add_usage(record, error.usage);
                     let shown_text = obs.pushed_chars > 0;
@@ -537,7 +544,7 @@ impl TurnService {
                     // user keeps the one they had.
                     let keep_created = left_session.is_none();
                     let created = error.session_id.as_ref().or(obs.session_started.as_ref());
-                    if let Some(new_session) = created.filter(|_| keep_created) {
+                    if let (Some(new_session), Some(id_map)) = (created.filter(|_| keep_created), &id_map) {
                         // A session created before the failure is kept: the retry and the
                         // next turn use it instead of creating another.
                         if session_id.as_deref() != Some(new_session) {
@@ -550,30 +557,20 @@ impl TurnService {
                     }
                     if matches!(error.kind, ErrorKind::ApiGone) {
                         tracing::error!(
-                            backend = backend.name(),
-                            "the backend API no longer exists ({}); switch users to the new path with USE_OPENAI_RESPONSES=true",
+                            backend,
+                            "the backend API no longer exists ({}); move its users to another backend (/rollout)",
                             error.message
                         );
                         return Err(UNAVAILABLE.into());
                     }
-                    // A wait past the cap is not slept: the user hears now instead of after it.
-                    let wait = retry_wait(&error, attempt, self.settings.max_retry_wait);
-                    if wait.is_none() && error.retryable {
-                        tracing::warn!(
-                            retry_after_ms = error.retry_after_ms,
-                            max_ms = self.settings.max_retry_wait.as_millis() as u64,
-                            "server asked for a wait beyond the cap: not retrying"
-                        );
-                    }
-                    let retry = if error.retryable && attempt < 2 && !shown_text { wait } else { None };
-                    if let Some(wait) = retry {
-                        tracing::warn!(kind = kind_name(error.kind), wait_ms = wait.as_millis() as u64, message = %error.message, "retrying the turn once");
+                    if let Some(wait) = retry::next_attempt(&error, attempt, shown_text, self.settings.max_retry_wait) {
+                        tracing::warn!(kind = error.kind.as_str(), wait_ms = wait.as_millis() as u64, message = %error.message, "retrying the turn once");
                         record.retries += 1;
                         tokio::time::sleep(wait).await;
                         continue;
                     }
-                    tracing::warn!(kind = kind_name(error.kind), message = %error.message, retryable = error.retryable, shown_text, "turn failed");
-                    return Err(human_message(&error).into());
+                    tracing::warn!(kind = error.kind.as_str(), message = %error.message, retryable = error.retryable, shown_text, "turn failed");
+                    return Err(replies::for_error(&error).into());
                 }
                 Err(plugin_error) => {
                     record.error_kind = Some(plugin_error_name(&plugin_error).into());
@@ -582,6 +579,7 @@ impl TurnService {
                     // the next turn continues in it instead of losing what it holds.
                     if let Some(created) = obs.session_started.as_ref().filter(|_| left_session.is_none())
                         && session_id.as_deref() != Some(created)
+                        && let Some(id_map) = &id_map
                     {
                         if let Err(err) = id_map.set(session, created) {
                             tracing::error!(%err, "could not store the session id");
@@ -634,9 +632,11 @@ impl TurnService {
     /// Runs one plugin call of a turn exactly as `turn_on` would (same session, context and
     /// history) while recording its HTTP exchanges, and returns them as a harness case.
     /// Nothing is stored: recording never changes the user's state.
-    pub async fn record_case(&self, backend: Backend, user_id: i64, text: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+    pub async fn record_case(&self, backend: &str, user_id: i64, text: &str, name: &str) -> anyhow::Result<serde_json::Value> {
         let plugin = self.plugins.get(backend).ok_or_else(|| anyhow::anyhow!("no {backend} plugin loaded"))?;
-        let session_id = self.id_maps.get(&plugin.description.id_map).and_then(|m| m.get(user_id));
+        let config = self.settings.backends.get(backend);
+        let openai = self.transports.get(backend, &config).map_err(|e| anyhow::anyhow!("backend {backend}: {e}"))?;
+        let session_id = plugin.description.id_map.as_deref().and_then(|file| self.id_map(file).get(user_id));
         let context = match &self.context {
             Some(source) => source.context(text).await.chunks,
             None => vec![],
@@ -647,12 +647,12 @@ impl TurnService {
             cache_key: cache_key(&self.cache_salt, user_id),
             text: text.to_owned(),
             context,
-            settings: self.settings.to_wit(&plugin.description.name),
+            settings: plugin_settings(&config),
         };
         let history = self.history.recent(user_id);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let live = LiveEffects {
-            openai: self.openai.clone(),
+            openai,
             deltas: Some(tx),
             history: Box::new({
                 let history = history.clone();
@@ -686,54 +686,6 @@ fn add_usage(record: &mut TurnRecord, usage: Option<crate::runtime::Usage>) {
     add(&mut record.cached_input_tokens, u.cached_input_tokens);
     add(&mut record.output_tokens, u.output_tokens);
     add(&mut record.reasoning_tokens, u.reasoning_tokens);
-}
-
-const GENERIC: &str = "Sorry, something went wrong while answering. Please try again.";
-const UNAVAILABLE: &str = "Sorry, the assistant is unavailable right now. Please try again later.";
-const TOO_SLOW: &str = "The assistant took too long to answer. Please try again.";
-const EMPTY: &str = "Sorry, I could not come up with an answer. Please rephrase your question.";
-
-const CONTEXT_OVERFLOW: &str =
-    "Your message is too long for me to read in one go. Please send a shorter one (or split it into parts).";
-
-fn human_message(error: &ChatError) -> &'static str {
-    match error.kind {
-        ErrorKind::ContextOverflow => CONTEXT_OVERFLOW,
-        ErrorKind::RateLimited | ErrorKind::Quota => "The assistant is busy right now. Please try again in a minute.",
-        ErrorKind::Timeout => TOO_SLOW,
-        ErrorKind::SessionBusy => "I am still working on your previous message. Please wait a moment.",
-        ErrorKind::Auth | ErrorKind::Config | ErrorKind::ApiGone => UNAVAILABLE,
-        _ => GENERIC,
-    }
-}
-
-/// How long to wait before retrying a failed attempt, under the host's one cap on
-/// server-requested waits; `None` when the server asked for more than the cap.
-fn retry_wait(error: &ChatError, attempt: u32, max_wait: Duration) -> Option<Duration> {
-    match error.retry_after_ms {
-        Some(ms) => swapbot_openai::capped_wait(Duration::from_millis(ms as u64), max_wait),
-        None => Some(swapbot_openai::backoff(attempt)),
-    }
-}
-
-pub fn kind_name(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::Timeout => "timeout",
-        ErrorKind::Connection => "connection",
-        ErrorKind::RateLimited => "rate-limited",
-        ErrorKind::Quota => "quota",
-        ErrorKind::Server => "server",
-        ErrorKind::SessionBusy => "session-busy",
-        ErrorKind::SessionGone => "session-gone",
-        ErrorKind::ApiGone => "api-gone",
-        ErrorKind::Auth => "auth",
-        ErrorKind::BadRequest => "bad-request",
-        ErrorKind::BadResponse => "bad-response",
-        ErrorKind::StreamCut => "stream-cut",
-        ErrorKind::ModelFailed => "model-failed",
-        ErrorKind::Config => "config",
-        ErrorKind::ContextOverflow => "context-overflow",
-    }
 }
 
 fn plugin_error_name(err: &PluginError) -> &'static str {
