@@ -37,6 +37,12 @@ test-guests: wasm-target
 	@cp "$(WASM)/swapbot_guest_hostile.wasm" target/test-plugins/hostile.wasm
 	@cp "$(WASM)/swapbot_guest_future.wasm" target/test-plugins/future.wasm
 	@cp "$(WASM)/swapbot_guest_legacy.wasm" target/test-plugins/legacy-v0.1.wasm
+	$(CARGO) build --release --locked --target wasm32-wasip2 -p swapbot-guest-echo --features names-another-backends-map
+	@cp "$(WASM)/swapbot_guest_echo.wasm" target/test-plugins/thief.wasm
+	$(CARGO) build --release --locked --target wasm32-wasip2 -p swapbot-guest-echo --features names-a-path-outside-data-dir
+	@cp "$(WASM)/swapbot_guest_echo.wasm" target/test-plugins/escape.wasm
+	$(CARGO) build --release --locked --target wasm32-wasip2 -p swapbot-guest-echo
+	@cp "$(WASM)/swapbot_guest_echo.wasm" target/test-plugins/echo.wasm
 
 ## test: every test, then every plugin's harness cases
 test: build test-guests

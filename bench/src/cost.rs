@@ -4,17 +4,16 @@
 //! window that fills within the run, and the knowledge base seeded from `kb-sample/` (so every
 //! turn carries retrieved chunks); cost at the shipped price table.
 
-use swapbot::routing::Backend;
 use swapbot_sandbox::{Sandbox, SandboxConfig};
 
 use crate::common::{Out, Samples, record, remove_dir, root, scratch};
 
 const TURNS: usize = 100;
 /// The shipped default layout of a backend.
-fn default_layout(backend: Backend) -> &'static str {
+fn default_layout(backend: &str) -> &'static str {
     match backend {
-        Backend::Responses => "input",
-        Backend::Assistants => "instructions",
+        "responses" => "input",
+        "assistants" => "instructions",
     }
 }
 const MARKS: [usize; 4] = [1, 10, 50, 100];
@@ -43,7 +42,7 @@ struct Turn {
 const COMPACT_AT: u64 = WINDOW / 2;
 
 /// `window`: `None` is the model's real window (gpt-4.1-mini: about 1M tokens, never full here).
-async fn conversation(backend: Backend, layout: &str, mode: &str, window: Option<u64>) -> anyhow::Result<Vec<Turn>> {
+async fn conversation(backend: &str, layout: &str, mode: &str, window: Option<u64>) -> anyhow::Result<Vec<Turn>> {
     let sandbox = Sandbox::start(SandboxConfig { context_window: window, ..Default::default() }).await?;
     let work = scratch("cost");
     let env: Vec<(String, String)> = vec![
@@ -89,14 +88,14 @@ async fn conversation(backend: Backend, layout: &str, mode: &str, window: Option
 pub async fn cost(out: &Out) -> anyhow::Result<()> {
     let small = Some(WINDOW);
     let runs = [
-        (Backend::Responses, "instructions", "truncate", None),
-        (Backend::Responses, "input", "truncate", None),
-        (Backend::Responses, "instructions", "truncate", small),
-        (Backend::Responses, "input", "truncate", small),
-        (Backend::Responses, "instructions", "compact", small),
-        (Backend::Responses, "input", "compact", small),
-        (Backend::Assistants, "instructions", "truncate", small),
-        (Backend::Assistants, "input", "truncate", small),
+        ("responses", "instructions", "truncate", None),
+        ("responses", "input", "truncate", None),
+        ("responses", "instructions", "truncate", small),
+        ("responses", "input", "truncate", small),
+        ("responses", "instructions", "compact", small),
+        ("responses", "input", "compact", small),
+        ("assistants", "instructions", "truncate", small),
+        ("assistants", "input", "truncate", small),
     ];
     for (backend, layout, mode, window) in runs {
         {
@@ -107,8 +106,8 @@ pub async fn cost(out: &Out) -> anyhow::Result<()> {
                 None => "real window".to_owned(),
             };
             let label = match backend {
-                Backend::Responses => format!("{backend}, {mode}, {window_label}, context in {layout}{default}"),
-                Backend::Assistants => format!("{backend}, {window_label}, context in {layout}{default}"),
+                "responses" => format!("{backend}, {mode}, {window_label}, context in {layout}{default}"),
+                "assistants" => format!("{backend}, {window_label}, context in {layout}{default}"),
             };
             let default = !default.is_empty();
             let turns = conversation(backend, layout, mode, window).await?;
@@ -135,7 +134,7 @@ pub async fn cost(out: &Out) -> anyhow::Result<()> {
             let mut share = Samples::new();
             share.push(if input == 0 { 0.0 } else { cached as f64 * 100.0 / input as f64 });
             let mut r = record("8 cost", &format!("{label}: input tokens cached, turns 3–{TURNS}"), "%", &share, "");
-            if default && backend == Backend::Responses {
+            if default && backend == "responses" {
                 r = r.goal("≥ 80% with the default layout", share.median() >= 80.0);
             }
             out.emit(r);

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use swapbot::runtime::{Limits, PluginRuntime};
-use swapbot::registry::{LoadOutcome, PluginSet};
-use swapbot::routing::Backend;
+use swapbot::registry::{LoadOutcome, Registry};
 
 use crate::common::{Out, Samples, plugin_path, record, remove_dir, root, rss_mib, scratch};
 use crate::effects::{Canned, Path as TurnPath, wit_turn};
@@ -45,23 +44,23 @@ fn install(dir: &Path, file: &str, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Group 5: rename of a new module → first turn served by the new module, through the host's
-/// directory watcher (`PluginSet::watch`, as `swapbot run` starts it) and through a direct
-/// `PluginSet::reload` call (the part of it that is not waiting for the watcher).
+/// directory watcher (`Registry::watch`, as `swapbot run` starts it) and through a direct
+/// `Registry::reload` call (the part of it that is not waiting for the watcher).
 pub async fn hot_swap(out: &Out, cold_runs: usize, cached_runs: usize) -> anyhow::Result<()> {
     const EXCLUDES: &str = "HTTP of the first turn (canned, in memory); the turn starts as soon as the new module is in \
         its slot (polled every 0.5 ms)";
     let g = "5 hot swap";
-    for (backend, path) in [(Backend::Responses, TurnPath::ResponsesStream), (Backend::Assistants, TurnPath::Assistants)] {
+    for (backend, path) in [("responses", TurnPath::ResponsesStream), ("assistants", TurnPath::Assistants)] {
         let name = path.plugin();
-        let script = crate::runtime::record_turn(path).await?;
-        let turn = wit_turn(path, 1, Some(crate::runtime::session_of(&script, path)), "hello", 500);
+        let script = crate::plugin::record_turn(path).await?;
+        let turn = wit_turn(path, 1, Some(crate::plugin::session_of(&script, path)), "hello", 500);
         let base = std::fs::read(plugin_path(name))?;
         for watched in [true, false] {
             let work = scratch("swap");
             let dir = work.join("plugins");
             std::fs::create_dir_all(&dir)?;
             install(&dir, backend.file_name(), &base)?;
-            let set = Arc::new(PluginSet::new(PluginRuntime::new(Limits::default())?, &dir, Some(work.join("cache"))));
+            let set = Arc::new(Registry::new(PluginRuntime::new(Limits::default())?, &dir, Some(work.join("cache"))));
             set.reload(backend).await?;
             let watcher = if watched {
                 let w = tokio::spawn(set.clone().watch());
@@ -188,7 +187,7 @@ pub fn memory_child(data: &Path, users: usize) -> anyhow::Result<()> {
         ];
         let config = swapbot::config::Config::from_lookup(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))?;
         let app = swapbot::app::build(config, None).await?;
-        let map = app.service.id_map("user_conversations.json").unwrap();
+        let map = app.service.id_map("user_conversations.json");
         for i in 0..users {
             let user = 100_000 + i as i64;
             std::hint::black_box(map.get(user));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use swapbot::config::Config;
 use swapbot::frontend::BotHandler;
 use swapbot::routing::rollout::Rollout;
-use swapbot::routing::{Backend, bucket};
+use swapbot::routing::bucket;
 use swapbot_fake_telegram::{FakeFailure, FakeTelegram};
 use swapbot_sandbox::{Fault, FaultKind, Sandbox, SandboxConfig};
 use swapbot_telegram::{BotOptions, TurnHandler, run_polling_until};
@@ -202,7 +202,7 @@ async fn rollout_changes_move_exactly_the_expected_users_and_non_admins_get_no_h
     std::fs::write(w.rollout.path(), r#"{"rollout_percent": 30}"#).unwrap();
     w.rollout.apply_file().unwrap();
     for &u in &users {
-        let expected = if bucket(u) < 30 { Backend::Responses } else { Backend::Assistants };
+        let expected = if bucket(u) < 30 { "responses" } else { "assistants" };
         assert_eq!(w.app.service.routing().route(u).0, expected);
     }
     for &u in &users[..10] {
@@ -213,14 +213,14 @@ async fn rollout_changes_move_exactly_the_expected_users_and_non_admins_get_no_h
     // From the admin command.
     w.say(1, "/rollout percent 60").await;
     for &u in &users {
-        assert_eq!(w.app.service.routing().route(u).0 == Backend::Responses, bucket(u) < 60, "user {u}");
+        assert_eq!(w.app.service.routing().route(u).0 == "responses", bucket(u) < 60, "user {u}");
     }
     // A non-admin's /rollout is answered like any unknown command, and changes nothing.
     let unknown = w.say(2, "/frobnicate").await;
     let refused = w.say(2, "/rollout percent 0").await;
     assert_eq!(refused, unknown);
     assert!(!refused.to_lowercase().contains("rollout"));
-    assert_eq!(w.app.service.routing().rollout_percent, 60);
+    assert_eq!(w.app.service.routing().canary.as_ref().unwrap().percent, 60);
     w.stop().await;
 }
 

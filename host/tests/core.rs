@@ -4,27 +4,26 @@
 use std::sync::Arc;
 
 use swapbot::runtime::{Limits, PluginError, PluginRuntime};
-use swapbot::routing::Backend;
 use swapbot_sandbox::{Fault, FaultKind};
 
 mod common;
 use common::{Bot, KEY, bot, plugin_dir, repo, test_plugin};
 
-async fn ask(bot: &Bot, backend: Backend, user: i64, text: &str) -> Result<String, String> {
+async fn ask(bot: &Bot, backend: &str, user: i64, text: &str) -> Result<String, String> {
     bot.app.service.turn_on(backend, "test", user, text, None).await.reply
 }
 
 #[tokio::test]
 async fn a_three_turn_dialog_keeps_context_on_both_backends() {
-    for (backend, stream) in [(Backend::Responses, "true"), (Backend::Responses, "false"), (Backend::Assistants, "true")] {
+    for (backend, stream) in [("responses", "true"), ("responses", "false"), ("assistants", "true")] {
         let bot = bot(&[("RESPONSES_STREAM", stream)]).await;
         assert_eq!(ask(&bot, backend, 7, "My name is Ada.").await.unwrap(), "Nice to meet you, Ada.");
         assert_eq!(ask(&bot, backend, 7, "remember the door code is 4512").await.unwrap(), "OK, I will remember: the door code is 4512.");
         assert_eq!(ask(&bot, backend, 7, "What is my name?").await.unwrap(), "Your name is Ada.", "{backend} stream={stream}");
         // One session for the user, reused on every turn.
         match backend {
-            Backend::Responses => assert_eq!(bot.sandbox.conversation_count(), 1),
-            Backend::Assistants => assert_eq!(bot.sandbox.thread_count(), 1),
+            "responses" => assert_eq!(bot.sandbox.conversation_count(), 1),
+            _ => assert_eq!(bot.sandbox.thread_count(), 1),
         }
         let requests = bot.sandbox.requests();
         assert!(requests.iter().all(|r| r.header("authorization") == Some(&format!("Bearer {KEY}")[..])));
@@ -35,11 +34,11 @@ async fn a_three_turn_dialog_keeps_context_on_both_backends() {
 #[tokio::test]
 async fn the_new_path_sends_one_response_per_turn_with_the_conversation() {
     let bot = bot(&[]).await;
-    ask(&bot, Backend::Responses, 9, "hello").await.unwrap();
-    ask(&bot, Backend::Responses, 9, "again").await.unwrap();
+    ask(&bot, "responses", 9, "hello").await.unwrap();
+    ask(&bot, "responses", 9, "again").await.unwrap();
     let posts: Vec<_> = bot.sandbox.requests().into_iter().filter(|r| r.method == "POST" && r.path.ends_with("/responses")).collect();
     assert_eq!(posts.len(), 2);
-    let conv = bot.app.service.id_map("user_conversations.json").unwrap().get(9).unwrap();
+    let conv = bot.app.service.id_map("user_conversations.json").get(9).unwrap();
     for post in &posts {
         assert_eq!(post.body["conversation"], conv.as_str());
         assert_eq!(post.body["stream"], true);
@@ -57,7 +56,7 @@ async fn parallel_users_never_see_each_others_context() {
     for user in 1..=5i64 {
         let bot = bot.clone();
         tasks.push(tokio::spawn(async move {
-            let backend = if user % 2 == 0 { Backend::Assistants } else { Backend::Responses };
+            let backend = if user % 2 == 0 { "assistants" } else { "responses" };
             ask(&bot, backend, user, &format!("My name is User{user}.")).await.unwrap();
             ask(&bot, backend, user, "What is my name?").await.unwrap()
         }));
@@ -71,18 +70,18 @@ async fn parallel_users_never_see_each_others_context() {
 async fn a_transient_failure_is_retried_once_and_a_lasting_one_gets_a_human_message() {
     let bot = bot(&[]).await;
     bot.sandbox.inject(Fault::on("/responses", FaultKind::RateLimited { retry_after_secs: 1 }).method("POST"));
-    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 3, "echo: still here", None).await;
+    let outcome = bot.app.service.turn_on("responses", "test", 3, "echo: still here", None).await;
     assert_eq!(outcome.reply.unwrap(), "still here");
     assert_eq!(outcome.record.retries, 1);
 
     bot.sandbox.inject(Fault::on("/responses", FaultKind::Status { status: 500, code: None, message: "boom".into() }).method("POST").times(2));
-    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 3, "echo: lost", None).await;
+    let outcome = bot.app.service.turn_on("responses", "test", 3, "echo: lost", None).await;
     let human = outcome.reply.unwrap_err();
     assert!(!human.contains('{') && !human.contains("500") && !human.contains("boom"), "{human}");
     let posts = bot.sandbox.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/responses")).count();
     assert_eq!(posts, 4, "two attempts per turn, never more");
     // The failed turn did not enter the history; the next turn works.
-    assert_eq!(ask(&bot, Backend::Responses, 3, "echo: back").await.unwrap(), "back");
+    assert_eq!(ask(&bot, "responses", 3, "echo: back").await.unwrap(), "back");
     bot.sandbox.shutdown().await;
 }
 
@@ -91,7 +90,7 @@ async fn a_stream_cut_after_text_is_not_replayed() {
     let bot = bot(&[]).await;
     bot.sandbox.inject(Fault::on("/responses", FaultKind::CutStreamAfterDeltas(2)).method("POST"));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 4, "long answer 300", Some(tx)).await;
+    let outcome = bot.app.service.turn_on("responses", "test", 4, "long answer 300", Some(tx)).await;
     assert!(outcome.reply.is_err());
     assert!(rx.try_recv().is_ok(), "text was shown before the cut");
     let posts = bot.sandbox.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/responses")).count();
@@ -103,7 +102,7 @@ async fn a_stream_cut_after_text_is_not_replayed() {
 async fn the_sunset_assistants_api_is_reported_as_gone() {
     let bot = bot(&[]).await;
     bot.sandbox.set_config(|c| c.assistants_gone = true);
-    let outcome = bot.app.service.turn_on(Backend::Assistants, "test", 5, "hello", None).await;
+    let outcome = bot.app.service.turn_on("assistants", "test", 5, "hello", None).await;
     assert!(outcome.reply.is_err());
     assert_eq!(outcome.record.error_kind.as_deref(), Some("api-gone"));
     let posts = bot.sandbox.requests().iter().filter(|r| r.path.ends_with("/threads")).count();
@@ -114,14 +113,14 @@ async fn the_sunset_assistants_api_is_reported_as_gone() {
 #[tokio::test]
 async fn a_user_moving_to_the_new_path_gets_the_history_replayed() {
     let bot = bot(&[]).await;
-    ask(&bot, Backend::Assistants, 11, "My name is Grace.").await.unwrap();
-    ask(&bot, Backend::Assistants, 11, "remember tea at five").await.unwrap();
-    assert_eq!(ask(&bot, Backend::Responses, 11, "What is my name?").await.unwrap(), "Your name is Grace.");
+    ask(&bot, "assistants", 11, "My name is Grace.").await.unwrap();
+    ask(&bot, "assistants", 11, "remember tea at five").await.unwrap();
+    assert_eq!(ask(&bot, "responses", 11, "What is my name?").await.unwrap(), "Your name is Grace.");
     assert_eq!(
-        ask(&bot, Backend::Responses, 11, "what did I ask you to remember?").await.unwrap(),
+        ask(&bot, "responses", 11, "what did I ask you to remember?").await.unwrap(),
         "You asked me to remember: tea at five."
     );
-    let conv = bot.app.service.id_map("user_conversations.json").unwrap().get(11).unwrap();
+    let conv = bot.app.service.id_map("user_conversations.json").get(11).unwrap();
     let items = bot.sandbox.conversation_items(&conv).unwrap();
     assert!(items.len() >= 4 + 2 * 2, "replayed 4 messages plus two turns, got {}", items.len());
     bot.sandbox.shutdown().await;
@@ -147,9 +146,6 @@ fn turn(text: &str) -> swapbot::runtime::Turn {
         settings: swapbot::runtime::Settings {
             model: "m".into(),
             instructions: "i".into(),
-            assistant_id: None,
-            stream: true,
-            background: false,
             poll_interval_ms: 10,
             deadline_ms: 1000,
             options: vec![("context".into(), "truncate".into())],
@@ -264,12 +260,6 @@ async fn a_plugin_built_for_contract_0_1_0_still_answers_beside_0_2_0() {
     let failed = runtime.chat(&legacy, turn("fail"), Box::new(seen.clone())).await.unwrap().unwrap_err();
     assert_eq!(failed.kind, swapbot::runtime::ErrorKind::RateLimited);
     assert_eq!((failed.retryable, failed.retry_after_ms, failed.session_id.as_deref()), (true, Some(1), Some("conv_legacy_new")));
-    let replayed = runtime
-        .replay(&legacy, "conv_1".into(), vec![swapbot::runtime::HistoryMessage { role: swapbot::runtime::Role::Assistant, text: "a".into() }; 3], t.settings.clone(), Box::new(seen))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(replayed, 3);
 }
 
 #[tokio::test]
@@ -283,7 +273,7 @@ async fn a_plugin_under_the_wrong_file_name_is_refused() {
 #[tokio::test]
 async fn ids_and_history_are_on_disk_as_soon_as_the_turn_ends() {
     let bot = bot(&[]).await;
-    ask(&bot, Backend::Responses, 5_000_000_001, "My name is Linus.").await.unwrap();
+    ask(&bot, "responses", 5_000_000_001, "My name is Linus.").await.unwrap();
     let data = bot.app.config.data_dir.clone();
     let map: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("user_conversations.json")).unwrap()).unwrap();
     assert!(map["5000000001"].as_str().unwrap().starts_with("conv_"));
@@ -308,10 +298,10 @@ async fn retrieval_puts_the_right_chunk_into_the_prompt_on_both_backends() {
     let kb = bot.app.kb.as_ref().unwrap();
     kb.ingest(docs.path(), swapbot_kb::IngestOptions { progress: Some(false), ..Default::default() }).await.unwrap();
 
-    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 21, "What is the office wifi password?", None).await;
+    let outcome = bot.app.service.turn_on("responses", "test", 21, "What is the office wifi password?", None).await;
     assert!(outcome.reply.unwrap().contains("office.md"));
     assert!(outcome.record.kb_chunks >= 1);
-    bot.app.service.turn_on(Backend::Assistants, "test", 22, "What is the office wifi password?", None).await.reply.unwrap();
+    bot.app.service.turn_on("assistants", "test", 22, "What is the office wifi password?", None).await.reply.unwrap();
 
     let requests = bot.sandbox.requests();
     let response = requests.iter().find(|r| r.path.ends_with("/responses") && r.method == "POST").unwrap();
@@ -338,12 +328,12 @@ async fn retrieval_puts_the_right_chunk_into_the_prompt_on_both_backends() {
 async fn a_case_recorded_from_a_real_run_replays_green_in_the_harness() {
     for stream in ["true", "false"] {
         let bot = bot(&[("RESPONSES_STREAM", stream)]).await;
-        ask(&bot, Backend::Responses, 31, "My name is Ada.").await.unwrap();
-        let case = bot.app.service.record_case(Backend::Responses, 31, "What is my name?", "recorded").await.unwrap();
+        ask(&bot, "responses", 31, "My name is Ada.").await.unwrap();
+        let case = bot.app.service.record_case("responses", 31, "What is my name?", "recorded").await.unwrap();
         assert_eq!(case["expect"]["ok"]["text"], "Your name is Ada.");
         let recorded = bot.sandbox.requests().len();
         let case = swapbot::dev::harness::Case::parse(&case.to_string());
-        let plugin = bot.app.plugins.get(Backend::Responses).unwrap();
+        let plugin = bot.app.plugins.get("responses").unwrap();
         let result = swapbot::dev::harness::run_case(bot.app.plugins.runtime(), &plugin, case).await;
         assert!(result.passed(), "{:?}", result.failures);
         assert_eq!(bot.sandbox.requests().len(), recorded, "the harness replays without the network");

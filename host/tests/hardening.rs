@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use swapbot::routing::Backend;
 use swapbot_sandbox::{Fault, FaultKind, Sandbox, SandboxConfig};
 
 const HANG_GUARD: Duration = Duration::from_secs(60);
@@ -30,19 +29,19 @@ fn responses_posts(bot: &Bot) -> usize {
 async fn a_retry_after_beyond_the_cap_is_answered_at_once_not_slept() {
     let bot = bot(&[("MAX_RETRY_WAIT_SECS", "5")]).await;
     bot.sandbox.inject(Fault::on("/responses", FaultKind::RateLimited { retry_after_secs: 100_000 }).method("POST"));
-    let turn = bot.app.service.turn_on(Backend::Responses, "test", 3, "echo: anyone?", None);
+    let turn = bot.app.service.turn_on("responses", "test", 3, "echo: anyone?", None);
     let outcome = tokio::time::timeout(HANG_GUARD, turn).await.expect("the turn slept the server's Retry-After");
     let human = outcome.reply.unwrap_err();
     assert!(human.contains("busy"), "{human}");
     assert_eq!(outcome.record.retries, 0);
     assert_eq!(responses_posts(&bot), 1, "not retried");
     // The user's lock is free: the next question is answered.
-    let next = bot.app.service.turn_on(Backend::Responses, "test", 3, "echo: back", None).await;
+    let next = bot.app.service.turn_on("responses", "test", 3, "echo: back", None).await;
     assert_eq!(next.reply.unwrap(), "back");
 
     // A wait within the cap is still honoured, and the retry answers.
     bot.sandbox.inject(Fault::on("/responses", FaultKind::RateLimited { retry_after_secs: 1 }).method("POST"));
-    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 3, "echo: patient", None).await;
+    let outcome = bot.app.service.turn_on("responses", "test", 3, "echo: patient", None).await;
     assert_eq!(outcome.reply.unwrap(), "patient");
     assert_eq!(outcome.record.retries, 1);
     bot.sandbox.shutdown().await;
@@ -52,7 +51,7 @@ async fn a_retry_after_beyond_the_cap_is_answered_at_once_not_slept() {
 async fn max_retry_wait_zero_never_waits_for_a_server() {
     let bot = bot(&[("MAX_RETRY_WAIT_SECS", "0")]).await;
     bot.sandbox.inject(Fault::on("/responses", FaultKind::RateLimited { retry_after_secs: 1 }).method("POST"));
-    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 4, "echo: now", None).await;
+    let outcome = bot.app.service.turn_on("responses", "test", 4, "echo: now", None).await;
     assert!(outcome.reply.is_err());
     assert_eq!(outcome.record.retries, 0);
     assert_eq!(outcome.record.error_kind.as_deref(), Some("rate-limited"));
@@ -64,7 +63,7 @@ async fn max_retry_wait_zero_never_waits_for_a_server() {
 async fn a_turn_cut_by_its_deadline_says_it_took_too_long() {
     let plugins = hostile_plugin_dir();
     let bot = bot(&[("PLUGIN_DIR", &plugins.path().display().to_string()), ("TURN_TIMEOUT_SECS", "1")]).await;
-    let outcome = bot.app.service.turn_on(Backend::Responses, "test", 5, "sleepy", None).await;
+    let outcome = bot.app.service.turn_on("responses", "test", 5, "sleepy", None).await;
     let human = outcome.reply.unwrap_err();
     assert!(human.contains("took too long"), "{human}");
     assert!(!human.contains("something went wrong"), "{human}");
@@ -78,16 +77,16 @@ async fn a_turn_cut_by_its_deadline_says_it_took_too_long() {
 async fn a_session_created_before_a_trap_or_the_deadline_is_kept() {
     let plugins = hostile_plugin_dir();
     let bot = bot(&[("PLUGIN_DIR", &plugins.path().display().to_string()), ("TURN_TIMEOUT_SECS", "1")]).await;
-    let map = bot.app.service.id_map("user_conversations.json").unwrap().clone();
+    let map = bot.app.service.id_map("user_conversations.json").clone();
     for (user, text) in [(61, "started then panic"), (62, "started then sleepy")] {
-        let outcome = bot.app.service.turn_on(Backend::Responses, "test", user, text, None).await;
+        let outcome = bot.app.service.turn_on("responses", "test", user, text, None).await;
         assert!(outcome.reply.is_err(), "{text}");
         let want = format!("conv_hostile_{user}");
         assert_eq!(map.get(user).as_deref(), Some(want.as_str()), "{text}: the session is in the id map");
         assert_eq!(outcome.record.session_id.as_deref(), Some(want.as_str()), "{text}: and in the turn log");
     }
     // The next turn runs in it.
-    let next = bot.app.service.turn_on(Backend::Responses, "test", 61, "hello", None).await;
+    let next = bot.app.service.turn_on("responses", "test", 61, "hello", None).await;
     assert_eq!(next.reply.unwrap(), "survived: hello");
     assert_eq!(next.record.session_id.as_deref(), Some("conv_hostile_61"));
     bot.sandbox.shutdown().await;
@@ -102,9 +101,9 @@ async fn a_plugin_file_over_the_size_cap_is_refused_unread() {
     sparse.set_len(200 << 20).unwrap();
     drop(sparse);
     let bot = bot(&[("PLUGIN_DIR", &plugins.path().display().to_string()), ("PLUGIN_MAX_FILE_MB", "8")]).await;
-    assert!(bot.app.plugins.get(Backend::Responses).is_none());
-    assert!(bot.app.plugins.get(Backend::Assistants).is_some(), "the other backend still serves");
-    let err = bot.app.plugins.reload(Backend::Responses).await.unwrap_err().to_string();
+    assert!(bot.app.plugins.get("responses").is_none());
+    assert!(bot.app.plugins.get("assistants").is_some(), "the other backend still serves");
+    let err = bot.app.plugins.reload("responses").await.unwrap_err().to_string();
     assert!(err.contains("over the limit") && err.contains("PLUGIN_MAX_FILE_MB"), "{err}");
     bot.sandbox.shutdown().await;
 }
@@ -201,13 +200,14 @@ mod plugin_bounds {
 #[tokio::test]
 async fn a_forged_compile_cache_entry_is_not_served() {
     use swapbot::runtime::{Limits, PluginRuntime};
-    use swapbot::registry::{LoadOutcome, PluginSet};
+    use swapbot::registry::{LoadOutcome, Registry};
     let data = tempfile::tempdir().unwrap();
     let cache = data.path().join(".plugin-cache");
-    let set = || PluginSet::new(PluginRuntime::new(Limits::default()).unwrap(), plugin_dir(), Some(cache.clone()));
-    let cached = |outcomes: Vec<(Backend, Result<LoadOutcome, swapbot::runtime::PluginError>)>| -> Vec<bool> {
+    let set = || Registry::new(PluginRuntime::new(Limits::default()).unwrap(), plugin_dir(), Some(cache.clone()));
+    let cached = |outcomes: Vec<(String, Result<LoadOutcome, swapbot::runtime::PluginError>)>| -> Vec<bool> {
         outcomes
             .into_iter()
+            .filter(|(name, _)| ["assistants", "responses"].contains(&name.as_str()))
             .map(|(_, o)| match o.unwrap() {
                 LoadOutcome::Loaded { cached, .. } => cached,
                 other => panic!("{other:?}"),
@@ -237,7 +237,7 @@ async fn a_forged_compile_cache_entry_is_not_served() {
         let restarted = set();
         let outcomes = cached(restarted.load_all().await);
         assert_eq!(outcomes, [true, false], "the forged entry is recompiled, not used");
-        let serving = restarted.get(Backend::Responses).unwrap();
+        let serving = restarted.get("responses").unwrap();
         assert_ne!(serving.description.version, "6.6.6-hostile");
         assert_eq!(serving.sha256, responses_sha);
     }

@@ -2,7 +2,6 @@
 //! the real runtime against the sandbox with a small window, prompt caching and usage that counts
 //! the whole context the model saw.
 
-use swapbot::routing::Backend;
 use swapbot_sandbox::{Fault, FaultKind, SandboxConfig};
 
 mod common;
@@ -14,7 +13,7 @@ async fn bot(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Bot {
     common::bot_with(sandbox, &vars).await
 }
 
-async fn ask(bot: &Bot, backend: Backend, user: i64, text: &str) -> Result<String, String> {
+async fn ask(bot: &Bot, backend: &str, user: i64, text: &str) -> Result<String, String> {
     bot.app.service.turn_on(backend, "test", user, text, None).await.reply
 }
 
@@ -27,11 +26,11 @@ fn fact(i: usize) -> String {
 #[tokio::test]
 async fn a_forty_turn_dialog_past_a_small_window_is_answered_every_turn() {
     let filler = "with some words to make the conversation grow faster than the window allows";
-    let variants: [(&str, Backend, Vec<(&str, &str)>); 4] = [
-        ("responses streamed, truncate", Backend::Responses, vec![]),
-        ("responses not streamed, truncate", Backend::Responses, vec![("RESPONSES_STREAM", "false")]),
-        ("responses, compact", Backend::Responses, vec![("RESPONSES_CONTEXT", "compact"), ("RESPONSES_COMPACT_THRESHOLD", "1000")]),
-        ("assistants, default truncation", Backend::Assistants, vec![]),
+    let variants: [(&str, &str, Vec<(&str, &str)>); 4] = [
+        ("responses streamed, truncate", "responses", vec![]),
+        ("responses not streamed, truncate", "responses", vec![("RESPONSES_STREAM", "false")]),
+        ("responses, compact", "responses", vec![("RESPONSES_CONTEXT", "compact"), ("RESPONSES_COMPACT_THRESHOLD", "1000")]),
+        ("assistants, default truncation", "assistants", vec![]),
     ];
     for (name, backend, extra) in variants {
         // Compaction starts at 1000 tokens at the least (the API's minimum), so its window is larger.
@@ -56,9 +55,9 @@ async fn a_forty_turn_dialog_past_a_small_window_is_answered_every_turn() {
         }
         // No user locked out: nothing but successful turns in the log.
         let report = swapbot::report::build_report(&bot.app.config.log_dir, &swapbot::report::ReportOptions::all()).unwrap();
-        let b = report.backend(backend.name()).unwrap();
+        let b = report.backend(backend).unwrap();
         assert_eq!((b.turns, b.errors), (44, 0), "{name}");
-        if backend == Backend::Responses {
+        if backend == "responses" {
             let posts: Vec<_> = bot.sandbox.requests().into_iter().filter(|r| r.method == "POST" && r.path == "/v1/responses").collect();
             assert!(posts.iter().all(|r| r.body["truncation"] == "auto"), "{name}");
             assert!(posts.iter().all(|r| r.body["prompt_cache_key"] == bot.app.service.cache_key(77)), "{name}");
@@ -81,7 +80,7 @@ fn stored_conversation(bot: &Bot, user: i64) -> String {
 async fn the_turn_log_names_the_chat_of_the_turn() {
     use swapbot::state::{GroupSessions, SessionKey};
     let bot = bot(SandboxConfig::default(), &[]).await;
-    let private = bot.app.service.turn_on(Backend::Responses, "test", 7, "hello", None).await;
+    let private = bot.app.service.turn_on("responses", "test", 7, "hello", None).await;
     assert_eq!(private.record.session, "private");
     let group = SessionKey::for_chat(7, -100555, false, GroupSessions::PerUser);
     let outcome = bot.app.service.turn_in(7, group, "hello", None).await;
@@ -99,16 +98,16 @@ async fn the_turn_log_names_the_chat_of_the_turn() {
 #[tokio::test]
 async fn a_message_longer_than_the_window_is_refused_politely_and_the_next_turn_works() {
     let bot = bot(SandboxConfig { context_window: Some(300), ..Default::default() }, &[]).await;
-    ask(&bot, Backend::Responses, 5, "remember the door code is 4512").await.unwrap();
+    ask(&bot, "responses", 5, "remember the door code is 4512").await.unwrap();
     let conversation = stored_conversation(&bot, 5);
     let huge = "blah ".repeat(400);
     let before = bot.sandbox.requests().len();
-    let refused = ask(&bot, Backend::Responses, 5, &huge).await.unwrap_err();
+    let refused = ask(&bot, "responses", 5, &huge).await.unwrap_err();
     assert!(refused.contains("too long") && refused.contains("shorter"), "{refused}");
     let posts = bot.sandbox.requests()[before..].iter().filter(|r| r.method == "POST" && r.path == "/v1/responses").count();
     assert_eq!(posts, 2, "one more try, in a new conversation, then the sentence");
     assert_eq!(stored_conversation(&bot, 5), conversation, "the user keeps the conversation they had");
-    let recall = ask(&bot, Backend::Responses, 5, "What did I ask you to remember?").await.unwrap();
+    let recall = ask(&bot, "responses", 5, "What did I ask you to remember?").await.unwrap();
     assert!(recall.contains("the door code is 4512"), "{recall}");
     // The refused message is not in the host's history either.
     let history = std::fs::read_to_string(bot.app.config.data_dir.join("history/5.jsonl")).unwrap();
@@ -122,8 +121,8 @@ async fn a_message_longer_than_the_window_is_refused_politely_and_the_next_turn_
 #[tokio::test]
 async fn a_conversation_the_server_no_longer_takes_continues_in_a_new_one() {
     let bot = bot(SandboxConfig::default(), &[]).await;
-    ask(&bot, Backend::Responses, 6, "My name is Grace.").await.unwrap();
-    ask(&bot, Backend::Responses, 6, "remember the meeting is at noon").await.unwrap();
+    ask(&bot, "responses", 6, "My name is Grace.").await.unwrap();
+    ask(&bot, "responses", 6, "remember the meeting is at noon").await.unwrap();
     let old = stored_conversation(&bot, 6);
     let overflow = FaultKind::Status {
         status: 400,
@@ -131,11 +130,11 @@ async fn a_conversation_the_server_no_longer_takes_continues_in_a_new_one() {
         message: "Your input exceeds the context window of this model. Please adjust your input and try again.".into(),
     };
     bot.sandbox.inject(Fault::on("/responses", overflow).method("POST").times(1));
-    let answer = ask(&bot, Backend::Responses, 6, "What is my name?").await.unwrap();
+    let answer = ask(&bot, "responses", 6, "What is my name?").await.unwrap();
     assert_eq!(answer, "Your name is Grace.", "the recent history was replayed into the new conversation");
     let new = stored_conversation(&bot, 6);
     assert_ne!(new, old);
-    let recall = ask(&bot, Backend::Responses, 6, "What did I ask you to remember?").await.unwrap();
+    let recall = ask(&bot, "responses", 6, "What did I ask you to remember?").await.unwrap();
     assert!(recall.contains("the meeting is at noon"), "{recall}");
     bot.sandbox.shutdown().await;
 }
@@ -145,8 +144,8 @@ async fn a_conversation_the_server_no_longer_takes_continues_in_a_new_one() {
 async fn the_report_sums_equal_what_the_api_billed() {
     let bot = bot(SandboxConfig { cache_min_tokens: 16, cache_step_tokens: 8, ..Default::default() }, &[]).await;
     for i in 0..6 {
-        ask(&bot, Backend::Responses, 900, &format!("remember {} for the report", fact(i))).await.unwrap();
-        ask(&bot, Backend::Assistants, 901, &format!("remember {} for the report", fact(i))).await.unwrap();
+        ask(&bot, "responses", 900, &format!("remember {} for the report", fact(i))).await.unwrap();
+        ask(&bot, "assistants", 901, &format!("remember {} for the report", fact(i))).await.unwrap();
     }
     let billed = bot.sandbox.usage_totals();
     let report = swapbot::report::build_report(&bot.app.config.log_dir, &swapbot::report::ReportOptions::all()).unwrap();
@@ -183,7 +182,7 @@ async fn budgets_are_exact_under_parallel_turns_and_survive_a_restart() {
     let turns: Vec<_> = (1000..1020)
         .map(|user| {
             let service = service.clone();
-            tokio::spawn(async move { service.turn_on(Backend::Responses, "test", user, "hello there", None).await })
+            tokio::spawn(async move { service.turn_on("responses", "test", user, "hello there", None).await })
         })
         .collect();
     let mut total_in = 0;
@@ -200,14 +199,14 @@ async fn budgets_are_exact_under_parallel_turns_and_survive_a_restart() {
 
     // Over the budget: one polite sentence with the reset time, and nothing sent.
     let before = bot.sandbox.requests().len();
-    let refused = service.turn_on(Backend::Responses, "test", 1001, "hello again", None).await;
+    let refused = service.turn_on("responses", "test", 1001, "hello again", None).await;
     let sentence = refused.reply.unwrap_err();
     assert!(sentence.contains("today's allowance") && sentence.contains("resets at") && sentence.contains("UTC"), "{sentence}");
     assert_eq!(bot.sandbox.requests().len(), before, "no request for a refused turn");
     assert_eq!(refused.record.error_kind.as_deref(), Some("over-budget"));
     assert_eq!(refused.record.outcome, "refused", "a budget refusal is not an error of the backend");
     // The admin is exempt.
-    service.turn_on(Backend::Responses, "test", 1000, "hello again", None).await.reply.unwrap();
+    service.turn_on("responses", "test", 1000, "hello again", None).await.reply.unwrap();
 
     // /usage shows a user their own use; /usage top is for admins.
     let mine = swapbot::frontend::usage_command(&service, 1001, &[]);
@@ -235,6 +234,6 @@ async fn budgets_are_exact_under_parallel_turns_and_survive_a_restart() {
     let app = swapbot::app::build(config, None).await.unwrap();
     let after = app.service.accounting().ledger.total(swapbot::calendar::unix_ms_now());
     assert_eq!(after.day.turns, 21);
-    assert!(app.service.turn_on(Backend::Responses, "test", 1002, "hi", None).await.reply.is_err(), "still over budget");
+    assert!(app.service.turn_on("responses", "test", 1002, "hi", None).await.reply.is_err(), "still over budget");
     sandbox.shutdown().await;
 }

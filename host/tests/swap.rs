@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use swapbot::config::Config;
 use swapbot::runtime::{Limits, PluginRuntime};
-use swapbot::registry::{LoadOutcome, PluginSet};
-use swapbot::routing::Backend;
+use swapbot::registry::{LoadOutcome, Registry};
 use swapbot_sandbox::{Sandbox, SandboxConfig};
 
 fn repo() -> PathBuf {
@@ -99,7 +98,7 @@ async fn setup() -> Setup {
 }
 
 fn serving_sha(app: &swapbot::app::App) -> String {
-    app.plugins.get(Backend::Responses).unwrap().sha256.clone()
+    app.plugins.get("responses").unwrap().sha256.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,8 +191,8 @@ async fn a_restart_with_unchanged_plugins_uses_the_compile_cache() {
     install(&plugins, "responses.wasm", &built("responses.wasm"));
     let cache = dir.path().join("cache");
     let load = || async {
-        let set = PluginSet::new(PluginRuntime::new(Limits::default()).unwrap(), &plugins, Some(cache.clone()));
-        set.reload(Backend::Responses).await.unwrap()
+        let set = Registry::new(PluginRuntime::new(Limits::default()).unwrap(), &plugins, Some(cache.clone()));
+        set.reload("responses").await.unwrap()
     };
     assert!(matches!(load().await, LoadOutcome::Loaded { cached: false, .. }));
     assert!(matches!(load().await, LoadOutcome::Loaded { cached: true, .. }));
