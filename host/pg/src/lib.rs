@@ -397,7 +397,7 @@ impl PgStore {
                 INSERT INTO history (session_key, role, text) \
                 VALUES ($1, 'user', $2), ($1, 'assistant', $3) RETURNING id), \
              ids AS (SELECT id FROM history WHERE session_key = $1 UNION ALL SELECT id FROM new), \
-             cut AS (SELECT id FROM ids ORDER BY id DESC OFFSET $4 - 1 LIMIT 1) \
+             cut AS (SELECT id FROM ids ORDER BY id DESC OFFSET $4::bigint - 1 LIMIT 1) \
              DELETE FROM history WHERE session_key = $1 AND id < (SELECT id FROM cut)",
             &[&key, &user_text, &assistant_text, &HISTORY_LIMIT],
         )
