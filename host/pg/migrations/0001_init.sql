@@ -15,15 +15,19 @@ CREATE TABLE session_ids (
 -- `remove_session` forgets a key in every map at once.
 CREATE INDEX session_ids_by_key ON session_ids (session_key);
 
--- Recent messages per session, oldest first by `id` (a global sequence, so two appends never
--- collide on a per-session counter). Trimmed to the last 100 per session on every append.
+-- Recent messages per session, oldest first by (exchange, pos). An exchange (a question and its
+-- answer) takes one number from a global sequence for both its rows, so concurrent appends never
+-- interleave one exchange's messages with another's nor collide on a per-session counter.
+-- Trimmed to the last 100 messages per session on every append.
+CREATE SEQUENCE history_exchange_seq;
 CREATE TABLE history (
-    id          BIGSERIAL PRIMARY KEY,
-    session_key TEXT NOT NULL,
-    role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-    text        TEXT NOT NULL
+    session_key TEXT     NOT NULL,
+    exchange    BIGINT   NOT NULL,
+    pos         SMALLINT NOT NULL,
+    role        TEXT     NOT NULL CHECK (role IN ('user', 'assistant')),
+    text        TEXT     NOT NULL,
+    PRIMARY KEY (session_key, exchange, pos)
 );
-CREATE INDEX history_by_key ON history (session_key, id);
 
 -- One row per billed turn (the file store's usage.jsonl line). `import_key` is set only for
 -- rows copied from a usage.jsonl, so importing the same file twice adds nothing.

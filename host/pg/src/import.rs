@@ -161,9 +161,11 @@ pub(crate) async fn import(store: &PgStore, dir: &Path) -> Result<ImportReport, 
         }
         let n = run
             .execute(
-                "INSERT INTO history (session_key, role, text) \
-                 SELECT $1, r, t FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS m(r, t, n) \
-                 WHERE NOT EXISTS (SELECT 1 FROM history WHERE session_key = $1) ORDER BY n",
+                // One exchange number per message: a file's messages need not come in pairs.
+                "INSERT INTO history (session_key, exchange, pos, role, text) \
+                 SELECT $1, nextval('history_exchange_seq'), 0, r, t FROM \
+                 (SELECT r, t FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS m(r, t, n) ORDER BY n) ordered \
+                 WHERE NOT EXISTS (SELECT 1 FROM history WHERE session_key = $1)",
                 &[&k, &roles, &texts],
             )
             .await?;

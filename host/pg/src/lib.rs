@@ -391,14 +391,16 @@ impl PgStore {
     /// messages, in one statement (atomic, one round trip).
     pub async fn append_exchange(&self, key: &str, user_text: &str, assistant_text: &str) -> Result<(), StoreError> {
         // The DELETE sees the table as it was before this statement, not the two new rows, so
-        // the cut-off is computed over the old rows plus the new ids.
+        // the cut-off is computed over the old rows plus the new ones.
         self.execute(
-            "WITH new AS ( \
-                INSERT INTO history (session_key, role, text) \
-                VALUES ($1, 'user', $2), ($1, 'assistant', $3) RETURNING id), \
-             ids AS (SELECT id FROM history WHERE session_key = $1 UNION ALL SELECT id FROM new), \
-             cut AS (SELECT id FROM ids ORDER BY id DESC OFFSET $4::bigint - 1 LIMIT 1) \
-             DELETE FROM history WHERE session_key = $1 AND id < (SELECT id FROM cut)",
+            "WITH ex AS (SELECT nextval('history_exchange_seq') AS e), \
+             new AS ( \
+                INSERT INTO history (session_key, exchange, pos, role, text) \
+                SELECT $1, e, 0, 'user', $2 FROM ex UNION ALL SELECT $1, e, 1, 'assistant', $3 FROM ex \
+                RETURNING exchange, pos), \
+             seen AS (SELECT exchange, pos FROM history WHERE session_key = $1 UNION ALL SELECT exchange, pos FROM new), \
+             cut AS (SELECT exchange, pos FROM seen ORDER BY exchange DESC, pos DESC OFFSET $4::bigint - 1 LIMIT 1) \
+             DELETE FROM history h USING cut WHERE h.session_key = $1 AND (h.exchange, h.pos) < (cut.exchange, cut.pos)",
             &[&key, &user_text, &assistant_text, &HISTORY_LIMIT],
         )
         .await?;
@@ -409,8 +411,8 @@ impl PgStore {
     pub async fn recent(&self, key: &str) -> Result<Vec<(Role, String)>, StoreError> {
         let rows = self
             .query(
-                "SELECT role, text FROM (SELECT id, role, text FROM history WHERE session_key = $1 \
-                 ORDER BY id DESC LIMIT $2) last ORDER BY id",
+                "SELECT role, text FROM (SELECT exchange, pos, role, text FROM history WHERE session_key = $1 \
+                 ORDER BY exchange DESC, pos DESC LIMIT $2) last ORDER BY exchange, pos",
                 &[&key, &HISTORY_LIMIT],
             )
             .await?;
