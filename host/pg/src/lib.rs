@@ -101,6 +101,14 @@ fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// `DATABASE_URL` fit for a log line: user, hosts, ports and database, never the password.
+pub fn redact_url(url: &str) -> String {
+    match tokio_postgres::Config::from_str(url) {
+        Ok(config) => redacted(&config),
+        Err(_) => "<invalid DATABASE_URL>".into(),
+    }
+}
+
 /// The connection string without its password, for messages: `postgres://user@host:port/db`.
 pub fn redacted(config: &tokio_postgres::Config) -> String {
     let hosts: Vec<String> = config
@@ -271,7 +279,14 @@ impl PgStore {
             .pool
             .get()
             .await
-            .map_err(|e| StoreError::Unreachable { url: redacted(&store.config), reason: one_line(&e) })?;
+            .map_err(|e| {
+                // The driver's error, without the pool's "error occurred while creating" wrapper.
+                let reason = match &e {
+                    deadpool_postgres::PoolError::Backend(inner) => one_line(inner),
+                    other => one_line(other),
+                };
+                StoreError::Unreachable { url: redacted(&store.config), reason }
+            })?;
         drop(client);
         if options.migrate {
             store.migrate().await?;

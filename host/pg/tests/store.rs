@@ -72,6 +72,7 @@ async fn an_unreachable_database_is_one_line_without_the_password() {
     let err = PgStore::connect(&url, 1).await.err().expect("unreachable");
     assert!(matches!(err, StoreError::Unreachable { .. }), "{err:?}");
     let message = err.to_string();
+    eprintln!("{message}");
     assert!(!message.contains("hunter2secret"), "password leaked: {message}");
     assert!(!message.contains('\n'), "{message}");
     assert!(message.contains(&format!("127.0.0.1:{port}")), "says which database: {message}");
@@ -79,6 +80,7 @@ async fn an_unreachable_database_is_one_line_without_the_password() {
     let err = PgStore::connect("postgres://swapbot:hunter2secret@127.0.0.1:notaport/bot", 1).await.err().unwrap();
     assert!(matches!(err, StoreError::InvalidUrl(_)), "{err:?}");
     assert!(!err.to_string().contains("hunter2secret"), "{err}");
+    assert_eq!(swapbot_pg::redact_url(&url), format!("postgres://swapbot@127.0.0.1:{port}/bot"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,7 +477,7 @@ async fn a_data_dir_imports_once_however_often_it_is_run() {
 
     // A corrupt id map stops the import with one line naming the file, and imports nothing.
     std::fs::write(d.join("user_conversations.json"), "{\"1\": \"conv_a\", tor").unwrap();
-    let err = store.import_data_dir(d).await.err().expect("refused");
+    let err = store.import_data_dir(d).await.expect_err("refused");
     let message = err.to_string();
     assert!(message.contains("user_conversations.json") && !message.contains('\n'), "{message}");
 }
