@@ -37,7 +37,10 @@ pub struct ImportReport {
 }
 
 fn import_err(path: &Path, reason: impl std::fmt::Display) -> StoreError {
-    StoreError::Import { path: path.display().to_string(), reason: reason.to_string() }
+    StoreError::Import {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 fn read(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
@@ -68,12 +71,17 @@ fn files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, PathBuf
 /// An id map file: a JSON object of string ids. Unlike a torn history line, a map that does
 /// not parse stops the import: silently dropping it would lose every user's session.
 fn id_map(path: &Path, bytes: &[u8]) -> Result<Vec<(String, String)>, StoreError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| import_err(path, e))?;
-    let object = value.as_object().ok_or_else(|| import_err(path, "not a JSON object"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| import_err(path, e))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| import_err(path, "not a JSON object"))?;
     object
         .iter()
         .map(|(k, v)| {
-            let id = v.as_str().ok_or_else(|| import_err(path, format!("value for {k:?} is not a string")))?;
+            let id = v
+                .as_str()
+                .ok_or_else(|| import_err(path, format!("value for {k:?} is not a string")))?;
             Ok((k.clone(), id.to_owned()))
         })
         .collect()
@@ -94,7 +102,11 @@ fn history(bytes: &[u8], skipped: &mut u64) -> (Vec<String>, Vec<String>) {
         }
         match serde_json::from_slice::<Record>(line) {
             Ok(r) => {
-                let role = if r.role == "assistant" { "assistant" } else { "user" };
+                let role = if r.role == "assistant" {
+                    "assistant"
+                } else {
+                    "user"
+                };
                 messages.push((role.to_owned(), r.text));
             }
             Err(_) => *skipped += 1,
@@ -116,18 +128,33 @@ pub(crate) async fn import(store: &PgStore, dir: &Path) -> Result<ImportReport, 
     let run = Run { store, tx: &tx };
 
     // Id maps.
-    let maps = files(dir, |n| n.ends_with(".json") && (n.starts_with("user_") || n.starts_with("group_")))?;
+    let maps = files(dir, |n| {
+        n.ends_with(".json") && (n.starts_with("user_") || n.starts_with("group_"))
+    })?;
     for (name, path) in maps {
         let Some(bytes) = read(&path)? else { continue };
         let entries = id_map(&path, &bytes)?;
         let (map, keys): (String, Vec<Option<String>>) = match name.strip_prefix("group_") {
-            Some(rest) => (format!("user_{rest}"), entries.iter().map(|(k, _)| key::from_group_map_key(k)).collect()),
-            None => (name.clone(), entries.iter().map(|(k, _)| k.trim().parse::<i64>().ok().map(key::private)).collect()),
+            Some(rest) => (
+                format!("user_{rest}"),
+                entries
+                    .iter()
+                    .map(|(k, _)| key::from_group_map_key(k))
+                    .collect(),
+            ),
+            None => (
+                name.clone(),
+                entries
+                    .iter()
+                    .map(|(k, _)| k.trim().parse::<i64>().ok().map(key::private))
+                    .collect(),
+            ),
         };
         let mut ks = Vec::new();
         let mut ids = Vec::new();
         for ((raw, id), k) in entries.iter().zip(keys) {
-            let k = k.ok_or_else(|| import_err(&path, format!("key {raw:?} is not a session key")))?;
+            let k =
+                k.ok_or_else(|| import_err(&path, format!("key {raw:?} is not a session key")))?;
             ks.push(k);
             ids.push(id.clone());
         }
@@ -148,7 +175,9 @@ pub(crate) async fn import(store: &PgStore, dir: &Path) -> Result<ImportReport, 
             histories.push((key::private(user), path));
         }
     }
-    for (name, path) in files(&dir.join("history").join("groups"), |n| n.ends_with(".jsonl"))? {
+    for (name, path) in files(&dir.join("history").join("groups"), |n| {
+        n.ends_with(".jsonl")
+    })? {
         if let Some(k) = key::from_group_file_stem(name.trim_end_matches(".jsonl")) {
             histories.push((k, path));
         }
@@ -178,7 +207,8 @@ pub(crate) async fn import(store: &PgStore, dir: &Path) -> Result<ImportReport, 
     // Rollout.
     let path = dir.join("rollout.json");
     if let Some(bytes) = read(&path)? {
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| import_err(&path, e))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| import_err(&path, e))?;
         report.rollout = run
             .execute(
                 "WITH up AS (INSERT INTO rollout (singleton, value) VALUES (true, $1) ON CONFLICT DO NOTHING RETURNING 1) \
@@ -223,8 +253,12 @@ pub(crate) async fn import(store: &PgStore, dir: &Path) -> Result<ImportReport, 
     }
 
     // The Telegram inbox: updates accepted but not answered yet.
-    for (name, path) in files(&dir.join("inbox"), |n| n.ends_with(".json") && !n.starts_with('.'))? {
-        let Ok(update_id) = name.trim_end_matches(".json").parse::<i64>() else { continue };
+    for (name, path) in files(&dir.join("inbox"), |n| {
+        n.ends_with(".json") && !n.starts_with('.')
+    })? {
+        let Ok(update_id) = name.trim_end_matches(".json").parse::<i64>() else {
+            continue;
+        };
         let Some(bytes) = read(&path)? else { continue };
         let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
             report.skipped_lines += 1;

@@ -51,9 +51,15 @@ mod tests {
     #[test]
     fn keys_read_the_file_stores_forms() {
         assert_eq!(private(123456789012), "private:123456789012");
-        assert_eq!(from_group_map_key("-1001:7").as_deref(), Some("group:-1001:7"));
+        assert_eq!(
+            from_group_map_key("-1001:7").as_deref(),
+            Some("group:-1001:7")
+        );
         assert_eq!(from_group_map_key("-1001").as_deref(), Some("group:-1001"));
-        assert_eq!(from_group_file_stem("-1001_7").as_deref(), Some("group:-1001:7"));
+        assert_eq!(
+            from_group_file_stem("-1001_7").as_deref(),
+            Some("group:-1001:7")
+        );
         assert_eq!(from_group_map_key("x:7"), None);
     }
 

@@ -126,8 +126,14 @@ pub fn redacted(config: &tokio_postgres::Config) -> String {
             }
         })
         .collect();
-    let user = config.get_user().map(|u| format!("{u}@")).unwrap_or_default();
-    let db = config.get_dbname().map(|d| format!("/{d}")).unwrap_or_default();
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let db = config
+        .get_dbname()
+        .map(|d| format!("/{d}"))
+        .unwrap_or_default();
     format!("postgres://{user}{}{db}", hosts.join(","))
 }
 
@@ -149,7 +155,11 @@ impl Role {
 
     fn parse(text: &str) -> Role {
         // As the file store reads it: anything but "assistant" is the user's.
-        if text == "assistant" { Role::Assistant } else { Role::User }
+        if text == "assistant" {
+            Role::Assistant
+        } else {
+            Role::User
+        }
     }
 }
 
@@ -235,7 +245,11 @@ pub struct StoreOptions {
 
 impl StoreOptions {
     pub fn new(pool_size: usize) -> Self {
-        Self { pool_size: pool_size.max(1), lock_connections: pool_size.max(1), migrate: true }
+        Self {
+            pool_size: pool_size.max(1),
+            lock_connections: pool_size.max(1),
+            migrate: true,
+        }
     }
 }
 
@@ -257,7 +271,8 @@ impl PgStore {
     }
 
     pub async fn connect_with(url: &str, options: StoreOptions) -> Result<PgStore, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::InvalidUrl(one_line(&e)))?;
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(one_line(&e)))?;
         if config.get_connect_timeout().is_none() {
             // An unroutable host would otherwise hang start-up for the OS's TCP timeout.
             config.connect_timeout(Duration::from_secs(10));
@@ -273,20 +288,24 @@ impl PgStore {
         lock_config.application_name("swapbot-session-lock");
         lock_config.options("-c client_connection_check_interval=1000");
         let locks = build_pool(lock_config, options.lock_connections)?;
-        let store = PgStore { config, pool, locks, queries: Arc::new(AtomicU64::new(0)) };
+        let store = PgStore {
+            config,
+            pool,
+            locks,
+            queries: Arc::new(AtomicU64::new(0)),
+        };
         // The first connection tells an unreachable database apart from a failing query.
-        let client = store
-            .pool
-            .get()
-            .await
-            .map_err(|e| {
-                // The driver's error, without the pool's "error occurred while creating" wrapper.
-                let reason = match &e {
-                    deadpool_postgres::PoolError::Backend(inner) => one_line(inner),
-                    other => one_line(other),
-                };
-                StoreError::Unreachable { url: redacted(&store.config), reason }
-            })?;
+        let client = store.pool.get().await.map_err(|e| {
+            // The driver's error, without the pool's "error occurred while creating" wrapper.
+            let reason = match &e {
+                deadpool_postgres::PoolError::Backend(inner) => one_line(inner),
+                other => one_line(other),
+            };
+            StoreError::Unreachable {
+                url: redacted(&store.config),
+                reason,
+            }
+        })?;
         drop(client);
         if options.migrate {
             store.migrate().await?;
@@ -326,11 +345,20 @@ impl PgStore {
     /// The schema version the database is at (0: none).
     pub async fn schema_version(&self) -> Result<i32, StoreError> {
         // Two steps: a query naming a missing table fails when planned.
-        let exists: bool = self.query("SELECT to_regclass('schema_migrations') IS NOT NULL", &[]).await?[0].get(0);
+        let exists: bool = self
+            .query("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .await?[0]
+            .get(0);
         if !exists {
             return Ok(0);
         }
-        Ok(self.query("SELECT COALESCE(max(version), 0) FROM schema_migrations", &[]).await?[0].get(0))
+        Ok(self
+            .query(
+                "SELECT COALESCE(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await?[0]
+            .get(0))
     }
 
     /// Applies the migrations the database lacks, in one transaction under an advisory lock:
@@ -338,24 +366,43 @@ impl PgStore {
     pub async fn migrate(&self) -> Result<Migrated, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&MIGRATION_LOCK.0, &MIGRATION_LOCK.1]).await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&MIGRATION_LOCK.0, &MIGRATION_LOCK.1],
+        )
+        .await?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (\
                 version INTEGER PRIMARY KEY, \
                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
         )
         .await?;
-        let current: i32 = tx.query_one("SELECT COALESCE(max(version), 0) FROM schema_migrations", &[]).await?.get(0);
+        let current: i32 = tx
+            .query_one(
+                "SELECT COALESCE(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .get(0);
         self.counted(4);
         if current > SCHEMA_VERSION {
             tx.rollback().await?;
             self.counted(1);
-            return Err(StoreError::SchemaTooNew { database: current, binary: SCHEMA_VERSION });
+            return Err(StoreError::SchemaTooNew {
+                database: current,
+                binary: SCHEMA_VERSION,
+            });
         }
         let mut applied = Vec::new();
         for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-            tx.batch_execute(sql).await.map_err(|e| StoreError::Query(format!("migration {version}: {}", one_line(&e))))?;
-            tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version]).await?;
+            tx.batch_execute(sql)
+                .await
+                .map_err(|e| StoreError::Query(format!("migration {version}: {}", one_line(&e))))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await?;
             self.counted(2);
             applied.push(*version);
         }
@@ -364,15 +411,22 @@ impl PgStore {
         if !applied.is_empty() {
             tracing::info!(?applied, version = SCHEMA_VERSION, "database migrated");
         }
-        Ok(Migrated { applied, version: current.max(SCHEMA_VERSION) })
+        Ok(Migrated {
+            applied,
+            version: current.max(SCHEMA_VERSION),
+        })
     }
 
     // --- id maps ---------------------------------------------------------------------------
 
     /// The session id `key` has in the backend's id map `map` (e.g. `user_conversations.json`).
     pub async fn session_id(&self, map: &str, key: &str) -> Result<Option<String>, StoreError> {
-        let rows =
-            self.query("SELECT session_id FROM session_ids WHERE map = $1 AND session_key = $2", &[&map, &key]).await?;
+        let rows = self
+            .query(
+                "SELECT session_id FROM session_ids WHERE map = $1 AND session_key = $2",
+                &[&map, &key],
+            )
+            .await?;
         Ok(rows.first().map(|r| r.get(0)))
     }
 
@@ -389,7 +443,8 @@ impl PgStore {
 
     /// Forgets `key`'s session in every map (`/new`, or a backend switch); returns how many.
     pub async fn remove_session(&self, key: &str) -> Result<u64, StoreError> {
-        self.execute("DELETE FROM session_ids WHERE session_key = $1", &[&key]).await
+        self.execute("DELETE FROM session_ids WHERE session_key = $1", &[&key])
+            .await
     }
 
     /// Every `(key, session id)` of a map, by key: for export and checks after an import.
@@ -404,7 +459,12 @@ impl PgStore {
 
     /// Appends one finished exchange and trims the session to the last [`HISTORY_LIMIT`]
     /// messages, in one statement (atomic, one round trip).
-    pub async fn append_exchange(&self, key: &str, user_text: &str, assistant_text: &str) -> Result<(), StoreError> {
+    pub async fn append_exchange(
+        &self,
+        key: &str,
+        user_text: &str,
+        assistant_text: &str,
+    ) -> Result<(), StoreError> {
         // The DELETE sees the table as it was before this statement, not the two new rows, so
         // the cut-off is computed over the old rows plus the new ones.
         self.execute(
@@ -431,11 +491,15 @@ impl PgStore {
                 &[&key, &HISTORY_LIMIT],
             )
             .await?;
-        Ok(rows.iter().map(|r| (Role::parse(r.get(0)), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (Role::parse(r.get(0)), r.get(1)))
+            .collect())
     }
 
     pub async fn clear_history(&self, key: &str) -> Result<u64, StoreError> {
-        self.execute("DELETE FROM history WHERE session_key = $1", &[&key]).await
+        self.execute("DELETE FROM history WHERE session_key = $1", &[&key])
+            .await
     }
 
     // --- usage -----------------------------------------------------------------------------
@@ -465,7 +529,11 @@ impl PgStore {
 
     /// Totals of the turns at or after `since_unix_ms`, of one user or of everyone. The ledger's
     /// day and month are `since` = the start of the UTC day or month.
-    pub async fn usage_since(&self, user: Option<i64>, since_unix_ms: u64) -> Result<UsageTotals, StoreError> {
+    pub async fn usage_since(
+        &self,
+        user: Option<i64>,
+        since_unix_ms: u64,
+    ) -> Result<UsageTotals, StoreError> {
         let since = i64::try_from(since_unix_ms).unwrap_or(i64::MAX);
         let rows = self
             .query(
@@ -480,7 +548,13 @@ impl PgStore {
         let u = |i: usize| r.get::<_, i64>(i).max(0) as u64;
         Ok(UsageTotals {
             turns: u(0),
-            tokens: TokenCounts { input: u(1), cached_input: u(2), output: u(3), reasoning: u(4), embedding: u(5) },
+            tokens: TokenCounts {
+                input: u(1),
+                cached_input: u(2),
+                output: u(3),
+                reasoning: u(4),
+                embedding: u(5),
+            },
             micro_usd: u(6),
         })
     }
@@ -505,18 +579,25 @@ impl PgStore {
         Ok(())
     }
 
-    /// Rollout changes, as they are written by any replica. A dedicated connection LISTENs; when
-    /// it drops, it reconnects (with a backoff) and sends the rollout if it changed meanwhile,
-    /// so a change made while it was away is not missed. Ends when the receiver is dropped.
+    /// Rollout changes, as they are written by any replica: each new value once (writing the
+    /// value in force again sends nothing). A dedicated connection LISTENs; when it drops, it
+    /// reconnects (with a backoff) and sends the rollout if it changed meanwhile, so a change
+    /// made while it was away is not missed. The task ends when the receiver is dropped.
     pub async fn listen_rollout(&self) -> Result<RolloutChanges, StoreError> {
         let mut config = self.config.clone();
         config.application_name("swapbot-rollout-listener");
         // The first connection is made here so an error reaches the caller.
-        let first = listen(&config).await.map_err(|e| StoreError::Unreachable { url: redacted(&config), reason: e })?;
+        let first = listen(&config).await.map_err(|e| StoreError::Unreachable {
+            url: redacted(&config),
+            reason: e,
+        })?;
         let (tx, rx) = mpsc::channel(16);
         let (connected_tx, connected_rx) = tokio::sync::watch::channel(1u64);
         tokio::spawn(listen_loop(config, first, tx, connected_tx));
-        Ok(RolloutChanges { rx, connected: connected_rx })
+        Ok(RolloutChanges {
+            rx,
+            connected: connected_rx,
+        })
     }
 
     // --- updates ---------------------------------------------------------------------------
@@ -525,7 +606,10 @@ impl PgStore {
     /// when true. Durable: a second delivery, to this replica or another, gets false.
     pub async fn claim_update(&self, update_id: i64) -> Result<bool, StoreError> {
         let n = self
-            .execute("INSERT INTO processed_updates (update_id) VALUES ($1) ON CONFLICT DO NOTHING", &[&update_id])
+            .execute(
+                "INSERT INTO processed_updates (update_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&update_id],
+            )
             .await?;
         Ok(n == 1)
     }
@@ -533,13 +617,20 @@ impl PgStore {
     /// Forgets processed ids older than `age` (Telegram re-delivers for a day at most).
     pub async fn prune_processed(&self, age: Duration) -> Result<u64, StoreError> {
         let secs = age.as_secs_f64();
-        self.execute("DELETE FROM processed_updates WHERE claimed_at < now() - make_interval(secs => $1)", &[&secs])
-            .await
+        self.execute(
+            "DELETE FROM processed_updates WHERE claimed_at < now() - make_interval(secs => $1)",
+            &[&secs],
+        )
+        .await
     }
 
     /// Makes a delivered update durable in the inbox (webhook mode) before Telegram is told it
     /// arrived. Returns false when it is already there or already answered.
-    pub async fn enqueue_update(&self, update_id: i64, body: &serde_json::Value) -> Result<bool, StoreError> {
+    pub async fn enqueue_update(
+        &self,
+        update_id: i64,
+        body: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
         let n = self
             .execute(
                 "INSERT INTO inbox (update_id, body) SELECT $1, $2 \
@@ -555,7 +646,12 @@ impl PgStore {
     /// it died or stalled), oldest first, and leases them to `replica_id` for `lease`. Replicas
     /// taking at once get different rows (`FOR UPDATE SKIP LOCKED`). The caller answers each and
     /// then calls [`PgStore::ack_update`]; one not acked before its lease ends is taken again.
-    pub async fn take_pending(&self, replica_id: &str, limit: i64, lease: Duration) -> Result<Vec<PendingUpdate>, StoreError> {
+    pub async fn take_pending(
+        &self,
+        replica_id: &str,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<PendingUpdate>, StoreError> {
         let secs = lease.as_secs_f64();
         let rows = self
             .query(
@@ -567,10 +663,35 @@ impl PgStore {
                 &[&replica_id, &limit, &secs],
             )
             .await?;
-        let mut taken: Vec<PendingUpdate> =
-            rows.iter().map(|r| PendingUpdate { update_id: r.get(0), body: r.get(1), attempts: r.get(2) }).collect();
+        let mut taken: Vec<PendingUpdate> = rows
+            .iter()
+            .map(|r| PendingUpdate {
+                update_id: r.get(0),
+                body: r.get(1),
+                attempts: r.get(2),
+            })
+            .collect();
         taken.sort_by_key(|u| u.update_id);
         Ok(taken)
+    }
+
+    /// Keeps an update leased to `replica_id` for `lease` from now (a turn running long).
+    /// False when the lease was lost: another replica took the update after it ran out.
+    pub async fn extend_lease(
+        &self,
+        update_id: i64,
+        replica_id: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let secs = lease.as_secs_f64();
+        let n = self
+            .execute(
+                "UPDATE inbox SET lease_until = now() + make_interval(secs => $3) \
+                 WHERE update_id = $1 AND claimed_by = $2",
+                &[&update_id, &replica_id, &secs],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     /// The update's turn ended (answered or apologised for): it leaves the inbox and counts as
@@ -592,23 +713,37 @@ impl PgStore {
     /// held for the whole turn: if this replica dies, its connection closes and PostgreSQL
     /// releases the lock. Cancelling the wait (dropping the future) discards the connection, so
     /// a lock granted late is not left on a pooled connection.
+    ///
+    /// While all `lock_connections` are held by turns, this waits for one to come back (of any
+    /// session): size the lock pool to the replica's turn concurrency.
     pub async fn lock_session(&self, key: &str) -> Result<SessionGuard, StoreError> {
         let conn = self.locks.get().await?;
         let mut pending = Discard(Some(conn));
         let hash = key::lock_hash(key);
         let client = pending.0.as_ref().expect("held");
-        let statement = client.prepare_cached("SELECT pg_backend_pid(), pg_advisory_lock($1)").await?;
+        let statement = client
+            .prepare_cached("SELECT pg_backend_pid(), pg_advisory_lock($1)")
+            .await?;
         self.counted(1);
         let row = client.query_one(&statement, &[&hash]).await?;
         let backend_pid: i32 = row.get(0);
         let conn = pending.0.take().expect("held");
-        Ok(SessionGuard { conn: Some(conn), hash, backend_pid, queries: self.queries.clone() })
+        Ok(SessionGuard {
+            conn: Some(conn),
+            hash,
+            backend_pid,
+            queries: self.queries.clone(),
+        })
     }
 
     // --- replicas --------------------------------------------------------------------------
 
     /// Records what `replica_id` serves, and that it is alive now (call it every heartbeat).
-    pub async fn report_replica(&self, replica_id: &str, plugins: &[PluginBuild]) -> Result<(), StoreError> {
+    pub async fn report_replica(
+        &self,
+        replica_id: &str,
+        plugins: &[PluginBuild],
+    ) -> Result<(), StoreError> {
         let plugins = serde_json::to_value(plugins).unwrap_or_default();
         self.execute(
             "INSERT INTO replicas (replica_id, plugins) VALUES ($1, $2) \
@@ -643,7 +778,11 @@ impl PgStore {
     /// Drops replicas silent for longer than `age`.
     pub async fn forget_replicas(&self, age: Duration) -> Result<u64, StoreError> {
         let secs = age.as_secs_f64();
-        self.execute("DELETE FROM replicas WHERE heartbeat_at < now() - make_interval(secs => $1)", &[&secs]).await
+        self.execute(
+            "DELETE FROM replicas WHERE heartbeat_at < now() - make_interval(secs => $1)",
+            &[&secs],
+        )
+        .await
     }
 
     // --- import ----------------------------------------------------------------------------
@@ -658,8 +797,19 @@ impl PgStore {
     /// Row counts per table, for checks and `swapbot db status`.
     pub async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let mut out = Vec::new();
-        for table in ["session_ids", "history", "usage", "rollout", "processed_updates", "inbox", "replicas"] {
-            let n: i64 = self.query(&format!("SELECT count(*) FROM {table}"), &[]).await?[0].get(0);
+        for table in [
+            "session_ids",
+            "history",
+            "usage",
+            "rollout",
+            "processed_updates",
+            "inbox",
+            "replicas",
+        ] {
+            let n: i64 = self
+                .query(&format!("SELECT count(*) FROM {table}"), &[])
+                .await?[0]
+                .get(0);
             out.push((table.to_string(), n));
         }
         Ok(out)
@@ -667,7 +817,13 @@ impl PgStore {
 }
 
 fn build_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
     Pool::builder(manager)
         .max_size(size.max(1))
         .build()
@@ -743,7 +899,10 @@ impl Drop for SessionGuard {
 
 async fn unlock(conn: Object, hash: i64, queries: &AtomicU64) {
     queries.fetch_add(1, Ordering::Relaxed);
-    match conn.query_one("SELECT pg_advisory_unlock($1)", &[&hash]).await {
+    match conn
+        .query_one("SELECT pg_advisory_unlock($1)", &[&hash])
+        .await
+    {
         Ok(row) if row.get::<_, bool>(0) => drop(conn),
         // Not held (the backend was replaced?) or the connection failed: never pool a
         // connection whose lock state is unknown.
@@ -802,15 +961,27 @@ async fn listen(config: &tokio_postgres::Config) -> Result<Listening, String> {
         }
         // Dropping `tx` tells the loop the connection is gone.
     });
-    client.batch_execute(&format!("LISTEN {ROLLOUT_CHANNEL}")).await.map_err(|e| one_line(&e))?;
+    client
+        .batch_execute(&format!("LISTEN {ROLLOUT_CHANNEL}"))
+        .await
+        .map_err(|e| one_line(&e))?;
     // Read after LISTEN: a change committed in between is then both read here and notified,
     // never neither.
     let current = read_rollout(&client).await.map_err(|e| one_line(&e))?;
-    Ok(Listening { client, notifications, current })
+    Ok(Listening {
+        client,
+        notifications,
+        current,
+    })
 }
 
-async fn read_rollout(client: &tokio_postgres::Client) -> Result<Option<serde_json::Value>, tokio_postgres::Error> {
-    Ok(client.query_opt("SELECT value FROM rollout", &[]).await?.map(|r| r.get(0)))
+async fn read_rollout(
+    client: &tokio_postgres::Client,
+) -> Result<Option<serde_json::Value>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt("SELECT value FROM rollout", &[])
+        .await?
+        .map(|r| r.get(0)))
 }
 
 async fn listen_loop(
@@ -830,6 +1001,8 @@ async fn listen_loop(
                     // Several notifications may be queued; one read covers them all.
                     while listening.notifications.try_recv().is_ok() {}
                     match read_rollout(&listening.client).await {
+                        // A change read at reconnect is notified too: send each value once.
+                        Ok(value) if value == last => {}
                         Ok(value) => {
                             last = value.clone();
                             if tx.send(value).await.is_err() {

@@ -19,12 +19,18 @@ pub struct TestCluster {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// The directory holding initdb and pg_ctl.
 fn pg_bin() -> PathBuf {
-    if let Ok(out) = Command::new("sh").args(["-c", "command -v initdb"]).output() {
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+    {
         let found = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if out.status.success() && !found.is_empty() {
             // Debian's /usr/bin wrappers need a cluster config; the real binaries are beside
@@ -34,7 +40,12 @@ fn pg_bin() -> PathBuf {
         }
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").exists()).collect())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
     versions.pop().expect(
@@ -43,28 +54,60 @@ fn pg_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl TestCluster {
     pub fn start() -> TestCluster {
         let bin = pg_bin();
-        let dir = tempfile::Builder::new().prefix("pg").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pg")
+            .tempdir_in("/tmp")
+            .unwrap();
         let as_postgres = is_root();
         if as_postgres {
-            let status = Command::new("chown").args(["postgres:postgres"]).arg(dir.path()).status().unwrap();
-            assert!(status.success(), "chown of the cluster dir to postgres failed (is there a postgres user?)");
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "chown of the cluster dir to postgres failed (is there a postgres user?)"
+            );
         }
         let data = dir.path().join("data");
-        let cluster = TestCluster { dir, bin, as_postgres, port: 0 };
+        let cluster = TestCluster {
+            dir,
+            bin,
+            as_postgres,
+            port: 0,
+        };
         let out = cluster
             .run("initdb")
             .args(["-D"])
             .arg(&data)
-            .args(["-A", "trust", "-U", "swapbot", "--no-sync", "-E", "UTF8", "--locale=C"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "swapbot",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // A port taken between here and the start is retried.
         let mut cluster = cluster;
         for _ in 0..5 {
@@ -87,7 +130,10 @@ impl TestCluster {
                 cluster.port = port;
                 return cluster;
             }
-            eprintln!("pg_ctl start on {port} failed: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            eprintln!(
+                "pg_ctl start on {port} failed: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         panic!("could not start PostgreSQL");
     }
@@ -115,13 +161,18 @@ impl TestCluster {
     /// A fresh database of the cluster (tests that need two schemas side by side).
     pub async fn create_database(&self, name: &str) -> String {
         let admin = self.admin().await;
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
         format!("postgres://swapbot@127.0.0.1:{}/{name}", self.port)
     }
 
     /// A plain connection for checks behind the store's back.
     pub async fn admin(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.unwrap();
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
         tokio::spawn(connection);
         client
     }
