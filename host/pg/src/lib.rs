@@ -898,15 +898,19 @@ impl Drop for SessionGuard {
 }
 
 async fn unlock(conn: Object, hash: i64, queries: &AtomicU64) {
+    // Should this future be dropped half way (its runtime shutting down), the guard closes
+    // the connection rather than pooling one that may still hold the lock.
+    let mut pending = Discard(Some(conn));
+    let client = pending.0.as_ref().expect("held");
     queries.fetch_add(1, Ordering::Relaxed);
-    match conn
+    let released = client
         .query_one("SELECT pg_advisory_unlock($1)", &[&hash])
         .await
-    {
-        Ok(row) if row.get::<_, bool>(0) => drop(conn),
-        // Not held (the backend was replaced?) or the connection failed: never pool a
-        // connection whose lock state is unknown.
-        _ => discard(conn),
+        .is_ok_and(|row| row.get::<_, bool>(0));
+    // Not released (not held, or the connection failed): the guard drops the connection, never
+    // pooling one whose lock state is unknown.
+    if released {
+        drop(pending.0.take());
     }
 }
 
