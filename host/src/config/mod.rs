@@ -110,9 +110,12 @@ fn routing_from(
     flag: &dyn Fn(&'static str, bool) -> Result<bool, ConfigError>,
     number: &dyn Fn(&'static str, u64, u64, u64) -> Result<u64, ConfigError>,
     ids: &dyn Fn(&'static str) -> Result<Option<BTreeSet<i64>>, ConfigError>,
+    set: &dyn Fn(&'static str) -> bool,
 ) -> Result<Routing, ConfigError> {
     let name = |var: &'static str, file: Option<String>, preset: &str| -> Result<String, ConfigError> {
-        let value = text(var).or(file).unwrap_or_else(|| preset.to_owned());
+        // Set but empty means none (`CANARY_BACKEND=""`: no canary).
+        let env = if set(var) { Some(text(var).unwrap_or_default()) } else { None };
+        let value = env.or(file).unwrap_or_else(|| preset.to_owned());
         if value.is_empty() || backends::valid_backend_name(&value) {
             Ok(value)
         } else {
@@ -204,7 +207,7 @@ impl Config {
         let legacy_options = legacy::options_from_env(&|name| text(name), &number)?;
         let lookup = |name: &str| get(name);
         let (backends, file_routing) = backends::resolve(defaults, file, legacy_options, &lookup)?;
-        let routing = routing_from(file_routing.unwrap_or_default(), &text, &flag, &number, &ids)?;
+        let routing = routing_from(file_routing.unwrap_or_default(), &text, &flag, &number, &ids, &|name| get(name).is_some())?;
         let budget = |name: &'static str| -> Result<Option<crate::usage::Limit>, ConfigError> {
             text(name).map(|v| crate::usage::Limit::parse(&v).map_err(|m| invalid(name, m))).transpose()
         };

@@ -56,6 +56,8 @@ pub struct Registry {
     observer: ArcSwapOption<Observer>,
     /// A larger file is refused before it is read (a sparse 200 MB file would be read whole).
     max_file_bytes: u64,
+    /// The directory watch is up: from now on a file added is seen.
+    watching: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
@@ -68,12 +70,18 @@ impl Registry {
             loading: tokio::sync::Mutex::new(()),
             observer: ArcSwapOption::empty(),
             max_file_bytes: DEFAULT_MAX_PLUGIN_FILE_BYTES,
+            watching: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     pub fn with_max_file_bytes(mut self, max: u64) -> Self {
         self.max_file_bytes = max;
         self
+    }
+
+    /// Whether the directory watch runs (files added from now on are loaded).
+    pub fn is_watching(&self) -> bool {
+        self.watching.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn runtime(&self) -> &PluginRuntime {
@@ -205,6 +213,9 @@ impl Registry {
             });
         }
         tracing::info!(dir = %self.dir.display(), "watching for plugin changes");
+        self.watching.store(true, std::sync::atomic::Ordering::Release);
+        // A file that arrived before the watch began is picked up too.
+        let _ = tx.send(None);
         while let Some(first) = rx.recv().await {
             // A copy over the file arrives as several events: let it settle, then load once.
             let mut pending = BTreeSet::new();
