@@ -14,8 +14,22 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{HistoryMessage, Role};
 use crate::state::session::group_map_file;
+
+/// Who wrote a message of the history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// One message of a session's history, as the host keeps it (plugins get it through their
+/// contract's own type).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub role: Role,
+    pub text: String,
+}
 
 /// Messages kept per user: at least the last 50 turns (user + assistant).
 pub const HISTORY_LIMIT: usize = 100;
@@ -310,7 +324,7 @@ pub struct HistoryStore<K = i64> {
 }
 
 struct UserHistory {
-    messages: VecDeque<HistoryMessage>,
+    messages: VecDeque<Message>,
     lines_on_disk: usize,
 }
 
@@ -359,7 +373,7 @@ impl<K: StoreKey> HistoryStore<K> {
                     continue;
                 };
                 let role = if record.role == "assistant" { Role::Assistant } else { Role::User };
-                messages.push_back(HistoryMessage { role, text: record.text });
+                messages.push_back(Message { role, text: record.text });
                 if messages.len() > HISTORY_LIMIT {
                     messages.pop_front();
                 }
@@ -369,7 +383,7 @@ impl<K: StoreKey> HistoryStore<K> {
     }
 
     /// The user's messages, oldest first.
-    pub fn recent(&self, user: K) -> Vec<HistoryMessage> {
+    pub fn recent(&self, user: K) -> Vec<Message> {
         self.user(user).lock().unwrap().messages.iter().cloned().collect()
     }
 
@@ -396,8 +410,8 @@ impl<K: StoreKey> HistoryStore<K> {
             file.sync_data().map_err(io_err(&path))?;
         }
         history.lines_on_disk += 2;
-        history.messages.push_back(HistoryMessage { role: Role::User, text: question.into() });
-        history.messages.push_back(HistoryMessage { role: Role::Assistant, text: answer.into() });
+        history.messages.push_back(Message { role: Role::User, text: question.into() });
+        history.messages.push_back(Message { role: Role::Assistant, text: answer.into() });
         while history.messages.len() > HISTORY_LIMIT {
             history.messages.pop_front();
         }
@@ -531,7 +545,7 @@ mod tests {
         f.write_all(b"{\"role\":\"user\",\"te").unwrap();
         drop(f);
         let reopened = HistoryStore::open(dir.path());
-        let texts = |m: &[HistoryMessage]| m.iter().map(|m| (m.role == Role::User, m.text.clone())).collect::<Vec<_>>();
+        let texts = |m: &[Message]| m.iter().map(|m| (m.role == Role::User, m.text.clone())).collect::<Vec<_>>();
         assert_eq!(texts(&reopened.recent(5)), texts(&recent));
         reopened.append_turn(5, "after crash", "ok").unwrap();
         let again = HistoryStore::open(dir.path()).recent(5);

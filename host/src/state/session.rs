@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::runtime::HistoryMessage;
+use super::files::Message;
 use crate::state::{HistoryStore, IdMap, StorageError, StoreKey};
 
 /// How sessions in groups are keyed (`GROUP_SESSIONS`).
@@ -143,7 +143,7 @@ pub struct SessionHistory {
 }
 
 impl SessionHistory {
-    pub fn recent(&self, key: SessionKey) -> Vec<HistoryMessage> {
+    pub fn recent(&self, key: SessionKey) -> Vec<Message> {
         match key {
             SessionKey::Private(user) => self.private.recent(user),
             SessionKey::Group(g) => self.groups.recent(g),

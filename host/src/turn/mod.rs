@@ -469,7 +469,7 @@ impl TurnService {
                     if bounded && recent.len() > FRESH_SESSION_REPLAY {
                         recent.drain(..recent.len() - FRESH_SESSION_REPLAY);
                     }
-                    recent
+                    recent.into_iter().map(for_plugin).collect()
                 }),
                 observations: observations.clone(),
                 plugin: plugin.description.name.clone(),
@@ -649,7 +649,7 @@ impl TurnService {
             context,
             settings: plugin_settings(&config),
         };
-        let history = self.history.recent(user_id);
+        let history: Vec<_> = self.history.recent(user_id).into_iter().map(for_plugin).collect();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let live = LiveEffects {
             openai,
@@ -674,6 +674,15 @@ impl TurnService {
 }
 
 const OVER_BUDGET: &str = "over-budget";
+
+/// A message of the host's history as the contract hands it to a plugin.
+fn for_plugin(m: crate::state::Message) -> crate::runtime::HistoryMessage {
+    let role = match m.role {
+        crate::state::Role::User => crate::runtime::Role::User,
+        crate::state::Role::Assistant => crate::runtime::Role::Assistant,
+    };
+    crate::runtime::HistoryMessage { role, text: m.text }
+}
 
 /// History messages replayed into a new session when the old one no longer fits the window.
 const FRESH_SESSION_REPLAY: usize = 20;
