@@ -512,6 +512,29 @@ pub fn subset(want: &Value, got: &Value, at: &str) -> Result<(), String> {
     }
 }
 
+/// Split SSE text into events (`event:` and joined `data:` lines).
+pub fn parse_sse_text(text: &str) -> Vec<Event> {
+    let mut out = Vec::new();
+    for block in text.replace("\r\n", "\n").split("\n\n") {
+        let mut event = None;
+        let mut data: Vec<&str> = Vec::new();
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        if event.is_some() || !data.is_empty() {
+            out.push(Event {
+                event,
+                data: data.join("\n"),
+            });
+        }
+    }
+    out
+}
+
 /// The case's exchanges, served in order. Every mismatch is kept as a failure for [`judge`].
 #[derive(Clone, Debug, Default)]
 pub struct Script {
@@ -529,9 +552,13 @@ impl Script {
         }
     }
 
-    /// The reply to `req` when it is the request the case expects next; otherwise why not (also
-    /// kept as a failure). A runner hands the plugin a transport error for an `Err`.
-    pub fn answer(&mut self, req: &Request) -> Result<Reply, String> {
+    /// The reply to `req` (asked as a stream when `streamed`) when it is the request the case
+    /// expects next; otherwise why not (also kept as a failure). A runner hands the plugin a
+    /// transport error for an `Err`.
+    ///
+    /// A stream request scripted with a 2xx `response` gets its body read as SSE text (what a
+    /// server's stream is on the wire); a plain request scripted with `sse` is a failure.
+    pub fn answer(&mut self, req: &Request, streamed: bool) -> Result<Reply, String> {
         self.served += 1;
         let n = self.served;
         let why = match self.pending.pop_front() {
@@ -540,7 +567,19 @@ impl Script {
                 req.method, req.path
             ),
             Some(ex) => match ex.request.check(req) {
-                Ok(()) => return Ok(ex.reply()),
+                Ok(()) => match (ex.reply(), streamed) {
+                    (Reply::Sse { .. }, false) => format!(
+                        "request #{n}: {} {} is scripted as a stream, the plugin asked without one",
+                        req.method, req.path
+                    ),
+                    (Reply::Response { status, body, .. }, true) if (200..300).contains(&status) => {
+                        return Ok(Reply::Sse {
+                            events: parse_sse_text(&body),
+                            cut: false,
+                        });
+                    }
+                    (reply, _) => return Ok(reply),
+                },
                 Err(why) => format!(
                     "request #{n}: {} {} does not match: {why}\n    got body: {}\n    want: {}",
                     req.method,

@@ -46,7 +46,7 @@ fn request(body: &str) -> Request {
 fn run(body: &str, outcome: Outcome, pushed: &str) -> Vec<String> {
     let case = Case::parse(CASE).unwrap();
     let mut script = Script::new(case.exchanges.clone());
-    let _ = script.answer(&request(body));
+    let _ = script.answer(&request(body), false);
     judge(&case, &outcome, pushed, &script)
 }
 
@@ -142,8 +142,8 @@ fn unused_and_extra_requests_fail_the_case() {
 
     let mut script = Script::new(case.exchanges.clone());
     let body = r#"{"a": [1, {"b": 2}]}"#;
-    assert!(matches!(script.answer(&request(body)), Ok(Reply::Response { status: 200, .. })));
-    assert!(script.answer(&request(body)).unwrap_err().contains("unexpected request"));
+    assert!(matches!(script.answer(&request(body), false), Ok(Reply::Response { status: 200, .. })));
+    assert!(script.answer(&request(body), false).unwrap_err().contains("unexpected request"));
     let f = judge(&case, &answer(Some(good_usage())), "hi", &script);
     assert_eq!(f.len(), 1, "{f:?}");
 }
@@ -183,7 +183,7 @@ fn a_recorded_case_reads_back_and_passes() {
     let back = Case::parse(&text).unwrap();
     assert_eq!(back, case);
     let mut script = Script::new(back.exchanges.clone());
-    let _ = script.answer(&request(r#"{"a": [1, {"b": 2}]}"#));
+    let _ = script.answer(&request(r#"{"a": [1, {"b": 2}]}"#), false);
     assert!(judge(&back, &outcome, "hi", &script).is_empty());
 }
 
@@ -200,4 +200,31 @@ fn raw_bodies_and_event_data() {
         data: serde_json::json!({"x": 1}),
     };
     assert_eq!(e.data_text(), r#"{"x":1}"#);
+}
+
+#[test]
+fn stream_requests_and_scripts_must_agree() {
+    let case = Case::parse(CASE).unwrap();
+    let body = r#"{"a": [1, {"b": 2}]}"#;
+    // A 2xx body on a stream request is read as SSE text.
+    let mut script = Script::new(vec![Exchange {
+        response: Some(ScriptedResponse {
+            status: 200,
+            headers: BTreeMap::new(),
+            body: Some(Value::String("event: a\ndata: {\"x\":1}\n\ndata: one\ndata: two\n\n".into())),
+        }),
+        ..case.exchanges[0].clone()
+    }]);
+    let Ok(Reply::Sse { events, cut: false }) = script.answer(&request(body), true) else { panic!() };
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].event.as_deref(), Some("a"));
+    assert_eq!(events[1].data, "one\ntwo");
+    // An `sse` script asked without a stream fails the case.
+    let mut script = Script::new(vec![Exchange {
+        response: None,
+        sse: Some(vec![]),
+        ..case.exchanges[0].clone()
+    }]);
+    assert!(script.answer(&request(body), false).unwrap_err().contains("scripted as a stream"));
+    assert_eq!(script.failures().len(), 1);
 }
