@@ -49,7 +49,7 @@ macro_rules! export_backend {
     };
 }
 
-/// The contract version both plugins are built for (`package swapbot:backend@0.2.0`).
+/// The contract version the plugins are built for (`package swapbot:backend@0.2.0`).
 pub const CONTRACT: &str = "0.2.0";
 
 /// Most items one create/append call on a conversation accepts.
