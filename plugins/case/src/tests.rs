@@ -211,7 +211,7 @@ fn stream_requests_and_scripts_must_agree() {
         response: Some(ScriptedResponse {
             status: 200,
             headers: BTreeMap::new(),
-            body: Some(Value::String("event: a\ndata: {\"x\":1}\n\ndata: one\ndata: two\n\n".into())),
+            body: Some(serde_json::json!({"raw": "event: a\ndata: {\"x\":1}\n\ndata: one\ndata: two\n\n"})),
         }),
         ..case.exchanges[0].clone()
     }]);

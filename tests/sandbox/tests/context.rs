@@ -671,7 +671,7 @@ async fn chat_completions_plain_and_streamed() {
     let (st, _) = c.post("/chat/completions", json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})).await;
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
     let t = sb.usage_totals();
-    assert_eq!(t.chat.requests, 6, "plain ×4 (incl. max_tokens, reasoning), streamed ×2; cut and failed ones bill nothing");
+    assert_eq!(t.chat.requests, 7, "plain ×4 (incl. max_tokens, reasoning), streamed ×3; cut and failed ones bill nothing");
     assert_eq!(t.by_prompt_cache_key["p"].requests, 2);
     sb.shutdown().await;
 }
