@@ -4,14 +4,14 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/swapbot-target
 CARGO ?= cargo
 PLUGIN_DIR ?= target/plugins
 WASM := $(CARGO_TARGET_DIR)/wasm32-wasip2/release
-PLUGINS := assistants responses
+PLUGINS := assistants responses chat
 
 .PHONY: build plugins test test-guests run sandbox bench wasm-target clean-data
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-## build: the host, the sandbox and both plugins, in target/release and target/plugins
+## build: the host, the sandbox and the plugins, in target/release and target/plugins
 build: wasm-target
 	$(CARGO) build --release --locked -p swapbot -p swapbot-sandbox --bins
 	$(MAKE) --no-print-directory plugins
@@ -19,11 +19,11 @@ build: wasm-target
 	@for bin in swapbot swapbot-sandbox; do \
 		cp "$(CARGO_TARGET_DIR)/release/$$bin" "target/release/.$$bin.tmp" && mv -f "target/release/.$$bin.tmp" "target/release/$$bin"; \
 	done
-	@echo "built target/release/swapbot, target/release/swapbot-sandbox, $(PLUGIN_DIR)/{assistants,responses}.wasm"
+	@echo "built target/release/swapbot, target/release/swapbot-sandbox, $(PLUGIN_DIR)/{assistants,responses,chat}.wasm"
 
-## plugins: rebuild both plugins and install them into PLUGIN_DIR by atomic rename (a running bot picks them up)
+## plugins: rebuild the plugins and install them into PLUGIN_DIR by atomic rename (a running bot picks them up)
 plugins: wasm-target
-	$(CARGO) build --release --locked --target wasm32-wasip2 -p swapbot-plugin-assistants -p swapbot-plugin-responses
+	$(CARGO) build --release --locked --target wasm32-wasip2 -p swapbot-plugin-assistants -p swapbot-plugin-responses -p swapbot-plugin-chat
 	@mkdir -p "$(PLUGIN_DIR)"
 	@for p in $(PLUGINS); do \
 		cp "$(WASM)/swapbot_plugin_$$p.wasm" "$(PLUGIN_DIR)/.$$p.wasm.swap-tmp" && \

@@ -305,12 +305,10 @@ pub fn native_turn(t: &Turn) -> pc::Turn {
         cache_key: t.cache_key.clone(),
         text: t.text.clone(),
         context: vec![],
+        // Contract 0.2.0: the backend's own settings (assistant-id, stream, background) are options.
         settings: pc::Settings {
             model: t.settings.model.clone(),
             instructions: t.settings.instructions.clone(),
-            assistant_id: t.settings.assistant_id.clone(),
-            stream: t.settings.stream,
-            background: t.settings.background,
             poll_interval_ms: t.settings.poll_interval_ms,
             deadline_ms: t.settings.deadline_ms,
             options: t.settings.options.clone(),

@@ -215,7 +215,7 @@ pub fn wasm_vs_native(out: &Out, blocks: usize, per_block: usize) -> anyhow::Res
             let mut fx = NativeLive { openai: openai.clone(), handle: handle.clone(), started: Instant::now(), pushed: 0 };
             let turn = native_turn(&wit_turn(path, user, session, TEXT, 1));
             let a = native_chat(path, &mut fx, &turn).map_err(|e| anyhow::anyhow!("native turn failed: {e}"))?;
-            Ok(a.session_id)
+            a.session_id.ok_or_else(|| anyhow::anyhow!("native turn kept no session"))
         };
         // Sessions first (not measured): users 1.. for wasm, 1001.. for native.
         let mut sessions = std::collections::HashMap::new();

@@ -1,25 +1,25 @@
 //! The WIT harness: runs one plugin in isolation against a case file that scripts the HTTP
 //! exchanges it must make and the outcome it must reach. `swapbot plugin test`.
 //!
-//! The case format (reading and request matching) is the one in `swapbot_plugin_common::testing`,
-//! which the plugins' native tests run too, so a case means the same against the native build and
-//! the wasm one. This module answers the plugin's host calls from the script, asynchronously.
+//! The case format, the request matching and the verdict are the `swapbot-case` crate's (here
+//! through `swapbot_plugin_common::testing::case`), which the plugins' native tests use too: a
+//! case means the same against the native build and the wasm one, by construction. This module
+//! only converts between the case crate's types and the host's, and answers the plugin's host
+//! calls from the script, asynchronously.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use swapbot_openai::{ApiRequest, ApiResponse, SseEvent, TransportError};
-use swapbot_plugin_common as common;
-use swapbot_plugin_common::testing::{self as cases, Reply};
+use swapbot_plugin_common::testing::case::{self, Reply, Script, TransportKind};
 
 use crate::runtime::effects::{EventSource, HostEffects, LogLevel, StreamStart};
 use crate::runtime::{
-    Answer, ChatError, ContextChunk, HistoryMessage, LoadedPlugin, PluginRuntime, Role, Settings, Turn,
+    Answer, ChatError, ContextChunk, HistoryMessage, LoadedPlugin, PluginRuntime, Role, Settings, Turn, Usage,
 };
 
-pub use swapbot_plugin_common::testing::Case;
+pub use swapbot_plugin_common::testing::case::Case;
 
 /// The verdict on one case.
 #[derive(Debug)]
@@ -36,16 +36,14 @@ impl CaseResult {
 
 /// Effects that answer from the case's script, with a virtual clock.
 struct ScriptedEffects {
-    exchanges: Arc<Mutex<VecDeque<cases::Exchange>>>,
+    script: Arc<Mutex<Script>>,
     history: Vec<HistoryMessage>,
     pushed: Arc<Mutex<String>>,
-    failures: Arc<Mutex<Vec<String>>>,
     clock_ms: u64,
-    call_no: usize,
 }
 
 struct ScriptedStream {
-    events: VecDeque<SseEvent>,
+    events: std::collections::VecDeque<SseEvent>,
     cut: bool,
 }
 
@@ -60,74 +58,51 @@ impl EventSource for ScriptedStream {
     }
 }
 
-fn to_common(req: &ApiRequest) -> common::HttpRequest {
-    common::HttpRequest {
-        method: req.method.clone(),
-        path: req.path.clone(),
-        headers: req.headers.clone(),
-        body: req.body.clone(),
-    }
-}
-
-fn from_common_response(resp: common::HttpResponse) -> ApiResponse {
-    ApiResponse { status: resp.status, headers: resp.headers, body: resp.body }
-}
-
-fn from_common_transport(err: common::TransportError) -> TransportError {
-    match err {
-        common::TransportError::Timeout(m) => TransportError::Timeout(m),
-        common::TransportError::Connection(m) => TransportError::Connection(m),
-        common::TransportError::Refused(m) => TransportError::Refused(m),
+fn transport(kind: TransportKind) -> TransportError {
+    let m = kind.message().to_owned();
+    match kind {
+        TransportKind::Timeout => TransportError::Timeout(m),
+        TransportKind::Connection => TransportError::Connection(m),
+        TransportKind::Refused => TransportError::Refused(m),
     }
 }
 
 impl ScriptedEffects {
-    /// The next scripted reply, if the request is the one the case expects next.
-    fn take(&mut self, req: &ApiRequest) -> Result<Reply, TransportError> {
-        self.call_no += 1;
-        let Some(exchange) = self.exchanges.lock().unwrap().pop_front() else {
-            return Err(self.fail(format!(
-                "request #{}: unexpected {} {} (the case expects no more requests)",
-                self.call_no, req.method, req.path
-            )));
+    /// The scripted reply, if the request is the one the case expects next; a mismatch is kept
+    /// in the script (it fails the case) and the plugin gets a refusal.
+    fn take(&mut self, req: &ApiRequest, streamed: bool) -> Result<Reply, TransportError> {
+        let asked = case::Request {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            headers: req.headers.clone(),
+            body: req.body.clone(),
         };
-        if let Err(why) = cases::request_matches(&exchange.request, &to_common(req)) {
-            return Err(self.fail(format!(
-                "request #{}: {} {} does not match the expected {}: {why}",
-                self.call_no, req.method, req.path, exchange.request
-            )));
+        match self.script.lock().unwrap().answer(&asked, streamed) {
+            Ok(Reply::Transport(kind)) => Err(transport(kind)),
+            Ok(reply) => Ok(reply),
+            Err(why) => Err(TransportError::Refused(why)),
         }
-        match exchange.reply {
-            Reply::Transport(err) => Err(from_common_transport(err)),
-            reply => Ok(reply),
-        }
-    }
-
-    fn fail(&self, message: String) -> TransportError {
-        self.failures.lock().unwrap().push(message.clone());
-        TransportError::Refused(message)
     }
 }
 
 #[async_trait::async_trait]
 impl HostEffects for ScriptedEffects {
     async fn http(&mut self, req: ApiRequest) -> Result<ApiResponse, TransportError> {
-        match self.take(&req)? {
-            Reply::Response(resp) => Ok(from_common_response(resp)),
-            _ => Err(self.fail(format!("request #{}: the case streams {} {}, the plugin did not ask for a stream", self.call_no, req.method, req.path))),
+        match self.take(&req, false)? {
+            Reply::Response { status, headers, body } => Ok(ApiResponse { status, headers, body }),
+            // `Script::answer(.., false)` refuses a stream script and `take` maps transport errors.
+            Reply::Sse { .. } | Reply::Transport(_) => unreachable!("Script::answer(.., false)"),
         }
     }
 
     async fn http_stream(&mut self, req: ApiRequest) -> Result<StreamStart, TransportError> {
-        match self.take(&req)? {
+        match self.take(&req, true)? {
             Reply::Sse { events, cut } => {
                 let events = events.into_iter().map(|e| SseEvent { event: e.event, data: e.data }).collect();
                 Ok(StreamStart::Events(Box::new(ScriptedStream { events, cut })))
             }
-            Reply::Response(resp) if !(200..300).contains(&resp.status) => {
-                Ok(StreamStart::Refused(from_common_response(resp)))
-            }
-            _ => Err(self.fail(format!("request #{}: the case gives no stream for {} {}", self.call_no, req.method, req.path))),
+            Reply::Response { status, headers, body } => Ok(StreamStart::Refused(ApiResponse { status, headers, body })),
+            Reply::Transport(_) => unreachable!("take maps transport errors"),
         }
     }
 
@@ -150,27 +125,22 @@ impl HostEffects for ScriptedEffects {
     }
 }
 
-fn history_to_wit(history: &[common::HistoryMessage]) -> Vec<HistoryMessage> {
+/// The case's history as the WIT's.
+pub fn history_to_wit(history: &[case::Message]) -> Vec<HistoryMessage> {
     history
         .iter()
         .map(|m| HistoryMessage {
-            role: if m.role == common::Role::Assistant { Role::Assistant } else { Role::User },
+            role: match m.role {
+                case::Role::User => Role::User,
+                case::Role::Assistant => Role::Assistant,
+            },
             text: m.text.clone(),
         })
         .collect()
 }
 
-fn settings_to_wit(s: &common::Settings) -> Settings {
-    Settings {
-        model: s.model.clone(),
-        instructions: s.instructions.clone(),
-        poll_interval_ms: s.poll_interval_ms,
-        deadline_ms: s.deadline_ms,
-        options: s.options.clone(),
-    }
-}
-
-fn turn_to_wit(turn: &common::Turn) -> Turn {
+/// The case's turn as the WIT's (options as the (key, value) list).
+pub fn turn_to_wit(turn: &case::Turn) -> Turn {
     Turn {
         user_id: turn.user_id,
         session_id: turn.session_id.clone(),
@@ -181,92 +151,76 @@ fn turn_to_wit(turn: &common::Turn) -> Turn {
             .iter()
             .map(|c| ContextChunk { source: c.source.clone(), text: c.text.clone(), score: c.score })
             .collect(),
-        settings: settings_to_wit(&turn.settings),
+        settings: Settings {
+            model: turn.settings.model.clone(),
+            instructions: turn.settings.instructions.clone(),
+            poll_interval_ms: turn.settings.poll_interval_ms,
+            deadline_ms: turn.settings.deadline_ms,
+            options: turn.settings.option_list(),
+        },
     }
 }
 
-fn usage_value(u: &crate::runtime::Usage) -> Value {
-    serde_json::json!({
-        "input_tokens": u.input_tokens, "cached_input_tokens": u.cached_input_tokens,
-        "output_tokens": u.output_tokens, "reasoning_tokens": u.reasoning_tokens,
-    })
+fn usage_of(u: &Usage) -> case::Usage {
+    case::Usage {
+        input_tokens: u.input_tokens,
+        cached_input_tokens: u.cached_input_tokens,
+        output_tokens: u.output_tokens,
+        reasoning_tokens: u.reasoning_tokens,
+    }
 }
 
-fn answer_value(answer: &Answer) -> Value {
-    serde_json::json!({
-        "text": answer.text,
-        "session_id": answer.session_id,
-        "turn_id": answer.turn_id,
-        "new_session": answer.new_session,
-        "replayed": answer.replayed,
-        "usage": answer.usage.as_ref().map(usage_value),
-    })
-}
-
-fn error_value(error: &ChatError) -> Value {
-    serde_json::json!({
-        "kind": crate::runtime::ErrorKind::as_str(error.kind),
-        "retryable": error.retryable,
-        "retry_after_ms": error.retry_after_ms,
-        "session_id": error.session_id,
-        "turn_id": error.turn_id,
-        "message": error.message,
-        "usage": error.usage.as_ref().map(usage_value),
-    })
+/// A turn's result in the case crate's terms, for `case::judge` and recording.
+pub fn outcome_of(result: &Result<Answer, ChatError>) -> case::Outcome {
+    match result {
+        Ok(a) => Ok(case::Answer {
+            text: a.text.clone(),
+            session_id: a.session_id.clone(),
+            turn_id: a.turn_id.clone(),
+            new_session: a.new_session,
+            replayed: a.replayed,
+            usage: a.usage.as_ref().map(usage_of),
+        }),
+        Err(e) => Err(case::Error {
+            kind: e.kind.as_str().to_owned(),
+            message: e.message.clone(),
+            retryable: e.retryable,
+            retry_after_ms: e.retry_after_ms,
+            session_id: e.session_id.clone(),
+            turn_id: e.turn_id.clone(),
+            usage: e.usage.as_ref().map(usage_of),
+        }),
+    }
 }
 
 /// Runs one case against a loaded plugin.
 pub async fn run_case(runtime: &PluginRuntime, plugin: &LoadedPlugin, case: Case) -> CaseResult {
     let pushed = Arc::new(Mutex::new(String::new()));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let exchanges = Arc::new(Mutex::new(VecDeque::from(case.exchanges)));
-    let history = history_to_wit(&case.history);
+    let script = Arc::new(Mutex::new(Script::new(case.exchanges.clone())));
     let effects = ScriptedEffects {
-        exchanges: exchanges.clone(),
-        history: history.clone(),
+        script: script.clone(),
+        history: history_to_wit(&case.history),
         pushed: pushed.clone(),
-        failures: failures.clone(),
         clock_ms: 1_000_000,
-        call_no: 0,
     };
-    let settings = settings_to_wit(&case.turn.settings);
-    let _ = settings;
-    let outcome: Result<Value, String> = if case.call == "replay" {
-        Err("contract 0.2.0 has no replay export: chat replays the history".into())
-    } else {
-        match runtime.chat(plugin, turn_to_wit(&case.turn), Box::new(effects)).await {
-            Ok(Ok(answer)) => Ok(serde_json::json!({"ok": answer_value(&answer)})),
-            Ok(Err(e)) => Ok(serde_json::json!({"error": error_value(&e)})),
-            Err(e) => Err(e.to_string()),
+    let failures = match runtime.chat(plugin, turn_to_wit(&case.turn), Box::new(effects)).await {
+        Ok(result) => {
+            let pushed = pushed.lock().unwrap().clone();
+            case::judge(&case, &outcome_of(&result), &pushed, &script.lock().unwrap())
+        }
+        Err(e) => {
+            let mut f = script.lock().unwrap().failures().to_vec();
+            f.push(format!("the plugin failed: {e}"));
+            f
         }
     };
-    let mut problems: Vec<String> = failures.lock().unwrap().clone();
-    match outcome {
-        Ok(actual) => {
-            if let Err(why) = cases::subset(&cases::expected_outcome(&case.expect), &actual, "outcome") {
-                problems.push(format!("outcome differs: {why}\n    actual: {actual}"));
-            }
-        }
-        Err(err) => problems.push(format!("the plugin failed: {err}")),
-    }
-    if let Some(want) = &case.pushed {
-        let got = pushed.lock().unwrap().clone();
-        if &got != want {
-            problems.push(format!("pushed text: expected {want:?}, got {got:?}"));
-        }
-    }
-    let left = exchanges.lock().unwrap();
-    if let Some(next) = left.front() {
-        problems.push(format!("{} scripted exchange(s) never requested; the next one: {}", left.len(), next.request));
-    }
-    CaseResult { name: case.name, failures: problems }
+    CaseResult { name: case.name, failures }
 }
 
-/// Loads a case file (JSON).
+/// Loads a case file (JSON, strictly: an unknown key is an error naming it).
 pub fn read_case(path: &Path) -> anyhow::Result<Case> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    serde_json::from_str::<Value>(&text).map_err(|e| anyhow::anyhow!("{}: not a valid case: {e}", path.display()))?;
-    Ok(Case::parse(&text))
+    Case::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 pub async fn run_files(plugin_path: &Path, cases: &[std::path::PathBuf]) -> anyhow::Result<bool> {
@@ -436,39 +390,45 @@ impl HostEffects for Recorder {
     }
 }
 
-/// Builds a case file from a recorded run.
+/// Builds a case file from a recorded run: a `swapbot_case::Case`, so what is recorded is what
+/// the runners read. `exchanges` are the recorder's (one JSON object per exchange, in the case
+/// format).
 pub fn recorded_case(name: &str, turn: &Turn, history: &[HistoryMessage], exchanges: Vec<Value>, outcome: &Result<Answer, ChatError>, pushed: &str) -> Value {
-    let expect = match outcome {
-        Ok(answer) => serde_json::json!({"ok": answer_value(answer)}),
-        Err(error) => {
-            let mut e = error_value(error);
-            e.as_object_mut().unwrap().remove("message");
-            serde_json::json!({"error": e})
-        }
-    };
-    let mut case = serde_json::json!({
-        "name": name,
-        "call": "chat",
-        "turn": {
-            "user_id": turn.user_id,
-            "session_id": turn.session_id,
-            "cache_key": turn.cache_key,
-            "text": turn.text,
-            "context": turn.context.iter().map(|c| serde_json::json!({"source": c.source, "text": c.text, "score": c.score})).collect::<Vec<_>>(),
-            "settings": {
-                "model": turn.settings.model,
-                "instructions": turn.settings.instructions,
-                "poll_interval_ms": turn.settings.poll_interval_ms,
-                "deadline_ms": turn.settings.deadline_ms,
-                "options": turn.settings.options.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+    let exchanges: Vec<case::Exchange> = exchanges
+        .into_iter()
+        .map(|e| serde_json::from_value(e).expect("the recorder writes exchanges in the case format"))
+        .collect();
+    let recorded = Case {
+        name: name.to_owned(),
+        call: case::Call::Chat,
+        turn: case::Turn {
+            user_id: turn.user_id,
+            session_id: turn.session_id.clone(),
+            cache_key: turn.cache_key.clone(),
+            text: turn.text.clone(),
+            context: turn
+                .context
+                .iter()
+                .map(|c| case::Chunk { source: c.source.clone(), text: c.text.clone(), score: c.score })
+                .collect(),
+            settings: case::Settings {
+                model: turn.settings.model.clone(),
+                instructions: turn.settings.instructions.clone(),
+                poll_interval_ms: turn.settings.poll_interval_ms,
+                deadline_ms: turn.settings.deadline_ms,
+                options: turn.settings.options.iter().map(|(k, v)| (k.clone(), case::OptionValue::Text(v.clone()))).collect(),
             },
         },
-        "history": history.iter().map(|m| serde_json::json!({"role": if m.role == Role::Assistant { "assistant" } else { "user" }, "text": m.text})).collect::<Vec<_>>(),
-        "exchanges": exchanges,
-        "expect": expect,
-    });
-    if !pushed.is_empty() {
-        case["pushed"] = Value::String(pushed.to_owned());
-    }
-    case
+        history: history
+            .iter()
+            .map(|m| case::Message {
+                role: if m.role == Role::Assistant { case::Role::Assistant } else { case::Role::User },
+                text: m.text.clone(),
+            })
+            .collect(),
+        exchanges,
+        expect: case::Expect::recorded(&outcome_of(outcome)),
+        pushed: (!pushed.is_empty()).then(|| pushed.to_owned()),
+    };
+    serde_json::to_value(&recorded).expect("a case serialises")
 }

@@ -10,11 +10,24 @@ use serde_json::{Value, json};
 pub use swapbot_plugin_common as common;
 use swapbot_plugin_common::*;
 
-#[cfg(target_arch = "wasm32")]
-mod guest;
-
 pub const NAME: &str = "assistants";
 pub const ID_MAP: &str = "user_threads.json";
+/// Option key: the assistant that runs on the threads (required).
+pub const ASSISTANT_ID: &str = "assistant-id";
+
+/// The Assistants backend, as the wasm component exports it.
+pub struct Assistants;
+
+impl Backend for Assistants {
+    fn describe() -> Description {
+        describe()
+    }
+    fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
+        chat(fx, turn)
+    }
+}
+
+swapbot_plugin_common::export_backend!(Assistants);
 
 /// The message of an `api-gone` error.
 pub const API_GONE: &str = "the OpenAI Assistants API was shut down on 2026-08-26; \
@@ -28,7 +41,7 @@ pub fn describe() -> Description {
         name: NAME.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         contract: CONTRACT.into(),
-        id_map: ID_MAP.into(),
+        id_map: Some(ID_MAP.into()),
         session_label: "thread_id".into(),
         turn_label: "run_id".into(),
     }
@@ -107,12 +120,7 @@ fn add_message<E: Effects>(
 }
 
 /// The replay into a new thread: messages oldest first.
-pub fn replay<E: Effects>(
-    fx: &mut E,
-    thread: &str,
-    history: &[HistoryMessage],
-    _settings: &Settings,
-) -> Result<u32, ChatError> {
+fn replay<E: Effects>(fx: &mut E, thread: &str, history: &[HistoryMessage]) -> Result<u32, ChatError> {
     let mut n = 0;
     for m in replayable(history) {
         if !add_message(fx, thread, m.role, &m.text)? {
@@ -138,9 +146,8 @@ pub struct Session {
 fn new_thread_with_message<E: Effects>(fx: &mut E, text: &str) -> Result<Session, ChatError> {
     let id = create_thread(fx)?;
     let history = fx.recent_history();
-    let settings = Settings::default();
     let inner = |fx: &mut E| -> Result<u32, ChatError> {
-        let n = replay(fx, &id, &history, &settings)?;
+        let n = replay(fx, &id, &history)?;
         if !add_message(fx, &id, Role::User, text)? {
             return Err(ChatError::new(
                 ErrorKind::SessionGone,
@@ -260,14 +267,9 @@ fn run_failed(run: &Value, run_id: &str, status: &str) -> ChatError {
 
 /// One user turn.
 pub fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
-    let Some(assistant_id) = turn
-        .settings
-        .assistant_id
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-    else {
+    let Some(assistant_id) = turn.settings.option(ASSISTANT_ID) else {
         return Err(ChatError::config(
-            "no assistant id configured for the Assistants backend (ASSISTANT_ID)",
+            "no assistant id configured for the Assistants backend (option `assistant-id`, ASSISTANT_ID)",
         ));
     };
     let layout = ContextLayout::of(&turn.settings, ContextLayout::Instructions)?;
@@ -366,7 +368,7 @@ fn run_turn<E: Effects>(
     }
     Ok(Answer {
         text,
-        session_id: thread.to_owned(),
+        session_id: Some(thread.to_owned()),
         turn_id: run_id.clone(),
         new_session: session.new,
         replayed: session.replayed,

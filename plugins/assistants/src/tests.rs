@@ -18,7 +18,6 @@ swapbot_plugin_common::plugin_case_tests!(
     active_run_busy,
     active_run_busy_on_run,
     missing_assistant_id,
-    replay_messages,
 );
 
 
@@ -34,7 +33,7 @@ fn turn(session: Option<&str>) -> Turn {
         text: "hi".into(),
         context: vec![],
         settings: Settings {
-            assistant_id: Some("asst_1".into()),
+            options: vec![(ASSISTANT_ID.into(), "asst_1".into())],
             ..Settings::default()
         },
     }
@@ -45,7 +44,7 @@ fn describe_names_the_backend() {
     let d = describe();
     assert_eq!(d.name, "assistants");
     assert_eq!(d.contract, "0.2.0");
-    assert_eq!(d.id_map, "user_threads.json");
+    assert_eq!(d.id_map.as_deref(), Some("user_threads.json"));
 }
 
 #[test]
@@ -178,10 +177,10 @@ fn the_run_carries_the_truncation_strategy_and_the_input_layout_moves_context_in
         text: "Swaps settle fast.".into(),
         score: 0.9,
     }];
-    t.settings.options = vec![
+    t.settings.options.extend([
         ("truncation-strategy".into(), "last_messages:4".into()),
         ("context-layout".into(), "input".into()),
-    ];
+    ]);
     let mut fx = ScriptedEffects::new(
         vec![
             exchange(json!({"request": {"method": "POST", "path": "/threads/thread_1/messages",

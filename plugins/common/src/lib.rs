@@ -10,11 +10,55 @@ use serde_json::Value;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-/// The contract version both plugins are built for (`package swapbot:backend@0.2.0`).
+/// The wasm component side: the bindings of `wit/backend.wit`, the [`Effects`] of the host's
+/// imports, and [`export_backend!`] to export a [`Backend`] from a plugin crate.
+#[cfg(target_arch = "wasm32")]
+pub mod guest;
+
+/// A backend plugin's protocol logic, as [`export_backend!`] exports it. Generic over
+/// [`Effects`] so the same code runs in the wasm guest, in native tests and in the benchmarks.
+pub trait Backend {
+    fn describe() -> Description;
+    fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError>;
+}
+
+/// Export a [`Backend`] as the plugin's wasm component (`describe` and `chat`).
+/// One line in the plugin crate, e.g. `swapbot_plugin_common::export_backend!(Responses);`; it
+/// expands to nothing outside wasm32, so the crate stays an ordinary library natively.
+#[macro_export]
+macro_rules! export_backend {
+    ($backend:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct Component;
+            impl $crate::guest::bindings::Guest for Component {
+                fn describe() -> $crate::guest::bindings::swapbot::backend::types::Description {
+                    $crate::guest::describe::<$backend>()
+                }
+                fn chat(
+                    turn: $crate::guest::bindings::swapbot::backend::types::Turn,
+                ) -> Result<
+                    $crate::guest::bindings::swapbot::backend::types::Answer,
+                    $crate::guest::bindings::swapbot::backend::types::ChatError,
+                > {
+                    $crate::guest::chat::<$backend>(turn)
+                }
+            }
+            $crate::guest::bindings::export!(Component with_types_in $crate::guest::bindings);
+        };
+    };
+}
+
+/// The contract version the plugins are built for (`package swapbot:backend@0.2.0`).
 pub const CONTRACT: &str = "0.2.0";
 
 /// Most items one create/append call on a conversation accepts.
 pub const MAX_ITEMS_PER_CALL: usize = 20;
+
+/// Option key: stream the answer (`true`/`false`, default `true`).
+pub const STREAM: &str = "stream";
+/// Option key: without streaming, run in the background and poll (`true`/`false`, default `false`).
+pub const BACKGROUND: &str = "background";
 
 /// Used when `poll-interval-ms` is 0.
 pub const DEFAULT_POLL_INTERVAL_MS: u32 = 1_000;
@@ -72,9 +116,6 @@ pub struct ContextChunk {
 pub struct Settings {
     pub model: String,
     pub instructions: String,
-    pub assistant_id: Option<String>,
-    pub stream: bool,
-    pub background: bool,
     pub poll_interval_ms: u32,
     pub deadline_ms: u32,
     /// Backend-specific settings (key, value), as the operator wrote them.
@@ -86,9 +127,6 @@ impl Default for Settings {
         Self {
             model: String::new(),
             instructions: String::new(),
-            assistant_id: None,
-            stream: true,
-            background: false,
             poll_interval_ms: DEFAULT_POLL_INTERVAL_MS,
             deadline_ms: DEFAULT_DEADLINE_MS,
             options: Vec::new(),
@@ -105,6 +143,40 @@ impl Settings {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.trim())
             .filter(|v| !v.is_empty())
+    }
+
+    /// A yes/no option: `true` or `false` (any case), `default` when unset. Anything else is a
+    /// `config` error rather than a guess, so a typo in the operator's file does not silently
+    /// switch a backend to the other mode.
+    pub fn flag(&self, key: &str, default: bool) -> Result<bool, ChatError> {
+        match self.option(key) {
+            None => Ok(default),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(ChatError::config(format!(
+                "{key}={v:?}: expected `true` or `false`"
+            ))),
+        }
+    }
+
+    /// A whole-number option, `default` when unset; anything else is a `config` error.
+    pub fn number(&self, key: &str, default: u64) -> Result<u64, ChatError> {
+        match self.option(key) {
+            None => Ok(default),
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                ChatError::config(format!("{key}={v:?}: expected a whole number"))
+            }),
+        }
+    }
+
+    /// Option `stream` (default true): stream the answer as server-sent events.
+    pub fn stream(&self) -> Result<bool, ChatError> {
+        self.flag(STREAM, true)
+    }
+
+    /// Option `background` (default false): without streaming, `background: true` and polling.
+    pub fn background(&self) -> Result<bool, ChatError> {
+        self.flag(BACKGROUND, false)
     }
 
     /// The poll interval, with 0 meaning the default.
@@ -147,7 +219,8 @@ pub struct Usage {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Answer {
     pub text: String,
-    pub session_id: String,
+    /// None for a stateless backend (its conversation is the history the host keeps).
+    pub session_id: Option<String>,
     pub turn_id: String,
     pub new_session: bool,
     pub replayed: u32,
@@ -300,7 +373,8 @@ pub struct Description {
     pub name: String,
     pub version: String,
     pub contract: String,
-    pub id_map: String,
+    /// The host's id map file for the sessions; None for a stateless backend.
+    pub id_map: Option<String>,
     /// How the host names the session id in logs ("thread_id" or "conversation_id").
     pub session_label: String,
     /// How the host names the turn id in logs ("run_id" or "response_id").
@@ -970,6 +1044,27 @@ mod tests {
             "Be brief.\n\nKnowledge base context (use it when relevant):\n[1] (a.md) Alpha beta\n[2] (b.md) Gamma"
         );
         assert_eq!(build_instructions("Be brief.", &[]), "Be brief.");
+    }
+
+    #[test]
+    fn flags_are_strict() {
+        let with = |v: &str| Settings {
+            options: vec![("stream".into(), v.into())],
+            ..Settings::default()
+        };
+        assert!(Settings::default().stream().unwrap());
+        assert!(!Settings::default().background().unwrap());
+        assert!(!with("false").stream().unwrap());
+        assert!(with(" TRUE ").stream().unwrap());
+        let e = with("yes").stream().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.message.contains("stream=\"yes\""), "{}", e.message);
+        let n = Settings {
+            options: vec![("history-tokens".into(), "12k".into())],
+            ..Settings::default()
+        };
+        assert_eq!(n.number("history-tokens", 6000).unwrap_err().kind, ErrorKind::Config);
+        assert_eq!(Settings::default().number("history-tokens", 6000).unwrap(), 6000);
     }
 
     #[test]

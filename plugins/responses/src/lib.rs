@@ -8,18 +8,29 @@ use serde_json::{Value, json};
 pub use swapbot_plugin_common as common;
 use swapbot_plugin_common::*;
 
-#[cfg(target_arch = "wasm32")]
-mod guest;
-
 pub const NAME: &str = "responses";
 pub const ID_MAP: &str = "user_conversations.json";
+
+/// The Responses backend, as the wasm component exports it.
+pub struct Responses;
+
+impl Backend for Responses {
+    fn describe() -> Description {
+        describe()
+    }
+    fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
+        chat(fx, turn)
+    }
+}
+
+swapbot_plugin_common::export_backend!(Responses);
 
 pub fn describe() -> Description {
     Description {
         name: NAME.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         contract: CONTRACT.into(),
-        id_map: ID_MAP.into(),
+        id_map: Some(ID_MAP.into()),
         session_label: "conversation_id".into(),
         turn_label: "response_id".into(),
     }
@@ -118,18 +129,6 @@ fn append_items<E: Effects>(fx: &mut E, id: &str, items: &[Value]) -> Result<(),
         })?;
     }
     Ok(())
-}
-
-/// The `replay` export: items into an existing conversation, in batches of ≤20.
-pub fn replay<E: Effects>(
-    fx: &mut E,
-    session_id: &str,
-    history: &[HistoryMessage],
-    _settings: &Settings,
-) -> Result<u32, ChatError> {
-    let items: Vec<Value> = replayable(history).into_iter().map(history_item).collect();
-    append_items(fx, session_id, &items)?;
-    Ok(items.len() as u32)
 }
 
 /// How a conversation is kept within the model's context window (option `context`).
@@ -234,21 +233,23 @@ pub fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
     }
     // Settings are checked before anything is created.
     response_body(turn, "")?;
+    let stream = turn.settings.stream()?;
+    let background = turn.settings.background()?;
     let session = get_or_create_conversation(fx, turn.session_id.as_deref())?;
     let created = if session.new {
         Some(session.id.as_str())
     } else {
         None
     };
-    let result = if turn.settings.stream {
+    let result = if stream {
         stream_turn(fx, turn, &session.id)
     } else {
-        plain_turn(fx, turn, &session.id)
+        plain_turn(fx, turn, &session.id, background)
     };
     match result {
         Ok(done) => Ok(Answer {
             text: done.text,
-            session_id: session.id.clone(),
+            session_id: Some(session.id.clone()),
             turn_id: done.id,
             new_session: session.new,
             replayed: session.replayed,
@@ -519,10 +520,11 @@ pub fn plain_turn<E: Effects>(
     fx: &mut E,
     turn: &Turn,
     conversation: &str,
+    background: bool,
 ) -> Result<Finished, ChatError> {
     let started = fx.now_ms();
     let mut body = response_body(turn, conversation)?;
-    if turn.settings.background {
+    if background {
         body["background"] = Value::Bool(true);
     }
     let req = HttpRequest::post("/responses").json(&body);

@@ -26,7 +26,7 @@ swapbot_plugin_common::plugin_case_tests!(
     error_event_nested,
     error_event_flat,
     transport_timeout,
-    replay_batches,
+    new_conversation_replays_in_batches,
     context_length_exceeded,
     compaction_requested,
 );
@@ -60,7 +60,7 @@ fn describe_names_the_backend() {
     let d = describe();
     assert_eq!(d.name, "responses");
     assert_eq!(d.contract, "0.2.0");
-    assert_eq!(d.id_map, "user_conversations.json");
+    assert_eq!(d.id_map.as_deref(), Some("user_conversations.json"));
     assert_eq!(d.version, env!("CARGO_PKG_VERSION"));
 }
 
@@ -282,8 +282,7 @@ fn output_text_joins_every_message_part_in_order() {
 #[test]
 fn background_poll_tolerates_a_transient_poll_failure() {
     let mut t = turn(Some("conv_1"));
-    t.settings.stream = false;
-    t.settings.background = true;
+    t.settings.options = vec![("stream".into(), "false".into()), ("background".into(), "true".into())];
     let done = json!({"id": "resp_1", "status": "completed", "output": [{"type": "message", "content": [{"type": "output_text", "text": "ok"}]}]});
     let mut fx = ScriptedEffects::new(
         vec![
@@ -390,7 +389,7 @@ fn an_incomplete_response_hands_back_what_it_billed() {
         "output": [], "usage": {"input_tokens": 900, "input_tokens_details": {"cached_tokens": 768},
         "output_tokens": 64, "output_tokens_details": {"reasoning_tokens": 64}, "total_tokens": 964}});
     let mut t = turn(Some("conv_1"));
-    t.settings.stream = false;
+    t.settings.options = vec![("stream".into(), "false".into())];
     let mut fx = ScriptedEffects::new(
         vec![
             exchange(json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}})),
@@ -411,7 +410,7 @@ fn a_new_conversation_is_reported_to_the_host_as_soon_as_it_exists() {
     let case = Case::parse(include_str!("../cases/creates_conversation_when_none.json"));
     let mut fx = ScriptedEffects::new(case.exchanges, case.history);
     let a = chat(&mut fx, &case.turn).unwrap();
-    assert_eq!(fx.started, [a.session_id.clone()]);
+    assert_eq!(fx.started, [a.session_id.clone().unwrap()]);
     // A stored, live conversation is not reported again.
     let case = Case::parse(include_str!("../cases/reuses_live_conversation.json"));
     let mut fx = ScriptedEffects::new(case.exchanges, case.history);

@@ -94,8 +94,9 @@ pub async fn create(State(sh): State<Arc<Shared>>, req: Request) -> Result<Respo
     };
     let msgs = parse_messages(&body)?;
     let stream = opt_bool(&body, "stream")?.unwrap_or(false);
-    let include_usage = match body.get("stream_options") {
-        None | Some(Value::Null) => false,
+    // `obfuscation` on every chunk is the API's default; only `include_obfuscation: false` drops it.
+    let (include_usage, include_obfuscation) = match body.get("stream_options") {
+        None | Some(Value::Null) => (false, true),
         Some(Value::Object(o)) => {
             if !stream {
                 return Err(ApiError::bad_request(
@@ -104,7 +105,10 @@ pub async fn create(State(sh): State<Arc<Shared>>, req: Request) -> Result<Respo
                     None,
                 ));
             }
-            o.get("include_usage").and_then(Value::as_bool).unwrap_or(false)
+            (
+                o.get("include_usage").and_then(Value::as_bool).unwrap_or(false),
+                o.get("include_obfuscation").and_then(Value::as_bool).unwrap_or(true),
+            )
         }
         Some(other) => return Err(ApiError::invalid_type("stream_options", "an object", other)),
     };
@@ -198,6 +202,11 @@ pub async fn create(State(sh): State<Arc<Shared>>, req: Request) -> Result<Respo
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
         if include_usage {
             c["usage"] = Value::Null;
+        }
+        if include_obfuscation {
+            // Random-looking padding that evens out the chunk sizes, as the API sends it.
+            let len = c["choices"][0]["delta"]["content"].as_str().map_or(0, str::len);
+            c["obfuscation"] = Value::String("abcdefghijklmnop"[..(16 - len % 16).min(16)].to_owned());
         }
         c
     };

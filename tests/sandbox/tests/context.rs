@@ -616,6 +616,7 @@ async fn chat_completions_plain_and_streamed() {
     assert!(!text.contains("event:"));
     let chunks: Vec<Value> = sse(&text).into_iter().map(|(_, d)| d).filter(|d| d.is_object()).collect();
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks.iter().all(|c| c["obfuscation"].is_string()), "obfuscation is on by default: {text}");
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(content, "Your name is Lu.");
@@ -630,6 +631,9 @@ async fn chat_completions_plain_and_streamed() {
     let (_, text) = c.post_text("/chat/completions", json!({"model": "gpt-4o-mini", "messages": messages, "stream": true})).await;
     assert!(!text.contains("\"usage\""));
     assert!(text.ends_with("data: [DONE]\n\n"));
+    let (_, text) = c.post_text("/chat/completions", json!({"model": "gpt-4o-mini", "messages": messages, "stream": true,
+        "stream_options": {"include_obfuscation": false}})).await;
+    assert!(!text.contains("obfuscation") && text.ends_with("data: [DONE]\n\n"), "{text}");
     // max_tokens → length
     let (_, v) = c.post("/chat/completions", json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "long answer 500"}], "max_completion_tokens": 5})).await;
     assert_eq!(v["choices"][0]["finish_reason"], "length");
@@ -667,7 +671,7 @@ async fn chat_completions_plain_and_streamed() {
     let (st, _) = c.post("/chat/completions", json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})).await;
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
     let t = sb.usage_totals();
-    assert_eq!(t.chat.requests, 6, "plain ×4 (incl. max_tokens, reasoning), streamed ×2; cut and failed ones bill nothing");
+    assert_eq!(t.chat.requests, 7, "plain ×4 (incl. max_tokens, reasoning), streamed ×3; cut and failed ones bill nothing");
     assert_eq!(t.by_prompt_cache_key["p"].requests, 2);
     sb.shutdown().await;
 }

@@ -14,7 +14,7 @@ impl Guest for Future {
             name: "responses".into(),
             version: "9.0.0".into(),
             contract: "0.9.0".into(),
-            id_map: "user_conversations.json".into(),
+            id_map: Some("user_conversations.json".into()),
             session_label: "conversation_id".into(),
             turn_label: "response_id".into(),
         }
@@ -24,16 +24,12 @@ impl Guest for Future {
         swapbot::backend::host::log(swapbot::backend::host::Level::Info, "future plugin");
         Ok(wt::Answer {
             text: turn.text,
-            session_id: "conv_future".into(),
+            session_id: Some("conv_future".into()),
             turn_id: "resp_future".into(),
             new_session: false,
             replayed: 0,
             usage: None,
         })
-    }
-
-    fn replay(_: String, _: Vec<wt::HistoryMessage>, _: wt::Settings) -> Result<u32, wt::ChatError> {
-        Ok(0)
     }
 }
 

@@ -16,7 +16,7 @@ impl Guest for Hostile {
             name: "responses".into(),
             version: "6.6.6-hostile".into(),
             contract: "0.2.0".into(),
-            id_map: "user_conversations.json".into(),
+            id_map: Some("user_conversations.json".into()),
             session_label: "conversation_id".into(),
             turn_label: "response_id".into(),
         }
@@ -59,17 +59,13 @@ impl Guest for Hostile {
             }
             text => Ok(wt::Answer {
                 text: format!("survived: {text}"),
-                session_id: turn.session_id.unwrap_or_else(|| "conv_hostile".into()),
+                session_id: Some(turn.session_id.unwrap_or_else(|| "conv_hostile".into())),
                 turn_id: "resp_hostile".into(),
                 new_session: false,
                 replayed: 0,
                 usage: None,
             }),
         }
-    }
-
-    fn replay(_: String, _: Vec<wt::HistoryMessage>, _: wt::Settings) -> Result<u32, wt::ChatError> {
-        Ok(0)
     }
 }
 

@@ -1,13 +1,29 @@
-// Shared wasm guest glue, `include!`d by each plugin's `src/guest.rs` right after its
-// `wit_bindgen::generate!({ path: "../../wit", world: "backend" })`, so it type-checks against
-// that plugin's generated bindings. It provides `HostEffects` (the `Effects` impl over the
-// host imports) and the conversions between the WIT types and the common mirrors.
-//
-// Not a module of swapbot-plugin-common: it is only ever compiled inside a plugin.
+//! The wasm component side of every plugin: the bindings of `wit/backend.wit` (generated here
+//! once, so the plugins cannot drift from each other), [`HostEffects`] (the [`Effects`] over the
+//! host's imports) and the conversions between the WIT types and this crate's mirrors.
+//!
+//! A plugin exports itself with [`export_backend!`](crate::export_backend); it needs neither
+//! wit-bindgen nor the WIT file.
 
-use swapbot::backend::host as wh;
-use swapbot::backend::types as wt;
-use swapbot_plugin_common as c;
+// The generated bindings have a 15-argument lowering function.
+#![allow(clippy::too_many_arguments)]
+
+/// The generated bindings. `pub_export_macro` makes their `export!` usable from the plugin
+/// crates, where the component's exports must be defined (the cdylib is the plugin).
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "backend",
+        pub_export_macro: true,
+        default_bindings_module: "swapbot_plugin_common::guest::bindings",
+    });
+}
+
+use crate::{Backend, Effects};
+
+use bindings::swapbot::backend::host as wh;
+use bindings::swapbot::backend::types as wt;
+use crate as c;
 
 /// The `Effects` of a plugin running in the host: every call is an import.
 pub struct HostEffects;
@@ -52,7 +68,7 @@ fn from_transport(e: wh::TransportError) -> c::TransportError {
     }
 }
 
-impl c::Effects for HostEffects {
+impl Effects for HostEffects {
     type Stream = HostStream;
 
     fn http(&mut self, req: c::HttpRequest) -> Result<c::HttpResponse, c::TransportError> {
@@ -115,16 +131,13 @@ fn from_settings(s: wt::Settings) -> c::Settings {
     c::Settings {
         model: s.model,
         instructions: s.instructions,
-        assistant_id: s.assistant_id,
-        stream: s.stream,
-        background: s.background,
         poll_interval_ms: s.poll_interval_ms,
         deadline_ms: s.deadline_ms,
         options: s.options,
     }
 }
 
-fn from_turn(t: wt::Turn) -> c::Turn {
+pub fn from_turn(t: wt::Turn) -> c::Turn {
     c::Turn {
         user_id: t.user_id,
         session_id: t.session_id,
@@ -152,7 +165,7 @@ fn to_usage(u: c::Usage) -> wt::Usage {
     }
 }
 
-fn to_answer(a: c::Answer) -> wt::Answer {
+pub fn to_answer(a: c::Answer) -> wt::Answer {
     wt::Answer {
         text: a.text,
         session_id: a.session_id,
@@ -185,7 +198,7 @@ fn to_kind(k: c::ErrorKind) -> wt::ErrorKind {
     }
 }
 
-fn to_error(e: c::ChatError) -> wt::ChatError {
+pub fn to_error(e: c::ChatError) -> wt::ChatError {
     wt::ChatError {
         kind: to_kind(e.kind),
         message: e.message,
@@ -197,7 +210,7 @@ fn to_error(e: c::ChatError) -> wt::ChatError {
     }
 }
 
-fn to_description(d: c::Description) -> wt::Description {
+pub fn to_description(d: c::Description) -> wt::Description {
     wt::Description {
         name: d.name,
         version: d.version,
@@ -211,4 +224,20 @@ fn to_description(d: c::Description) -> wt::Description {
 /// Log a failed turn through the host before handing the error back.
 fn log_error(e: &c::ChatError) {
     wh::log(wh::Level::Warn, &e.to_string());
+}
+
+
+/// The `describe` export of backend `B`.
+pub fn describe<B: Backend>() -> wt::Description {
+    to_description(B::describe())
+}
+
+/// The `chat` export of backend `B`, on the host's imports; a failure is logged through the host
+/// before it is handed back.
+pub fn chat<B: Backend>(turn: wt::Turn) -> Result<wt::Answer, wt::ChatError> {
+    let turn = from_turn(turn);
+    B::chat(&mut HostEffects, &turn).map(to_answer).map_err(|e| {
+        log_error(&e);
+        to_error(e)
+    })
 }
