@@ -6,28 +6,65 @@
 //! the dispatcher removes the file when the turn has ended (answered or apologised for), and at
 //! start every file left is replayed, oldest first, before polling resumes past the highest id
 //! (so Telegram does not deliver it a second time).
+//!
+//! A webhook answers Telegram 200 only after [`Inbox::store`] returned. Telegram redelivers an update
+//! it got no 2xx for (a 200 lost in a crash, a slow answer), so the inbox also remembers which ids
+//! it has taken: `<dir>/done/<update_id>` markers, kept [`DONE_KEPT`] (Telegram keeps an update about
+//! 24 hours), make a second delivery of the same update a no-op, in flight or answered.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use teloxide::types::{Update, UpdateKind};
 use tracing::{info, warn};
 
+/// How long an answered update's id is remembered: longer than Telegram retries a delivery.
+pub const DONE_KEPT: Duration = Duration::from_secs(48 * 3600);
+
 #[derive(Debug)]
 pub struct Inbox {
     dir: PathBuf,
+    answered: AtomicU32,
+}
+
+/// What [`Inbox::store`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Durable now: the caller delivers it to the dispatcher.
+    New,
+    /// Already in the inbox or already answered: the caller drops it.
+    Duplicate,
 }
 
 impl Inbox {
     pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        fs::create_dir_all(dir.join("done"))?;
+        let inbox = Self { dir, answered: AtomicU32::new(0) };
+        inbox.prune_done();
+        Ok(inbox)
     }
 
     fn file(&self, id: u32) -> PathBuf {
         self.dir.join(format!("{id}.json"))
+    }
+
+    fn done_marker(&self, id: u32) -> PathBuf {
+        self.dir.join("done").join(id.to_string())
+    }
+
+    /// Forgets answered ids older than [`DONE_KEPT`].
+    fn prune_done(&self) {
+        let Ok(entries) = fs::read_dir(self.dir.join("done")) else { return };
+        for entry in entries.filter_map(Result::ok) {
+            let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > DONE_KEPT);
+            if old {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Whether an update must go through the inbox: messages (the questions) do; other kinds
@@ -36,37 +73,60 @@ impl Inbox {
         matches!(update.kind, UpdateKind::Message(_))
     }
 
-    /// Makes an update durable (written, fsynced, renamed into place, directory fsynced).
-    pub fn store(&self, update: &Update) -> std::io::Result<()> {
-        let path = self.file(update.id.0);
-        if path.exists() {
-            return Ok(());
+    /// Makes an update durable (written, fsynced, linked into place, directory fsynced), unless the
+    /// same update_id is already in the inbox or was answered: safe against a concurrent store of the
+    /// same id (the link into place is create-if-absent).
+    pub fn store(&self, update: &Update) -> std::io::Result<Stored> {
+        let id = update.id.0;
+        let path = self.file(id);
+        if path.exists() || self.done_marker(id).exists() {
+            return Ok(Stored::Duplicate);
         }
         let json = serde_json::to_vec(update).map_err(std::io::Error::other)?;
-        let tmp = self.dir.join(format!(".{}.tmp-{}", update.id.0, std::process::id()));
+        static TMP: AtomicU32 = AtomicU32::new(0);
+        let tmp = self.dir.join(format!(".{id}.tmp-{}-{}", std::process::id(), TMP.fetch_add(1, Ordering::Relaxed)));
         let written = (|| {
             let mut file = fs::File::create(&tmp)?;
             file.write_all(&json)?;
             file.sync_all()?;
-            fs::rename(&tmp, &path)
+            fs::hard_link(&tmp, &path)
         })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-            return written;
+        let _ = fs::remove_file(&tmp);
+        match written {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return Ok(Stored::Duplicate),
+            Err(err) => return Err(err),
         }
         if let Ok(dir) = fs::File::open(&self.dir) {
             let _ = dir.sync_all();
         }
-        Ok(())
+        // Answered between the check above and the link: the link is a stale copy.
+        if self.done_marker(id).exists() {
+            let _ = fs::remove_file(&path);
+            return Ok(Stored::Duplicate);
+        }
+        Ok(Stored::New)
     }
 
-    /// The update's turn has ended: forget it.
+    /// The update's turn has ended: forget it, remembering its id against redeliveries. The marker
+    /// comes first: a crash in between leaves an answered update that `pending` skips.
     pub fn done(&self, id: u32) {
+        if let Err(err) = fs::File::create(self.done_marker(id)) {
+            warn!(update_id = id, %err, "could not mark an update answered; a redelivery would be answered again");
+        }
         match fs::remove_file(self.file(id)) {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => warn!(update_id = id, %err, "could not remove an answered update from the inbox"),
         }
+        if self.answered.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
+            self.prune_done();
+        }
+    }
+
+    /// Whether an update_id was answered (within [`DONE_KEPT`]).
+    pub fn answered(&self, id: u32) -> bool {
+        self.done_marker(id).exists()
     }
 
     /// Updates left by an earlier run, oldest first. One that does not parse is moved aside.
@@ -83,6 +143,10 @@ impl Inbox {
         found.sort();
         let mut updates = vec![];
         for (id, path) in found {
+            if self.answered(id) {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
             match fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Update>(&b).ok()) {
                 Some(update) if update.id.0 == id => updates.push(update),
                 _ => {
@@ -118,8 +182,9 @@ mod tests {
         let dir = tempfile_dir();
         let inbox = Inbox::open(&dir).unwrap();
         for id in [12, 3, 7] {
-            inbox.store(&update(id)).unwrap();
+            assert_eq!(inbox.store(&update(id)).unwrap(), Stored::New);
         }
+        assert_eq!(inbox.store(&update(12)).unwrap(), Stored::Duplicate, "a second delivery while it waits");
         inbox.done(7);
         let again = Inbox::open(&dir).unwrap();
         let ids: Vec<u32> = again.pending().iter().map(|u| u.id.0).collect();
@@ -128,6 +193,22 @@ mod tests {
         fs::write(dir.join("20.json"), "{torn").unwrap();
         assert_eq!(again.pending().len(), 2);
         assert!(dir.join("20.corrupt").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_answered_update_is_not_taken_again_after_a_restart() {
+        let dir = tempfile_dir();
+        let inbox = Inbox::open(&dir).unwrap();
+        inbox.store(&update(5)).unwrap();
+        inbox.done(5);
+        let again = Inbox::open(&dir).unwrap();
+        assert_eq!(again.store(&update(5)).unwrap(), Stored::Duplicate);
+        assert!(again.pending().is_empty());
+        // A crash between the marker and the removal: answered, so not replayed.
+        again.store(&update(6)).unwrap();
+        fs::File::create(dir.join("done").join("6")).unwrap();
+        assert!(Inbox::open(&dir).unwrap().pending().is_empty());
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -17,6 +17,12 @@ pub mod inbox;
 pub mod pacing;
 pub mod text;
 pub mod updates;
+pub mod webhook;
+
+pub use crate::webhook::{
+    SetWebhookOptions, TelegramMode, WebhookConfig, WebhookSecret, WebhookSummary, delete_webhook, set_webhook,
+    webhook_cli, webhook_info,
+};
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -257,7 +263,7 @@ pub(crate) fn classify(e: &RequestError) -> Failure {
 }
 
 /// A short, token-free description of a Telegram error for logs.
-fn describe(e: &RequestError, token: &str) -> String {
+pub(crate) fn describe(e: &RequestError, token: &str) -> String {
     let s = match e {
         RequestError::InvalidJson { raw, .. } => {
             format!("the Bot API answered something that is not JSON ({} bytes, e.g. a 502 page)", raw.len())
@@ -795,8 +801,17 @@ async fn on_my_chat_member(update: ChatMemberUpdated) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Best-effort start-up calls: drop a webhook that would block polling, register the command menu.
-async fn setup(bot: Bot) {
+/// Polling cannot run while a webhook is set. Removing it silently would cut off the replicas that
+/// serve it, so it is removed with a warning (a process started in the wrong mode shows in the log).
+async fn clear_webhook_for_polling(bot: &Bot) {
+    match bot.get_webhook_info().send().await {
+        Ok(info) if info.url.is_none() => return,
+        Ok(info) => warn!(
+            pending_update_count = info.pending_update_count,
+            "a webhook is set for this bot; polling removes it (TELEGRAM_MODE=webhook serves it; `swapbot webhook set` registers it again)"
+        ),
+        Err(e) => debug!(error = %describe(&e, bot.token()), "getWebhookInfo failed"),
+    }
     for attempt in 0..5u32 {
         match bot.delete_webhook().send().await {
             Ok(_) => break,
@@ -805,6 +820,14 @@ async fn setup(bot: Bot) {
                 tokio::time::sleep(polling_backoff(attempt)).await;
             }
         }
+    }
+}
+
+/// Best-effort start-up calls: in polling mode drop a webhook that would block polling (never in webhook
+/// mode), register the command menu.
+async fn setup(bot: Bot, polling: bool) {
+    if polling {
+        clear_webhook_for_polling(&bot).await;
     }
     let commands = vec![
         BotCommand::new("new", "Forget our conversation and start a fresh one"),
@@ -864,16 +887,115 @@ pub async fn run_polling_until(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let inbox = match &options.inbox_dir {
-        Some(dir) => Some(Arc::new(
-            inbox::Inbox::open(dir).map_err(|e| anyhow::anyhow!("cannot use the inbox {}: {e}", dir.display()))?,
-        )),
+        Some(dir) => Some(open_inbox(dir)?),
         None => None,
     };
+    let token = bot.token().to_string();
+    let _setup = AbortOnDrop(tokio::spawn(setup(bot.clone(), true)));
+    let listener_bot = bot.clone();
+    let listener_errors = Arc::new(move |e: RequestError| {
+        let token = token.clone();
+        async move {
+            warn!(error = %describe(&e, &token), "Telegram getUpdates failed; polling continues");
+        }
+    });
+    let listener_inbox = inbox.clone();
+    // Not teloxide's `Polling`: one undecodable update would wedge it (see `updates`).
+    let listeners = move || updates::listener(listener_bot.clone(), Duration::from_secs(10), listener_inbox.clone());
+    dispatch(bot, handler, options, inbox, shutdown, listeners, listener_errors, "stopping Telegram polling").await
+}
+
+fn open_inbox(dir: &std::path::Path) -> anyhow::Result<Arc<inbox::Inbox>> {
+    Ok(Arc::new(inbox::Inbox::open(dir).map_err(|e| anyhow::anyhow!("cannot use the inbox {}: {e}", dir.display()))?))
+}
+
+/// Serves Telegram by webhook (see [`webhook`]) on `config.listen` until SIGINT or SIGTERM. Needs
+/// [`BotOptions::inbox_dir`]: Telegram gets its 200 once an update is there. Calls neither setWebhook,
+/// deleteWebhook nor getUpdates (register with [`set_webhook`]).
+pub async fn run_webhook(bot: Bot, handler: Arc<dyn TurnHandler>, options: BotOptions, config: WebhookConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on WEBHOOK_LISTEN {}: {e}", config.listen))?;
+    run_webhook_on(listener, bot, handler, options, config, shutdown_signal()).await
+}
+
+/// Like [`run_webhook`] on a bound listener (`config.listen` is not used), stopping when `shutdown`
+/// resolves: the endpoint stops taking updates first, then turns in flight get [`BotOptions::stop_grace`];
+/// what is left waits in the inbox for the next start.
+pub async fn run_webhook_on(
+    listener: tokio::net::TcpListener,
+    bot: Bot,
+    handler: Arc<dyn TurnHandler>,
+    options: BotOptions,
+    config: WebhookConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let Some(dir) = &options.inbox_dir else {
+        anyhow::bail!("webhook mode needs the durable inbox (BotOptions::inbox_dir)");
+    };
+    let inbox = open_inbox(dir)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // What an earlier run took and did not finish goes first, once (not again on a getMe retry).
+    for update in inbox.pending() {
+        let _ = tx.send(update);
+    }
+    let app = webhook::router(&config.path, webhook::Intake::new(&config, inbox.clone(), tx));
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stopped.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the webhook endpoint stopped");
+        }
+    });
+    let server = AbortOnDrop(server);
     let stop_grace = options.stop_grace;
-    let ctx = Arc::new(Ctx { handler, options, inbox: inbox.clone(), user_locks: Default::default(), group_paced: Default::default() });
+    let shutdown = async move {
+        shutdown.await;
+        info!("stopping the Telegram webhook endpoint");
+        let _ = stop_server.send(());
+        let mut server = server;
+        let _ = tokio::time::timeout(stop_grace, &mut server.0).await;
+    };
+    let _setup = AbortOnDrop(tokio::spawn(setup(bot.clone(), false)));
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let listeners = move || webhook::listener(rx.clone());
+    let errors = teloxide::error_handlers::LoggingErrorHandler::new();
+    dispatch(bot, handler, options, Some(inbox), shutdown, listeners, errors, "stopping Telegram webhook dispatch").await
+}
+
+/// Runs the mode `TELEGRAM_MODE` names (polling by default; webhook with `WEBHOOK_*`) until SIGINT or SIGTERM.
+pub async fn run_from_env(bot: Bot, handler: Arc<dyn TurnHandler>, options: BotOptions) -> anyhow::Result<()> {
+    match TelegramMode::from_env()? {
+        TelegramMode::Polling => run_polling(bot, handler, options).await,
+        TelegramMode::Webhook => run_webhook(bot, handler, options, WebhookConfig::from_env()?).await,
+    }
+}
+
+/// The dispatcher both modes share: the same handlers, whatever feeds the updates.
+#[allow(clippy::too_many_arguments)]
+async fn dispatch<L, Eh>(
+    bot: Bot,
+    handler: Arc<dyn TurnHandler>,
+    options: BotOptions,
+    inbox: Option<Arc<inbox::Inbox>>,
+    shutdown: impl Future<Output = ()> + Send,
+    mut listeners: impl FnMut() -> L,
+    listener_errors: Arc<Eh>,
+    stopping: &str,
+) -> anyhow::Result<()>
+where
+    L: teloxide::update_listeners::UpdateListener + Send,
+    L::Err: std::fmt::Debug,
+    Eh: teloxide::error_handlers::ErrorHandler<L::Err> + Send + Sync,
+{
+    let stop_grace = options.stop_grace;
+    let ctx = Arc::new(Ctx { handler, options, inbox, user_locks: Default::default(), group_paced: Default::default() });
     let token = bot.token().to_string();
     tokio::pin!(shutdown);
-    let _setup = AbortOnDrop(tokio::spawn(setup(bot.clone())));
 
     let mut attempt = 0u32;
     loop {
@@ -898,16 +1020,7 @@ pub async fn run_polling_until(
             .default_handler(|_| async {})
             .build();
         let stop = dispatcher.shutdown_token();
-        // Not teloxide's `Polling`: one undecodable update would wedge it (see `updates`).
-        let listener = updates::listener(bot.clone(), Duration::from_secs(10), inbox.clone());
-        let listener_token = token.clone();
-        let listener_errors = Arc::new(move |e: RequestError| {
-            let token = listener_token.clone();
-            async move {
-                warn!(error = %describe(&e, &token), "Telegram getUpdates failed; polling continues");
-            }
-        });
-        let run = dispatcher.try_dispatch_with_listener(listener, listener_errors);
+        let run = dispatcher.try_dispatch_with_listener(listeners(), listener_errors.clone());
         tokio::pin!(run);
         tokio::select! {
             r = &mut run => match r {
@@ -923,7 +1036,7 @@ pub async fn run_polling_until(
                 }
             },
             () = &mut shutdown => {
-                info!("stopping Telegram polling");
+                info!("{stopping}");
                 if stop.shutdown().is_ok() {
                     let _ = tokio::time::timeout(stop_grace, &mut run).await;
                 }

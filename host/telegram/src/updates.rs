@@ -24,7 +24,7 @@ use teloxide::{
 };
 use tracing::warn;
 
-use crate::inbox::Inbox;
+use crate::inbox::{Inbox, Stored};
 use crate::pacing::polling_backoff;
 
 /// What an undecodable `getUpdates` answer still yields.
@@ -135,9 +135,15 @@ impl PollState {
         for update in updates {
             if let Some(inbox) = &self.inbox
                 && Inbox::keeps(&update)
-                && let Err(err) = inbox.store(&update)
             {
-                tracing::error!(update_id = update.id.0, %err, "could not write an update to the inbox; a crash now would lose it");
+                match inbox.store(&update) {
+                    Ok(Stored::New) => {}
+                    // Answered before a crash that came before its offset was confirmed.
+                    Ok(Stored::Duplicate) => continue,
+                    Err(err) => {
+                        tracing::error!(update_id = update.id.0, %err, "could not write an update to the inbox; a crash now would lose it")
+                    }
+                }
             }
             self.buffer.push_back(update);
         }

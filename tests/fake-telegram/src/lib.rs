@@ -126,9 +126,54 @@ struct ChatState {
     drafts: BTreeMap<i64, String>,
 }
 
+/// An update waiting to be fetched or delivered.
+#[derive(Clone)]
+struct Queued {
+    /// Unique per queued copy: a redelivered update_id is a second copy.
+    seq: u64,
+    id: i64,
+    json: Value,
+}
+
+#[derive(Clone)]
+struct Webhook {
+    url: String,
+    secret: Option<String>,
+    max_connections: usize,
+    allowed_updates: Option<Value>,
+}
+
+/// One attempt to deliver an update to the webhook.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub update_id: i64,
+    /// The HTTP status answered; `None` when the connection failed or timed out.
+    pub status: Option<u16>,
+    /// The `X-Telegram-Bot-Api-Secret-Token` sent, if any.
+    pub secret: Option<String>,
+}
+
+impl Delivery {
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    updates: VecDeque<(i64, Value)>,
+    updates: VecDeque<Queued>,
+    next_seq: u64,
+    /// Every update ever queued, by id (for [`FakeTelegram::redeliver`]).
+    history: BTreeMap<i64, Value>,
+    webhook: Option<Webhook>,
+    /// Bumped by every setWebhook / deleteWebhook: delivery workers of an older one stop.
+    webhook_gen: u64,
+    /// Queued copies (by seq) being POSTed right now.
+    in_flight: std::collections::HashSet<u64>,
+    /// Queued copies (by seq) that failed: (failures so far, not before).
+    retry: HashMap<u64, (u32, Instant)>,
+    last_error: Option<(i64, String)>,
+    deliveries: Vec<Delivery>,
     next_update_id: i64,
     calls: Vec<Call>,
     chats: HashMap<i64, ChatState>,
@@ -137,6 +182,14 @@ struct Inner {
     /// Callback query ids sent and not answered yet.
     open_callbacks: Vec<String>,
     next_callback: i64,
+}
+
+impl Inner {
+    fn enqueue(&mut self, id: i64, json: Value) {
+        self.history.insert(id, json.clone());
+        self.next_seq += 1;
+        self.updates.push_back(Queued { seq: self.next_seq, id, json });
+    }
 }
 
 struct Shared {
@@ -175,6 +228,7 @@ const KNOWN_METHODS: &[&str] = &[
     "deleteMessage",
     "setMyCommands",
     "deleteWebhook",
+    "setWebhook",
     "getWebhookInfo",
     "answerCallbackQuery",
     "close",
@@ -266,7 +320,7 @@ impl FakeTelegram {
             changed,
         });
         let app = Router::new()
-            .route("/{bot}/{method}", post(handle).get(handle_get))
+            .route("/{bot}/{method}", post(handle_post).get(handle_get))
             .with_state(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -358,7 +412,7 @@ impl FakeTelegram {
         }
         let update_id = g.next_update_id;
         g.next_update_id += 1;
-        g.updates.push_back((update_id, json!({ "update_id": update_id, "message": message })));
+        g.enqueue(update_id, json!({ "update_id": update_id, "message": message }));
         drop(g);
         self.shared.bump();
         message_id
@@ -436,7 +490,7 @@ impl FakeTelegram {
         let mut g = self.lock();
         let update_id = g.next_update_id;
         g.next_update_id += 1;
-        g.updates.push_back((update_id, json!({ "update_id": update_id, kind: payload })));
+        g.enqueue(update_id, json!({ "update_id": update_id, kind: payload }));
         drop(g);
         self.shared.bump();
     }
@@ -541,9 +595,32 @@ impl FakeTelegram {
         self.lock().chats.get(&chat_id).map(|c| c.drafts.clone()).unwrap_or_default()
     }
 
-    /// Number of updates queued and not yet confirmed by a later getUpdates offset.
+    /// Number of updates queued and not yet confirmed by a later getUpdates offset (or, with a webhook,
+    /// not yet answered with a 2xx).
     pub fn pending_updates(&self) -> usize {
         self.lock().updates.len()
+    }
+
+    /// Queues a copy of an update already queued once (same update_id, same content), as Telegram does
+    /// when it did not see a 2xx for a delivery that was in fact processed.
+    pub fn redeliver(&self, update_id: i64) {
+        let mut g = self.lock();
+        let json = g.history.get(&update_id).cloned().expect("redeliver: no such update");
+        g.next_seq += 1;
+        let seq = g.next_seq;
+        g.updates.push_back(Queued { seq, id: update_id, json });
+        drop(g);
+        self.shared.bump();
+    }
+
+    /// Every webhook delivery attempt so far, in order of completion.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.lock().deliveries.clone()
+    }
+
+    /// The webhook URL set, if any.
+    pub fn webhook_url(&self) -> Option<String> {
+        self.lock().webhook.as_ref().map(|w| w.url.clone())
     }
 
     /// Waits until the bot has at least `n` visible messages in `chat_id` (or `timeout`), returns them.
@@ -678,6 +755,168 @@ async fn handle_get(
     handle(state, path, Bytes::from(Value::Object(params).to_string())).await
 }
 
+async fn handle_post(
+    state: AxState<Arc<Shared>>,
+    path: Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    // teloxide sends setWebhook (it may carry a certificate) as multipart/form-data.
+    if let Some(boundary) = content_type.strip_prefix("multipart/form-data").and_then(|r| r.split("boundary=").nth(1)) {
+        let boundary = boundary.trim_matches('"').to_string();
+        let Some(params) = parse_multipart(&body, &boundary) else {
+            return ApiErr::bad_request("invalid multipart body").into_response();
+        };
+        return handle(state, path, Bytes::from(params.to_string())).await;
+    }
+    handle(state, path, body).await
+}
+
+/// The text fields of a multipart/form-data body as a JSON object (a field holding a JSON array or
+/// object, like `allowed_updates`, as that value).
+fn parse_multipart(body: &[u8], boundary: &str) -> Option<Value> {
+    let text = std::str::from_utf8(body).ok()?;
+    let delimiter = format!("--{boundary}");
+    let mut fields = serde_json::Map::new();
+    for part in text.split(delimiter.as_str()).skip(1) {
+        if part.starts_with("--") {
+            break;
+        }
+        let part = part.strip_prefix("\r\n").unwrap_or(part);
+        let (head, value) = part.split_once("\r\n\r\n")?;
+        let value = value.strip_suffix("\r\n").unwrap_or(value);
+        let name = head.split("name=\"").nth(1)?.split('"').next()?;
+        let parsed = match serde_json::from_str::<Value>(value) {
+            Ok(v @ (Value::Array(_) | Value::Object(_))) => v,
+            _ => Value::String(value.to_string()),
+        };
+        fields.insert(name.to_string(), parsed);
+    }
+    Some(Value::Object(fields))
+}
+
+fn param_bool(p: &Value, key: &str) -> bool {
+    match p.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
+/// Sets or removes the webhook; a new one gets fresh delivery workers.
+fn set_webhook(shared: &Arc<Shared>, params: &Value, delete: bool) -> Result<Value, ApiErr> {
+    let url = if delete { "" } else { params.get("url").and_then(Value::as_str).unwrap_or("") };
+    let mut g = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = if url.is_empty() {
+        None
+    } else {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ApiErr::bad_request("bad webhook: An HTTPS URL must be provided for webhook"));
+        }
+        let secret = params.get("secret_token").and_then(Value::as_str).map(str::to_string);
+        if let Some(s) = &secret
+            && (s.is_empty() || s.len() > 256 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        {
+            return Err(ApiErr::bad_request("secret token contains unallowed characters"));
+        }
+        let max_connections = param_i64(params, "max_connections").unwrap_or(40).clamp(1, 100) as usize;
+        Some(Webhook { url: url.to_string(), secret, max_connections, allowed_updates: params.get("allowed_updates").cloned() })
+    };
+    if param_bool(params, "drop_pending_updates") {
+        g.updates.clear();
+    }
+    g.webhook_gen += 1;
+    // A new registration is tried at once, not after the old one's backoff.
+    g.retry.clear();
+    let generation = g.webhook_gen;
+    let workers = hook.as_ref().map_or(0, |h| h.max_connections);
+    g.webhook = hook;
+    drop(g);
+    for _ in 0..workers {
+        tokio::spawn(webhook_worker(shared.clone(), generation));
+    }
+    shared.bump();
+    Ok(json!(true))
+}
+
+/// How long a failed delivery waits before the next attempt.
+fn webhook_backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(5))).min(Duration::from_secs(2))
+}
+
+enum Job {
+    Wait(Option<Instant>),
+    Deliver(Queued, Webhook),
+}
+
+/// One webhook connection: POSTs the oldest update not being delivered, one at a time; an update
+/// leaves the queue only on a 2xx, otherwise it is retried after a backoff, before any later one.
+async fn webhook_worker(shared: Arc<Shared>, generation: u64) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client");
+    let mut rx = shared.changed.subscribe();
+    loop {
+        rx.borrow_and_update();
+        let job = {
+            let mut g = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(hook) = g.webhook.clone().filter(|_| g.webhook_gen == generation) else { return };
+            let next = g.updates.iter().find(|q| !g.in_flight.contains(&q.seq)).cloned();
+            match next {
+                None => Job::Wait(None),
+                Some(q) => match g.retry.get(&q.seq) {
+                    Some((_, at)) if *at > Instant::now() => Job::Wait(Some(*at)),
+                    _ => {
+                        g.in_flight.insert(q.seq);
+                        Job::Deliver(q, hook)
+                    }
+                },
+            }
+        };
+        let (queued, hook) = match job {
+            Job::Wait(until) => {
+                match until {
+                    Some(at) => {
+                        let _ = tokio::time::timeout_at(at.into(), rx.changed()).await;
+                    }
+                    None => {
+                        let _ = rx.changed().await;
+                    }
+                }
+                continue;
+            }
+            Job::Deliver(q, hook) => (q, hook),
+        };
+        let mut request = client.post(&hook.url).json(&queued.json);
+        if let Some(secret) = &hook.secret {
+            request = request.header("X-Telegram-Bot-Api-Secret-Token", secret);
+        }
+        let result = request.send().await;
+        let status = result.as_ref().ok().map(|r| r.status());
+        {
+            let mut g = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
+            g.in_flight.remove(&queued.seq);
+            g.deliveries.push(Delivery { update_id: queued.id, status: status.map(|s| s.as_u16()), secret: hook.secret.clone() });
+            match status {
+                Some(s) if s.is_success() => {
+                    g.updates.retain(|q| q.seq != queued.seq);
+                    g.retry.remove(&queued.seq);
+                }
+                _ => {
+                    let message = match (&result, status) {
+                        (_, Some(s)) => format!("Wrong response from the webhook: {} {}", s.as_u16(), s.canonical_reason().unwrap_or("")),
+                        (Err(e), None) if e.is_timeout() => "Read timeout expired".to_string(),
+                        _ => "Connection refused".to_string(),
+                    };
+                    g.last_error = Some((unix_now(), message.trim().to_string()));
+                    let failures = g.retry.get(&queued.seq).map_or(0, |(n, _)| *n) + 1;
+                    g.retry.insert(queued.seq, (failures, Instant::now() + webhook_backoff(failures - 1)));
+                }
+            }
+        }
+        shared.bump();
+    }
+}
+
 async fn handle(AxState(shared): AxState<Arc<Shared>>, Path((bot, method)): Path<(String, String)>, body: Bytes) -> Response {
     let Some(token) = bot.strip_prefix("bot").map(str::to_string) else {
         return (StatusCode::NOT_FOUND, axum::Json(json!({"ok":false,"error_code":404,"description":"Not Found"})))
@@ -707,6 +946,28 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, Path((bot, method)): Path
     };
     if let Some(f) = injected {
         let err = failure_err(&f);
+        record(&shared, &method, &params, chat_id, at, &token, Some(err.description.clone()));
+        return err.into_response();
+    }
+
+    if method == "setWebhook" || method == "deleteWebhook" {
+        let res = set_webhook(&shared, &params, method == "deleteWebhook");
+        let error = res.as_ref().err().map(|e| e.description.clone());
+        record(&shared, &method, &params, chat_id, at, &token, error);
+        return match res {
+            Ok(v) => ok(v),
+            Err(e) => e.into_response(),
+        };
+    }
+
+    let webhook_set = shared.inner.lock().unwrap_or_else(|e| e.into_inner()).webhook.is_some();
+    if method == "getUpdates" && webhook_set {
+        let err = ApiErr {
+            code: 409,
+            description: "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first".into(),
+            retry_after: None,
+            html: false,
+        };
         record(&shared, &method, &params, chat_id, at, &token, Some(err.description.clone()));
         return err.into_response();
     }
@@ -771,11 +1032,11 @@ async fn get_updates(shared: &Shared, params: &Value) -> Value {
                     g.updates.pop_front();
                 }
             } else {
-                while g.updates.front().is_some_and(|(id, _)| *id < offset) {
+                while g.updates.front().is_some_and(|q| q.id < offset) {
                     g.updates.pop_front();
                 }
             }
-            let out: Vec<Value> = g.updates.iter().take(limit).map(|(_, u)| u.clone()).collect();
+            let out: Vec<Value> = g.updates.iter().take(limit).map(|q| q.json.clone()).collect();
             if !out.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Value::Array(out);
             }
@@ -874,8 +1135,22 @@ fn dispatch(g: &mut Inner, method: &str, params: &Value, chat_id: Option<i64>) -
             "can_connect_to_business": false,
             "has_main_web_app": false,
         })),
-        "deleteWebhook" | "setMyCommands" | "close" | "logOut" => Ok(json!(true)),
-        "getWebhookInfo" => Ok(json!({ "url": "", "has_custom_certificate": false, "pending_update_count": g.updates.len() })),
+        "setMyCommands" | "close" | "logOut" => Ok(json!(true)),
+        "getWebhookInfo" => {
+            let mut info = json!({ "url": "", "has_custom_certificate": false, "pending_update_count": g.updates.len() });
+            if let Some(w) = &g.webhook {
+                info["url"] = json!(w.url);
+                info["max_connections"] = json!(w.max_connections);
+                if let Some(a) = &w.allowed_updates {
+                    info["allowed_updates"] = a.clone();
+                }
+            }
+            if let Some((date, message)) = &g.last_error {
+                info["last_error_date"] = json!(date);
+                info["last_error_message"] = json!(message);
+            }
+            Ok(info)
+        }
         "sendChatAction" => {
             let (_, chat) = known_chat(g, chat_id)?;
             thread_param(chat, params)?;
