@@ -332,7 +332,7 @@ async fn a_case_recorded_from_a_real_run_replays_green_in_the_harness() {
         let case = bot.app.service.record_case("responses", 31, "What is my name?", "recorded").await.unwrap();
         assert_eq!(case["expect"]["ok"]["text"], "Your name is Ada.");
         let recorded = bot.sandbox.requests().len();
-        let case = swapbot::dev::harness::Case::parse(&case.to_string());
+        let case = swapbot::dev::harness::Case::parse(&case.to_string()).unwrap();
         let plugin = bot.app.plugins.get("responses").unwrap();
         let result = swapbot::dev::harness::run_case(bot.app.plugins.runtime(), &plugin, case).await;
         assert!(result.passed(), "{:?}", result.failures);
@@ -368,7 +368,7 @@ async fn the_harness_fails_a_case_the_plugin_does_not_follow() {
     let case = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
         edit(&mut v);
-        swapbot::dev::harness::Case::parse(&v.to_string())
+        swapbot::dev::harness::Case::parse(&v.to_string()).unwrap()
     };
     let good = swapbot::dev::harness::run_case(&runtime, &plugin, case(&|_| {})).await;
     assert!(good.passed(), "{:?}", good.failures);
