@@ -13,7 +13,7 @@ const TURNS: usize = 100;
 fn default_layout(backend: &str) -> &'static str {
     match backend {
         "responses" => "input",
-        "assistants" => "instructions",
+        _ => "instructions",
     }
 }
 const MARKS: [usize; 4] = [1, 10, 50, 100];
@@ -107,7 +107,7 @@ pub async fn cost(out: &Out) -> anyhow::Result<()> {
             };
             let label = match backend {
                 "responses" => format!("{backend}, {mode}, {window_label}, context in {layout}{default}"),
-                "assistants" => format!("{backend}, {window_label}, context in {layout}{default}"),
+                _ => format!("{backend}, {window_label}, context in {layout}{default}"),
             };
             let default = !default.is_empty();
             let turns = conversation(backend, layout, mode, window).await?;

@@ -278,12 +278,12 @@ pub fn wit_settings(path: Path, poll_ms: u32) -> Settings {
     Settings {
         model: "gpt-4.1-mini".into(),
         instructions: "You are a helpful assistant in a Telegram chat. Answer concisely.".into(),
-        assistant_id: Some("asst_bench".into()),
-        stream: path == Path::ResponsesStream,
-        background: false,
         poll_interval_ms: poll_ms,
         deadline_ms: 60_000,
-        options: vec![],
+        options: vec![
+            ("assistant-id".into(), "asst_bench".into()),
+            ("stream".into(), (path == Path::ResponsesStream).to_string()),
+        ],
     }
 }
 

@@ -59,7 +59,7 @@ pub async fn hot_swap(out: &Out, cold_runs: usize, cached_runs: usize) -> anyhow
             let work = scratch("swap");
             let dir = work.join("plugins");
             std::fs::create_dir_all(&dir)?;
-            install(&dir, backend.file_name(), &base)?;
+            install(&dir, &format!("{backend}.wasm"), &base)?;
             let set = Arc::new(Registry::new(PluginRuntime::new(Limits::default())?, &dir, Some(work.join("cache"))));
             set.reload(backend).await?;
             let watcher = if watched {
@@ -77,7 +77,7 @@ pub async fn hot_swap(out: &Out, cold_runs: usize, cached_runs: usize) -> anyhow
                 async move {
                     let old = set.get(backend).map(|p| p.sha256.clone());
                     let t0 = Instant::now();
-                    install(&dir, backend.file_name(), &bytes)?;
+                    install(&dir, &format!("{backend}.wasm"), &bytes)?;
                     let mut cached = None;
                     if !watched {
                         match set.reload(backend).await? {

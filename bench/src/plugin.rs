@@ -32,7 +32,7 @@ pub async fn record_turn(path: Path) -> anyhow::Result<Script> {
         .map_err(|e| anyhow::anyhow!("recording turn 1 failed: {}", e.message))?;
     let log = Arc::new(Mutex::new(Vec::new()));
     runtime
-        .chat(&plugin, wit_turn(path, 1, Some(answer.session_id), TEXT, 1), Box::new(Recorder { openai, log: log.clone() }))
+        .chat(&plugin, wit_turn(path, 1, answer.session_id, TEXT, 1), Box::new(Recorder { openai, log: log.clone() }))
         .await?
         .map_err(|e| anyhow::anyhow!("recording turn 2 failed: {}", e.message))?;
     let script = log.lock().unwrap().clone();
@@ -82,7 +82,7 @@ pub async fn overhead(out: &Out, iters: usize) -> anyhow::Result<()> {
             let plugin = load(&runtime, path.plugin()).await?;
             let mut empty = turn.clone();
             empty.settings.model = String::new();
-            empty.settings.assistant_id = None;
+            empty.settings.options.retain(|(k, _)| k != "assistant-id");
             for i in 0..(iters + iters / 10) {
                 let t = Instant::now();
                 let r = runtime.chat(&plugin, empty.clone(), Box::new(Canned::new(Arc::new(vec![])))).await?;
@@ -209,7 +209,7 @@ pub fn wasm_vs_native(out: &Out, blocks: usize, per_block: usize) -> anyhow::Res
             let a = handle
                 .block_on(runtime.chat(&plugin, turn, Box::new(fx)))?
                 .map_err(|e| anyhow::anyhow!("wasm turn failed: {}", e.message))?;
-            Ok(a.session_id)
+            Ok(a.session_id.unwrap_or_default())
         };
         let native_turn_run = |user: i64, session: Option<String>| -> anyhow::Result<String> {
             let mut fx = NativeLive { openai: openai.clone(), handle: handle.clone(), started: Instant::now(), pushed: 0 };
