@@ -136,6 +136,8 @@ pub struct TurnState {
     effects: Box<dyn HostEffects>,
     /// Epoch ticks the guest has run since it last called the host.
     ticks_in_guest: u64,
+    /// The guest is suspended by an epoch yield, not in a host call.
+    yielding: bool,
 }
 
 /// The guest asked for more linear memory than its limit: the turn ends with a typed error.
@@ -474,14 +476,20 @@ impl PluginRuntime {
         let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
         let others = StoreLimitsBuilder::new().instances(16).tables(16).memories(4).trap_on_grow_failure(true).build();
         let limits = TurnLimiter { memory_bytes: self.limits.memory_bytes, others };
-        let state = TurnState { wasi, table: ResourceTable::new(), limits, effects, ticks_in_guest: 0 };
+        let state = TurnState { wasi, table: ResourceTable::new(), limits, effects, ticks_in_guest: 0, yielding: false };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         let cpu_ticks = cpu_ticks(&self.limits);
-        // Time spent in the host does not count: every transition between guest and host starts
-        // a new slice.
-        store.call_hook(|mut ctx, _hook: CallHook| {
-            ctx.data_mut().ticks_in_guest = 0;
+        // Time spent in the host does not count: a return from the host starts a new slice.
+        // The epoch callback below runs as a host call too (between the same two hooks): its
+        // return must not reset the count, or a loop would never be stopped.
+        store.call_hook(|mut ctx, hook: CallHook| {
+            let state = ctx.data_mut();
+            match hook {
+                CallHook::ReturningFromHost if state.yielding => state.yielding = false,
+                CallHook::ReturningFromHost | CallHook::CallingWasm => state.ticks_in_guest = 0,
+                CallHook::CallingHost | CallHook::ReturningFromWasm => {}
+            }
             Ok(())
         });
         store.set_epoch_deadline(1);
@@ -491,6 +499,8 @@ impl PluginRuntime {
             if state.ticks_in_guest > cpu_ticks {
                 return Err(wasmtime::Error::new(CpuSliceExhausted));
             }
+            // Yield so a busy guest does not hold a runtime worker for its whole slice.
+            state.yielding = true;
             Ok(UpdateDeadline::Yield(1))
         });
         store
