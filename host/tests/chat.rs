@@ -89,7 +89,9 @@ async fn its_faults_are_retried_once_or_told_to_the_user_in_one_sentence() {
 
     bot.sandbox.inject(Fault::on("/chat/completions", FaultKind::Malformed).method("POST"));
     let outcome = bot.app.service.turn_on("chat", "test", 3, "echo: garbage", None).await;
-    assert!(outcome.reply.is_err());
+    // A garbage body on a stream is no stream at all: retried once (nothing was shown), then answered.
+    assert_eq!(outcome.reply.as_deref(), Ok("garbage"), "{:?}", outcome.record);
+    assert_eq!(outcome.record.retries, 1);
 
     // A stream cut after text was shown is not replayed (the user saw part of an answer).
     bot.sandbox.inject(Fault::on("/chat/completions", FaultKind::CutStreamAfterDeltas(2)).method("POST"));
@@ -122,4 +124,27 @@ async fn a_backend_routed_to_without_its_key_stops_start_up_naming_the_variable(
     let err = swapbot::app::build(config, None).await.err().expect("start-up refused").to_string();
     assert!(err.contains("backend chat") && err.contains("GROQ_API_KEY"), "{err}");
     assert!(!err.contains(KEY), "{err}");
+}
+
+#[tokio::test]
+async fn each_backend_has_its_own_server_and_key_and_no_other_backend_sees_it() {
+    const CHAT_KEY: &str = "sk-local-chat-server-key-42";
+    let local = swapbot_sandbox::Sandbox::start(swapbot_sandbox::SandboxConfig { api_key: Some(CHAT_KEY.into()), ..Default::default() })
+        .await
+        .unwrap();
+    let url = local.base_url();
+    let bot = common::bot(&[("LOCAL_LLM_KEY", CHAT_KEY), ("BACKEND_CHAT_BASE_URL", &url), ("BACKEND_CHAT_API_KEY_ENV", "LOCAL_LLM_KEY")]).await;
+    assert_eq!(ask(&bot, 5, "My name is Lin.").await.unwrap(), "Nice to meet you, Lin.");
+    bot.app.service.turn_on("responses", "test", 5, "My name is Lin.", None).await.reply.unwrap();
+    // chat went to its own server with its own key; responses to OpenAI's (the main sandbox).
+    let local_requests = local.requests();
+    assert!(!local_requests.is_empty());
+    assert!(local_requests.iter().all(|r| r.path.ends_with("/chat/completions") && r.header("authorization") == Some(&format!("Bearer {CHAT_KEY}")[..])));
+    let main = bot.sandbox.requests();
+    assert!(main.iter().all(|r| !r.path.ends_with("/chat/completions")));
+    assert!(main.iter().all(|r| r.header("authorization") != Some(&format!("Bearer {CHAT_KEY}")[..])));
+    // The log never holds either key.
+    let log = common::turn_log(&bot);
+    assert!(!log.contains(CHAT_KEY) && !log.contains(KEY));
+    local.shutdown().await;
 }

@@ -23,6 +23,13 @@ pub fn valid_backend_name(name: &str) -> bool {
         && name.len() <= 64
 }
 
+/// The backend a plugin file serves: `<name>.wasm` with a valid name. Dot-files, editor temp
+/// files and other extensions are not plugins.
+pub fn backend_of_file(path: &Path) -> Option<&str> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".wasm")?;
+    valid_backend_name(stem).then_some(stem)
+}
+
 /// One backend's resolved settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackendConfig {
@@ -180,6 +187,22 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// The fields a backend may be given in the environment.
+const ENV_FIELDS: [&str; 5] = ["BASE_URL", "API_KEY_ENV", "MODEL", "INSTRUCTIONS", "OPTIONS"];
+
+/// The backends that `BACKEND_<NAME>_<FIELD>` variables name (`_` in the name stands for `-`).
+pub fn names_in_env(variables: &[String]) -> BTreeSet<String> {
+    variables
+        .iter()
+        .filter_map(|var| {
+            let rest = var.strip_prefix("BACKEND_")?;
+            let field = ENV_FIELDS.iter().find(|f| rest.ends_with(&format!("_{f}")))?;
+            let name = rest[..rest.len() - field.len() - 1].to_ascii_lowercase().replace('_', "-");
+            valid_backend_name(&name).then_some(name)
+        })
+        .collect()
+}
+
 /// `BACKEND_CHAT_BASE_URL` for backend `chat` and field `BASE_URL`.
 pub fn env_name(backend: &str, field: &str) -> String {
     format!("BACKEND_{}_{field}", backend.to_ascii_uppercase().replace('-', "_"))
@@ -210,6 +233,7 @@ pub fn resolve(
     file: Option<(&Path, FileConfig)>,
     legacy_options: Vec<(&'static str, Vec<(String, String)>)>,
     get: Lookup<'_>,
+    more_names: BTreeSet<String>,
 ) -> Result<(Backends, Option<FileRouting>), ConfigError> {
     let mut sections = BTreeMap::new();
     let mut routing = None;
@@ -272,6 +296,7 @@ pub fn resolve(
     }
     // `BACKEND_<NAME>_*` for every backend the file or the routing names.
     let mut names: BTreeSet<String> = sections.keys().cloned().collect();
+    names.extend(more_names);
     if let Some(r) = &routing {
         names.extend(r.default.iter().chain(r.canary.iter()).cloned());
     }
@@ -280,8 +305,7 @@ pub fn resolve(
     }
     for name in names {
         let text = |field: &str| get(&env_name(&name, field)).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let fields = ["BASE_URL", "API_KEY_ENV", "MODEL", "INSTRUCTIONS", "OPTIONS"];
-        if fields.iter().all(|f| text(f).is_none()) {
+        if ENV_FIELDS.iter().all(|f| text(f).is_none()) && get(&env_name(&name, "API_KEY_ENV")).is_none() {
             continue;
         }
         let b = sections.entry(name.clone()).or_insert_with(|| defaults.clone());
@@ -346,7 +370,8 @@ mod tests {
         let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let path = Path::new("swapbot.toml");
         let file = parse_file(path, toml)?;
-        resolve(defaults(), Some((path, file)), vec![], &|k| env.get(k).cloned()).map(|(b, _)| b)
+        let names = names_in_env(&env.keys().cloned().collect::<Vec<_>>());
+        resolve(defaults(), Some((path, file)), vec![], &|k| env.get(k).cloned(), names).map(|(b, _)| b)
     }
 
     #[test]
@@ -394,6 +419,13 @@ history-tokens = 4000
         assert!(err.to_string().contains("base_url"), "{err}");
         let err = resolve_with("[backends.chat]\ntimeout_secs = 0\n", &[]).unwrap_err();
         assert!(err.to_string().contains("backends.chat.timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn the_environment_configures_a_backend_no_file_names() {
+        let b = resolve_with("", &[("BACKEND_ECHO_2_MODEL", "m2"), ("BACKEND_X_NOPE", "1")]).unwrap();
+        assert_eq!(b.get("echo-2").model, "m2");
+        assert_eq!(names_in_env(&["BACKEND_ECHO_2_MODEL".into(), "BACKEND__MODEL".into(), "OPENAI_MODEL".into()]), ["echo-2".to_string()].into());
     }
 
     #[test]

@@ -139,10 +139,25 @@ impl Config {
     /// Reads `.env` (if present) without overriding the environment, then the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         let _ = dotenvy::dotenv();
-        Self::from_lookup(|name| std::env::var(name).ok())
+        let names: Vec<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
+        Self::from_lookup_named(|name| std::env::var(name).ok(), &names)
     }
 
+    /// From a list of variables (the environment as tests give it).
+    pub fn from_vars(vars: &[(String, String)]) -> Result<Self, ConfigError> {
+        let names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
+        Self::from_lookup_named(|name| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone()), &names)
+    }
+
+    /// From a lookup that cannot list its variables: `BACKEND_<NAME>_*` then applies to the
+    /// backends the file, the routing or the plugin directory names.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::from_lookup_named(get, &[])
+    }
+
+    /// `variables`: every variable name the environment has, so that `BACKEND_<NAME>_*` reaches
+    /// a backend whose plugin arrives after the start.
+    fn from_lookup_named(get: impl Fn(&str) -> Option<String>, variables: &[String]) -> Result<Self, ConfigError> {
         let text = |name: &'static str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let flag = |name: &'static str, default: bool| -> Result<bool, ConfigError> {
             match text(name) {
@@ -206,7 +221,12 @@ impl Config {
         };
         let legacy_options = legacy::options_from_env(&|name| text(name), &number)?;
         let lookup = |name: &str| get(name);
-        let (backends, file_routing) = backends::resolve(defaults, file, legacy_options, &lookup)?;
+        let plugin_dir: PathBuf = text("PLUGIN_DIR").unwrap_or_else(|| "target/plugins".into()).into();
+        let mut names = backends::names_in_env(variables);
+        if let Ok(entries) = std::fs::read_dir(&plugin_dir) {
+            names.extend(entries.filter_map(|e| e.ok()).filter_map(|e| backends::backend_of_file(&e.path()).map(str::to_owned)));
+        }
+        let (backends, file_routing) = backends::resolve(defaults, file, legacy_options, &lookup, names)?;
         let routing = routing_from(file_routing.unwrap_or_default(), &text, &flag, &number, &ids, &|name| get(name).is_some())?;
         let budget = |name: &'static str| -> Result<Option<crate::usage::Limit>, ConfigError> {
             text(name).map(|v| crate::usage::Limit::parse(&v).map_err(|m| invalid(name, m))).transpose()
@@ -234,7 +254,7 @@ impl Config {
             routing,
             data_dir: text("DATA_DIR").unwrap_or_else(|| "data".into()).into(),
             log_dir: text("LOG_DIR").unwrap_or_else(|| "logs".into()).into(),
-            plugin_dir: text("PLUGIN_DIR").unwrap_or_else(|| "target/plugins".into()).into(),
+            plugin_dir,
             telegram_token: text("TELOXIDE_TOKEN"),
             allowed_user_ids: allow_list("ALLOWED_USER_IDS", get("ALLOWED_USER_IDS").is_some(), ids("ALLOWED_USER_IDS")?)?,
             admin_user_ids: ids("ADMIN_USER_IDS")?.unwrap_or_default(),

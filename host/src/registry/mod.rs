@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::config::backends::valid_backend_name;
+pub use crate::config::backends::backend_of_file;
 use crate::runtime::{LoadedPlugin, PluginError, PluginRuntime};
 
 type Observer = Box<dyn Fn(&str, bool) + Send + Sync>;
@@ -27,13 +27,6 @@ pub const DEFAULT_MAX_PLUGIN_FILE_BYTES: u64 = 32 << 20;
 
 /// Files under `DATA_DIR` that are the host's own: no plugin may name one as its id map.
 const RESERVED_FILES: [&str; 2] = ["rollout.json", "usage.jsonl"];
-
-/// The backend a plugin file serves: `<name>.wasm` with a valid name. Dot-files, editor temp
-/// files and other extensions are not plugins.
-pub fn backend_of_file(path: &Path) -> Option<&str> {
-    let stem = path.file_name()?.to_str()?.strip_suffix(".wasm")?;
-    valid_backend_name(stem).then_some(stem)
-}
 
 /// What happened when a plugin file was (re)loaded.
 #[derive(Debug)]

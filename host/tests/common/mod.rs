@@ -56,7 +56,7 @@ pub async fn bot_with(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Bot {
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let lookup = |name: &str| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let config = Config::from_lookup(lookup).unwrap();
+    let config = Config::from_vars(&vars).unwrap();
     let kb = swapbot_kb::KbConfig::from_lookup(lookup).unwrap();
     let app = swapbot::app::build(config, Some(kb)).await.unwrap();
     Bot { app, sandbox, _data: data }
