@@ -7,27 +7,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{plugin_dir, repo, test_plugin};
+use common::{install, plugin_dir, repo, test_plugin, wait_until};
 use swapbot::routing::bucket;
 use swapbot::routing::rollout::Rollout;
 
 const ADMIN: i64 = 1;
 
-fn install(dir: &Path, file: &str, bytes: &[u8]) {
-    let tmp = dir.join(format!(".{file}.swap-tmp"));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
 
-async fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
-    for _ in 0..400 {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
-}
 
 /// A bot whose plugin directory is its own copy of the shipped plugins, watched as `swapbot run`
 /// watches it.

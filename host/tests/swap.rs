@@ -11,17 +11,14 @@ use swapbot::runtime::{Limits, PluginRuntime};
 use swapbot::registry::{LoadOutcome, Registry};
 use swapbot_sandbox::{Sandbox, SandboxConfig};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod common;
+use common::{install, repo, test_plugin, wait_until};
+
 
 fn built(name: &str) -> Vec<u8> {
     std::fs::read(repo().join("target/plugins").join(name)).expect("run `make build`")
 }
 
-fn test_plugin(name: &str) -> Vec<u8> {
-    std::fs::read(repo().join("target/test-plugins").join(name)).expect("run `make test-guests`")
-}
 
 /// The same module with a custom section appended: another sha256, the same behaviour.
 fn variant(bytes: &[u8], n: u32) -> Vec<u8> {
@@ -37,27 +34,12 @@ fn variant(bytes: &[u8], n: u32) -> Vec<u8> {
     out
 }
 
-/// How `make plugins` installs: write beside, then rename over.
-fn install(dir: &Path, file: &str, bytes: &[u8]) {
-    let tmp = dir.join(format!(".{file}.swap-tmp"));
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
 
 fn sha(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-async fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
-    for _ in 0..400 {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
-}
 
 struct Setup {
     app: swapbot::app::App,

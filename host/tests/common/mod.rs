@@ -71,3 +71,21 @@ pub fn turn_log(bot: &Bot) -> String {
         .map(|e| std::fs::read_to_string(e.path()).unwrap())
         .collect()
 }
+
+/// How `make plugins` installs a plugin: write beside, then rename over.
+pub fn install(dir: &std::path::Path, file: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{file}.swap-tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+/// Polls `cond` for up to 10 s; whether it came true.
+pub async fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..400 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    false
+}
