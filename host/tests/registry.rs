@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 use common::{install, plugin_dir, repo, test_plugin, wait_until};
 use swapbot::routing::bucket;

@@ -1,7 +1,7 @@
 //! Hot swap: modules replaced under a steady stream of turns, broken modules refused while the
 //! old one keeps serving, self-test cases, and the compile cache.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
