@@ -108,7 +108,7 @@ pub async fn overhead(out: &Out, iters: usize) -> anyhow::Result<()> {
                     wasm.push_dur_us(d);
                 }
             }
-            let alloc = if pooling { "pooling allocator" } else { "on-demand allocator (the default)" };
+            let alloc = if pooling { "pooling allocator (the default)" } else { "on-demand allocator (PLUGIN_POOLING=false)" };
             let med = wasm.median();
             medians.push(med);
             out.emit(
@@ -121,7 +121,7 @@ pub async fn overhead(out: &Out, iters: usize) -> anyhow::Result<()> {
         if path != Path::ResponsesPlain {
             out.emit(
                 record("1 plugin overhead", &format!("{} plugin: instantiate + one chat call, no host calls", path.plugin()), "µs", &fixed, EXCLUDES)
-                    .note("a turn the plugin refuses at once (no model / assistant id configured): the fixed cost of a turn, default allocator"),
+                    .note("a turn the plugin refuses at once (no model / assistant id configured): the fixed cost of a turn, default (pooling) allocator"),
             );
         }
         out.emit(
@@ -132,12 +132,12 @@ pub async fn overhead(out: &Out, iters: usize) -> anyhow::Result<()> {
         out.emit(
             record(
                 "1 plugin overhead",
-                &format!("{}: wasm ÷ native (default, pooling)", path.label()),
+                &format!("{}: wasm ÷ native (on-demand, pooling)", path.label()),
                 "×",
                 &ratio(medians[0] / nmed),
                 EXCLUDES,
             )
-            .note(format!("pooling: {:.2}×; pooling ÷ default: {:.2}×", medians[1] / nmed, medians[1] / medians[0])),
+            .note(format!("pooling: {:.2}×; pooling ÷ on-demand: {:.2}×", medians[1] / nmed, medians[1] / medians[0])),
         );
     }
     Ok(())

@@ -259,7 +259,7 @@ impl Config {
             allowed_user_ids: allow_list("ALLOWED_USER_IDS", get("ALLOWED_USER_IDS").is_some(), ids("ALLOWED_USER_IDS")?)?,
             admin_user_ids: ids("ADMIN_USER_IDS")?.unwrap_or_default(),
             plugin_memory_mb: number("PLUGIN_MEMORY_MB", 64, 8, 4096)? as usize,
-            plugin_pooling: flag("PLUGIN_POOLING", false)?,
+            plugin_pooling: flag("PLUGIN_POOLING", true)?,
             plugin_pool_size: number("PLUGIN_POOL_SIZE", 256, 1, 100_000)? as u32,
             prices_file: text("PRICES_FILE").map(PathBuf::from),
             budgets,

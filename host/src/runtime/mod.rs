@@ -120,7 +120,9 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             cpu_slice: Duration::from_secs(2),
             turn_timeout: Duration::from_secs(120),
-            pooling: false,
+            // Pooling with copy-on-write memory images: a turn's instance reuses a slot's mappings
+            // (no mmap/munmap per turn); a turn waits for a free slot, so it is never refused.
+            pooling: true,
             pool_size: 256,
         }
     }
@@ -278,6 +280,7 @@ impl PluginRuntime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        config.memory_init_cow(true);
         if limits.pooling {
             let slots = limits.pool_size.max(1);
             let mut pool = wasmtime::PoolingAllocationConfig::default();
@@ -286,6 +289,10 @@ impl PluginRuntime {
             pool.total_memories(slots * 2);
             pool.total_tables(slots * 4);
             pool.max_memory_size(limits.memory_bytes);
+            // Keep a slot's pages resident between turns up to this much (they are zeroed with
+            // memset instead of madvise + page faults); above it the slot is decommitted.
+            pool.linear_memory_keep_resident(64 << 10);
+            pool.table_keep_resident(16 << 10);
             config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&config).map_err(anyhow_of)?;

@@ -77,47 +77,115 @@ impl Inbox {
     /// same update_id is already in the inbox or was answered: safe against a concurrent store of the
     /// same id (the link into place is create-if-absent).
     pub fn store(&self, update: &Update) -> std::io::Result<Stored> {
-        let id = update.id.0;
-        let path = self.file(id);
-        if path.exists() || self.done_marker(id).exists() {
-            return Ok(Stored::Duplicate);
-        }
-        let json = serde_json::to_vec(update).map_err(std::io::Error::other)?;
-        static TMP: AtomicU32 = AtomicU32::new(0);
-        let tmp = self.dir.join(format!(".{id}.tmp-{}-{}", std::process::id(), TMP.fetch_add(1, Ordering::Relaxed)));
-        let written = (|| {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(&json)?;
-            file.sync_all()?;
-            fs::hard_link(&tmp, &path)
-        })();
-        let _ = fs::remove_file(&tmp);
-        match written {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => return Ok(Stored::Duplicate),
-            Err(err) => return Err(err),
-        }
-        if let Ok(dir) = fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
-        // Answered between the check above and the link: the link is a stale copy.
-        if self.done_marker(id).exists() {
-            let _ = fs::remove_file(&path);
-            return Ok(Stored::Duplicate);
-        }
-        Ok(Stored::New)
+        self.store_batch_with(&[update], false).pop().expect("one result per update")
     }
 
-    /// The update's turn has ended: forget it, remembering its id against redeliveries. The marker
-    /// comes first: a crash in between leaves an answered update that `pending` skips.
-    pub fn done(&self, id: u32) {
-        if let Err(err) = fs::File::create(self.done_marker(id)) {
-            warn!(update_id = id, %err, "could not mark an update answered; a redelivery would be answered again");
+    /// [`store`](Self::store) for every update of one `getUpdates` answer, as a group commit: each
+    /// file is written in place and fsynced, then the directory is fsynced once for the whole batch
+    /// (it was once per update). When it returns, every update it says is
+    /// [`Stored::New`] is durable. One result per update, in order.
+    ///
+    /// For the poller, the only writer of the ids it fetched; a webhook, which may get the same
+    /// update twice at once, stores through [`store`](Self::store).
+    pub fn store_batch(&self, updates: &[&Update]) -> Vec<std::io::Result<Stored>> {
+        self.store_batch_with(updates, true)
+    }
+
+    /// `exclusive`: no other store of these ids runs at the same time.
+    fn store_batch_with(&self, updates: &[&Update], exclusive: bool) -> Vec<std::io::Result<Stored>> {
+        static TMP: AtomicU32 = AtomicU32::new(0);
+        let mut results: Vec<Option<std::io::Result<Stored>>> = Vec::with_capacity(updates.len());
+        let mut linked = vec![];
+        for (i, update) in updates.iter().enumerate() {
+            let id = update.id.0;
+            let path = self.file(id);
+            if path.exists() || self.done_marker(id).exists() {
+                results.push(Some(Ok(Stored::Duplicate)));
+                continue;
+            }
+            let json = match serde_json::to_vec(update) {
+                Ok(json) => json,
+                Err(err) => {
+                    results.push(Some(Err(std::io::Error::other(err))));
+                    continue;
+                }
+            };
+            let written = if exclusive {
+                // The only writer of its ids (the poller): the file is created in place, create-if-absent,
+                // and fsynced before the next one is written, so after a crash only the last one can be
+                // torn, and it is unconfirmed (`pending` sets it aside; Telegram delivers it again).
+                // One file per question instead of a temp file, a link and an unlink.
+                match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                    Ok(mut file) => {
+                        let written = file.write_all(&json).and_then(|()| file.sync_all());
+                        if written.is_err() {
+                            // Not durable: no half-written copy may pass for a stored update.
+                            let _ = fs::remove_file(&path);
+                        }
+                        written
+                    }
+                    Err(err) => Err(err),
+                }
+            } else {
+                let tmp = self.dir.join(format!(".{id}.tmp-{}-{}", std::process::id(), TMP.fetch_add(1, Ordering::Relaxed)));
+                let written = (|| {
+                    let mut file = fs::File::create(&tmp)?;
+                    file.write_all(&json)?;
+                    file.sync_all()?;
+                    fs::hard_link(&tmp, &path)
+                })();
+                let _ = fs::remove_file(&tmp);
+                written
+            };
+            match written {
+                Ok(()) => {
+                    results.push(None);
+                    linked.push(i);
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => results.push(Some(Ok(Stored::Duplicate))),
+                Err(err) => results.push(Some(Err(err))),
+            }
         }
-        match fs::remove_file(self.file(id)) {
+        if !linked.is_empty() {
+            // One directory fsync makes every link of the batch durable.
+            if let Ok(dir) = fs::File::open(&self.dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        for i in linked {
+            let id = updates[i].id.0;
+            // Answered between the check above and the link: the link is a stale copy.
+            results[i] = Some(if self.done_marker(id).exists() {
+                let _ = fs::remove_file(self.file(id));
+                Ok(Stored::Duplicate)
+            } else {
+                Ok(Stored::New)
+            });
+        }
+        results.into_iter().map(|r| r.expect("every update has a result")).collect()
+    }
+
+    /// The update's turn has ended: forget it, remembering its id against redeliveries. The update's
+    /// file becomes its marker by one rename (no new file per turn: creating one cost an inode
+    /// allocation, and the removal another metadata update): a crash leaves either the question
+    /// (replayed) or the marker (answered), never both, never neither.
+    pub fn done(&self, id: u32) {
+        let marker = self.done_marker(id);
+        match fs::rename(self.file(id), &marker) {
             Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => warn!(update_id = id, %err, "could not remove an answered update from the inbox"),
+            // Not in the inbox (its store failed, or a replayed copy was removed): the marker alone.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if let Err(err) = fs::File::create(&marker) {
+                    warn!(update_id = id, %err, "could not mark an update answered; a redelivery would be answered again");
+                }
+            }
+            Err(err) => {
+                warn!(update_id = id, %err, "could not move an answered update out of the inbox");
+                if let Err(err) = fs::File::create(&marker) {
+                    warn!(update_id = id, %err, "could not mark an update answered; a redelivery would be answered again");
+                }
+                let _ = fs::remove_file(self.file(id));
+            }
         }
         if self.answered.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
             self.prune_done();

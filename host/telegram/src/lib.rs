@@ -620,7 +620,6 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
     let (snapshots, snapshot_rx) = tokio::sync::watch::channel(String::new());
     let preview_task = tokio::spawn(preview_loop(bot.clone(), preview.clone(), snapshot_rx));
 
-    let mut acc = String::new();
     let mut deltas_open = true;
     let result = loop {
         tokio::select! {
@@ -628,8 +627,22 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
             r = &mut turn => break r,
             d = rx.recv(), if deltas_open => match d {
                 Some(d) => {
-                    acc.push_str(&d);
-                    snapshots.send_replace(acc.clone());
+                    // The text so far lives in the watch itself: each delta is appended in place (it was
+                    // a copy of the whole text per delta), and the deltas already queued go with it, so
+                    // the preview task wakes once per batch, not once per delta.
+                    snapshots.send_modify(|acc| {
+                        acc.push_str(&d);
+                        loop {
+                            match rx.try_recv() {
+                                Ok(d) => acc.push_str(&d),
+                                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                                    deltas_open = false;
+                                    break;
+                                }
+                            }
+                        }
+                    });
                 }
                 None => deltas_open = false,
             },

@@ -132,17 +132,26 @@ impl PollState {
     /// Queues fetched updates for the dispatcher; with an inbox, each question is durable before
     /// the next `getUpdates` (which confirms it to Telegram) is sent.
     fn queue(&mut self, updates: impl IntoIterator<Item = Update>) {
-        for update in updates {
-            if let Some(inbox) = &self.inbox
-                && Inbox::keeps(&update)
-            {
-                match inbox.store(&update) {
-                    Ok(Stored::New) => {}
-                    // Answered before a crash that came before its offset was confirmed.
-                    Ok(Stored::Duplicate) => continue,
-                    Err(err) => {
-                        tracing::error!(update_id = update.id.0, %err, "could not write an update to the inbox; a crash now would lose it")
-                    }
+        let updates: Vec<Update> = updates.into_iter().collect();
+        let Some(inbox) = &self.inbox else {
+            self.buffer.extend(updates);
+            return;
+        };
+        // One group commit for the questions of this answer, before the next getUpdates confirms them.
+        let kept: Vec<usize> = (0..updates.len()).filter(|&i| Inbox::keeps(&updates[i])).collect();
+        let batch: Vec<&Update> = kept.iter().map(|&i| &updates[i]).collect();
+        let mut stored = inbox.store_batch(&batch).into_iter();
+        let mut results: Vec<Option<std::io::Result<Stored>>> = (0..updates.len()).map(|_| None).collect();
+        for &i in &kept {
+            results[i] = stored.next();
+        }
+        for (update, result) in updates.into_iter().zip(results) {
+            match result {
+                None | Some(Ok(Stored::New)) => {}
+                // Answered before a crash that came before its offset was confirmed.
+                Some(Ok(Stored::Duplicate)) => continue,
+                Some(Err(err)) => {
+                    tracing::error!(update_id = update.id.0, %err, "could not write an update to the inbox; a crash now would lose it")
                 }
             }
             self.buffer.push_back(update);
