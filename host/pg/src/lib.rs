@@ -109,6 +109,13 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The password `DATABASE_URL` carries, if any: for the host's list of strings never logged.
+pub fn url_password(url: &str) -> Option<String> {
+    let config = tokio_postgres::Config::from_str(url).ok()?;
+    let password = config.get_password()?;
+    Some(String::from_utf8_lossy(password).into_owned())
+}
+
 /// The connection string without its password, for messages: `postgres://user@host:port/db`.
 pub fn redacted(config: &tokio_postgres::Config) -> String {
     let hosts: Vec<String> = config

@@ -18,6 +18,82 @@ pub struct BotHandler {
     pub group_sessions: GroupSessions,
 }
 
+/// A replica's handler: the bot's, answering only the updates this replica claims.
+pub struct ReplicaHandler {
+    pub inner: Arc<BotHandler>,
+    pub claims: UpdateClaims,
+}
+
+#[async_trait::async_trait]
+impl TurnHandler for ReplicaHandler {
+    async fn turn(&self, who: Sender, text: String, deltas: tokio::sync::mpsc::UnboundedSender<String>) -> TurnResult {
+        self.inner.turn(who, text, deltas).await
+    }
+
+    async fn reset(&self, who: Sender) -> anyhow::Result<()> {
+        self.inner.reset(who).await
+    }
+
+    async fn admin(&self, who: &Sender, command: &str) -> Option<String> {
+        self.inner.admin(who, command).await
+    }
+
+    async fn claim(&self, update_id: i64) -> bool {
+        self.claims.claim(update_id).await
+    }
+}
+
+/// Claims of updates in PostgreSQL, so an update handed to two replicas is answered by one. A
+/// claim is also marked in `DATA_DIR/claimed/`: this replica's inbox replays, after a crash,
+/// what it had taken, and those it had claimed are still its to answer.
+pub struct UpdateClaims {
+    pub pg: swapbot_pg::PgStore,
+    pub dir: std::path::PathBuf,
+}
+
+impl UpdateClaims {
+    pub fn new(pg: swapbot_pg::PgStore, data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let dir = data_dir.join("claimed");
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot create {}: {e}", dir.display()))?;
+        // Telegram redelivers for a day at most: older marks are of updates long answered.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            let day = std::time::Duration::from_secs(24 * 3600);
+            for entry in entries.flatten() {
+                let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > day);
+                if old {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(Self { pg, dir })
+    }
+
+    pub async fn claim(&self, update_id: i64) -> bool {
+        let mark = self.dir.join(update_id.to_string());
+        if mark.exists() {
+            return true;
+        }
+        for attempt in 0..3u32 {
+            match self.pg.claim_update(update_id).await {
+                Ok(true) => {
+                    if let Err(err) = std::fs::write(&mark, b"") {
+                        tracing::warn!(update_id, %err, "cannot mark a claimed update");
+                    }
+                    return true;
+                }
+                Ok(false) => return false,
+                Err(err) => {
+                    tracing::warn!(update_id, attempt, %err, "cannot claim an update");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        // Answering twice is better than never: the database is away, not the user.
+        tracing::error!(update_id, "answering an update unclaimed: the database does not answer");
+        true
+    }
+}
+
 impl BotHandler {
     fn session(&self, who: &Sender) -> SessionKey {
         SessionKey::for_chat(who.user_id, who.chat_id, who.private, self.group_sessions)
@@ -48,7 +124,7 @@ impl TurnHandler for BotHandler {
             }
             return Some(usage_command(&self.service, who.user_id, &args));
         }
-        self.rollout.command(who.user_id, command)
+        self.rollout.handle(who.user_id, command).await
     }
 }
 
