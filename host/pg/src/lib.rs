@@ -287,13 +287,18 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("swapbot");
         }
+        if config.get_options().is_none() {
+            // The migrations' `IF NOT EXISTS` notices would be logged as lines of their own (a
+            // start refused for a newer schema must say so in one).
+            config.options("-c client_min_messages=warning");
+        }
         let pool = build_pool(config.clone(), options.pool_size)?;
         let mut lock_config = config.clone();
         // Our own name, so an operator (and the tests) can tell lock holders in pg_stat_activity;
         // and a backend waiting for a lock whose client went away gives up within a second
         // instead of taking the lock for nobody.
         lock_config.application_name("swapbot-session-lock");
-        lock_config.options("-c client_connection_check_interval=1000");
+        lock_config.options("-c client_connection_check_interval=1000 -c client_min_messages=warning");
         let locks = build_pool(lock_config, options.lock_connections)?;
         let store = PgStore {
             config,
