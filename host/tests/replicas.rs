@@ -52,6 +52,7 @@ async fn wait_listening(port: u16, child: &mut Child, what: &str) {
 
 struct Replica {
     dir: PathBuf,
+    plugin_dir: PathBuf,
     port: u16,
     metrics_port: u16,
     child: Option<Child>,
@@ -74,7 +75,6 @@ impl Env {
             .env("CANARY_BACKEND", "")
             .env("DATA_DIR", dir.join("data"))
             .env("LOG_DIR", dir.join("logs"))
-            .env("PLUGIN_DIR", repo().join("target/plugins"))
             .env("TELOXIDE_TOKEN", TOKEN)
             .env("TELOXIDE_API_URL", &self.api_url)
             .env("TELEGRAM_MODE", "webhook")
@@ -93,6 +93,7 @@ impl Env {
         let child = self
             .command(&replica.dir)
             .arg("run")
+            .env("PLUGIN_DIR", &replica.plugin_dir)
             .env("WEBHOOK_LISTEN", format!("127.0.0.1:{}", replica.port))
             .env("METRICS_ADDR", format!("127.0.0.1:{}", replica.metrics_port))
             .stdin(Stdio::null())
@@ -222,7 +223,18 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
         .map(|i| {
             let dir = work.path().join(format!("replica{i}"));
             std::fs::create_dir_all(&dir).unwrap();
-            Replica { dir, port: free_port(), metrics_port: free_port(), child: None }
+            // The third replica serves one plugin less: `/rollout` must point it out.
+            let plugin_dir = if i == 2 {
+                let only = dir.join("plugins");
+                std::fs::create_dir_all(&only).unwrap();
+                for name in ["chat.wasm", "responses.wasm"] {
+                    std::fs::copy(repo().join("target/plugins").join(name), only.join(name)).unwrap();
+                }
+                only
+            } else {
+                repo().join("target/plugins")
+            };
+            Replica { dir, plugin_dir, port: free_port(), metrics_port: free_port(), child: None }
         })
         .collect();
     for replica in replicas.iter_mut() {
@@ -301,6 +313,21 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
         }
     }
 
+    // A replica serving other plugins shows in `/rollout`, whichever replica answers it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let before = fake.messages_in(ADMIN).iter().filter(|m| m.from_bot).count();
+        fake.push_text(ADMIN, ADMIN, "/rollout", true);
+        assert!(fake.wait_for(WAIT, |f| f.messages_in(ADMIN).iter().filter(|m| m.from_bot).count() > before).await);
+        let status = fake.messages_in(ADMIN).iter().filter(|m| m.from_bot).last().unwrap().text.clone();
+        if status.contains("serves other plugins") {
+            assert!(status.contains("default chat"), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replica pointed out the other plugin set: {status}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // Every replica stops (a graceful stop lets turns in flight end): nothing more can be sent.
     for replica in replicas.iter_mut() {
         let child = replica.child.as_mut().unwrap();
@@ -357,12 +384,14 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
     // Every replica reported what it serves, under one id across its restart.
     let reported = admin.query("SELECT replica_id, plugins FROM replicas", &[]).await.unwrap();
     assert_eq!(reported.len(), 3, "{reported:?}");
+    let mut sets: Vec<Vec<String>> = vec![];
     for row in &reported {
         let plugins: serde_json::Value = row.get(1);
-        let names: Vec<&str> = plugins.as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
-        assert_eq!(names, ["assistants", "chat", "responses"], "{plugins}");
         assert!(plugins.as_array().unwrap().iter().all(|p| p["sha256"].as_str().is_some_and(|h| h.len() == 64)), "{plugins}");
+        sets.push(plugins.as_array().unwrap().iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect());
     }
+    sets.sort();
+    assert_eq!(sets, [vec!["assistants", "chat", "responses"], vec!["assistants", "chat", "responses"], vec!["chat", "responses"]]);
     let usage: i64 = admin.query_one("SELECT count(*) FROM usage", &[]).await.unwrap().get(0);
     assert!(usage >= total as i64, "usage rows {usage} for {total} turns");
     sandbox.shutdown().await;
