@@ -277,14 +277,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let (data_dir, routing, admins) =
                 (&app.config.data_dir, app.config.routing.clone(), app.config.admin_user_ids.clone());
+            let replica = replica_id(&app.config);
             let rollout = match &app.pg {
                 Some(pg) => {
                     let rollout =
                         swapbot::routing::rollout::Rollout::shared(data_dir, routing, app.service.clone(), admins, pg.clone());
                     rollout.clone().follow().await?;
-                    let id = replica_id(&app.config);
-                    tracing::info!(replica = %id, "serving as one replica of several");
-                    tokio::spawn(rollout.clone().heartbeat(id, std::time::Duration::from_secs(3)));
+                    tracing::info!(replica = %replica, "serving as one replica of several");
+                    tokio::spawn(rollout.clone().heartbeat(replica.clone(), std::time::Duration::from_secs(3)));
                     rollout
                 }
                 None => {
@@ -332,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let handler: std::sync::Arc<dyn swapbot_telegram::TurnHandler> = match &app.pg {
                     Some(pg) => std::sync::Arc::new(swapbot::frontend::ReplicaHandler {
                         inner: handler,
-                        claims: swapbot::frontend::UpdateClaims::new(pg.clone(), &app.config.data_dir)?,
+                        claims: swapbot::frontend::UpdateClaims { pg: pg.clone(), replica_id: replica.clone() },
                     }),
                     None => handler,
                 };

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pgcluster::TestCluster;
 use swapbot_fake_telegram::FakeTelegram;
-use swapbot_sandbox::{Sandbox, SandboxConfig};
+use swapbot_sandbox::{Fault, FaultKind, Sandbox, SandboxConfig};
 
 const KEY: &str = "sk-test-replicas-abcdef123456";
 const TOKEN: &str = "123456789:AAreplicasSECRETtokenXYZ";
@@ -211,6 +211,8 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
     })
     .await
     .unwrap();
+    // The first turns wait at the model: a replica killed meanwhile dies mid-turn.
+    sandbox.inject(Fault::on("/responses", FaultKind::DelayBeforeResponse(Duration::from_millis(1500))).method("POST").times(15));
     let fake = FakeTelegram::start().await;
     let work = tempfile::tempdir().unwrap();
     let env = Env { database_url: pg.url(), sandbox_url: sandbox.base_url(), api_url: fake.api_url() };
@@ -270,14 +272,26 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
             questions.entry(u).or_default().push(q);
         }
     }
-    // Some answered, some in flight: one replica dies without a word.
+    // One replica dies without a word while it runs turns it claimed: killed once it holds a
+    // claim, while the first answers are still held at the model (so it dies mid-turn, not in the
+    // instant between sending an answer and noting it sent, which no bot API call can make atomic).
     let answered = |f: &FakeTelegram| users.iter().map(|&u| f.messages_in(u).iter().filter(|m| m.from_bot).count()).sum::<usize>();
-    assert!(fake.wait_for(WAIT, |f| answered(f) >= 6).await, "no answers at all");
+    let admin = pg.admin().await;
+    let replica1 = std::fs::read_to_string(replicas[1].dir.join("data/.replica-id")).unwrap();
     let deadline = Instant::now() + WAIT;
-    while turns_logged(&replicas[1].dir).is_empty() {
-        assert!(Instant::now() < deadline, "replica 1 got no turn through nginx");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    loop {
+        let claims: i64 = admin
+            .query_one("SELECT count(*) FROM processed_updates WHERE claimed_by = $1", &[&replica1.trim()])
+            .await
+            .unwrap()
+            .get(0);
+        if claims > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica 1 got no update through nginx");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert_eq!(answered(&fake), 0, "the model's delay is meant to hold every first answer");
     replicas[1].child.as_mut().unwrap().kill().unwrap();
     replicas[1].child.as_mut().unwrap().wait().unwrap();
     for &u in &users[15..] {
@@ -361,7 +375,6 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
     }
 
     // The shared history: every exchange once, in order.
-    let admin = pg.admin().await;
     for (u, qs) in &questions {
         let rows = admin
             .query(

@@ -48,7 +48,10 @@ pub const ROLLOUT_CHANNEL: &str = "swapbot_rollout";
 
 /// The embedded migrations, in order. A version is never edited once released: a change is a
 /// new file.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_claimed_by.sql")),
+];
 
 /// The newest schema version this binary knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -624,6 +627,21 @@ impl PgStore {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    /// Whether `replica_id` answers `update_id`: true for the first claim, and again for the same
+    /// replica (its inbox replaying after a crash what it had claimed); false when another replica
+    /// claimed it. One statement, so a claim whose reply was lost is still known as this replica's.
+    pub async fn claim_update_as(&self, update_id: i64, replica_id: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .query(
+                "INSERT INTO processed_updates (update_id, claimed_by) VALUES ($1, $2) \
+                 ON CONFLICT (update_id) DO UPDATE SET claimed_by = EXCLUDED.claimed_by \
+                 WHERE processed_updates.claimed_by = EXCLUDED.claimed_by RETURNING 1",
+                &[&update_id, &replica_id],
+            )
+            .await?;
+        Ok(rows.len() == 1)
     }
 
     /// Forgets processed ids older than `age` (Telegram re-delivers for a day at most).

@@ -44,44 +44,18 @@ impl TurnHandler for ReplicaHandler {
 }
 
 /// Claims of updates in PostgreSQL, so an update handed to two replicas is answered by one. A
-/// claim is also marked in `DATA_DIR/claimed/`: this replica's inbox replays, after a crash,
-/// what it had taken, and those it had claimed are still its to answer.
+/// claim names this replica: its inbox replays, after a crash, what it had taken, and those it
+/// had claimed are still its to answer.
 pub struct UpdateClaims {
     pub pg: swapbot_pg::PgStore,
-    pub dir: std::path::PathBuf,
+    pub replica_id: String,
 }
 
 impl UpdateClaims {
-    pub fn new(pg: swapbot_pg::PgStore, data_dir: &std::path::Path) -> anyhow::Result<Self> {
-        let dir = data_dir.join("claimed");
-        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot create {}: {e}", dir.display()))?;
-        // Telegram redelivers for a day at most: older marks are of updates long answered.
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            let day = std::time::Duration::from_secs(24 * 3600);
-            for entry in entries.flatten() {
-                let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > day);
-                if old {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
-        Ok(Self { pg, dir })
-    }
-
     pub async fn claim(&self, update_id: i64) -> bool {
-        let mark = self.dir.join(update_id.to_string());
-        if mark.exists() {
-            return true;
-        }
         for attempt in 0..3u32 {
-            match self.pg.claim_update(update_id).await {
-                Ok(true) => {
-                    if let Err(err) = std::fs::write(&mark, b"") {
-                        tracing::warn!(update_id, %err, "cannot mark a claimed update");
-                    }
-                    return true;
-                }
-                Ok(false) => return false,
+            match self.pg.claim_update_as(update_id, &self.replica_id).await {
+                Ok(mine) => return mine,
                 Err(err) => {
                     tracing::warn!(update_id, attempt, %err, "cannot claim an update");
                     tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
