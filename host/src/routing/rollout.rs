@@ -375,7 +375,18 @@ impl Rollout {
     /// serve something else for `/rollout`. Files only: nothing to do.
     pub async fn heartbeat(self: Arc<Self>, replica_id: String, every: Duration) {
         let Some(shared) = &self.shared else { return };
+        let mut beats: u64 = 0;
         loop {
+            // Hourly: claims older than Telegram's day of redeliveries (twice that, for a replica
+            // that was down a while) and replicas silent for a day are of no use any more.
+            if beats % (3600 / every.as_secs().max(1)) == 0 {
+                let day = Duration::from_secs(24 * 3600);
+                if let Err(err) = shared.pg.prune_processed(2 * day).await {
+                    tracing::warn!(%err, "cannot prune old update claims");
+                }
+                let _ = shared.pg.forget_replicas(day).await;
+            }
+            beats += 1;
             let ours = self.builds();
             if let Err(err) = shared.pg.report_replica(&replica_id, &ours).await {
                 tracing::warn!(%err, "cannot report this replica to the database");
