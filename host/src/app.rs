@@ -18,6 +18,19 @@ pub struct App {
     pub plugins: Arc<Registry>,
     pub kb: Option<swapbot_kb::Kb>,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// The shared store (`DATABASE_URL`); None: everything in `DATA_DIR`.
+    pub pg: Option<swapbot_pg::PgStore>,
+}
+
+/// Connects to `DATABASE_URL` and applies pending migrations. The error is one line without the
+/// password: unreachable, or a schema newer than this binary.
+pub async fn database(config: &Config) -> anyhow::Result<Option<swapbot_pg::PgStore>> {
+    let Some(url) = &config.database_url else { return Ok(None) };
+    let mut options = swapbot_pg::StoreOptions::new(config.database_pool_size);
+    options.lock_connections = config.database_lock_connections;
+    let pg = swapbot_pg::PgStore::connect_with(url, options).await?;
+    tracing::info!(database = %swapbot_pg::redact_url(url), "state in PostgreSQL");
+    Ok(Some(pg))
 }
 
 /// The knowledge base as the turn pipeline sees it: chunks, or none and a note why.
@@ -69,6 +82,8 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot create {}: {e}", config.data_dir.display()))?;
     crate::state::migrate(&config.data_dir)?;
+    // Before the plugins load: a replica that cannot share the state does not start at all.
+    let pg = database(&config).await?;
     // Temp files of writes a crash or a full disk interrupted would fill a small disk again.
     for dir in [config.data_dir.clone(), config.data_dir.join("history"), config.data_dir.join(".plugin-cache")] {
         crate::state::remove_stale_temp_files(&dir);
@@ -164,8 +179,7 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
         admins: config.admin_user_ids.clone(),
         embedding_model,
     };
-    let service = Arc::new(
-        TurnService::new(
+    let service = TurnService::new(
             plugins.clone(),
             transports,
             settings,
@@ -175,7 +189,12 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
             context,
             metrics.clone(),
         )
-        .with_accounting(accounting),
-    );
-    Ok(App { config, service, plugins, kb, metrics })
+        .with_accounting(accounting);
+    let service = Arc::new(match &pg {
+        Some(pg) => service
+            .with_store(Arc::new(crate::state::PgSessionStore::new(pg.clone())))
+            .with_shared_usage(pg.clone()),
+        None => service,
+    });
+    Ok(App { config, service, plugins, kb, metrics, pg })
 }

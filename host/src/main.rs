@@ -41,6 +41,25 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// The Telegram webhook (an explicit step: `run` never sets nor deletes it):
+    /// `set URL [--max-connections N] [--drop-pending-updates] | delete [--drop-pending-updates] | info`.
+    Webhook {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+    /// The PostgreSQL store (`DATABASE_URL`).
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply pending migrations and print what was applied.
+    Migrate,
+    /// Copy a file store (DATA_DIR by default) into the database; running it again changes nothing.
+    Import { data_dir: Option<PathBuf> },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +146,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&case)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Webhook { args } => {
+            let config = Config::from_env()?;
+            init_logs(None, config.secrets());
+            let Some(bot) = swapbot_telegram::bot_from_env()? else {
+                anyhow::bail!("invalid setting TELOXIDE_TOKEN: not set");
+            };
+            println!("{}", swapbot_telegram::webhook_cli(&bot, &args).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Db { command } => {
+            let config = Config::from_env()?;
+            init_logs(None, config.secrets());
+            let Some(url) = &config.database_url else {
+                anyhow::bail!("invalid setting DATABASE_URL: not set (postgres://user:password@host:5432/db)");
+            };
+            let mut options = swapbot_pg::StoreOptions::new(1);
+            options.migrate = false;
+            let pg = swapbot_pg::PgStore::connect_with(url, options).await?;
+            let migrated = pg.migrate().await?;
+            match command {
+                DbCommand::Migrate => {
+                    let applied: Vec<String> = migrated.applied.iter().map(|v| v.to_string()).collect();
+                    if applied.is_empty() {
+                        println!("schema is current (version {})", migrated.version);
+                    } else {
+                        println!("applied migrations {}; schema is version {}", applied.join(", "), migrated.version);
+                    }
+                }
+                DbCommand::Import { data_dir } => {
+                    let dir = data_dir.unwrap_or_else(|| config.data_dir.clone());
+                    let report = pg.import_data_dir(&dir).await?;
+                    let r = &report;
+                    println!(
+                        "imported {}: {} session ids, {} histories ({} messages), {} usage entries, rollout {}, {} inbox updates, {} lines skipped",
+                        dir.display(),
+                        r.session_ids,
+                        r.history_sessions,
+                        r.history_messages,
+                        r.usage_entries,
+                        if r.rollout { "copied" } else { "not copied" },
+                        r.inbox_updates,
+                        r.skipped_lines
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Report(args) => {
             swapbot::report::run(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -209,15 +275,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Err(err) => tracing::warn!(%err, "could not seed the knowledge base"),
                 }
             }
-            let rollout = swapbot::routing::rollout::Rollout::new(
-                &app.config.data_dir,
-                app.config.routing.clone(),
-                app.service.clone(),
-                app.config.admin_user_ids.clone(),
-            );
-            if let Err(err) = rollout.apply_file() {
-                tracing::error!(%err, "rollout file refused at start");
-            }
+            let (data_dir, routing, admins) =
+                (&app.config.data_dir, app.config.routing.clone(), app.config.admin_user_ids.clone());
+            let replica = replica_id(&app.config);
+            let rollout = match &app.pg {
+                Some(pg) => {
+                    let rollout =
+                        swapbot::routing::rollout::Rollout::shared(data_dir, routing, app.service.clone(), admins, pg.clone());
+                    rollout.clone().follow().await?;
+                    tracing::info!(replica = %replica, "serving as one replica of several");
+                    tokio::spawn(rollout.clone().heartbeat(replica.clone(), std::time::Duration::from_secs(3)));
+                    rollout
+                }
+                None => {
+                    let rollout = swapbot::routing::rollout::Rollout::new(data_dir, routing, app.service.clone(), admins);
+                    if let Err(err) = rollout.apply_file() {
+                        tracing::error!(%err, "rollout file refused at start");
+                    }
+                    rollout
+                }
+            };
             tokio::spawn(rollout.clone().watch());
             let watcher = app.plugins.clone();
             tokio::spawn(async move {
@@ -252,7 +329,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rollout,
                     group_sessions: app.config.group_sessions,
                 });
-                swapbot_telegram::run_polling(bot, handler, options).await?;
+                let handler: std::sync::Arc<dyn swapbot_telegram::TurnHandler> = match &app.pg {
+                    Some(pg) => std::sync::Arc::new(swapbot::frontend::ReplicaHandler {
+                        inner: handler,
+                        claims: swapbot::frontend::UpdateClaims { pg: pg.clone(), replica_id: replica.clone() },
+                    }),
+                    None => handler,
+                };
+                swapbot_telegram::run_from_env(bot, handler, options).await?;
                 tracing::info!("stopped");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -261,6 +345,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// This replica's name in the replica list: `REPLICA_ID`, or one made at first start and kept in
+/// `DATA_DIR` (the file inbox there is this replica's, and so are the updates it claimed).
+fn replica_id(config: &Config) -> String {
+    if let Some(id) = &config.replica_id {
+        return id.clone();
+    }
+    let path = config.data_dir.join(".replica-id");
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return id.trim().to_owned();
+    }
+    let host = std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty());
+    let id = format!("{}-{}", host.unwrap_or_else(|| "swapbot".into()), hex::encode(rand::random::<[u8; 3]>()));
+    if let Err(err) = std::fs::write(&path, &id) {
+        tracing::warn!(path = %path.display(), %err, "cannot keep the replica id: a restart reports under a new one");
+    }
+    id
 }
 
 fn init_logs(

@@ -48,7 +48,10 @@ pub const ROLLOUT_CHANNEL: &str = "swapbot_rollout";
 
 /// The embedded migrations, in order. A version is never edited once released: a change is a
 /// new file.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_claimed_by.sql")),
+];
 
 /// The newest schema version this binary knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -107,6 +110,13 @@ pub fn redact_url(url: &str) -> String {
         Ok(config) => redacted(&config),
         Err(_) => "<invalid DATABASE_URL>".into(),
     }
+}
+
+/// The password `DATABASE_URL` carries, if any: for the host's list of strings never logged.
+pub fn url_password(url: &str) -> Option<String> {
+    let config = tokio_postgres::Config::from_str(url).ok()?;
+    let password = config.get_password()?;
+    Some(String::from_utf8_lossy(password).into_owned())
 }
 
 /// The connection string without its password, for messages: `postgres://user@host:port/db`.
@@ -280,13 +290,18 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("swapbot");
         }
+        if config.get_options().is_none() {
+            // The migrations' `IF NOT EXISTS` notices would be logged as lines of their own (a
+            // start refused for a newer schema must say so in one).
+            config.options("-c client_min_messages=warning");
+        }
         let pool = build_pool(config.clone(), options.pool_size)?;
         let mut lock_config = config.clone();
         // Our own name, so an operator (and the tests) can tell lock holders in pg_stat_activity;
         // and a backend waiting for a lock whose client went away gives up within a second
         // instead of taking the lock for nobody.
         lock_config.application_name("swapbot-session-lock");
-        lock_config.options("-c client_connection_check_interval=1000");
+        lock_config.options("-c client_connection_check_interval=1000 -c client_min_messages=warning");
         let locks = build_pool(lock_config, options.lock_connections)?;
         let store = PgStore {
             config,
@@ -612,6 +627,21 @@ impl PgStore {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    /// Whether `replica_id` answers `update_id`: true for the first claim, and again for the same
+    /// replica (its inbox replaying after a crash what it had claimed); false when another replica
+    /// claimed it. One statement, so a claim whose reply was lost is still known as this replica's.
+    pub async fn claim_update_as(&self, update_id: i64, replica_id: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .query(
+                "INSERT INTO processed_updates (update_id, claimed_by) VALUES ($1, $2) \
+                 ON CONFLICT (update_id) DO UPDATE SET claimed_by = EXCLUDED.claimed_by \
+                 WHERE processed_updates.claimed_by = EXCLUDED.claimed_by RETURNING 1",
+                &[&update_id, &replica_id],
+            )
+            .await?;
+        Ok(rows.len() == 1)
     }
 
     /// Forgets processed ids older than `age` (Telegram re-delivers for a day at most).

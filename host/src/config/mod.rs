@@ -66,6 +66,15 @@ pub struct Config {
     pub group_sessions: crate::state::GroupSessions,
     /// How long SIGTERM/SIGINT lets turns in flight finish before the bot exits.
     pub shutdown_grace: Duration,
+    /// `DATABASE_URL`: the state in PostgreSQL, shared by replicas; None: in `DATA_DIR`'s files.
+    pub database_url: Option<String>,
+    /// `DATABASE_POOL_SIZE`: connections for queries.
+    pub database_pool_size: usize,
+    /// `DATABASE_LOCK_CONNECTIONS`: the most turns this replica runs at once (each holds one
+    /// connection for its session's lock).
+    pub database_lock_connections: usize,
+    /// `REPLICA_ID`: this replica's name in the replica list (default: made once per `DATA_DIR`).
+    pub replica_id: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -79,6 +88,7 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("plugin_dir", &self.plugin_dir)
             .field("telegram_token", &self.telegram_token.as_ref().map(|_| "<set>"))
+            .field("database_url", &self.database_url.as_deref().map(swapbot_pg::redact_url))
             .finish_non_exhaustive()
     }
 }
@@ -273,6 +283,10 @@ impl Config {
                 .map_err(|e: String| invalid("GROUP_SESSIONS", e))?
                 .unwrap_or_default(),
             shutdown_grace: Duration::from_millis(number("SHUTDOWN_GRACE_MS", 2000, 0, 60_000)?),
+            database_url: text("DATABASE_URL"),
+            database_pool_size: number("DATABASE_POOL_SIZE", 8, 1, 1000)? as usize,
+            database_lock_connections: number("DATABASE_LOCK_CONNECTIONS", 16, 1, 1000)? as usize,
+            replica_id: text("REPLICA_ID"),
         })
     }
 
@@ -296,9 +310,20 @@ impl Config {
                 secrets.push(secret.to_owned());
             }
         }
+        if let Some(password) = self.database_url.as_deref().and_then(database_password) {
+            secrets.push(password);
+        }
+        if let Some(secret) = std::env::var("WEBHOOK_SECRET").ok().map(|s| s.trim().to_owned()) {
+            secrets.push(secret);
+        }
         secrets.retain(|s| s.len() >= 6);
         secrets
     }
+}
+
+/// The password a `DATABASE_URL` carries (URL or key=value form), to keep it out of logs.
+fn database_password(url: &str) -> Option<String> {
+    swapbot_pg::url_password(url)
 }
 
 #[cfg(test)]

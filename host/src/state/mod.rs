@@ -3,6 +3,8 @@
 
 pub mod files;
 pub mod session;
+pub mod store;
 
 pub use files::*;
 pub use session::*;
+pub use store::{FileStore, PgSessionStore, SessionStore, StoreError, TurnLock};

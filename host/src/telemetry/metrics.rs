@@ -71,6 +71,7 @@ struct Inner {
     info: BTreeMap<String, (String, String)>,
     tokens: BTreeMap<(String, &'static str), u64>,
     cost_micro_usd: BTreeMap<String, u64>,
+    routing: Option<String>,
 }
 
 /// Per-backend turn counts since the process started, e.g. for `/rollout`.
@@ -154,6 +155,11 @@ impl Metrics {
         inner.swaps.entry((label_or(backend, "unknown"), other)).or_default();
     }
 
+    /// The routing in force: replicas showing different ones have not all applied a rollout.
+    pub fn set_routing(&self, routing: &str) {
+        self.lock().routing = Some(routing.to_string());
+    }
+
     /// The module now serving `backend`; replaces the backend's previous info series.
     pub fn set_plugin_info(&self, backend: &str, version: &str, sha256: &str) {
         self.lock().info.insert(label_or(backend, "unknown"), (version.to_string(), sha256.to_string()));
@@ -232,6 +238,11 @@ impl Metrics {
                 &[("backend", backend), ("version", version), ("sha256", sha256)],
                 1,
             );
+        }
+
+        if let Some(routing) = &inner.routing {
+            header(&mut out, "swapbot_routing_info", "gauge", "The routing in force (after the rollout).");
+            sample(&mut out, "swapbot_routing_info", &[("routing", routing)], 1);
         }
         out
     }

@@ -22,7 +22,7 @@ use crate::registry::Registry;
 use crate::routing::Routing;
 use crate::runtime::effects::{LiveEffects, TurnObservations};
 use crate::runtime::{ContextChunk, ErrorKind, PluginError, Settings, Turn};
-use crate::state::{GroupKey, SessionHistory, SessionIds, SessionKey, group_map_file};
+use crate::state::{FileStore, SessionHistory, SessionIds, SessionKey, SessionStore};
 use crate::state::{HistoryStore, IdMap};
 use replies::{EMPTY, GENERIC, TOO_SLOW, UNAVAILABLE};
 use transport::Transports;
@@ -152,19 +152,18 @@ pub struct TurnService {
     transports: Transports,
     settings: TurnSettings,
     routing: ArcSwap<Routing>,
-    data_dir: std::path::PathBuf,
-    /// Each backend's session ids (private and group), by the id map its plugin names, opened
-    /// when a plugin first names it.
-    session_maps: Mutex<HashMap<String, SessionIds>>,
-    history: Arc<HistoryStore>,
-    group_history: Arc<HistoryStore<GroupKey>>,
-    /// One turn per session at a time (a session's conversation takes one response at a time).
-    user_locks: Mutex<HashMap<SessionKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// `DATA_DIR`'s files: the state of turns unless a database replaces it (`with_store`).
+    files: Arc<FileStore>,
+    /// What turns read and write: `files`, or PostgreSQL shared by replicas.
+    store: Arc<dyn SessionStore>,
     turn_log: TurnLog,
     context: Option<Arc<dyn ContextSource>>,
     stats: Mutex<HashMap<String, BackendStats>>,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
     accounting: Accounting,
+    /// With a database, every billed turn is also written there (the ledger in memory still
+    /// decides this replica's budgets).
+    shared_usage: Option<swapbot_pg::PgStore>,
     cache_salt: String,
 }
 
@@ -179,21 +178,21 @@ impl TurnService {
         context: Option<Arc<dyn ContextSource>>,
         metrics: Arc<crate::telemetry::metrics::Metrics>,
     ) -> Self {
+        let files = Arc::new(FileStore::open(data_dir));
+        metrics.set_routing(&routing.to_string());
         Self {
             plugins,
             transports,
             settings,
             routing: ArcSwap::from_pointee(routing),
-            data_dir: data_dir.to_owned(),
-            session_maps: Mutex::new(HashMap::new()),
-            history: Arc::new(HistoryStore::open(data_dir.join("history"))),
-            group_history: Arc::new(HistoryStore::open_keyed(data_dir.join("history").join("groups"))),
-            user_locks: Mutex::new(HashMap::new()),
+            files: files.clone(),
+            store: files,
             turn_log,
             context,
             stats: Mutex::new(HashMap::new()),
             metrics,
             accounting: Accounting::default(),
+            shared_usage: None,
             cache_salt: cache_salt(data_dir),
         }
     }
@@ -202,6 +201,22 @@ impl TurnService {
     pub fn with_accounting(mut self, accounting: Accounting) -> Self {
         self.accounting = accounting;
         self
+    }
+
+    /// Replaces the file store as the state of turns (PostgreSQL with `DATABASE_URL`).
+    pub fn with_store(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Also writes each billed turn into PostgreSQL's usage table.
+    pub fn with_shared_usage(mut self, pg: swapbot_pg::PgStore) -> Self {
+        self.shared_usage = Some(pg);
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
     }
 
     pub fn accounting(&self) -> &Accounting {
@@ -222,6 +237,7 @@ impl TurnService {
     }
 
     pub fn set_routing(&self, routing: Routing) {
+        self.metrics.set_routing(&routing.to_string());
         self.routing.store(Arc::new(routing));
     }
 
@@ -238,52 +254,32 @@ impl TurnService {
         &self.settings
     }
 
+    /// The file store's private history (`DATA_DIR/history`; not what turns use on a database).
     pub fn history(&self) -> &HistoryStore {
-        &self.history
+        &self.files.history().private
     }
 
-    /// A backend's session ids (private and group) by the private map's file name, which the
-    /// registry has checked to be a plain file of this backend's under `DATA_DIR`.
+    /// A backend's session ids in the file store (private and group) by the private map's file
+    /// name, which the registry has checked to be a plain file of this backend's under `DATA_DIR`.
     pub fn session_ids(&self, file: &str) -> SessionIds {
-        let mut maps = self.session_maps.lock().unwrap();
-        maps.entry(file.to_owned())
-            .or_insert_with(|| SessionIds {
-                private: Arc::new(IdMap::open(self.data_dir.join(file))),
-                groups: Arc::new(IdMap::<GroupKey>::open_keyed(self.data_dir.join(group_map_file(file)))),
-            })
-            .clone()
+        self.files.session_ids(file)
     }
 
-    /// The replay history of every kind of session.
+    /// The file store's replay history of every kind of session.
     pub fn session_history(&self) -> SessionHistory {
-        SessionHistory { private: self.history.clone(), groups: self.group_history.clone() }
-    }
-
-    fn user_lock(&self, session: SessionKey) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.user_locks.lock().unwrap();
-        // Forget the locks nobody holds, now and then, so the map does not grow with every
-        // user ever seen.
-        if locks.len() >= 4096 && locks.len().is_power_of_two() {
-            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        }
-        locks.entry(session).or_default().clone()
+        self.files.history().clone()
     }
 
     /// /new: forget a session (a user id: their private chat's) on every backend and the history that
     /// would be replayed. A group session's /new leaves the user's private chat and other groups alone.
     pub async fn reset(&self, session: impl Into<SessionKey>) -> anyhow::Result<()> {
         let session = session.into();
-        let lock = self.user_lock(session);
-        let _turn = lock.lock().await;
+        let _turn = self.store.lock_turn(session).await?;
         // Every backend's map, loaded or not: a backend swapped out must not bring an old
         // session back when it returns.
-        let mut files: std::collections::BTreeSet<String> =
-            self.plugins.loaded().values().filter_map(|p| p.description.id_map.clone()).collect();
-        files.extend(self.session_maps.lock().unwrap().keys().cloned());
-        for file in files {
-            self.session_ids(&file).remove(session)?;
-        }
-        self.session_history().clear(session)?;
+        let maps: Vec<String> = self.plugins.loaded().values().filter_map(|p| p.description.id_map.clone()).collect();
+        self.store.remove_sessions(&maps, session).await?;
+        self.store.clear_history(session).await?;
         tracing::info!(session = %session.label(), "user started a new conversation");
         Ok(())
     }
@@ -339,8 +335,7 @@ impl TurnService {
         text: &str,
         deltas: Option<UnboundedSender<String>>,
     ) -> TurnOutcome {
-        let lock = self.user_lock(session);
-        let _one_turn_per_user = lock.lock().await;
+        let one_turn_per_session = self.store.lock_turn(session).await;
         let started = Instant::now();
         let t0_unix_ms = unix_ms();
         let mut record = TurnRecord {
@@ -358,9 +353,14 @@ impl TurnService {
         } else {
             crate::usage::check(&self.accounting.budgets, &self.accounting.ledger, user_id, now_ms)
         };
-        let reply = match over_budget {
-            Ok(()) => self.run_turn(backend, user_id, session, text, deltas, started, &mut record).await,
-            Err(exceeded) => {
+        let reply = match (one_turn_per_session.as_ref(), over_budget) {
+            (Err(err), _) => {
+                tracing::error!(%err, "cannot take the session's turn lock");
+                record.error_kind = Some("storage".into());
+                Err(UNAVAILABLE.into())
+            }
+            (Ok(_), Ok(())) => self.run_turn(backend, user_id, session, text, deltas, started, &mut record).await,
+            (Ok(_), Err(exceeded)) => {
                 tracing::info!(?exceeded, "turn refused: over budget");
                 record.error_kind = Some(OVER_BUDGET.into());
                 Err(exceeded.sentence(now_ms))
@@ -419,9 +419,30 @@ impl TurnService {
             }
         };
         // A stateless backend keeps no session ids: its conversation is the history.
-        let id_map = plugin.description.id_map.as_deref().map(|file| self.session_ids(file));
-        let mut session_id = id_map.as_ref().and_then(|ids| ids.get(session));
+        let id_map = plugin.description.id_map.clone();
+        let mut session_id = match &id_map {
+            Some(map) => match self.store.session_id(map, session).await {
+                Ok(id) => id,
+                Err(err) => {
+                    tracing::error!(%err, "cannot read the session id");
+                    record.error_kind = Some("storage".into());
+                    return Err(UNAVAILABLE.into());
+                }
+            },
+            None => None,
+        };
         record.session_id = session_id.clone();
+        // Read once before the plugin runs: the plugin's history effect is synchronous, and under
+        // the session's turn lock nothing changes it in between. On a database that is one query a
+        // turn whether or not the plugin asks; on files a copy of at most 100 messages.
+        let history = match self.store.recent(session).await {
+            Ok(history) => Arc::new(history),
+            Err(err) => {
+                tracing::error!(%err, "cannot read the history");
+                record.error_kind = Some("storage".into());
+                return Err(UNAVAILABLE.into());
+            }
+        };
 
         let context = match &self.context {
             Some(source) => {
@@ -459,13 +480,13 @@ impl TurnService {
                 context: context.clone(),
                 settings: settings.clone(),
             };
-            let history = self.session_history();
+            let history = history.clone();
             let bounded = left_session.is_some();
             let effects = LiveEffects {
                 openai: openai.clone(),
                 deltas: deltas.clone(),
                 history: Box::new(move || {
-                    let mut recent = history.recent(session);
+                    let mut recent = history.as_ref().clone();
                     if bounded && recent.len() > FRESH_SESSION_REPLAY {
                         recent.drain(..recent.len() - FRESH_SESSION_REPLAY);
                     }
@@ -496,30 +517,24 @@ impl TurnService {
                         tracing::warn!(left = %left, new = ?answer.session_id, "continued in a new conversation: the old one no longer fit the model's window");
                     }
                     let answer_text = answer.text.trim().to_owned();
-                    // The id and the exchange are durable before the user sees the answer; the
-                    // fsyncs run off the async workers.
-                    let key = session;
-                    let (map, session, history, question, stored) = (
-                        id_map.clone(),
-                        answer.session_id.clone(),
-                        self.session_history(),
-                        text.to_owned(),
-                        answer_text.clone(),
-                    );
-                    let durable = tokio::task::spawn_blocking(move || {
-                        if let (Some(map), Some(session)) = (map, session) {
-                            map.set(key, &session).map_err(|e| format!("could not store the session id: {e}"))?;
+                    // The id and the exchange are durable before the user sees the answer.
+                    let durable = async {
+                        if let (Some(map), Some(id)) = (&id_map, &answer.session_id) {
+                            self.store
+                                .set_session_id(map, session, id)
+                                .await
+                                .map_err(|e| format!("could not store the session id: {e}"))?;
                         }
-                        if !stored.is_empty() {
-                            history.append_turn(key, &question, &stored).map_err(|e| format!("could not store the history: {e}"))?;
+                        if !answer_text.is_empty() {
+                            self.store
+                                .append_exchange(session, text, &answer_text)
+                                .await
+                                .map_err(|e| format!("could not store the history: {e}"))?;
                         }
                         Ok::<(), String>(())
-                    })
-                    .await;
-                    match durable {
-                        Ok(Ok(())) => {}
-                        Ok(Err(err)) => tracing::error!(%err, "storage"),
-                        Err(err) => tracing::error!(%err, "storage task failed"),
+                    };
+                    if let Err(err) = durable.await {
+                        tracing::error!(%err, "storage");
                     }
                     if answer_text.is_empty() {
                         record.error_kind = Some("empty-answer".into());
@@ -548,7 +563,7 @@ impl TurnService {
                         // A session created before the failure is kept: the retry and the
                         // next turn use it instead of creating another.
                         if session_id.as_deref() != Some(new_session) {
-                            if let Err(err) = id_map.set(session, new_session) {
+                            if let Err(err) = self.store.set_session_id(id_map, session, new_session).await {
                                 tracing::error!(%err, "could not store the session id");
                             }
                             session_id = Some(new_session.clone());
@@ -581,7 +596,7 @@ impl TurnService {
                         && session_id.as_deref() != Some(created)
                         && let Some(id_map) = &id_map
                     {
-                        if let Err(err) = id_map.set(session, created) {
+                        if let Err(err) = self.store.set_session_id(id_map, session, created).await {
                             tracing::error!(%err, "could not store the session id");
                         }
                         record.session_id = Some(created.clone());
@@ -616,6 +631,29 @@ impl TurnService {
         record.cost_usd = Some(micro_usd as f64 / 1e6);
         // Counted when the turn ended, the moment its cost was known.
         let now = unix_ms();
+        if let Some(pg) = &self.shared_usage {
+            let entry = swapbot_pg::UsageEntry {
+                t_unix_ms: now,
+                user_id: record.user_id,
+                backend: record.backend.clone(),
+                model: record.model.clone(),
+                tokens: swapbot_pg::TokenCounts {
+                    input: tokens.input,
+                    cached_input: tokens.cached_input,
+                    output: tokens.output,
+                    reasoning: tokens.reasoning,
+                    embedding: tokens.embedding,
+                },
+                micro_usd,
+            };
+            let pg = pg.clone();
+            // Off the turn's path, like the journal line: the answer does not wait for it.
+            tokio::spawn(async move {
+                if let Err(err) = pg.record_usage(&entry).await {
+                    tracing::warn!(%err, "could not record the turn's usage in the database");
+                }
+            });
+        }
         a.ledger.record(
             crate::usage::ledger::Entry {
                 t_unix_ms: now,
@@ -636,7 +674,10 @@ impl TurnService {
         let plugin = self.plugins.get(backend).ok_or_else(|| anyhow::anyhow!("no {backend} plugin loaded"))?;
         let config = self.settings.backends.get(backend);
         let openai = self.transports.get(backend, &config).map_err(|e| anyhow::anyhow!("backend {backend}: {e}"))?;
-        let session_id = plugin.description.id_map.as_deref().and_then(|file| self.id_map(file).get(user_id));
+        let session_id = match plugin.description.id_map.as_deref() {
+            Some(map) => self.store.session_id(map, SessionKey::Private(user_id)).await?,
+            None => None,
+        };
         let context = match &self.context {
             Some(source) => source.context(text).await.chunks,
             None => vec![],
@@ -649,7 +690,7 @@ impl TurnService {
             context,
             settings: plugin_settings(&config),
         };
-        let history: Vec<_> = self.history.recent(user_id).into_iter().map(for_plugin).collect();
+        let history: Vec<_> = self.store.recent(SessionKey::Private(user_id)).await?.into_iter().map(for_plugin).collect();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let live = LiveEffects {
             openai,

@@ -64,6 +64,12 @@ pub trait TurnHandler: Send + Sync + 'static {
     async fn admin(&self, _who: &Sender, _command: &str) -> Option<String> {
         None
     }
+    /// Whether this process answers the message update `update_id`. Several replicas behind a
+    /// load balancer may each be handed the same update (Telegram's retries, a proxy's next
+    /// upstream): only the one whose claim wins answers. One process: always.
+    async fn claim(&self, _update_id: i64) -> bool {
+        true
+    }
 }
 
 /// Who wrote a message.
@@ -1017,7 +1023,12 @@ where
         // go through the inbox).
         let schema = dptree::entry()
             .branch(Update::filter_message().endpoint(|bot: Bot, me: Me, msg: Message, ctx: Arc<Ctx>, update: Update| async move {
-                let result = on_message(bot, me, msg, ctx.clone()).await;
+                let result = if ctx.handler.claim(i64::from(update.id.0)).await {
+                    on_message(bot, me, msg, ctx.clone()).await
+                } else {
+                    debug!(update_id = update.id.0, "another replica answers this update");
+                    Ok(())
+                };
                 if let Some(inbox) = &ctx.inbox {
                     inbox.done(update.id.0);
                 }
