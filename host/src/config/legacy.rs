@@ -22,20 +22,9 @@ pub const REPORT_BASELINE: &str = DEFAULT_BACKEND;
 
 /// Options of the two shipped backends from their environment variables (which win over the
 /// config file's `[backends.<name>.options]`).
-pub fn options_from_env(
-    text: &dyn Fn(&'static str) -> Option<String>,
-    number: &dyn Fn(&'static str, u64, u64, u64) -> Result<u64, ConfigError>,
-) -> Result<Vec<(&'static str, Vec<(String, String)>)>, ConfigError> {
-    let flag = |name: &'static str| -> Result<Option<String>, ConfigError> {
-        match text(name) {
-            None => Ok(None),
-            Some(v) => match v.to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Ok(Some("true".into())),
-                "0" | "false" | "no" | "off" => Ok(Some("false".into())),
-                _ => Err(invalid(name, format!("expected true or false, got {v:?}"))),
-            },
-        }
-    };
+pub(crate) fn options_from_env(env: &super::env::Env) -> Result<Vec<(&'static str, Vec<(String, String)>)>, ConfigError> {
+    let text = |name: &'static str| env.text(name);
+    let flag = |name: &'static str| env.flag_opt(name).map(|v| v.map(|b| b.to_string()));
     // Where a backend puts knowledge-base context: the plugin option `context-layout`.
     let layout = |name: &'static str| -> Result<Option<(String, String)>, ConfigError> {
         match text(name).as_deref() {
@@ -56,7 +45,7 @@ pub fn options_from_env(
         Some("truncate") => responses.push(("context".to_owned(), "truncate".to_owned())),
         Some("compact") => {
             responses.push(("context".into(), "compact".into()));
-            let threshold = number("RESPONSES_COMPACT_THRESHOLD", 100_000, 1000, 100_000_000)?;
+            let threshold = env.number("RESPONSES_COMPACT_THRESHOLD", 100_000, 1000, 100_000_000)?;
             responses.push(("compact-threshold".into(), threshold.to_string()));
         }
         Some(other) => return Err(invalid("RESPONSES_CONTEXT", format!("expected truncate or compact, got {other:?}"))),

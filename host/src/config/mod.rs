@@ -3,6 +3,7 @@
 //! invalid setting is one clear error naming it (and, in the file, its line and key).
 
 pub mod backends;
+mod env;
 pub mod legacy;
 
 use std::collections::BTreeSet;
@@ -114,18 +115,11 @@ fn allow_list(
 
 /// The routing at start: the preset (default and canary of [`legacy`]), the file's `[routing]`
 /// over it, the environment over that. `rollout.json` later wins over all of them.
-fn routing_from(
-    file: backends::FileRouting,
-    text: &dyn Fn(&'static str) -> Option<String>,
-    flag: &dyn Fn(&'static str, bool) -> Result<bool, ConfigError>,
-    number: &dyn Fn(&'static str, u64, u64, u64) -> Result<u64, ConfigError>,
-    ids: &dyn Fn(&'static str) -> Result<Option<BTreeSet<i64>>, ConfigError>,
-    set: &dyn Fn(&'static str) -> bool,
-) -> Result<Routing, ConfigError> {
+fn routing_from(file: backends::FileRouting, env: &env::Env) -> Result<Routing, ConfigError> {
     let name = |var: &'static str, file: Option<String>, preset: &str| -> Result<String, ConfigError> {
         // Set but empty means none (`CANARY_BACKEND=""`: no canary).
-        let env = if set(var) { Some(text(var).unwrap_or_default()) } else { None };
-        let value = env.or(file).unwrap_or_else(|| preset.to_owned());
+        let set = env.is_set(var).then(|| env.text(var).unwrap_or_default());
+        let value = set.or(file).unwrap_or_else(|| preset.to_owned());
         if value.is_empty() || backends::valid_backend_name(&value) {
             Ok(value)
         } else {
@@ -137,9 +131,9 @@ fn routing_from(
         return Err(invalid("DEFAULT_BACKEND", "is empty: name the backend that answers everyone off the canary"));
     }
     let canary = name("CANARY_BACKEND", file.canary, legacy::CANARY_BACKEND)?;
-    let enabled = flag("USE_OPENAI_RESPONSES", file.canary_enabled.unwrap_or(false))?;
-    let percent = number("RESPONSES_ROLLOUT_PERCENT", file.canary_percent.unwrap_or(100).min(100) as u64, 0, 100)? as u8;
-    let test_users = ids("RESPONSES_TEST_USERS")?.or(file.test_users).unwrap_or_default();
+    let enabled = env.flag("USE_OPENAI_RESPONSES", file.canary_enabled.unwrap_or(false))?;
+    let percent = env.number("RESPONSES_ROLLOUT_PERCENT", file.canary_percent.unwrap_or(100).min(100) as u64, 0, 100)? as u8;
+    let test_users = env.ids("RESPONSES_TEST_USERS")?.or(file.test_users).unwrap_or_default();
     // `CANARY_BACKEND=""` (or `canary = ""`): no canary at all.
     let canary = (!canary.is_empty()).then_some(Canary { backend: canary, enabled, percent, test_users });
     Ok(Routing { default, canary })
@@ -168,34 +162,11 @@ impl Config {
     /// `variables`: every variable name the environment has, so that `BACKEND_<NAME>_*` reaches
     /// a backend whose plugin arrives after the start.
     fn from_lookup_named(get: impl Fn(&str) -> Option<String>, variables: &[String]) -> Result<Self, ConfigError> {
-        let text = |name: &'static str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let flag = |name: &'static str, default: bool| -> Result<bool, ConfigError> {
-            match text(name) {
-                None => Ok(default),
-                Some(v) => match v.to_ascii_lowercase().as_str() {
-                    "1" | "true" | "yes" | "on" => Ok(true),
-                    "0" | "false" | "no" | "off" => Ok(false),
-                    _ => Err(invalid(name, format!("expected true or false, got {v:?}"))),
-                },
-            }
-        };
-        let number = |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-            match text(name) {
-                None => Ok(default),
-                Some(v) => match v.parse::<u64>() {
-                    Ok(n) if (min..=max).contains(&n) => Ok(n),
-                    _ => Err(invalid(name, format!("expected an integer from {min} to {max}, got {v:?}"))),
-                },
-            }
-        };
-        let ids = |name: &'static str| -> Result<Option<BTreeSet<i64>>, ConfigError> {
-            let Some(v) = text(name) else { return Ok(None) };
-            v.split([',', ' ', ';'])
-                .filter(|s| !s.is_empty())
-                .map(|s| s.parse::<i64>().map_err(|_| invalid(name, format!("{s:?} is not a Telegram user id"))))
-                .collect::<Result<BTreeSet<_>, _>>()
-                .map(Some)
-        };
+        let env = env::Env::new(&get);
+        let text = |name: &'static str| env.text(name);
+        let flag = |name: &'static str, default: bool| env.flag(name, default);
+        let number = |name: &'static str, default: u64, min: u64, max: u64| env.number(name, default, min, max);
+        let ids = |name: &'static str| env.ids(name);
 
         let openai_base_url = text("OPENAI_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.into());
         if !(openai_base_url.starts_with("http://") || openai_base_url.starts_with("https://")) {
@@ -229,7 +200,7 @@ impl Config {
             Some(path) => Some((path.as_path(), backends::read_file(path)?)),
             None => None,
         };
-        let legacy_options = legacy::options_from_env(&|name| text(name), &number)?;
+        let legacy_options = legacy::options_from_env(&env)?;
         let lookup = |name: &str| get(name);
         let plugin_dir: PathBuf = text("PLUGIN_DIR").unwrap_or_else(|| "target/plugins".into()).into();
         let mut names = backends::names_in_env(variables);
@@ -237,7 +208,7 @@ impl Config {
             names.extend(entries.filter_map(|e| e.ok()).filter_map(|e| backends::backend_of_file(&e.path()).map(str::to_owned)));
         }
         let (backends, file_routing) = backends::resolve(defaults, file, legacy_options, &lookup, names)?;
-        let routing = routing_from(file_routing.unwrap_or_default(), &text, &flag, &number, &ids, &|name| get(name).is_some())?;
+        let routing = routing_from(file_routing.unwrap_or_default(), &env)?;
         let budget = |name: &'static str| -> Result<Option<crate::usage::Limit>, ConfigError> {
             text(name).map(|v| crate::usage::Limit::parse(&v).map_err(|m| invalid(name, m))).transpose()
         };
