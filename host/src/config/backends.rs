@@ -87,7 +87,8 @@ impl Backends {
         match &config.api_key_env {
             None => Ok(None),
             Some(var) => self.keys.get(var).map(|k| Some(k.as_str())).ok_or_else(|| ConfigError {
-                name: "OPENAI_API_KEY",
+                // The process-wide key is named as ever; another variable is the section's choice.
+                name: if var == "OPENAI_API_KEY" { "OPENAI_API_KEY" } else { "api_key_env" },
                 message: format!("{var} is not set (the backend's api_key_env names it; make sandbox prints a local one)"),
             }),
         }
