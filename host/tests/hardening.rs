@@ -333,10 +333,11 @@ mod inbox {
         bot.start_kill().unwrap();
         bot.wait().await.unwrap();
         assert_each_answered_once(&fake, QUESTIONS);
-        // `done/` holds the answered update ids (dedup of redeliveries), not questions.
-        let left: Vec<_> =
-            std::fs::read_dir(dir.path().join("data/inbox")).unwrap().flatten().map(|e| e.file_name()).filter(|n| n != "done").collect();
+        // The answered ids stay (dedup of redeliveries); no question is left.
+        let inbox = swapbot_telegram::inbox::Inbox::open(dir.path().join("data/inbox")).unwrap();
+        let left: Vec<u32> = inbox.pending().iter().map(|u| u.id.0).collect();
         assert!(left.is_empty(), "inbox not empty: {left:?}");
+        assert!((1..=QUESTIONS as u32).all(|id| inbox.answered(id)), "every update id remembered as answered");
         sandbox.shutdown().await;
     }
 

@@ -7,7 +7,9 @@
 //!   `{"<chat>:<user>" | "<chat>": "<id>"}`, imported under the private map's name.
 //! - `history/<user>.jsonl`, `history/groups/<chat>_<user>.jsonl` / `<chat>.jsonl`: one
 //!   `{"role", "text"}` per line; an unreadable line is skipped, as the file store skips it.
-//! - `rollout.json`, `usage.jsonl` (one ledger entry per line), `inbox/<update id>.json`.
+//! - `rollout.json`, `usage.jsonl` (one ledger entry per line), and the Telegram inbox:
+//!   `inbox/log`, lines `+<update id> <update JSON>` (taken) and `-<update id> <unix secs>`
+//!   (answered), or the layout before it, `inbox/<update id>.json`.
 //!
 //! Everything goes in one transaction. Nothing the database has is overwritten: an id map
 //! entry, a session's history or the rollout already there stays, a usage line already copied
@@ -253,17 +255,7 @@ pub(crate) async fn import(store: &PgStore, dir: &Path) -> Result<ImportReport, 
     }
 
     // The Telegram inbox: updates accepted but not answered yet.
-    for (name, path) in files(&dir.join("inbox"), |n| {
-        n.ends_with(".json") && !n.starts_with('.')
-    })? {
-        let Ok(update_id) = name.trim_end_matches(".json").parse::<i64>() else {
-            continue;
-        };
-        let Some(bytes) = read(&path)? else { continue };
-        let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            report.skipped_lines += 1;
-            continue;
-        };
+    for (update_id, body) in inbox_pending(&dir.join("inbox"), &mut report)? {
         report.inbox_updates += run
             .execute(
                 "INSERT INTO inbox (update_id, body) SELECT $1, $2 \
@@ -277,6 +269,51 @@ pub(crate) async fn import(store: &PgStore, dir: &Path) -> Result<ImportReport, 
     store.counted(1);
     tracing::info!(dir = %dir.display(), ?report, "data dir imported");
     Ok(report)
+}
+
+/// The questions an inbox holds and has not answered, from its log (lines whose `-` follows their
+/// `+` are answered; a torn last line was never confirmed) and from files of the older layout.
+fn inbox_pending(dir: &Path, report: &mut ImportReport) -> Result<Vec<(i64, serde_json::Value)>, StoreError> {
+    let mut pending: std::collections::BTreeMap<i64, serde_json::Value> = Default::default();
+    let mut answered = std::collections::HashSet::new();
+    if let Some(bytes) = read(&dir.join("log"))? {
+        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in bytes[..whole].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let text = String::from_utf8_lossy(line);
+            let parsed = text.split_once(' ').and_then(|(head, tail)| {
+                let (sign, id) = head.split_at_checked(1)?;
+                Some((sign.to_owned(), id.parse::<i64>().ok()?, tail))
+            });
+            match parsed {
+                Some((sign, id, json)) if sign == "+" => match serde_json::from_str(json) {
+                    Ok(body) if !answered.contains(&id) => {
+                        pending.insert(id, body);
+                    }
+                    Ok(_) => {}
+                    Err(_) => report.skipped_lines += 1,
+                },
+                Some((sign, id, _)) if sign == "-" => {
+                    pending.remove(&id);
+                    answered.insert(id);
+                }
+                _ => report.skipped_lines += 1,
+            }
+        }
+    }
+    for (name, path) in files(dir, |n| n.ends_with(".json") && !n.starts_with('.'))? {
+        let Ok(update_id) = name.trim_end_matches(".json").parse::<i64>() else {
+            continue;
+        };
+        let Some(bytes) = read(&path)? else { continue };
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(body) if !answered.contains(&update_id) => {
+                pending.insert(update_id, body);
+            }
+            Ok(_) => {}
+            Err(_) => report.skipped_lines += 1,
+        }
+    }
+    Ok(pending.into_iter().collect())
 }
 
 struct Run<'a> {

@@ -696,13 +696,22 @@ async fn a_data_dir_imports_once_however_often_it_is_run() {
         r#"{"update_id":555,"message":{"text":"pending"}}"#,
     )
     .unwrap();
+    // The inbox's log: 556 waits, 557 was answered, 558 was torn by a crash (never confirmed).
+    std::fs::write(
+        d.join("inbox/log"),
+        "+556 {\"update_id\":556,\"message\":{\"text\":\"waits\"}}\n\
+         +557 {\"update_id\":557,\"message\":{\"text\":\"answered\"}}\n\
+         -557 1700000000\n\
+         +558 {\"update_id\":558,\"mess",
+    )
+    .unwrap();
 
     let first = store.import_data_dir(d).await.unwrap();
     assert_eq!(first.session_ids, 5);
     assert_eq!((first.history_sessions, first.history_messages), (2, 102));
     assert_eq!(first.usage_entries, 3);
     assert!(first.rollout);
-    assert_eq!(first.inbox_updates, 1);
+    assert_eq!(first.inbox_updates, 2, "555 from the older layout, 556 from the log");
     assert_eq!(
         first.skipped_lines, 2,
         "the torn history record and the bad usage line"

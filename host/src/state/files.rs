@@ -326,6 +326,9 @@ pub struct HistoryStore<K = i64> {
 struct UserHistory {
     messages: VecDeque<Message>,
     lines_on_disk: usize,
+    /// The file ends mid-line (a crash tore the last record): the next append starts a new line.
+    /// Known from the load and our own writes, so an append does not read the file back.
+    torn_tail: bool,
 }
 
 impl HistoryStore {
@@ -353,6 +356,7 @@ impl<K: StoreKey> HistoryStore<K> {
         let path = self.file(user);
         let mut messages = VecDeque::new();
         let mut lines = 0;
+        let mut torn_tail = false;
         if let Ok(file) = File::open(&path) {
             // Split on bytes, not `lines()`: a record cut mid-character is invalid UTF-8, and
             // reading it as text would end the whole file there.
@@ -365,8 +369,11 @@ impl<K: StoreKey> HistoryStore<K> {
                     }
                 };
                 lines += 1;
+                torn_tail = false;
                 // A torn or invalid record is skipped; the records after it are kept.
                 let Ok(record) = serde_json::from_slice::<HistoryRecord>(&line) else {
+                    // Only the last line can lack its newline; if it does not parse, it may.
+                    torn_tail = !line.is_empty();
                     if !line.is_empty() {
                         tracing::warn!(file = %path.display(), line = lines, "skipped an unreadable history record");
                     }
@@ -379,7 +386,10 @@ impl<K: StoreKey> HistoryStore<K> {
                 }
             }
         }
-        UserHistory { messages, lines_on_disk: lines }
+        if torn_tail {
+            torn_tail = !ends_with_newline(&path);
+        }
+        UserHistory { messages, lines_on_disk: lines, torn_tail }
     }
 
     /// The user's messages, oldest first.
@@ -392,7 +402,6 @@ impl<K: StoreKey> HistoryStore<K> {
         let handle = self.user(user);
         let mut history = handle.lock().unwrap();
         let path = self.file(user);
-        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let mut out = String::new();
         for (role, text) in [("user", question), ("assistant", answer)] {
             let line = serde_json::to_string(&HistoryRecord { role: role.into(), text: text.into() })
@@ -401,13 +410,24 @@ impl<K: StoreKey> HistoryStore<K> {
             out.push('\n');
         }
         {
-            let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
-            // A torn line from an earlier crash must not glue onto this record.
-            if file.metadata().map(|m| m.len() > 0).unwrap_or(false) && !ends_with_newline(&path) {
-                file.write_all(b"\n").map_err(io_err(&path))?;
+            let open = || OpenOptions::new().create(true).append(true).open(&path);
+            // The directory is made with the first history, not checked on every append.
+            let mut file = match open() {
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+                    open()
+                }
+                other => other,
             }
-            file.write_all(out.as_bytes()).map_err(io_err(&path))?;
-            file.sync_data().map_err(io_err(&path))?;
+            .map_err(io_err(&path))?;
+            // A torn line from an earlier crash must not glue onto this record.
+            if history.torn_tail {
+                out.insert(0, '\n');
+            }
+            let written = file.write_all(out.as_bytes()).and_then(|()| file.sync_data());
+            // After a failed write the file may end anywhere: start the next record on a new line.
+            history.torn_tail = written.is_err();
+            written.map_err(io_err(&path))?;
         }
         history.lines_on_disk += 2;
         history.messages.push_back(Message { role: Role::User, text: question.into() });
@@ -440,6 +460,7 @@ impl<K: StoreKey> HistoryStore<K> {
         }
         history.messages.clear();
         history.lines_on_disk = 0;
+        history.torn_tail = false;
         Ok(())
     }
 
