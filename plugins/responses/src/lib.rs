@@ -50,34 +50,20 @@ pub fn history_item(m: &HistoryMessage) -> Value {
     json!({"type": "message", "role": m.role.as_str(), "content": m.text})
 }
 
-/// Ensure the conversation: check a stored one, or create one (replaying `recent_history()`).
-pub fn get_or_create_conversation<E: Effects>(
+/// The conversation a turn runs in: the stored one, taken on trust (no `GET /conversations/{id}`
+/// first: the spec calls that check optional, and it cost every turn a round trip; a conversation
+/// that is gone shows as a 404 on `POST /responses`, see [`chat`]), or a new one replaying
+/// `recent_history()`.
+pub fn open_conversation<E: Effects>(
     fx: &mut E,
     session_id: Option<&str>,
 ) -> Result<Session, ChatError> {
     if let Some(id) = session_id.filter(|s| !s.is_empty()) {
-        let req = HttpRequest::get(format!("/conversations/{}", path_segment(id)));
-        let mut gone = false;
-        let r = call_json(fx, req, |resp| {
-            gone = resp.status == 404;
-            None
+        return Ok(Session {
+            id: id.to_owned(),
+            new: false,
+            replayed: 0,
         });
-        match r {
-            Ok(_) => {
-                return Ok(Session {
-                    id: id.to_owned(),
-                    new: false,
-                    replayed: 0,
-                });
-            }
-            Err(_) if gone => {
-                fx.log(
-                    Level::Info,
-                    &format!("conversation {id} is gone (404): starting a new one"),
-                );
-            }
-            Err(e) => return Err(e),
-        }
     }
     let history = fx.recent_history();
     create_conversation(fx, &history)
@@ -209,8 +195,8 @@ pub fn response_body(turn: &Turn, conversation: &str) -> Result<Value, ChatError
 }
 
 /// A 404 on `POST /responses` that names the conversation (not e.g. `model_not_found`): the
-/// conversation vanished since it was checked. Nothing was applied, so a retry may succeed
-/// (the host drops the stored id; the next turn creates a new conversation).
+/// stored conversation is gone (deleted, expired, another project's). Nothing was applied: [`chat`]
+/// starts a new conversation and asks again.
 fn conversation_gone(resp: &HttpResponse, conversation: &str) -> Option<ChatError> {
     let api = ApiError::from_body(&resp.body);
     let names_it = api.message.to_ascii_lowercase().contains("conversation")
@@ -235,16 +221,31 @@ pub fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
     response_body(turn, "")?;
     let stream = turn.settings.stream()?;
     let background = turn.settings.background()?;
-    let session = get_or_create_conversation(fx, turn.session_id.as_deref())?;
+    let mut session = open_conversation(fx, turn.session_id.as_deref())?;
+    let ask = |fx: &mut E, id: &str| {
+        if stream {
+            stream_turn(fx, turn, id)
+        } else {
+            plain_turn(fx, turn, id, background)
+        }
+    };
+    let mut result = ask(fx, &session.id);
+    if let Err(e) = &result
+        && e.kind == ErrorKind::SessionGone
+        && !session.new
+    {
+        // Refused before anything streamed: once, in a new conversation with the history.
+        fx.log(
+            Level::Info,
+            &format!("conversation {} is gone (404): starting a new one", session.id),
+        );
+        session = open_conversation(fx, None)?;
+        result = ask(fx, &session.id);
+    }
     let created = if session.new {
         Some(session.id.as_str())
     } else {
         None
-    };
-    let result = if stream {
-        stream_turn(fx, turn, &session.id)
-    } else {
-        plain_turn(fx, turn, &session.id, background)
     };
     match result {
         Ok(done) => Ok(Answer {

@@ -59,7 +59,7 @@ fn exchange(v: serde_json::Value) -> Exchange {
 fn describe_names_the_backend() {
     let d = describe();
     assert_eq!(d.name, "responses");
-    assert_eq!(d.contract, "0.2.0");
+    assert_eq!(d.contract, swapbot_plugin_common::CONTRACT);
     assert_eq!(d.id_map.as_deref(), Some("user_conversations.json"));
     assert_eq!(d.version, env!("CARGO_PKG_VERSION"));
 }
@@ -69,9 +69,6 @@ fn deltas_are_pushed_before_the_stream_ends() {
     // The stream is cut after the deltas: they were already pushed one by one.
     let mut fx = ScriptedEffects::new(
         vec![
-            exchange(
-                json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}),
-            ),
             exchange(
                 json!({"request": {"method": "POST", "path": "/responses"}, "sse": [
                 {"data": {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}},
@@ -184,9 +181,6 @@ fn context_length_exceeded_is_a_context_overflow_not_a_retry() {
     let mut fx = ScriptedEffects::new(
         vec![
             exchange(
-                json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}),
-            ),
-            exchange(
                 json!({"request": {"method": "POST", "path": "/responses"}, "response": {"status": 400, "body": {"error": {
                     "message": "Your input exceeds the context window of this model. Please adjust your input and try again.",
                     "type": "invalid_request_error", "param": "input", "code": "context_length_exceeded"}}}}),
@@ -209,14 +203,9 @@ fn missing_model_is_a_config_error() {
 }
 
 #[test]
-fn live_conversation_does_not_read_history() {
-    let mut fx = ScriptedEffects::new(
-        vec![exchange(
-            json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}),
-        )],
-        vec![HistoryMessage::user("x")],
-    );
-    let s = get_or_create_conversation(&mut fx, Some("conv_1")).unwrap();
+fn a_stored_conversation_is_used_without_a_check_or_the_history() {
+    let mut fx = ScriptedEffects::new(vec![], vec![HistoryMessage::user("x")]);
+    let s = open_conversation(&mut fx, Some("conv_1")).unwrap();
     assert_eq!(
         s,
         Session {
@@ -226,6 +215,7 @@ fn live_conversation_does_not_read_history() {
         }
     );
     assert_eq!(fx.history_calls, 0);
+    assert!(fx.requests.is_empty(), "no GET /conversations/{{id}} before the turn");
 }
 
 #[test]
@@ -286,9 +276,6 @@ fn background_poll_tolerates_a_transient_poll_failure() {
     let done = json!({"id": "resp_1", "status": "completed", "output": [{"type": "message", "content": [{"type": "output_text", "text": "ok"}]}]});
     let mut fx = ScriptedEffects::new(
         vec![
-            exchange(
-                json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}),
-            ),
             exchange(
                 json!({"request": {"method": "POST", "path": "/responses", "body": {"background": true}}, "response": {"status": 200, "body": {"id": "resp_1", "status": "queued"}}}),
             ),
@@ -355,32 +342,36 @@ fn usage_reads_cached_and_reasoning_tokens() {
 }
 
 #[test]
-fn conversation_vanishing_before_the_response_is_session_gone() {
-    let mk = |status: u16, body: serde_json::Value| {
-        ScriptedEffects::new(
-            vec![
-                exchange(
-                    json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}}),
-                ),
-                exchange(
-                    json!({"request": {"method": "POST", "path": "/responses"}, "response": {"status": status, "body": body}}),
-                ),
-            ],
-            vec![],
-        )
+fn a_gone_conversation_is_replaced_once_and_a_model_404_is_not() {
+    let gone = |id: &str| {
+        json!({"request": {"method": "POST", "path": "/responses", "body": {"conversation": id}}, "response": {"status": 404,
+            "body": {"error": {"message": format!("Conversation with id '{id}' not found."), "type": "invalid_request_error", "code": null}}}})
     };
-    let mut fx = mk(
-        404,
-        json!({"error": {"message": "Conversation with id 'conv_1' not found.", "type": "invalid_request_error", "code": null}}),
+    // The new conversation is gone as well (a broken server): one replacement, not a loop.
+    let mut fx = ScriptedEffects::new(
+        vec![
+            exchange(gone("conv_1")),
+            exchange(
+                json!({"request": {"method": "POST", "path": "/conversations"}, "response": {"status": 200, "body": {"id": "conv_2"}}}),
+            ),
+            exchange(gone("conv_2")),
+        ],
+        vec![],
     );
     let e = chat(&mut fx, &turn(Some("conv_1"))).unwrap_err();
     assert_eq!((e.kind, e.retryable), (ErrorKind::SessionGone, true));
-    let mut fx = mk(
-        404,
-        json!({"error": {"message": "The model `gpt-x` does not exist", "type": "invalid_request_error", "code": "model_not_found"}}),
+    assert_eq!(e.session_id.as_deref(), Some("conv_2"), "the conversation it created is handed back");
+    assert_eq!(fx.requests.len(), 3);
+    let mut fx = ScriptedEffects::new(
+        vec![exchange(
+            json!({"request": {"method": "POST", "path": "/responses"}, "response": {"status": 404, "body": {"error": {
+                "message": "The model `gpt-x` does not exist", "type": "invalid_request_error", "code": "model_not_found"}}}}),
+        )],
+        vec![],
     );
     let e = chat(&mut fx, &turn(Some("conv_1"))).unwrap_err();
     assert_eq!((e.kind, e.retryable), (ErrorKind::BadRequest, false));
+    assert_eq!(fx.requests.len(), 1, "a missing model is not a missing conversation");
 }
 
 #[test]
@@ -392,7 +383,6 @@ fn an_incomplete_response_hands_back_what_it_billed() {
     t.settings.options = vec![("stream".into(), "false".into())];
     let mut fx = ScriptedEffects::new(
         vec![
-            exchange(json!({"request": {"method": "GET", "path": "/conversations/conv_1"}, "response": {"status": 200, "body": {"id": "conv_1"}}})),
             exchange(json!({"request": {"method": "POST", "path": "/responses"}, "response": {"status": 200, "body": incomplete}})),
         ],
         vec![],
