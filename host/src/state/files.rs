@@ -318,16 +318,27 @@ struct HistoryRecord {
 }
 
 /// Each user's (or group session's) recent messages, both roles, bounded, durable.
+///
+/// The messages live in the files only: a turn in a session that exists never reads them, and a
+/// bot with many users would otherwise hold every user's last 100 messages (~3 KiB a user at 20
+/// short ones). What an append needs to know of a file (its line count, a torn tail) is kept for
+/// the users seen lately.
 pub struct HistoryStore<K = i64> {
     dir: PathBuf,
     users: Mutex<HashMap<K, Arc<Mutex<UserHistory>>>>,
 }
 
 struct UserHistory {
-    messages: VecDeque<Message>,
     lines_on_disk: usize,
     /// The file ends mid-line (a crash tore the last record): the next append starts a new line.
-    /// Known from the load and our own writes, so an append does not read the file back.
+    /// Known from the read and our own writes, so an append does not read the file back.
+    torn_tail: bool,
+}
+
+/// A history file as read: the last [`HISTORY_LIMIT`] messages, and what an append needs.
+struct ReadHistory {
+    messages: VecDeque<Message>,
+    lines: usize,
     torn_tail: bool,
 }
 
@@ -336,6 +347,9 @@ impl HistoryStore {
         Self::open_keyed(dir)
     }
 }
+
+/// Above this many users known, those with no turn running are forgotten (re-read on their next).
+const USERS_KEPT: usize = 4096;
 
 impl<K: StoreKey> HistoryStore<K> {
     /// A history with keys of type `K` (see [`HistoryStore::open`]).
@@ -347,12 +361,22 @@ impl<K: StoreKey> HistoryStore<K> {
         self.dir.join(format!("{}.jsonl", user.file_stem()))
     }
 
-    fn user(&self, user: K) -> Arc<Mutex<UserHistory>> {
+    /// The user's entry, with the file read once if it is new; the read is handed back then.
+    fn user(&self, user: K) -> (Arc<Mutex<UserHistory>>, Option<ReadHistory>) {
         let mut users = self.users.lock().unwrap();
-        users.entry(user).or_insert_with(|| Arc::new(Mutex::new(self.load(user)))).clone()
+        if let Some(entry) = users.get(&user) {
+            return (entry.clone(), None);
+        }
+        if users.len() >= USERS_KEPT && users.len().is_power_of_two() {
+            users.retain(|_, entry| Arc::strong_count(entry) > 1);
+        }
+        let read = self.read(user);
+        let entry = Arc::new(Mutex::new(UserHistory { lines_on_disk: read.lines, torn_tail: read.torn_tail }));
+        users.insert(user, entry.clone());
+        (entry, Some(read))
     }
 
-    fn load(&self, user: K) -> UserHistory {
+    fn read(&self, user: K) -> ReadHistory {
         let path = self.file(user);
         let mut messages = VecDeque::new();
         let mut lines = 0;
@@ -389,17 +413,23 @@ impl<K: StoreKey> HistoryStore<K> {
         if torn_tail {
             torn_tail = !ends_with_newline(&path);
         }
-        UserHistory { messages, lines_on_disk: lines, torn_tail }
+        ReadHistory { messages, lines, torn_tail }
     }
 
     /// The user's messages, oldest first.
     pub fn recent(&self, user: K) -> Vec<Message> {
-        self.user(user).lock().unwrap().messages.iter().cloned().collect()
+        let (handle, read) = self.user(user);
+        if let Some(read) = read {
+            return read.messages.into();
+        }
+        // Under the user's lock: an append is not half seen.
+        let _history = handle.lock().unwrap();
+        self.read(user).messages.into()
     }
 
     /// Appends one finished exchange durably.
     pub fn append_turn(&self, user: K, question: &str, answer: &str) -> Result<(), StorageError> {
-        let handle = self.user(user);
+        let (handle, _) = self.user(user);
         let mut history = handle.lock().unwrap();
         let path = self.file(user);
         let mut out = String::new();
@@ -430,27 +460,25 @@ impl<K: StoreKey> HistoryStore<K> {
             written.map_err(io_err(&path))?;
         }
         history.lines_on_disk += 2;
-        history.messages.push_back(Message { role: Role::User, text: question.into() });
-        history.messages.push_back(Message { role: Role::Assistant, text: answer.into() });
-        while history.messages.len() > HISTORY_LIMIT {
-            history.messages.pop_front();
-        }
         if history.lines_on_disk > HISTORY_LIMIT * 2 {
+            // Rewritten with the last messages only, so a file stays bounded.
+            let kept = self.read(user).messages;
             let mut compact = String::new();
-            for m in &history.messages {
+            for m in &kept {
                 let role = if m.role == Role::Assistant { "assistant" } else { "user" };
                 compact.push_str(&serde_json::to_string(&HistoryRecord { role: role.into(), text: m.text.clone() }).unwrap_or_default());
                 compact.push('\n');
             }
             write_atomic(&path, compact.as_bytes())?;
-            history.lines_on_disk = history.messages.len();
+            history.lines_on_disk = kept.len();
+            history.torn_tail = false;
         }
         Ok(())
     }
 
     /// Forgets a user's history, on disk too.
     pub fn clear(&self, user: K) -> Result<(), StorageError> {
-        let handle = self.user(user);
+        let (handle, _) = self.user(user);
         let mut history = handle.lock().unwrap();
         let path = self.file(user);
         match fs::remove_file(&path) {
@@ -458,13 +486,12 @@ impl<K: StoreKey> HistoryStore<K> {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(StorageError::Io { path, source: err }),
         }
-        history.messages.clear();
         history.lines_on_disk = 0;
         history.torn_tail = false;
         Ok(())
     }
 
-    /// How many users' histories are held in memory.
+    /// How many users the store keeps what an append needs of (their messages stay on disk).
     pub fn users_in_memory(&self) -> usize {
         self.users.lock().unwrap().len()
     }
