@@ -17,7 +17,9 @@ pub(super) async fn compile_cached(
 ) -> Result<(LoadedPlugin, bool), PluginError> {
     let name = Some(name);
     let Some(cache_dir) = cache_dir else {
-        return Ok((runtime.load(bytes, name).await?, false));
+        let plugin = runtime.load(bytes, name).await;
+        release_freed_memory();
+        return Ok((plugin?, false));
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     runtime.engine().precompile_compatibility_hash().hash(&mut hasher);
@@ -41,7 +43,9 @@ pub(super) async fn compile_cached(
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => tracing::warn!(artifact = %artifact.display(), %err, "compile cache entry unreadable, recompiling"),
     }
-    let plugin = runtime.load(bytes, name).await?;
+    let plugin = runtime.load(bytes, name).await;
+    release_freed_memory();
+    let plugin = plugin?;
     // A cache write failure only costs a recompile at the next start.
     match PluginRuntime::serialize(&plugin) {
         Ok(mut serialized) => {
@@ -55,6 +59,18 @@ pub(super) async fn compile_cached(
         Err(err) => tracing::warn!(%err, "could not serialise the compiled plugin"),
     }
     Ok((plugin, false))
+}
+
+/// Hands the heap that compiling freed back to the system. Cranelift allocates tens of MiB while
+/// it compiles a plugin, and glibc keeps what it freed in its arenas for later: a bot that
+/// compiled its plugins at start idled at ~48 MiB resident, against ~30 MiB when it loaded them
+/// from this cache. Rare (a compile, not a turn), so the walk over the heap costs nothing that counts.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // Safety: malloc_trim only returns unused pages of the allocator's own heap to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Length of the MAC that ends each compile cache entry.
