@@ -21,7 +21,9 @@ use swapbot_plugin_common as pc;
 #[derive(Clone, Debug)]
 pub enum Exchange {
     Plain { method: String, path: String, response: ApiResponse },
-    Stream { method: String, path: String, events: Vec<SseEvent> },
+    /// `waited[i]`: event `i` was waited for (a new network read); the others had arrived with
+    /// the one before, so a replay hands them out in the same batches as the live stream did.
+    Stream { method: String, path: String, events: Vec<SseEvent>, waited: Vec<bool> },
 }
 
 pub type Script = Arc<Vec<Exchange>>;
@@ -35,12 +37,22 @@ pub struct Recorder {
     pub log: Arc<Mutex<Vec<Exchange>>>,
 }
 
-struct VecStream(VecDeque<SseEvent>);
+struct VecStream(VecDeque<(SseEvent, bool)>);
+
+impl VecStream {
+    fn new(events: &[SseEvent], waited: &[bool]) -> Self {
+        VecStream(events.iter().cloned().zip(waited.iter().copied()).collect())
+    }
+}
 
 #[async_trait::async_trait]
 impl EventSource for VecStream {
     async fn next(&mut self) -> Result<Option<SseEvent>, TransportError> {
-        Ok(self.0.pop_front())
+        Ok(self.0.pop_front().map(|(e, _)| e))
+    }
+
+    fn next_buffered(&mut self) -> Option<SseEvent> {
+        if self.0.front().is_some_and(|(_, waited)| !waited) { self.0.pop_front().map(|(e, _)| e) } else { None }
     }
 }
 
@@ -57,12 +69,20 @@ impl HostEffects for Recorder {
         match self.openai.send_stream(req).await? {
             swapbot_openai::StreamStart::Refused(r) => Ok(StreamStart::Refused(r)),
             swapbot_openai::StreamStart::Events(mut s) => {
-                let mut events = Vec::new();
-                while let Some(e) = s.next_event().await? {
+                let (mut events, mut waited) = (Vec::new(), Vec::new());
+                loop {
+                    if let Some(e) = s.next_buffered() {
+                        events.push(e);
+                        waited.push(false);
+                        continue;
+                    }
+                    let Some(e) = s.next_event().await? else { break };
                     events.push(e);
+                    waited.push(true);
                 }
-                self.log.lock().unwrap().push(Exchange::Stream { method, path, events: events.clone() });
-                Ok(StreamStart::Events(Box::new(VecStream(events.into()))))
+                let stream = VecStream::new(&events, &waited);
+                self.log.lock().unwrap().push(Exchange::Stream { method, path, events, waited });
+                Ok(StreamStart::Events(Box::new(stream)))
             }
         }
     }
@@ -72,7 +92,7 @@ impl HostEffects for Recorder {
         0
     }
     async fn sleep_ms(&mut self, _: u32) {}
-    fn recent_history(&mut self) -> Vec<HistoryMessage> {
+    async fn recent_history(&mut self) -> Vec<HistoryMessage> {
         vec![]
     }
 }
@@ -113,7 +133,7 @@ impl HostEffects for Canned {
     }
     async fn http_stream(&mut self, req: ApiRequest) -> Result<StreamStart, TransportError> {
         match self.take(&req.method, &req.path) {
-            Exchange::Stream { events, .. } => Ok(StreamStart::Events(Box::new(VecStream(events.into())))),
+            Exchange::Stream { events, waited, .. } => Ok(StreamStart::Events(Box::new(VecStream::new(&events, &waited)))),
             Exchange::Plain { .. } => panic!("script has a plain answer for a stream request"),
         }
     }
@@ -127,7 +147,7 @@ impl HostEffects for Canned {
     async fn sleep_ms(&mut self, ms: u32) {
         self.clock += ms as u64;
     }
-    fn recent_history(&mut self) -> Vec<HistoryMessage> {
+    async fn recent_history(&mut self) -> Vec<HistoryMessage> {
         vec![]
     }
 }

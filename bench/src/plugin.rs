@@ -59,6 +59,13 @@ pub async fn overhead(out: &Out, iters: usize) -> anyhow::Result<()> {
         let session = session_of(&script, path);
         let turn = wit_turn(path, 1, Some(session), TEXT, 500);
         let calls = script.len();
+        // Events of the streamed answer and the network reads they came in (the batches a plugin
+        // gets from `next-batch`), as recorded live.
+        let (events, reads) = script.iter().fold((0, 0), |(e, r), x| match x {
+            crate::effects::Exchange::Stream { waited, .. } => (e + waited.len(), r + waited.iter().filter(|w| **w).count()),
+            _ => (e, r),
+        });
+        let stream_note = if events > 0 { format!("; {events} SSE events in {reads} reads") } else { String::new() };
 
         // The same logic built natively, same replay.
         let nturn = native_turn(&turn);
@@ -114,7 +121,7 @@ pub async fn overhead(out: &Out, iters: usize) -> anyhow::Result<()> {
             out.emit(
                 record("1 plugin overhead", &format!("{}: wasm turn, {alloc}", path.label()), "µs", &wasm, EXCLUDES)
                     .goal("p50 < 50 µs", med < 50.0)
-                    .note(format!("{calls} host HTTP calls per turn; fresh Store + instantiate + chat export")),
+                    .note(format!("{calls} host HTTP calls per turn{stream_note}; fresh Store + instantiate + chat export")),
             );
         }
         let nmed = native.median();
@@ -200,7 +207,7 @@ pub fn wasm_vs_native(out: &Out, blocks: usize, per_block: usize) -> anyhow::Res
             let fx = LiveEffects {
                 openai: openai.clone(),
                 deltas: None,
-                history: Box::new(Vec::new),
+                history: swapbot::runtime::effects::fixed_history(vec![]),
                 observations: Arc::new(Mutex::new(TurnObservations::default())),
                 plugin: plugin.description.name.clone(),
                 started: Instant::now(),

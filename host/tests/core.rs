@@ -188,7 +188,7 @@ async fn a_turn_that_waits_forever_is_cut_by_the_turn_timeout() {
         async fn sleep_ms(&mut self, ms: u32) {
             tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await
         }
-        fn recent_history(&mut self) -> Vec<swapbot::runtime::HistoryMessage> {
+        async fn recent_history(&mut self) -> Vec<swapbot::runtime::HistoryMessage> {
             vec![]
         }
     }
@@ -231,7 +231,7 @@ impl swapbot::runtime::HostEffects for Seen {
         3
     }
     async fn sleep_ms(&mut self, _: u32) {}
-    fn recent_history(&mut self) -> Vec<swapbot::runtime::HistoryMessage> {
+    async fn recent_history(&mut self) -> Vec<swapbot::runtime::HistoryMessage> {
         vec![swapbot::runtime::HistoryMessage { role: swapbot::runtime::Role::User, text: "earlier".into() }]
     }
 }

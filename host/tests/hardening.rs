@@ -124,7 +124,7 @@ mod plugin_bounds {
         let fx = LiveEffects {
             openai,
             deltas: Some(tx),
-            history: Box::new(Vec::new),
+            history: swapbot::runtime::effects::fixed_history(vec![]),
             observations: observations.clone(),
             plugin: "hostile".into(),
             started: std::time::Instant::now(),

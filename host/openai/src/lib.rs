@@ -139,6 +139,12 @@ pub struct SseStream {
 }
 
 impl SseStream {
+    /// An event that has already arrived and been parsed, without waiting; `None` when the next
+    /// one has yet to come (or the stream is over: [`next_event`](Self::next_event) says which).
+    pub fn next_buffered(&mut self) -> Option<SseEvent> {
+        self.parser.next_event()
+    }
+
     /// The next event; `None` at the end of the stream. A stream that breaks mid-way, stays
     /// without a complete line for the idle timeout, outlasts its deadline or sends a line or event
     /// over the size limit is an error.

@@ -120,7 +120,7 @@ impl HostEffects for ScriptedEffects {
         self.clock_ms += ms as u64;
     }
 
-    fn recent_history(&mut self) -> Vec<HistoryMessage> {
+    async fn recent_history(&mut self) -> Vec<HistoryMessage> {
         self.history.clone()
     }
 }
@@ -382,8 +382,8 @@ impl HostEffects for Recorder {
     async fn sleep_ms(&mut self, ms: u32) {
         self.inner.sleep_ms(ms).await
     }
-    fn recent_history(&mut self) -> Vec<HistoryMessage> {
-        self.inner.recent_history()
+    async fn recent_history(&mut self) -> Vec<HistoryMessage> {
+        self.inner.recent_history().await
     }
     fn session_started(&mut self, session_id: String) {
         self.inner.session_started(session_id)

@@ -11,6 +11,29 @@ use super::HistoryMessage;
 #[async_trait::async_trait]
 pub trait EventSource: Send {
     async fn next(&mut self) -> Result<Option<SseEvent>, TransportError>;
+    /// An event that has already arrived, without waiting; `None` when none is at hand. A
+    /// source that cannot tell says `None` and its events come one [`next`](Self::next) each.
+    fn next_buffered(&mut self) -> Option<SseEvent> {
+        None
+    }
+}
+
+/// The most events one `next-batch` hands a plugin, and the most bytes of their data: the
+/// guest allocates the whole list at once, and a flood must not become one huge allocation.
+pub const MAX_BATCH_EVENTS: usize = 256;
+pub const MAX_BATCH_BYTES: usize = 256 << 10;
+
+/// The first event (waited for), then what has already arrived, bounded; empty at the end.
+pub async fn next_batch(source: &mut dyn EventSource) -> Result<Vec<SseEvent>, TransportError> {
+    let Some(first) = source.next().await? else { return Ok(vec![]) };
+    let mut bytes = first.data.len();
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
+        let Some(event) = source.next_buffered() else { break };
+        bytes += event.data.len();
+        batch.push(event);
+    }
+    Ok(batch)
 }
 
 /// The host side of the `event-stream` resource.
@@ -37,7 +60,7 @@ pub trait HostEffects: Send {
     fn log(&mut self, level: LogLevel, message: String);
     fn now_ms(&mut self) -> u64;
     async fn sleep_ms(&mut self, ms: u32);
-    fn recent_history(&mut self) -> Vec<HistoryMessage>;
+    async fn recent_history(&mut self) -> Vec<HistoryMessage>;
     /// The plugin created a session on the server (0.2.0 plugins say so as it happens).
     fn session_started(&mut self, _session_id: String) {}
 }
@@ -59,7 +82,7 @@ impl HostEffects for NoEffects {
         0
     }
     async fn sleep_ms(&mut self, _: u32) {}
-    fn recent_history(&mut self) -> Vec<HistoryMessage> {
+    async fn recent_history(&mut self) -> Vec<HistoryMessage> {
         vec![]
     }
 }
@@ -109,12 +132,24 @@ pub fn escape_log_text(message: &str) -> String {
     out
 }
 
+/// Where a turn's history comes from when its plugin asks for it, and only then: a turn in a
+/// session that exists never does (reading it for every turn was a copy of up to 100 messages,
+/// and with a database one more query).
+pub type HistorySource = Box<dyn Fn() -> futures::future::BoxFuture<'static, Vec<HistoryMessage>> + Send>;
+
+/// A history known in advance (tests, the bench, recording a case).
+pub fn fixed_history(history: Vec<HistoryMessage>) -> HistorySource {
+    Box::new(move || {
+        let history = history.clone();
+        Box::pin(async move { history })
+    })
+}
+
 /// The live effects of one turn: OpenAI through the host's transport, text to the user.
 pub struct LiveEffects {
     pub openai: OpenAi,
     pub deltas: Option<UnboundedSender<String>>,
-    /// Read only when the plugin asks (a new session), not on every turn.
-    pub history: Box<dyn Fn() -> Vec<HistoryMessage> + Send>,
+    pub history: HistorySource,
     pub observations: std::sync::Arc<std::sync::Mutex<TurnObservations>>,
     pub plugin: String,
     pub started: Instant,
@@ -126,6 +161,10 @@ struct LiveStream(SseStream);
 impl EventSource for LiveStream {
     async fn next(&mut self) -> Result<Option<SseEvent>, TransportError> {
         self.0.next_event().await
+    }
+
+    fn next_buffered(&mut self) -> Option<SseEvent> {
+        self.0.next_buffered()
     }
 }
 
@@ -216,8 +255,8 @@ impl HostEffects for LiveEffects {
         tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000) as u64)).await;
     }
 
-    fn recent_history(&mut self) -> Vec<HistoryMessage> {
-        (self.history)()
+    async fn recent_history(&mut self) -> Vec<HistoryMessage> {
+        (self.history)().await
     }
 
     fn session_started(&mut self, session_id: String) {

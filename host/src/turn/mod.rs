@@ -432,17 +432,6 @@ impl TurnService {
             None => None,
         };
         record.session_id = session_id.clone();
-        // Read once before the plugin runs: the plugin's history effect is synchronous, and under
-        // the session's turn lock nothing changes it in between. On a database that is one query a
-        // turn whether or not the plugin asks; on files a copy of at most 100 messages.
-        let history = match self.store.recent(session).await {
-            Ok(history) => Arc::new(history),
-            Err(err) => {
-                tracing::error!(%err, "cannot read the history");
-                record.error_kind = Some("storage".into());
-                return Err(UNAVAILABLE.into());
-            }
-        };
 
         let context = match &self.context {
             Some(source) => {
@@ -480,17 +469,31 @@ impl TurnService {
                 context: context.clone(),
                 settings: settings.clone(),
             };
-            let history = history.clone();
             let bounded = left_session.is_some();
+            let store = self.store.clone();
             let effects = LiveEffects {
                 openai: openai.clone(),
                 deltas: deltas.clone(),
+                // Read when the plugin asks (under the session's turn lock, so nothing changes it
+                // meanwhile), not for every turn.
                 history: Box::new(move || {
-                    let mut recent = history.as_ref().clone();
-                    if bounded && recent.len() > FRESH_SESSION_REPLAY {
-                        recent.drain(..recent.len() - FRESH_SESSION_REPLAY);
-                    }
-                    recent.into_iter().map(for_plugin).collect()
+                    let store = store.clone();
+                    Box::pin(async move {
+                        match store.recent(session).await {
+                            Ok(mut recent) => {
+                                if bounded && recent.len() > FRESH_SESSION_REPLAY {
+                                    recent.drain(..recent.len() - FRESH_SESSION_REPLAY);
+                                }
+                                recent.into_iter().map(for_plugin).collect()
+                            }
+                            Err(err) => {
+                                // The plugin goes on without it (a new session starts empty);
+                                // the failure is the operator's to see.
+                                tracing::error!(%err, "cannot read the history for the plugin; it gets none");
+                                vec![]
+                            }
+                        }
+                    })
                 }),
                 observations: observations.clone(),
                 plugin: plugin.description.name.clone(),
@@ -695,10 +698,7 @@ impl TurnService {
         let live = LiveEffects {
             openai,
             deltas: Some(tx),
-            history: Box::new({
-                let history = history.clone();
-                move || history.clone()
-            }),
+            history: crate::runtime::effects::fixed_history(history.clone()),
             observations: Default::default(),
             plugin: plugin.description.name.clone(),
             started: Instant::now(),

@@ -43,7 +43,7 @@ fn turn(session: Option<&str>) -> Turn {
 fn describe_names_the_backend() {
     let d = describe();
     assert_eq!(d.name, "assistants");
-    assert_eq!(d.contract, "0.2.0");
+    assert_eq!(d.contract, swapbot_plugin_common::CONTRACT);
     assert_eq!(d.id_map.as_deref(), Some("user_threads.json"));
 }
 
