@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use swapbot_pg::PgStore;
 use swapbot_telegram::UpdateQueue;
-use swapbot_telegram::inbox::Stored;
+use swapbot_telegram::inbox::{Inbox, Stored};
 use teloxide::types::Update;
 
 /// `INBOX_LEASE_SECS` when unset: how long a taken update is this replica's before another may
@@ -57,7 +57,13 @@ impl UpdateQueue for SharedInbox {
             if row.attempts > 1 {
                 tracing::info!(update_id = row.update_id, attempts = row.attempts, "taking over an update another run did not finish");
             }
-            match serde_json::from_value::<Update>(row.body) {
+            // From text, not `from_value`: teloxide's `Update` read from a `serde_json::Value` comes out
+            // as `UpdateKind::Error` (its message deserializer wants borrowed strings), and the
+            // question would be dropped by the dispatcher as an unknown kind.
+            let update = serde_json::from_str::<Update>(&row.body.to_string())
+                .map_err(|e| e.to_string())
+                .and_then(|u| if Inbox::keeps(&u) { Ok(u) } else { Err("not a message".to_string()) });
+            match update {
                 Ok(update) => updates.push(update),
                 Err(err) => {
                     // Written by a binary that decoded it; a later one that cannot would be stuck on

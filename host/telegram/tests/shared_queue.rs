@@ -25,6 +25,8 @@ const LEASE: Duration = Duration::from_millis(300);
 #[derive(Default)]
 struct State {
     accepted: HashSet<u32>,
+    /// Every update accepted, in order.
+    delivered: Vec<Update>,
     ready: VecDeque<Update>,
     taken: HashSet<u32>,
     /// Every renewal call, with the ids it named.
@@ -57,6 +59,7 @@ impl UpdateQueue for MemoryQueue {
             return Ok(Stored::Duplicate);
         }
         s.ready.push_back(update.clone());
+        s.delivered.push(update.clone());
         Ok(Stored::New)
     }
 
@@ -158,14 +161,18 @@ async fn a_shared_queue_is_written_before_the_200_renewed_while_the_turn_runs_an
     }
 
     // What another replica enqueued (not through this endpoint, no local wake-up) is taken by polling.
-    let foreign: Update = serde_json::from_value(serde_json::json!({
-        "update_id": 777, "message": {"message_id": 77, "date": 1700000000,
-        "chat": {"id": USER, "type": "private", "first_name": "U"},
-        "from": {"id": USER, "is_bot": false, "first_name": "U"}, "text": "from another replica"}
-    }))
-    .unwrap();
+    // A copy of the first update as another replica would have accepted it: another id, another text.
+    let mut body = serde_json::to_value(&queue.state().delivered[0]).unwrap();
+    body["update_id"] = 777.into();
+    body["message"]["message_id"] = 77.into();
+    body["message"]["text"] = "from another replica".into();
+    // From text: teloxide's `Update` does not deserialize from a `serde_json::Value` (the message
+    // comes out as `UpdateKind::Error`).
+    let foreign: Update = serde_json::from_str(&body.to_string()).unwrap();
+    assert!(swapbot_telegram::inbox::Inbox::keeps(&foreign), "{body} -> {foreign:?}");
     assert_eq!(queue.enqueue(&foreign).await.unwrap(), Stored::New);
-    assert!(fake.wait_for(WAIT, |f| f.messages_in(USER).iter().filter(|m| m.from_bot).count() == 2).await);
+    let answered = fake.wait_for(WAIT, |f| f.messages_in(USER).iter().filter(|m| m.from_bot).count() == 2).await;
+    assert!(answered, "{:?} turns {:?}", fake.messages_in(USER), handler.turns.lock().unwrap());
     assert!(fake.messages_in(USER).iter().any(|m| m.text == "answer to from another replica"));
 
     // A redelivery of an answered update is acknowledged and not run again.
