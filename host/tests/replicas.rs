@@ -354,7 +354,7 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
         let before = fake.messages_in(ADMIN).iter().filter(|m| m.from_bot).count();
         fake.push_text(ADMIN, ADMIN, "/rollout", true);
         assert!(fake.wait_for(WAIT, |f| f.messages_in(ADMIN).iter().filter(|m| m.from_bot).count() > before).await);
-        let status = fake.messages_in(ADMIN).iter().filter(|m| m.from_bot).last().unwrap().text.clone();
+        let status = fake.messages_in(ADMIN).iter().filter(|m| m.from_bot).next_back().unwrap().text.clone();
         if status.contains("serves other plugins") {
             assert!(status.contains("default chat"), "{status}");
             break;

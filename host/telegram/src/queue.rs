@@ -190,7 +190,7 @@ impl Taker {
                     Err(err) => {
                         failures += 1;
                         // Once, then every minute or so while it lasts: the queue is away, not a user.
-                        if failures == 1 || failures % 60 == 0 {
+                        if failures == 1 || failures.is_multiple_of(60) {
                             warn!(err = %format!("{err:#}"), failures, "cannot take updates from the inbox; retrying");
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
