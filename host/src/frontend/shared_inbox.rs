@@ -3,6 +3,10 @@
 //! `enqueue_update` / `take_pending`). A replica that dies holding updates loses their leases
 //! when they run out, and another replica answers them: nothing waits for the dead one to come
 //! back. The inbox and `processed_updates` together are the dedup of updates delivered twice.
+//!
+//! Order is kept per chat, not per user: a chat's updates are what Telegram numbers in order and
+//! what the dispatcher runs one after another; a user writing in a private chat and a group at
+//! once has two orders, and the session lock still keeps their turns one at a time.
 
 use std::time::Duration;
 
@@ -23,6 +27,11 @@ pub const POLL_EVERY: Duration = Duration::from_millis(250);
 /// How long an update waits for the delivery of the one before it (Telegram delivers over
 /// several connections at once, so update n+1 can commit before n): see `take_pending`.
 pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// Takes of one update after which it is given up: every taker so far died or stalled with it,
+/// most likely because of it (a question that crashes the process would otherwise take every
+/// replica down in turn, forever).
+pub const MAX_ATTEMPTS: i32 = 5;
 
 pub struct SharedInbox {
     pg: PgStore,
@@ -54,6 +63,15 @@ impl UpdateQueue for SharedInbox {
         let taken = self.pg.take_pending(&self.replica_id, limit as i64, self.lease, SETTLE).await?;
         let mut updates = Vec::with_capacity(taken.len());
         for row in taken {
+            if row.attempts > MAX_ATTEMPTS {
+                tracing::error!(
+                    update_id = row.update_id,
+                    attempts = row.attempts - 1,
+                    "an update whose every taker died or stalled is given up unanswered"
+                );
+                self.pg.ack_update(row.update_id).await?;
+                continue;
+            }
             if row.attempts > 1 {
                 tracing::info!(update_id = row.update_id, attempts = row.attempts, "taking over an update another run did not finish");
             }
