@@ -330,12 +330,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     group_sessions: app.config.group_sessions,
                 });
                 // Replicas share one inbox in the database (webhook mode): any of them answers what
-                // another accepted and could not finish.
+                // another accepted and could not finish. A poller is alone (one getUpdates consumer per
+                // bot) and keeps its file inbox.
+                let webhook = swapbot_telegram::TelegramMode::from_env()? == swapbot_telegram::TelegramMode::Webhook;
                 let shared_inbox: Option<std::sync::Arc<dyn swapbot_telegram::UpdateQueue>> = match &app.pg {
-                    Some(pg) => Some(std::sync::Arc::new(
+                    Some(pg) if webhook => Some(std::sync::Arc::new(
                         swapbot::frontend::shared_inbox::SharedInbox::open(pg.clone(), replica.clone(), app.config.inbox_lease).await?,
                     )),
-                    None => None,
+                    _ => None,
                 };
                 swapbot_telegram::run_from_env(bot, handler, options, shared_inbox).await?;
                 tracing::info!("stopped");
