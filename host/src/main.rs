@@ -329,14 +329,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rollout,
                     group_sessions: app.config.group_sessions,
                 });
-                let handler: std::sync::Arc<dyn swapbot_telegram::TurnHandler> = match &app.pg {
-                    Some(pg) => std::sync::Arc::new(swapbot::frontend::ReplicaHandler {
-                        inner: handler,
-                        claims: swapbot::frontend::UpdateClaims { pg: pg.clone(), replica_id: replica.clone() },
-                    }),
-                    None => handler,
+                // Replicas share one inbox in the database (webhook mode): any of them answers what
+                // another accepted and could not finish. A poller is alone (one getUpdates consumer per
+                // bot) and keeps its file inbox.
+                let webhook = swapbot_telegram::TelegramMode::from_env()? == swapbot_telegram::TelegramMode::Webhook;
+                let shared_inbox: Option<std::sync::Arc<dyn swapbot_telegram::UpdateQueue>> = match &app.pg {
+                    Some(pg) if webhook => Some(std::sync::Arc::new(
+                        swapbot::frontend::shared_inbox::SharedInbox::open(pg.clone(), replica.clone(), app.config.inbox_lease).await?,
+                    )),
+                    _ => None,
                 };
-                swapbot_telegram::run_from_env(bot, handler, options).await?;
+                swapbot_telegram::run_from_env(bot, handler, options, shared_inbox).await?;
                 tracing::info!("stopped");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -348,7 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// This replica's name in the replica list: `REPLICA_ID`, or one made at first start and kept in
-/// `DATA_DIR` (the file inbox there is this replica's, and so are the updates it claimed).
+/// `DATA_DIR` (the leases it holds in the shared inbox are under this name: a restart gives them up).
 fn replica_id(config: &Config) -> String {
     if let Some(id) = &config.replica_id {
         return id.clone();

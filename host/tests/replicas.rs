@@ -22,6 +22,8 @@ const SECRET: &str = "replicas-webhook-SECRET-42";
 const ADMIN: i64 = 9000;
 /// Reached only when something is broken (a loaded 2-core machine included).
 const WAIT: Duration = Duration::from_secs(120);
+/// `INBOX_LEASE_SECS` of the replicas: what a dead replica's questions wait for at most.
+const LEASE: Duration = Duration::from_secs(4);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -83,6 +85,7 @@ impl Env {
             .env("DATABASE_POOL_SIZE", "3")
             .env("DATABASE_LOCK_CONNECTIONS", "8")
             .env("ADMIN_USER_IDS", ADMIN.to_string())
+            .env("INBOX_LEASE_SECS", LEASE.as_secs().to_string())
             .env("RUST_LOG", "info")
             .current_dir(dir);
         cmd
@@ -272,28 +275,32 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
             questions.entry(u).or_default().push(q);
         }
     }
-    // One replica dies without a word while it runs turns it claimed: killed once it holds a
-    // claim, while the first answers are still held at the model (so it dies mid-turn, not in the
-    // instant between sending an answer and noting it sent, which no bot API call can make atomic).
+    // One replica dies without a word while it holds updates it took from the shared inbox (each
+    // one accepted: Telegram got its 200), while the first answers are still held at the model (so
+    // it dies mid-turn, not in the instant between sending an answer and acking it, which no Bot
+    // API call can make atomic). It is not restarted until the others answered everything.
     let answered = |f: &FakeTelegram| users.iter().map(|&u| f.messages_in(u).iter().filter(|m| m.from_bot).count()).sum::<usize>();
     let admin = pg.admin().await;
-    let replica1 = std::fs::read_to_string(replicas[1].dir.join("data/.replica-id")).unwrap();
+    let replica1 = std::fs::read_to_string(replicas[1].dir.join("data/.replica-id")).unwrap().trim().to_owned();
     let deadline = Instant::now() + WAIT;
-    loop {
-        let claims: i64 = admin
-            .query_one("SELECT count(*) FROM processed_updates WHERE claimed_by = $1", &[&replica1.trim()])
+    let held: Vec<String> = loop {
+        let rows = admin
+            .query(
+                "SELECT body->'message'->>'text' FROM inbox WHERE claimed_by = $1 AND lease_until > now()",
+                &[&replica1],
+            )
             .await
-            .unwrap()
-            .get(0);
-        if claims > 0 {
-            break;
+            .unwrap();
+        if !rows.is_empty() {
+            break rows.iter().map(|r| r.get(0)).collect();
         }
-        assert!(Instant::now() < deadline, "replica 1 got no update through nginx");
+        assert!(Instant::now() < deadline, "replica 1 took no update from the inbox");
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
     assert_eq!(answered(&fake), 0, "the model's delay is meant to hold every first answer");
     replicas[1].child.as_mut().unwrap().kill().unwrap();
     replicas[1].child.as_mut().unwrap().wait().unwrap();
+    let killed_at = Instant::now();
     for &u in &users[15..] {
         for k in 0..2 {
             let q = format!("question {k} from user {u}");
@@ -301,14 +308,28 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
             questions.entry(u).or_default().push(q);
         }
     }
-    // Its supervisor restarts it on its DATA_DIR: the updates its inbox had taken are answered.
-    env.start(&mut replicas[1]);
+    // What the dead replica held is answered by the others once its leases ran out.
+    let all_answers = |f: &FakeTelegram| users.iter().flat_map(|&u| f.messages_in(u)).filter(|m| m.from_bot).map(|m| m.text).collect::<Vec<_>>();
+    assert!(
+        fake.wait_for(WAIT, |f| held.iter().all(|q| all_answers(f).iter().any(|a| a.contains(q.as_str())))).await,
+        "the questions the killed replica held were not answered by the others: {held:?}"
+    );
+    let recovered = killed_at.elapsed();
+    eprintln!("the killed replica held {} question(s); the others answered them {recovered:?} after the kill", held.len());
+    assert!(recovered >= LEASE / 2, "taken before the lease ran out: {recovered:?}");
+    assert!(recovered < LEASE + Duration::from_secs(20), "{recovered:?}: far more than the lease");
     let total: usize = questions.values().map(Vec::len).sum();
     assert!(
         fake.wait_for(WAIT, |f| answered(f) >= total).await,
-        "answered {} of {total} questions",
+        "answered {} of {total} questions without replica 1",
         answered(&fake)
     );
+    let rows: i64 = admin.query_one("SELECT count(*) FROM inbox", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0, "the inbox is empty once everything is answered");
+    // Its supervisor restarts it, later: nothing is left for it, and it answers nothing again.
+    env.start(&mut replicas[1]);
+    let (port, child) = (replicas[1].port, replicas[1].child.as_mut().unwrap());
+    wait_listening(port, child, "replica 1 restarted").await;
 
     // The rollout: changed through one replica, applied by every one.
     fake.push_text(ADMIN, ADMIN, "/rollout default chat", true);
@@ -333,7 +354,7 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
         let before = fake.messages_in(ADMIN).iter().filter(|m| m.from_bot).count();
         fake.push_text(ADMIN, ADMIN, "/rollout", true);
         assert!(fake.wait_for(WAIT, |f| f.messages_in(ADMIN).iter().filter(|m| m.from_bot).count() > before).await);
-        let status = fake.messages_in(ADMIN).iter().filter(|m| m.from_bot).last().unwrap().text.clone();
+        let status = fake.messages_in(ADMIN).iter().filter(|m| m.from_bot).next_back().unwrap().text.clone();
         if status.contains("serves other plugins") {
             assert!(status.contains("default chat"), "{status}");
             break;
@@ -357,6 +378,9 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
             assert_eq!(n, 1, "user {u}: {q:?} answered {n} times; answers: {answers:?}");
         }
         assert_eq!(answers.len(), qs.len(), "user {u}: {answers:?}");
+        for (answer, q) in answers.iter().zip(qs) {
+            assert!(answer.contains(q.as_str()), "user {u}: answered out of order: {answers:?}");
+        }
     }
 
     // No two turns of one user ran at once, on any replica.
@@ -389,6 +413,8 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
             let asked = texts.iter().filter(|(role, t)| role == "user" && t == q).count();
             assert_eq!(asked, 1, "user {u}: {q:?} stored {asked} times: {texts:?}");
         }
+        let asked: Vec<&String> = texts.iter().filter(|(role, _)| role == "user").map(|(_, t)| t).collect();
+        assert_eq!(asked, qs.iter().collect::<Vec<_>>(), "user {u}: turns ran out of order");
         for pair in texts.chunks(2) {
             assert_eq!((pair[0].0.as_str(), pair[1].0.as_str()), ("user", "assistant"), "user {u}: {texts:?}");
             assert!(pair[1].1.contains(&pair[0].1), "user {u}: an answer stored with another question: {texts:?}");

@@ -258,7 +258,7 @@ pub(crate) async fn import(store: &PgStore, dir: &Path) -> Result<ImportReport, 
     for (update_id, body) in inbox_pending(&dir.join("inbox"), &mut report)? {
         report.inbox_updates += run
             .execute(
-                "INSERT INTO inbox (update_id, body) SELECT $1, $2 \
+                "INSERT INTO inbox (update_id, body, chat_id) SELECT $1, $2, ($2::jsonb->'message'->'chat'->>'id')::bigint \
                  WHERE NOT EXISTS (SELECT 1 FROM processed_updates WHERE update_id = $1) ON CONFLICT DO NOTHING",
                 &[&update_id, &body],
             )

@@ -51,6 +51,7 @@ pub const ROLLOUT_CHANNEL: &str = "swapbot_rollout";
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_claimed_by.sql")),
+    (3, include_str!("../migrations/0003_inbox_order.sql")),
 ];
 
 /// The newest schema version this binary knows.
@@ -617,34 +618,7 @@ impl PgStore {
 
     // --- updates ---------------------------------------------------------------------------
 
-    /// Whether this is the first claim of `update_id` by any replica: answer the update only
-    /// when true. Durable: a second delivery, to this replica or another, gets false.
-    pub async fn claim_update(&self, update_id: i64) -> Result<bool, StoreError> {
-        let n = self
-            .execute(
-                "INSERT INTO processed_updates (update_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                &[&update_id],
-            )
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Whether `replica_id` answers `update_id`: true for the first claim, and again for the same
-    /// replica (its inbox replaying after a crash what it had claimed); false when another replica
-    /// claimed it. One statement, so a claim whose reply was lost is still known as this replica's.
-    pub async fn claim_update_as(&self, update_id: i64, replica_id: &str) -> Result<bool, StoreError> {
-        let rows = self
-            .query(
-                "INSERT INTO processed_updates (update_id, claimed_by) VALUES ($1, $2) \
-                 ON CONFLICT (update_id) DO UPDATE SET claimed_by = EXCLUDED.claimed_by \
-                 WHERE processed_updates.claimed_by = EXCLUDED.claimed_by RETURNING 1",
-                &[&update_id, &replica_id],
-            )
-            .await?;
-        Ok(rows.len() == 1)
-    }
-
-    /// Forgets processed ids older than `age` (Telegram re-delivers for a day at most).
+    /// Forgets accepted update ids older than `age` (Telegram re-delivers for a day at most).
     pub async fn prune_processed(&self, age: Duration) -> Result<u64, StoreError> {
         let secs = age.as_secs_f64();
         self.execute(
@@ -655,7 +629,13 @@ impl PgStore {
     }
 
     /// Makes a delivered update durable in the inbox (webhook mode) before Telegram is told it
-    /// arrived. Returns false when it is already there or already answered.
+    /// arrived. Returns false when it was accepted before (queued, in flight or answered): the
+    /// caller answers Telegram 200 and does nothing else.
+    ///
+    /// One statement: the id goes into `processed_updates` and the body into `inbox` together.
+    /// The id's primary key is the dedup: two deliveries of one update racing (Telegram's retry,
+    /// a proxy's next upstream) serialise on it, and the second finds it taken, also while the
+    /// first is being acked (the id stays in `processed_updates` when its row leaves the inbox).
     pub async fn enqueue_update(
         &self,
         update_id: i64,
@@ -663,8 +643,10 @@ impl PgStore {
     ) -> Result<bool, StoreError> {
         let n = self
             .execute(
-                "INSERT INTO inbox (update_id, body) SELECT $1, $2 \
-                 WHERE NOT EXISTS (SELECT 1 FROM processed_updates WHERE update_id = $1) \
+                "WITH accepted AS (INSERT INTO processed_updates (update_id) VALUES ($1) \
+                   ON CONFLICT DO NOTHING RETURNING update_id) \
+                 INSERT INTO inbox (update_id, body, chat_id) \
+                 SELECT update_id, $2, ($2::jsonb->'message'->'chat'->>'id')::bigint FROM accepted \
                  ON CONFLICT (update_id) DO NOTHING",
                 &[&update_id, body],
             )
@@ -676,21 +658,36 @@ impl PgStore {
     /// it died or stalled), oldest first, and leases them to `replica_id` for `lease`. Replicas
     /// taking at once get different rows (`FOR UPDATE SKIP LOCKED`). The caller answers each and
     /// then calls [`PgStore::ack_update`]; one not acked before its lease ends is taken again.
+    ///
+    /// Order per chat: a row is not taken while an earlier row of its chat is in the inbox
+    /// (leased by anyone, or waiting), so one chat has at most one update in flight across all
+    /// replicas and they run in update_id order, also when a taker dies (its row is retaken
+    /// first, the later ones wait behind it). Telegram delivers in parallel (`max_connections`),
+    /// so a later update can commit before an earlier one: a row is taken at once only when
+    /// the id before it was accepted already (update ids are consecutive per bot), otherwise
+    /// once it is `settle` old, time for the earlier delivery to arrive. An update id that is
+    /// not a message (never queued) makes the next message wait `settle` once.
     pub async fn take_pending(
         &self,
         replica_id: &str,
         limit: i64,
         lease: Duration,
+        settle: Duration,
     ) -> Result<Vec<PendingUpdate>, StoreError> {
         let secs = lease.as_secs_f64();
+        let settle = settle.as_secs_f64();
         let rows = self
             .query(
-                "WITH due AS (SELECT update_id FROM inbox WHERE lease_until IS NULL OR lease_until < now() \
-                   ORDER BY update_id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                "WITH due AS (SELECT i.update_id FROM inbox i \
+                   WHERE (i.lease_until IS NULL OR i.lease_until < now()) \
+                     AND NOT EXISTS (SELECT 1 FROM inbox e WHERE e.chat_id = i.chat_id AND e.update_id < i.update_id) \
+                     AND (i.received_at <= now() - make_interval(secs => $4) \
+                          OR EXISTS (SELECT 1 FROM processed_updates p WHERE p.update_id = i.update_id - 1)) \
+                   ORDER BY i.update_id LIMIT $2 FOR UPDATE OF i SKIP LOCKED) \
                  UPDATE inbox SET claimed_by = $1, lease_until = now() + make_interval(secs => $3), attempts = attempts + 1 \
                  FROM due WHERE inbox.update_id = due.update_id \
                  RETURNING inbox.update_id, inbox.body, inbox.attempts",
-                &[&replica_id, &limit, &secs],
+                &[&replica_id, &limit, &secs, &settle],
             )
             .await?;
         let mut taken: Vec<PendingUpdate> = rows
@@ -705,28 +702,45 @@ impl PgStore {
         Ok(taken)
     }
 
-    /// Keeps an update leased to `replica_id` for `lease` from now (a turn running long).
-    /// False when the lease was lost: another replica took the update after it ran out.
-    pub async fn extend_lease(
+    /// Keeps the updates leased to `replica_id` for `lease` from now (turns running long), in
+    /// one statement. Returns the ids still held: one missing was lost, another replica took it
+    /// after its lease ran out (or it was acked meanwhile).
+    pub async fn extend_leases(
         &self,
-        update_id: i64,
+        update_ids: &[i64],
         replica_id: &str,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
+        if update_ids.is_empty() {
+            return Ok(vec![]);
+        }
         let secs = lease.as_secs_f64();
-        let n = self
-            .execute(
+        let rows = self
+            .query(
                 "UPDATE inbox SET lease_until = now() + make_interval(secs => $3) \
-                 WHERE update_id = $1 AND claimed_by = $2",
-                &[&update_id, &replica_id, &secs],
+                 WHERE update_id = ANY($1) AND claimed_by = $2 RETURNING update_id",
+                &[&update_ids, &replica_id, &secs],
             )
             .await?;
-        Ok(n == 1)
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// The update's turn ended (answered or apologised for): it leaves the inbox and counts as
-    /// processed, so a later delivery of it is not enqueued again. One statement.
+    /// Gives up every lease `replica_id` holds, so any replica takes those updates at once
+    /// rather than after the lease: at a replica's start (the same replica restarted: nothing of
+    /// its old run is in flight) and at its stop (what it did not finish). `REPLICA_ID` must be
+    /// unique per running replica, or this hands a live replica's turns to others.
+    pub async fn release_leases(&self, replica_id: &str) -> Result<u64, StoreError> {
+        self.execute(
+            "UPDATE inbox SET lease_until = NULL WHERE claimed_by = $1 AND lease_until IS NOT NULL",
+            &[&replica_id],
+        )
+        .await
+    }
+
+    /// The update's turn ended (answered or apologised for): it leaves the inbox; its id stays
+    /// in `processed_updates`, so a later delivery of it is not enqueued again. One statement.
     pub async fn ack_update(&self, update_id: i64) -> Result<(), StoreError> {
+        // The insert covers a row `db import` put in the inbox without its id.
         self.execute(
             "WITH gone AS (DELETE FROM inbox WHERE update_id = $1) \
              INSERT INTO processed_updates (update_id) VALUES ($1) ON CONFLICT DO NOTHING",

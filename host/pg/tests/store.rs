@@ -309,24 +309,35 @@ async fn concurrent_appends_to_one_session_all_land_and_stay_bounded() {
     );
 }
 
+/// A message update of `chat` as Telegram sends it (the inbox reads the chat from the body).
+fn message(id: i64, chat: i64) -> serde_json::Value {
+    json!({"update_id": id, "message": {"message_id": id, "date": 1, "chat": {"id": chat, "type": "private"}, "text": format!("q{id}")}})
+}
+
+fn ids(taken: &[swapbot_pg::PendingUpdate]) -> Vec<i64> {
+    taken.iter().map(|u| u.update_id).collect()
+}
+
+const LEASE: Duration = Duration::from_secs(600);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_update_is_claimed_once_across_replicas() {
+async fn an_update_is_accepted_once_across_replicas() {
     let pg = TestCluster::start();
     let (a, b) = (
         PgStore::connect(&pg.url(), 2).await.unwrap(),
         PgStore::connect(&pg.url(), 2).await.unwrap(),
     );
-    assert!(a.claim_update(1001).await.unwrap());
-    assert!(!b.claim_update(1001).await.unwrap(), "another replica");
-    assert!(!a.claim_update(1001).await.unwrap(), "a second delivery");
-    // Racing claims of fresh ids: each id is won exactly once.
+    assert!(a.enqueue_update(1001, &message(1001, 1)).await.unwrap());
+    assert!(!b.enqueue_update(1001, &message(1001, 1)).await.unwrap(), "another replica");
+    assert!(!a.enqueue_update(1001, &message(1001, 1)).await.unwrap(), "a second delivery");
+    // Racing deliveries of fresh ids: each id is accepted exactly once, and queued once.
     let racers: Vec<_> = [a.clone(), b.clone(), a.clone(), b.clone()]
         .into_iter()
         .map(|s| {
             tokio::spawn(async move {
                 let mut won = 0;
                 for id in 2000..2050 {
-                    if s.claim_update(id).await.unwrap() {
+                    if s.enqueue_update(id, &message(id, id)).await.unwrap() {
                         won += 1;
                     }
                 }
@@ -339,9 +350,41 @@ async fn an_update_is_claimed_once_across_replicas() {
         total += r.await.unwrap();
     }
     assert_eq!(total, 50);
-    // A restart (a new store) still remembers.
+    let admin = pg.admin().await;
+    assert_eq!(count(&admin, "SELECT count(*) FROM inbox").await, 51);
+    // Answered, then delivered again while a restart (a new store) runs: still not queued.
+    a.ack_update(1001).await.unwrap();
     let c = PgStore::connect(&pg.url(), 1).await.unwrap();
-    assert!(!c.claim_update(1001).await.unwrap());
+    assert!(!c.enqueue_update(1001, &message(1001, 1)).await.unwrap());
+    assert_eq!(count(&admin, "SELECT count(*) FROM inbox WHERE update_id = 1001").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_racing_the_ack_is_not_queued_again() {
+    let pg = TestCluster::start();
+    let (a, b) = (
+        PgStore::connect(&pg.url(), 4).await.unwrap(),
+        PgStore::connect(&pg.url(), 4).await.unwrap(),
+    );
+    // Every update acked while a second delivery of it arrives: none may come back.
+    for id in 1..=200 {
+        assert!(a.enqueue_update(id, &message(id, id)).await.unwrap());
+    }
+    let acks = tokio::spawn(async move {
+        for id in 1..=200 {
+            a.ack_update(id).await.unwrap();
+        }
+    });
+    let redeliveries = tokio::spawn(async move {
+        let mut queued = 0;
+        for id in 1..=200 {
+            queued += b.enqueue_update(id, &message(id, id)).await.unwrap() as i32;
+        }
+        queued
+    });
+    acks.await.unwrap();
+    assert_eq!(redeliveries.await.unwrap(), 0);
+    assert_eq!(count(&pg.admin().await, "SELECT count(*) FROM inbox").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,58 +394,114 @@ async fn an_update_a_dead_replica_took_is_processed_by_another() {
         PgStore::connect(&pg.url(), 2).await.unwrap(),
         PgStore::connect(&pg.url(), 2).await.unwrap(),
     );
-    let body = |id: i64| json!({"update_id": id, "message": {"text": format!("q{id}")}});
-    assert!(a.enqueue_update(10, &body(10)).await.unwrap());
-    assert!(
-        !b.enqueue_update(10, &body(10)).await.unwrap(),
-        "delivered twice: kept once"
-    );
-    assert!(a.enqueue_update(11, &body(11)).await.unwrap());
+    assert!(a.enqueue_update(10, &message(10, 1)).await.unwrap());
+    assert!(!b.enqueue_update(10, &message(10, 1)).await.unwrap(), "delivered twice: kept once");
+    assert!(a.enqueue_update(11, &message(11, 2)).await.unwrap());
 
-    let lease = Duration::from_secs(600);
-    let taken = a.take_pending("replica-a", 1, lease).await.unwrap();
+    let taken = a.take_pending("replica-a", 1, LEASE, Duration::ZERO).await.unwrap();
     assert_eq!(taken.len(), 1);
-    assert_eq!(
-        (taken[0].update_id, &taken[0].body, taken[0].attempts),
-        (10, &body(10), 1)
-    );
+    assert_eq!((taken[0].update_id, &taken[0].body, taken[0].attempts), (10, &message(10, 1), 1));
     // B sees only what A does not hold.
-    let taken_b = b.take_pending("replica-b", 10, lease).await.unwrap();
-    assert_eq!(
-        taken_b.iter().map(|u| u.update_id).collect::<Vec<_>>(),
-        vec![11]
-    );
+    let taken_b = b.take_pending("replica-b", 10, LEASE, Duration::ZERO).await.unwrap();
+    assert_eq!(ids(&taken_b), vec![11]);
     b.ack_update(11).await.unwrap();
+    assert!(b.take_pending("replica-b", 10, LEASE, Duration::ZERO).await.unwrap().is_empty(), "10 is leased to A");
 
-    // A stalls with update 10 taken; its lease runs out (moved to the past here instead of
-    // waiting).
-    let a_again = a;
-    let admin = pg.admin().await;
-    admin
-        .batch_execute(
-            "UPDATE inbox SET lease_until = now() - interval '1 second' WHERE update_id = 10",
-        )
-        .await
-        .unwrap();
-    let retaken = b.take_pending("replica-b", 10, lease).await.unwrap();
-    assert_eq!(retaken.len(), 1);
-    assert_eq!((retaken[0].update_id, retaken[0].attempts), (10, 2));
-    assert!(
-        !a_again.extend_lease(10, "replica-a", lease).await.unwrap(),
-        "A's lease is lost"
-    );
-    assert!(b.extend_lease(10, "replica-b", lease).await.unwrap());
+    // A dies with update 10 taken; its lease runs out, for real (a short lease).
+    assert!(a.extend_leases(&[10], "replica-a", Duration::from_millis(300)).await.unwrap() == vec![10]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let retaken = b.take_pending("replica-b", 10, LEASE, Duration::ZERO).await.unwrap();
+    assert_eq!(ids(&retaken), vec![10]);
+    assert_eq!(retaken[0].attempts, 2);
+    assert!(a.extend_leases(&[10], "replica-a", LEASE).await.unwrap().is_empty(), "A's lease is lost");
+    assert_eq!(b.extend_leases(&[10, 99], "replica-b", LEASE).await.unwrap(), vec![10]);
     b.ack_update(10).await.unwrap();
-    assert!(
-        b.take_pending("replica-b", 10, lease)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(b.take_pending("replica-b", 10, LEASE, Duration::ZERO).await.unwrap().is_empty());
     // Answered updates are not enqueued again when Telegram redelivers them.
-    assert!(!b.enqueue_update(10, &body(10)).await.unwrap());
-    assert!(!b.claim_update(10).await.unwrap());
+    assert!(!b.enqueue_update(10, &message(10, 1)).await.unwrap());
+    let admin = pg.admin().await;
     assert_eq!(count(&admin, "SELECT count(*) FROM inbox").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_chat_has_one_update_in_flight_in_order() {
+    let pg = TestCluster::start();
+    let (a, b) = (
+        PgStore::connect(&pg.url(), 2).await.unwrap(),
+        PgStore::connect(&pg.url(), 2).await.unwrap(),
+    );
+    // Chat 7 writes three times, chat 8 once, between them.
+    for (id, chat) in [(20, 7), (21, 8), (22, 7), (23, 7)] {
+        assert!(a.enqueue_update(id, &message(id, chat)).await.unwrap());
+    }
+    // A batch holds each chat's earliest only.
+    let first = a.take_pending("replica-a", 10, LEASE, Duration::ZERO).await.unwrap();
+    assert_eq!(ids(&first), vec![20, 21]);
+    // Another replica gets nothing of chat 7 while 20 is in flight.
+    assert!(b.take_pending("replica-b", 10, LEASE, Duration::ZERO).await.unwrap().is_empty());
+    a.ack_update(21).await.unwrap();
+    assert!(b.take_pending("replica-b", 10, LEASE, Duration::ZERO).await.unwrap().is_empty());
+
+    // A dies holding 20: once its lease runs out, 20 is taken again before 22.
+    a.extend_leases(&[20], "replica-a", Duration::from_millis(200)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ids(&b.take_pending("replica-b", 10, LEASE, Duration::ZERO).await.unwrap()), vec![20]);
+    b.ack_update(20).await.unwrap();
+    assert_eq!(ids(&a.take_pending("replica-a", 10, LEASE, Duration::ZERO).await.unwrap()), vec![22]);
+    a.ack_update(22).await.unwrap();
+    assert_eq!(ids(&b.take_pending("replica-b", 10, LEASE, Duration::ZERO).await.unwrap()), vec![23]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_update_waits_for_an_earlier_delivery_still_on_its_way() {
+    let pg = TestCluster::start();
+    let store = PgStore::connect(&pg.url(), 2).await.unwrap();
+    let settle = Duration::from_millis(800);
+    // 31 follows 30, which was accepted: taken at once. 30 follows 29, never seen (it was no
+    // message, or it is still on its way): 30 waits until it is `settle` old.
+    store.enqueue_update(30, &message(30, 1)).await.unwrap();
+    store.enqueue_update(31, &message(31, 2)).await.unwrap();
+    let waited = Instant::now();
+    assert_eq!(ids(&store.take_pending("r", 10, LEASE, settle).await.unwrap()), vec![31]);
+    let taken = within("the settle time", async {
+        loop {
+            let taken = store.take_pending("r", 10, LEASE, settle).await.unwrap();
+            if !taken.is_empty() {
+                return taken;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(ids(&taken), vec![30]);
+    assert!(waited.elapsed() >= settle - Duration::from_millis(100), "{:?}", waited.elapsed());
+    // 33 arrives before 32 (two parallel deliveries): it waits for 32...
+    store.enqueue_update(33, &message(33, 3)).await.unwrap();
+    assert!(store.take_pending("r", 10, LEASE, settle).await.unwrap().is_empty());
+    // ... which, once there, goes first (31 was accepted), and 33 (same chat) after it.
+    store.enqueue_update(32, &message(32, 3)).await.unwrap();
+    assert_eq!(ids(&store.take_pending("r", 10, LEASE, settle).await.unwrap()), vec![32]);
+    store.ack_update(32).await.unwrap();
+    assert_eq!(ids(&store.take_pending("r", 10, LEASE, settle).await.unwrap()), vec![33]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_releases_what_its_old_run_held() {
+    let pg = TestCluster::start();
+    let (a, b) = (
+        PgStore::connect(&pg.url(), 2).await.unwrap(),
+        PgStore::connect(&pg.url(), 2).await.unwrap(),
+    );
+    for id in [60, 61] {
+        a.enqueue_update(id, &message(id, id)).await.unwrap();
+    }
+    assert_eq!(ids(&a.take_pending("replica-a", 1, LEASE, Duration::ZERO).await.unwrap()), vec![60]);
+    assert_eq!(ids(&b.take_pending("replica-b", 1, LEASE, Duration::ZERO).await.unwrap()), vec![61]);
+    // A comes back: only its own lease is given up, B keeps 61.
+    assert_eq!(a.release_leases("replica-a").await.unwrap(), 1);
+    let again = a.take_pending("replica-a", 10, LEASE, Duration::ZERO).await.unwrap();
+    assert_eq!((ids(&again), again[0].attempts), (vec![60], 2));
+    assert_eq!(b.extend_leases(&[61], "replica-b", LEASE).await.unwrap(), vec![61]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,7 +709,9 @@ async fn one_turn_costs_a_known_number_of_queries() {
     let k = key::private(77);
     let before = store.queries();
     // What the host does for one private-chat turn.
-    assert!(store.claim_update(5).await.unwrap());
+    assert!(store.enqueue_update(5, &message(5, 77)).await.unwrap());
+    let taken = store.take_pending("r", 1, LEASE, Duration::ZERO).await.unwrap();
+    assert_eq!(ids(&taken), vec![5]);
     let guard = store.lock_session(&k).await.unwrap();
     let _ = store
         .session_id("user_conversations.json", &k)
@@ -634,10 +735,11 @@ async fn one_turn_costs_a_known_number_of_queries() {
         .await
         .unwrap();
     guard.release().await;
+    store.ack_update(5).await.unwrap();
     assert_eq!(
         store.queries() - before,
-        8,
-        "claim, lock, get id, history, set id, append, usage, unlock"
+        10,
+        "enqueue, take, lock, get id, history, set id, append, usage, unlock, ack"
     );
 }
 
@@ -766,7 +868,7 @@ async fn a_data_dir_imports_once_however_often_it_is_run() {
     );
     assert_eq!(
         store
-            .take_pending("r", 10, Duration::from_secs(60))
+            .take_pending("r", 10, Duration::from_secs(60), Duration::ZERO)
             .await
             .unwrap()[0]
             .update_id,

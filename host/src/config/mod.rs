@@ -76,6 +76,9 @@ pub struct Config {
     pub database_lock_connections: usize,
     /// `REPLICA_ID`: this replica's name in the replica list (default: made once per `DATA_DIR`).
     pub replica_id: Option<String>,
+    /// `INBOX_LEASE_SECS`: with a database in webhook mode, how long an update a replica took is
+    /// its own before another replica may take it (the most a dead replica's questions wait).
+    pub inbox_lease: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -258,6 +261,12 @@ impl Config {
             database_pool_size: number("DATABASE_POOL_SIZE", 8, 1, 1000)? as usize,
             database_lock_connections: number("DATABASE_LOCK_CONNECTIONS", 16, 1, 1000)? as usize,
             replica_id: text("REPLICA_ID"),
+            inbox_lease: Duration::from_secs(number(
+                "INBOX_LEASE_SECS",
+                crate::frontend::shared_inbox::DEFAULT_LEASE.as_secs(),
+                1,
+                3600,
+            )?),
         })
     }
 

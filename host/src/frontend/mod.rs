@@ -1,6 +1,7 @@
 //! What the Telegram front end calls: turns, /new and the admins' /rollout, over the
 //! turn service. Each chat has its own session (see `session.rs`).
 
+pub mod shared_inbox;
 pub mod terminal;
 
 use std::sync::Arc;
@@ -16,56 +17,6 @@ pub struct BotHandler {
     pub rollout: Arc<Rollout>,
     /// `GROUP_SESSIONS`: one session per (group, user), or one per group.
     pub group_sessions: GroupSessions,
-}
-
-/// A replica's handler: the bot's, answering only the updates this replica claims.
-pub struct ReplicaHandler {
-    pub inner: Arc<BotHandler>,
-    pub claims: UpdateClaims,
-}
-
-#[async_trait::async_trait]
-impl TurnHandler for ReplicaHandler {
-    async fn turn(&self, who: Sender, text: String, deltas: tokio::sync::mpsc::UnboundedSender<String>) -> TurnResult {
-        self.inner.turn(who, text, deltas).await
-    }
-
-    async fn reset(&self, who: Sender) -> anyhow::Result<()> {
-        self.inner.reset(who).await
-    }
-
-    async fn admin(&self, who: &Sender, command: &str) -> Option<String> {
-        self.inner.admin(who, command).await
-    }
-
-    async fn claim(&self, update_id: i64) -> bool {
-        self.claims.claim(update_id).await
-    }
-}
-
-/// Claims of updates in PostgreSQL, so an update handed to two replicas is answered by one. A
-/// claim names this replica: its inbox replays, after a crash, what it had taken, and those it
-/// had claimed are still its to answer.
-pub struct UpdateClaims {
-    pub pg: swapbot_pg::PgStore,
-    pub replica_id: String,
-}
-
-impl UpdateClaims {
-    pub async fn claim(&self, update_id: i64) -> bool {
-        for attempt in 0..3u32 {
-            match self.pg.claim_update_as(update_id, &self.replica_id).await {
-                Ok(mine) => return mine,
-                Err(err) => {
-                    tracing::warn!(update_id, attempt, %err, "cannot claim an update");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
-                }
-            }
-        }
-        // Answering twice is better than never: the database is away, not the user.
-        tracing::error!(update_id, "answering an update unclaimed: the database does not answer");
-        true
-    }
 }
 
 impl BotHandler {

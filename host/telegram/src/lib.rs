@@ -15,10 +15,12 @@ pub mod draft;
 pub mod group;
 pub mod inbox;
 pub mod pacing;
+pub mod queue;
 pub mod text;
 pub mod updates;
 pub mod webhook;
 
+pub use crate::queue::{FileQueue, UpdateQueue};
 pub use crate::webhook::{
     SetWebhookOptions, TelegramMode, WebhookConfig, WebhookSecret, WebhookSummary, delete_webhook, set_webhook,
     webhook_cli, webhook_info,
@@ -63,12 +65,6 @@ pub trait TurnHandler: Send + Sync + 'static {
     /// ignored in groups).
     async fn admin(&self, _who: &Sender, _command: &str) -> Option<String> {
         None
-    }
-    /// Whether this process answers the message update `update_id`. Several replicas behind a
-    /// load balancer may each be handed the same update (Telegram's retries, a proxy's next
-    /// upstream): only the one whose claim wins answers. One process: always.
-    async fn claim(&self, _update_id: i64) -> bool {
-        true
     }
 }
 
@@ -583,7 +579,8 @@ async fn deliver(bot: &Bot, target: Target, preview: &mut Preview, text: &str, m
 struct Ctx {
     handler: Arc<dyn TurnHandler>,
     options: BotOptions,
-    inbox: Option<Arc<inbox::Inbox>>,
+    /// Where a question is acked when its turn has ended (None: no durable inbox).
+    taker: Option<Arc<queue::Taker>>,
     user_locks: std::sync::Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     /// Groups: when the last streamed send or edit went out, so the next turn in the same group keeps the
     /// pace (about 20 messages a minute per group, edits included). Turns of one chat run one after another.
@@ -921,26 +918,48 @@ pub async fn run_polling_until(
     let listener_inbox = inbox.clone();
     // Not teloxide's `Polling`: one undecodable update would wedge it (see `updates`).
     let listeners = move || updates::listener(listener_bot.clone(), Duration::from_secs(10), listener_inbox.clone());
-    dispatch(bot, handler, options, inbox, shutdown, listeners, listener_errors, "stopping Telegram polling").await
+    // The poller stores, replays and feeds the dispatcher itself; the queue is only where a turn that
+    // ended is acked. One poller per bot (Telegram refuses a second getUpdates): even with a database,
+    // its inbox is the file one in its DATA_DIR, and nobody else would take from a shared one.
+    let taker = inbox.map(|inbox| queue::Taker::new(Arc::new(FileQueue::new(inbox))));
+    dispatch(bot, handler, options, taker, shutdown, listeners, listener_errors, "stopping Telegram polling").await
 }
 
 fn open_inbox(dir: &std::path::Path) -> anyhow::Result<Arc<inbox::Inbox>> {
     Ok(Arc::new(inbox::Inbox::open(dir).map_err(|e| anyhow::anyhow!("cannot use the inbox {}: {e}", dir.display()))?))
 }
 
-/// Serves Telegram by webhook (see [`webhook`]) on `config.listen` until SIGINT or SIGTERM. Needs
+/// Serves Telegram by webhook (see [`webhook`]) on `config.listen` until SIGINT or SIGTERM. Questions
+/// wait in `queue` (a shared one: several replicas) or, when `None`, in the file inbox at
 /// [`BotOptions::inbox_dir`]: Telegram gets its 200 once an update is there. Calls neither setWebhook,
 /// deleteWebhook nor getUpdates (register with [`set_webhook`]).
-pub async fn run_webhook(bot: Bot, handler: Arc<dyn TurnHandler>, options: BotOptions, config: WebhookConfig) -> anyhow::Result<()> {
+pub async fn run_webhook(
+    bot: Bot,
+    handler: Arc<dyn TurnHandler>,
+    options: BotOptions,
+    config: WebhookConfig,
+    queue: Option<Arc<dyn UpdateQueue>>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on WEBHOOK_LISTEN {}: {e}", config.listen))?;
-    run_webhook_on(listener, bot, handler, options, config, shutdown_signal()).await
+    let queue = match queue {
+        Some(queue) => queue,
+        None => file_queue(&options)?,
+    };
+    run_webhook_with_queue(listener, bot, handler, options, config, queue, shutdown_signal()).await
 }
 
-/// Like [`run_webhook`] on a bound listener (`config.listen` is not used), stopping when `shutdown`
-/// resolves: the endpoint stops taking updates first, then turns in flight get [`BotOptions::stop_grace`];
-/// what is left waits in the inbox for the next start.
+fn file_queue(options: &BotOptions) -> anyhow::Result<Arc<dyn UpdateQueue>> {
+    let Some(dir) = &options.inbox_dir else {
+        anyhow::bail!("webhook mode needs the durable inbox (BotOptions::inbox_dir)");
+    };
+    Ok(Arc::new(FileQueue::replaying(open_inbox(dir)?)))
+}
+
+/// Like [`run_webhook`] with the file inbox, on a bound listener (`config.listen` is not used),
+/// stopping when `shutdown` resolves: the endpoint stops taking updates first, then turns in flight
+/// get [`BotOptions::stop_grace`]; what is left waits in the inbox for the next start.
 pub async fn run_webhook_on(
     listener: tokio::net::TcpListener,
     bot: Bot,
@@ -949,16 +968,27 @@ pub async fn run_webhook_on(
     config: WebhookConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let Some(dir) = &options.inbox_dir else {
-        anyhow::bail!("webhook mode needs the durable inbox (BotOptions::inbox_dir)");
-    };
-    let inbox = open_inbox(dir)?;
+    let queue = file_queue(&options)?;
+    run_webhook_with_queue(listener, bot, handler, options, config, queue, shutdown).await
+}
+
+/// Like [`run_webhook_on`] with questions in `queue`. At the stop, after the grace time, what this
+/// process took and did not finish is released to the other takers ([`UpdateQueue::release`]).
+pub async fn run_webhook_with_queue(
+    listener: tokio::net::TcpListener,
+    bot: Bot,
+    handler: Arc<dyn TurnHandler>,
+    options: BotOptions,
+    config: WebhookConfig,
+    queue: Arc<dyn UpdateQueue>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    // What an earlier run took and did not finish goes first, once (not again on a getMe retry).
-    for update in inbox.pending() {
-        let _ = tx.send(update);
-    }
-    let app = webhook::router(&config.path, webhook::Intake::new(&config, inbox.clone(), tx));
+    let taker = queue::Taker::new(queue.clone());
+    // Questions come through the taker (what an earlier run left goes first); other updates
+    // straight from the endpoint.
+    let taking = AbortOnDrop(tokio::spawn(taker.clone().run(tx.clone())));
+    let app = webhook::router(&config.path, webhook::Intake::new(&config, taker.clone(), tx));
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -975,6 +1005,8 @@ pub async fn run_webhook_on(
     let shutdown = async move {
         shutdown.await;
         info!("stopping the Telegram webhook endpoint");
+        // Nothing more is taken: what is not in flight stays for the others (or the next start).
+        drop(taking);
         let _ = stop_server.send(());
         let mut server = server;
         let _ = tokio::time::timeout(stop_grace, &mut server.0).await;
@@ -983,14 +1015,27 @@ pub async fn run_webhook_on(
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let listeners = move || webhook::listener(rx.clone());
     let errors = teloxide::error_handlers::LoggingErrorHandler::new();
-    dispatch(bot, handler, options, Some(inbox), shutdown, listeners, errors, "stopping Telegram webhook dispatch").await
+    let dispatched =
+        dispatch(bot, handler, options, Some(taker), shutdown, listeners, errors, "stopping Telegram webhook dispatch").await;
+    // The grace time is over: a turn still running is abandoned with the process.
+    if let Err(err) = queue.release().await {
+        warn!(err = %format!("{err:#}"), "could not release the updates in flight; others take them when their lease ends");
+    }
+    dispatched
 }
 
-/// Runs the mode `TELEGRAM_MODE` names (polling by default; webhook with `WEBHOOK_*`) until SIGINT or SIGTERM.
-pub async fn run_from_env(bot: Bot, handler: Arc<dyn TurnHandler>, options: BotOptions) -> anyhow::Result<()> {
+/// Runs the mode `TELEGRAM_MODE` names (polling by default; webhook with `WEBHOOK_*`) until SIGINT or
+/// SIGTERM. `queue`: the shared inbox of several replicas, for webhook mode (polling, one poller per
+/// bot, keeps its file inbox).
+pub async fn run_from_env(
+    bot: Bot,
+    handler: Arc<dyn TurnHandler>,
+    options: BotOptions,
+    queue: Option<Arc<dyn UpdateQueue>>,
+) -> anyhow::Result<()> {
     match TelegramMode::from_env()? {
         TelegramMode::Polling => run_polling(bot, handler, options).await,
-        TelegramMode::Webhook => run_webhook(bot, handler, options, WebhookConfig::from_env()?).await,
+        TelegramMode::Webhook => run_webhook(bot, handler, options, WebhookConfig::from_env()?, queue).await,
     }
 }
 
@@ -1000,7 +1045,7 @@ async fn dispatch<L, Eh>(
     bot: Bot,
     handler: Arc<dyn TurnHandler>,
     options: BotOptions,
-    inbox: Option<Arc<inbox::Inbox>>,
+    taker: Option<Arc<queue::Taker>>,
     shutdown: impl Future<Output = ()> + Send,
     mut listeners: impl FnMut() -> L,
     listener_errors: Arc<Eh>,
@@ -1012,7 +1057,7 @@ where
     Eh: teloxide::error_handlers::ErrorHandler<L::Err> + Send + Sync,
 {
     let stop_grace = options.stop_grace;
-    let ctx = Arc::new(Ctx { handler, options, inbox, user_locks: Default::default(), group_paced: Default::default() });
+    let ctx = Arc::new(Ctx { handler, options, taker, user_locks: Default::default(), group_paced: Default::default() });
     let token = bot.token().to_string();
     tokio::pin!(shutdown);
 
@@ -1020,17 +1065,13 @@ where
     loop {
         // Every update kind the bot may get is handled on purpose; the default handler drops the rest.
         // A question leaves the inbox when its turn has ended, whatever the outcome (only messages
-        // go through the inbox).
+        // go through the inbox): acked right after its answer was sent, so a crash leaves the
+        // shortest window in which an answer went out and the question is still waiting.
         let schema = dptree::entry()
             .branch(Update::filter_message().endpoint(|bot: Bot, me: Me, msg: Message, ctx: Arc<Ctx>, update: Update| async move {
-                let result = if ctx.handler.claim(i64::from(update.id.0)).await {
-                    on_message(bot, me, msg, ctx.clone()).await
-                } else {
-                    debug!(update_id = update.id.0, "another replica answers this update");
-                    Ok(())
-                };
-                if let Some(inbox) = &ctx.inbox {
-                    inbox.done(update.id.0);
+                let result = on_message(bot, me, msg, ctx.clone()).await;
+                if let Some(taker) = &ctx.taker {
+                    taker.ack(update.id.0).await;
                 }
                 result
             }))

@@ -12,8 +12,10 @@
 //! - 200 for a body that is not an update: the secret proved it came from Telegram, and a redelivery would
 //!   be the same bytes, so refusing it would only make Telegram retry garbage (the polling path skips such an
 //!   update the same way); it is logged by update_id, never by content;
-//! - 500 when the inbox cannot be written: Telegram retries later, nothing is lost;
-//! - 200 once the update is durable (or is a duplicate of one already taken).
+//! - 500 when the inbox cannot be written (a file that cannot be fsynced, a database that does not
+//!   answer or does not commit): Telegram retries later, nothing is lost;
+//! - 200 once the update is durable in the inbox, the file one or the database's (or is a duplicate of
+//!   one already accepted: a no-op).
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -42,6 +44,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tracing::{debug, error, warn};
 
 use crate::inbox::{Inbox, Stored};
+use crate::queue::Taker;
 use crate::updates::repair_lone_surrogates;
 
 /// The header Telegram sends the registered secret in.
@@ -188,17 +191,19 @@ impl RecentIds {
 pub(crate) struct Intake {
     secret: WebhookSecret,
     max_body_bytes: usize,
-    inbox: Arc<Inbox>,
+    /// Questions go to its queue (durable), and it brings them to the dispatcher.
+    taker: Arc<Taker>,
+    /// Other updates go to the dispatcher straight away.
     tx: UnboundedSender<Update>,
     recent: Mutex<RecentIds>,
 }
 
 impl Intake {
-    pub(crate) fn new(config: &WebhookConfig, inbox: Arc<Inbox>, tx: UnboundedSender<Update>) -> Arc<Self> {
+    pub(crate) fn new(config: &WebhookConfig, taker: Arc<Taker>, tx: UnboundedSender<Update>) -> Arc<Self> {
         Arc::new(Intake {
             secret: config.secret.clone(),
             max_body_bytes: config.max_body_bytes,
-            inbox,
+            taker,
             tx,
             recent: Mutex::new(RecentIds { order: VecDeque::new(), set: HashSet::new() }),
         })
@@ -235,28 +240,23 @@ async fn receive(State(intake): State<Arc<Intake>>, headers: HeaderMap, body: Bo
     };
     let id = update.id.0;
     if Inbox::keeps(&update) {
-        let inbox = intake.inbox.clone();
-        let stored = {
-            let update = update.clone();
-            tokio::task::spawn_blocking(move || inbox.store(&update)).await
-        };
-        match stored {
-            Ok(Ok(Stored::New)) => {
+        match intake.taker.queue().enqueue(&update).await {
+            Ok(Stored::New) => {
                 intake.recent.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+                // Durable: this process's taker brings it to the dispatcher (and if this process dies
+                // first, a restart, or with a shared inbox another replica, answers it).
+                intake.taker.wake();
+                return StatusCode::OK;
             }
-            Ok(Ok(Stored::Duplicate)) => {
+            Ok(Stored::Duplicate) => {
                 debug!(update_id = id, "dropped a second delivery of an update");
                 return StatusCode::OK;
             }
-            Ok(Err(err)) => {
-                error!(update_id = id, %err, "could not write an update to the inbox; Telegram will deliver it again");
+            Err(err) => {
+                error!(update_id = id, err = %format!("{err:#}"), "could not write an update to the inbox; Telegram will deliver it again");
                 return StatusCode::INTERNAL_SERVER_ERROR;
             }
-            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR,
         }
-        // Durable: even if the dispatcher is gone (stopping), a restart replays it.
-        let _ = intake.tx.send(update);
-        return StatusCode::OK;
     }
     if !intake.recent.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
         debug!(update_id = id, "dropped a second delivery of an update");
