@@ -102,6 +102,10 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
         Registry::new(runtime, &config.plugin_dir, Some(cache)).with_max_file_bytes(config.plugin_max_file_bytes),
     );
     let metrics = crate::telemetry::metrics::Metrics::new();
+    if let Some(pg) = &pg {
+        let pg = pg.clone();
+        metrics.count_db_statements(move || pg.queries());
+    }
     let weak = Arc::downgrade(&plugins);
     let observed = metrics.clone();
     plugins.set_observer(move |backend, ok| {
