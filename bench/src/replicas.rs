@@ -330,7 +330,10 @@ pub async fn replicas(out: &Out, quick: bool) -> anyhow::Result<()> {
     // (to see what a turn sends; slows the server, so not for the figures).
     let statement_log = std::env::var_os("BENCH_REPLICAS_STATEMENT_LOG").map(std::path::PathBuf::from);
     if statement_log.is_some() {
-        admin.batch_execute("ALTER SYSTEM SET log_statement = 'all'; ALTER SYSTEM SET log_line_prefix = '%m %d '; SELECT pg_reload_conf()").await?;
+        // One statement per call: ALTER SYSTEM refuses the implicit transaction of a multi-statement batch.
+        for sql in ["ALTER SYSTEM SET log_statement = 'all'", "ALTER SYSTEM SET log_line_prefix = '%m %d %a '", "SELECT pg_reload_conf()"] {
+            admin.batch_execute(sql).await?;
+        }
     }
     let sandbox = Sandbox::start(SandboxConfig::default()).await?;
     let rounds = if quick { 2 } else { 20 };
