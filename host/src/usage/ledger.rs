@@ -177,12 +177,14 @@ pub struct Ledger {
     /// Shared mode: where the last unflushed entries go when the ledger is dropped.
     pub(super) database: Option<swapbot_pg::PgStore>,
     pub(super) sync: Option<Arc<tokio::sync::Mutex<super::shared::DatabaseSync>>>,
+    /// Shared mode: wakes the database writer.
+    pub(super) recorded: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Ledger {
     /// Counters only, nothing on disk (tests, `swapbot ask`).
     pub fn in_memory() -> Self {
-        Self { state: Arc::default(), journal: None, writer: None, database: None, sync: None }
+        Self { state: Arc::default(), journal: None, writer: None, database: None, sync: None, recorded: None }
     }
 
     /// Reads `path` back and appends to it from now on.
@@ -202,7 +204,7 @@ impl Ledger {
         }
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::Builder::new().name("usage-journal".into()).spawn(move || write_loop(path, rx))?;
-        Ok(Self { state: Arc::new(Mutex::new(state)), journal: Some(tx), writer: Some(writer), database: None, sync: None })
+        Ok(Self { state: Arc::new(Mutex::new(state)), journal: Some(tx), writer: Some(writer), database: None, sync: None, recorded: None })
     }
 
     /// Counts one billed turn and hands its line to the journal writer.
@@ -222,6 +224,9 @@ impl Ledger {
             if let Some(unflushed) = &mut state.unflushed {
                 unflushed.push(entry.clone());
             }
+        }
+        if let Some(recorded) = &self.recorded {
+            recorded.notify_one();
         }
         if let Some(tx) = &self.journal {
             let line = serde_json::to_string(&entry).unwrap_or_default();

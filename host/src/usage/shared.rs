@@ -2,13 +2,17 @@
 //! the sum of what all of them spent and `/usage` shows it wherever it is asked.
 //!
 //! A turn never waits on the database. It counts into the ledger in memory, as without a database,
-//! and its entry waits in the ledger's unflushed list. Once a second a task writes the unflushed
-//! entries in one statement, then reads back the per-day sums of the month (`usage_daily`, kept by
-//! a trigger), only the rows changed since its last read between full reads, and makes them the
-//! counters, plus whatever this replica counted meanwhile. So the counters are this replica's own
-//! use exactly, and the others' as of at most two [`REFRESH`] intervals ago (one until another
-//! replica writes a turn, one until this one reads it): a budget can be overrun by what the other
-//! replicas spend within that window, never by the number of replicas times the budget.
+//! and its entry waits in the ledger's unflushed list. A writer task, woken by each entry, writes
+//! whatever is unflushed in one statement (a group commit: under load one write covers every turn
+//! that ended while the previous one was in flight), so a killed replica loses at most the last
+//! milliseconds' entries (the write in flight and what was recorded meanwhile). Once a second a reader task reads back the per-day sums of the month
+//! (`usage_daily`, kept by a trigger; only the rows changed since its last read, between full
+//! reads) and makes them the counters, plus whatever this replica has not written yet. Writes and
+//! reads take turns (one mutex), so a read never misses nor double counts a batch in flight.
+//!
+//! So the counters are this replica's own use exactly, and the others' as of at most [`REFRESH`]
+//! (plus their write, milliseconds) ago: a budget can be overrun by what the other replicas spend
+//! within that second, never by the number of replicas times the budget.
 //!
 //! While the database is unreachable, each replica goes on counting its own use (and keeps it to
 //! write later, up to [`MAX_UNFLUSHED`] entries); the others' use is then what it was at the last
@@ -22,7 +26,7 @@ use super::ledger::{Base, Entry, Ledger, State, Totals};
 use super::prices::TokenCounts;
 use crate::calendar::{civil_from_days, days_from_civil};
 
-/// How often a replica writes its use and reads everyone's.
+/// How often a replica reads everyone's use (and retries a write that failed).
 pub const REFRESH: Duration = Duration::from_secs(1);
 /// Added to the time since the last read when reading only changed rows: a row's `updated_at` is
 /// its transaction's start, and a transaction can commit a little after that.
@@ -51,8 +55,11 @@ impl Ledger {
         }
         ledger.database = Some(pg.clone());
         let sync = Arc::new(tokio::sync::Mutex::new(DatabaseSync { pg, rollup, last_read: Some(started), last_full: started }));
+        let recorded = Arc::new(tokio::sync::Notify::new());
         ledger.sync = Some(sync.clone());
-        tokio::spawn(DatabaseSync::run(sync, Arc::downgrade(&ledger.state)));
+        ledger.recorded = Some(recorded.clone());
+        tokio::spawn(DatabaseSync::write_loop(sync.clone(), Arc::downgrade(&ledger.state), recorded));
+        tokio::spawn(DatabaseSync::read_loop(sync, Arc::downgrade(&ledger.state)));
         Ok(ledger)
     }
 }
@@ -93,9 +100,35 @@ pub(super) struct DatabaseSync {
 }
 
 impl DatabaseSync {
-    /// One sync per [`REFRESH`] until the ledger is dropped (one at a time with
-    /// [`Ledger::sync_shared`], so a read never misses a batch being written).
-    async fn run(this: Arc<tokio::sync::Mutex<DatabaseSync>>, state: Weak<Mutex<State>>) {
+    /// Writes as soon as something was recorded, until the ledger is dropped.
+    async fn write_loop(this: Arc<tokio::sync::Mutex<DatabaseSync>>, state: Weak<Mutex<State>>, recorded: Arc<tokio::sync::Notify>) {
+        let mut failing = false;
+        loop {
+            // The timeout only notices a dropped ledger; a failed write is retried by the reader.
+            let _ = tokio::time::timeout(REFRESH, recorded.notified()).await;
+            let Some(shared) = state.upgrade() else { return };
+            let written = this.lock().await.flush(&shared).await;
+            drop(shared);
+            match written {
+                Ok(()) if failing => {
+                    tracing::info!("usage: the database takes this replica's use again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(err) => {
+                    if !failing {
+                        tracing::warn!(%err, "usage: cannot write to the database; counting this replica's use until it is back");
+                        failing = true;
+                    }
+                    // Not at the pace of turns while the database is away.
+                    tokio::time::sleep(REFRESH).await;
+                }
+            }
+        }
+    }
+
+    /// Reads everyone's use once per [`REFRESH`], until the ledger is dropped.
+    async fn read_loop(this: Arc<tokio::sync::Mutex<DatabaseSync>>, state: Weak<Mutex<State>>) {
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -107,13 +140,13 @@ impl DatabaseSync {
             drop(shared);
             match outcome {
                 Ok(()) if failing => {
-                    tracing::info!("usage: the database is written and read again");
+                    tracing::info!("usage: the database is read again");
                     failing = false;
                 }
                 Ok(()) => {}
                 Err(err) => {
                     if !failing {
-                        tracing::warn!(%err, "usage: cannot sync with the database; counting this replica's use until it is back");
+                        tracing::warn!(%err, "usage: cannot read the database; other replicas' use stays as last read");
                         failing = true;
                     }
                 }
@@ -121,12 +154,15 @@ impl DatabaseSync {
         }
     }
 
-    /// Writes what is unflushed, then reads everyone's sums and makes them the counters.
-    async fn once(&mut self, shared: &Arc<Mutex<State>>) -> Result<(), swapbot_pg::StoreError> {
+    /// Writes what is unflushed in one statement; on failure keeps it, in order, to write later.
+    async fn flush(&mut self, shared: &Arc<Mutex<State>>) -> Result<(), swapbot_pg::StoreError> {
         let batch = std::mem::take(shared.lock().unwrap().unflushed.get_or_insert_default());
+        if batch.is_empty() {
+            return Ok(());
+        }
         let written = self.pg.record_usage_batch(&batch.iter().map(entry_to_pg).collect::<Vec<_>>()).await;
         if written.is_err() {
-            // Still this replica's use: back in front, counted in the rebuild below.
+            // Still this replica's use: back in front of what was recorded meanwhile.
             let mut state = shared.lock().unwrap();
             let unflushed = state.unflushed.get_or_insert_default();
             let later = std::mem::replace(unflushed, batch);
@@ -137,6 +173,13 @@ impl DatabaseSync {
                 tracing::error!(dropped, "usage: entries the database could not take are dropped");
             }
         }
+        written
+    }
+
+    /// Writes what is unflushed, then reads everyone's sums and makes them the counters (plus
+    /// what is still unflushed, should the write have failed).
+    async fn once(&mut self, shared: &Arc<Mutex<State>>) -> Result<(), swapbot_pg::StoreError> {
+        let written = self.flush(shared).await;
         let started = Instant::now();
         let now_ms = crate::calendar::unix_ms_now();
         let full = self.last_read.is_none() || self.last_full.elapsed() >= FULL_READ_EVERY;
