@@ -47,6 +47,11 @@ fn missing_tools() -> Option<String> {
     if !on_path && !debian {
         return Some("PostgreSQL's initdb is not installed (apt-get install postgresql)".into());
     }
+    // As root the cluster runs as `postgres` (the server refuses root), the user Debian's package makes.
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if root && !Command::new("id").arg("postgres").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        return Some("running as root and there is no postgres user to run the server as".into());
+    }
     None
 }
 

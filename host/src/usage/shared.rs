@@ -268,3 +268,50 @@ impl Ledger {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_796_160_600_000 + 14 * DAY_MS; // 2026-12-15 21:30 UTC
+
+    fn day_row(day: i64, user_id: i64, turns: u64, input: u64) -> swapbot_pg::UsageDay {
+        swapbot_pg::UsageDay {
+            day,
+            user_id,
+            totals: swapbot_pg::UsageTotals { turns, tokens: swapbot_pg::TokenCounts { input, ..Default::default() }, micro_usd: turns },
+        }
+    }
+
+    #[test]
+    fn the_database_sums_become_day_and_month_counters_plus_what_is_unflushed() {
+        let today = (NOW / DAY_MS) as i64;
+        assert_eq!(month_start_day(NOW), today - 14);
+        let mut rollup = Rollup::default();
+        // Last month's day (read just before midnight of the 1st, say) counts for nothing now.
+        rollup.apply(vec![day_row(today, 1, 2, 100), day_row(today - 3, 1, 1, 10), day_row(today - 20, 1, 5, 1000), day_row(today, 2, 1, 7)], true);
+        let mut state = State::default();
+        state.unflushed = Some(vec![]);
+        state.unflushed.as_mut().unwrap().push(Entry {
+            t_unix_ms: NOW,
+            user_id: 1,
+            backend: "responses".into(),
+            model: "m".into(),
+            tokens: TokenCounts { input: 1, ..Default::default() },
+            micro_usd: 0,
+        });
+        state.replace_base(rollup.base(NOW), NOW);
+        let shared = Arc::new(Mutex::new(state));
+        let mut ledger = Ledger::in_memory();
+        ledger.state = shared;
+        let one = ledger.usage_of(1, NOW);
+        assert_eq!((one.day.turns, one.day.tokens.input), (3, 101), "today's sums and the unflushed entry");
+        assert_eq!((one.month.turns, one.month.tokens.input), (4, 111), "not last month's");
+        assert_eq!(ledger.total(NOW).day.turns, 4);
+        assert_eq!(rollup.days.len(), 3, "last month's rows are forgotten");
+        // A later read of only the changed rows replaces those rows' sums, keeps the others.
+        rollup.apply(vec![day_row(today, 2, 3, 9)], false);
+        assert_eq!(rollup.days[&(today, 2)].turns, 3);
+        assert_eq!(rollup.days[&(today, 1)].turns, 2);
+    }
+}
