@@ -18,7 +18,7 @@ BIN="$CARGO_TARGET_DIR/release/swapbot-bench"
 # Raw JSON lines per group; kept so BENCH_GROUPS="memory" re-runs one group and the report keeps the others.
 RAW=target/bench-raw
 mkdir -p "$RAW"
-ALL_GROUPS="overhead native first-text load swap memory startup cost"
+ALL_GROUPS="overhead native first-text load swap memory startup cost replicas"
 GROUPS_TO_RUN=${BENCH_GROUPS:-$ALL_GROUPS}
 
 echo "bench: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(date -u +%FT%TZ)"

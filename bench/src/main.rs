@@ -2,7 +2,7 @@
 //! and `swapbot-bench report` turns their raw JSON lines into `bench/results.{json,md}`.
 //!
 //! Groups (issue 6): `overhead` (1), `native` (2), `first-text` (3), `load` (4 and part of 6),
-//! `swap` (5), `memory` (6), `startup` (7); issue 9: `cost` (8). `bot` and `memory-child` are the processes the
+//! `swap` (5), `memory` (6), `startup` (7); issue 9: `cost` (8); issue 14: `replicas` (9). `bot` and `memory-child` are the processes the
 //! groups start. `BENCH_QUICK=1` runs every group with few samples (a smoke run).
 
 mod bot;
@@ -12,11 +12,12 @@ mod e2e;
 mod effects;
 mod lifecycle;
 mod plugin;
+mod replicas;
 mod report;
 
 use std::path::PathBuf;
 
-const USAGE: &str = "usage: swapbot-bench overhead|native|first-text|load|swap|memory|startup|cost [--out FILE]\n       \
+const USAGE: &str = "usage: swapbot-bench overhead|native|first-text|load|swap|memory|startup|cost|replicas [--out FILE]\n       \
 swapbot-bench report RAW.jsonl... --json FILE --md FILE [--total-secs N]";
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         "swap" => rt()?.block_on(lifecycle::hot_swap(&out, if quick { 2 } else { 5 }, if quick { 4 } else { 20 })),
         "memory" => lifecycle::memory(&out, quick),
         "cost" => rt()?.block_on(cost::cost(&out)),
+        "replicas" => rt()?.block_on(replicas::replicas(&out, quick)),
         "startup" => lifecycle::startup(&out, if quick { 2 } else { 5 }, if quick { 3 } else { 10 }),
         _ => anyhow::bail!(USAGE),
     }

@@ -102,6 +102,10 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
         Registry::new(runtime, &config.plugin_dir, Some(cache)).with_max_file_bytes(config.plugin_max_file_bytes),
     );
     let metrics = crate::telemetry::metrics::Metrics::new();
+    if let Some(pg) = &pg {
+        let pg = pg.clone();
+        metrics.count_db_statements(move || pg.queries());
+    }
     let weak = Arc::downgrade(&plugins);
     let observed = metrics.clone();
     plugins.set_observer(move |backend, ok| {
@@ -157,7 +161,13 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
         None => crate::usage::PriceTable::shipped(),
     };
     let usage_journal = config.data_dir.join("usage.jsonl");
-    let ledger = if config.usage_journal {
+    let ledger = if let Some(pg) = &pg {
+        // Every replica's use, in the database; no journal (the usage table is the record, and a
+        // journal imported later would count its turns twice).
+        crate::usage::Ledger::shared(pg.clone(), crate::calendar::unix_ms_now())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the usage from the database: {e}"))?
+    } else if config.usage_journal {
         crate::usage::Ledger::open(usage_journal.clone(), crate::calendar::unix_ms_now())
             .map_err(|e| anyhow::anyhow!("invalid setting DATA_DIR: cannot use {}: {e}", usage_journal.display()))?
     } else {
@@ -192,8 +202,7 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
         .with_accounting(accounting);
     let service = Arc::new(match &pg {
         Some(pg) => service
-            .with_store(Arc::new(crate::state::PgSessionStore::new(pg.clone())))
-            .with_shared_usage(pg.clone()),
+            .with_store(Arc::new(crate::state::PgSessionStore::new(pg.clone()))),
         None => service,
     });
     Ok(App { config, service, plugins, kb, metrics, pg })

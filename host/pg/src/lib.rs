@@ -52,6 +52,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_claimed_by.sql")),
     (3, include_str!("../migrations/0003_inbox_order.sql")),
+    (4, include_str!("../migrations/0004_usage_daily.sql")),
 ];
 
 /// The newest schema version this binary knows.
@@ -204,6 +205,15 @@ pub struct UsageTotals {
     pub turns: u64,
     pub tokens: TokenCounts,
     pub micro_usd: u64,
+}
+
+/// One user's use on one UTC day (`usage_daily`), summed over every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageDay {
+    /// Days since the Unix epoch (`t_unix_ms / 86_400_000`).
+    pub day: i64,
+    pub user_id: i64,
+    pub totals: UsageTotals,
 }
 
 /// An update taken from the inbox under a lease.
@@ -541,6 +551,75 @@ impl PgStore {
         )
         .await?;
         Ok(())
+    }
+
+    /// Records several billed turns in one statement (one round trip, one transaction): a
+    /// replica's flush of what it counted since the last one. Nothing for an empty slice.
+    pub async fn record_usage_batch(&self, entries: &[UsageEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let column = |f: &dyn Fn(&UsageEntry) -> i64| entries.iter().map(f).collect::<Vec<i64>>();
+        let t = column(&|e| n(e.t_unix_ms));
+        let user = column(&|e| e.user_id);
+        let backend: Vec<&str> = entries.iter().map(|e| e.backend.as_str()).collect();
+        let model: Vec<&str> = entries.iter().map(|e| e.model.as_str()).collect();
+        let input = column(&|e| n(e.tokens.input));
+        let cached = column(&|e| n(e.tokens.cached_input));
+        let output = column(&|e| n(e.tokens.output));
+        let reasoning = column(&|e| n(e.tokens.reasoning));
+        let embedding = column(&|e| n(e.tokens.embedding));
+        let micro_usd = column(&|e| n(e.micro_usd));
+        self.execute(
+            "INSERT INTO usage (t_unix_ms, user_id, backend, model, input, cached_input, output, reasoning, embedding, micro_usd) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], \
+             $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[])",
+            &[&t, &user, &backend, &model, &input, &cached, &output, &reasoning, &embedding, &micro_usd],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every user's use per UTC day from `from_day` on (days since the epoch), summed over every
+    /// replica; with `changed_within`, only the (day, user) rows updated that recently by the
+    /// database's clock (a refresh between full reads: rows hold totals, so reading one again is
+    /// harmless and a window longer than the refresh interval misses nothing committed in time).
+    pub async fn usage_days(
+        &self,
+        from_day: i64,
+        changed_within: Option<Duration>,
+    ) -> Result<Vec<UsageDay>, StoreError> {
+        let within = changed_within.map(|d| d.as_secs_f64());
+        let rows = self
+            .query(
+                "SELECT day, user_id, turns, input, cached_input, output, reasoning, embedding, micro_usd \
+                 FROM usage_daily WHERE day >= $1 \
+                 AND ($2::float8 IS NULL OR updated_at > now() - make_interval(secs => $2::float8))",
+                &[&from_day, &within],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let u = |i: usize| r.get::<_, i64>(i).max(0) as u64;
+                UsageDay {
+                    day: r.get(0),
+                    user_id: r.get(1),
+                    totals: UsageTotals {
+                        turns: u(2),
+                        tokens: TokenCounts {
+                            input: u(3),
+                            cached_input: u(4),
+                            output: u(5),
+                            reasoning: u(6),
+                            embedding: u(7),
+                        },
+                        micro_usd: u(8),
+                    },
+                }
+            })
+            .collect())
     }
 
     /// Totals of the turns at or after `since_unix_ms`, of one user or of everyone. The ledger's

@@ -17,6 +17,8 @@
 //! - `swapbot_cost_microdollars_total{backend}` counter (from the price table)
 //! - `swapbot_plugin_swaps_total{backend,result="swapped|refused"}` counter
 //! - `swapbot_plugin_info{backend,version,sha256}` gauge, always 1, one series per backend
+//! - `swapbot_db_statements_total` counter (with `DATABASE_URL`: statements this replica sent to
+//!   PostgreSQL, turns and background work alike; what `make bench` divides by turns)
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -72,7 +74,11 @@ struct Inner {
     tokens: BTreeMap<(String, &'static str), u64>,
     cost_micro_usd: BTreeMap<String, u64>,
     routing: Option<String>,
+    db_statements: Option<StatementCount>,
 }
+
+/// Reads a store's statement counter at render time (the store counts; metrics only show it).
+type StatementCount = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Per-backend turn counts since the process started, e.g. for `/rollout`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -165,6 +171,11 @@ impl Metrics {
         self.lock().info.insert(label_or(backend, "unknown"), (version.to_string(), sha256.to_string()));
     }
 
+    /// Shows `read()` as `swapbot_db_statements_total` (e.g. `PgStore::queries`).
+    pub fn count_db_statements(&self, read: impl Fn() -> u64 + Send + Sync + 'static) {
+        self.lock().db_statements = Some(Arc::new(read));
+    }
+
     /// Turns and errors per backend since start, sorted by backend name.
     pub fn turn_counts(&self) -> Vec<TurnCounts> {
         let inner = self.lock();
@@ -243,6 +254,11 @@ impl Metrics {
         if let Some(routing) = &inner.routing {
             header(&mut out, "swapbot_routing_info", "gauge", "The routing in force (after the rollout).");
             sample(&mut out, "swapbot_routing_info", &[("routing", routing)], 1);
+        }
+
+        if let Some(read) = &inner.db_statements {
+            header(&mut out, "swapbot_db_statements_total", "counter", "Statements sent to PostgreSQL by this replica (turns and background work).");
+            sample(&mut out, "swapbot_db_statements_total", &[], read());
         }
         out
     }
@@ -359,3 +375,20 @@ pub async fn serve(
     Ok((bound, task))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_statement_count_is_read_when_rendered() {
+        let metrics = Metrics::new();
+        assert!(!metrics.render().contains("swapbot_db_statements_total"), "no database, no series");
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(7));
+        let read = count.clone();
+        metrics.count_db_statements(move || read.load(Ordering::Relaxed));
+        assert!(metrics.render().contains("\nswapbot_db_statements_total 7\n"));
+        count.store(12, Ordering::Relaxed);
+        assert!(metrics.render().contains("\nswapbot_db_statements_total 12\n"));
+    }
+}

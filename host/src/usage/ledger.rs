@@ -4,11 +4,14 @@
 //! kill -9 loses at most the lines not yet handed to the kernel (microseconds' worth). At start
 //! the journal is read back (a torn or bad line is skipped) and entries of past months are dropped
 //! by an atomic rewrite, so the file holds one month at most.
+//!
+//! With a database ([`Ledger::shared`], see [`super::shared`]) there is no journal: the counters
+//! are every replica's use as the database last had it plus what this replica counted since.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +41,18 @@ impl Totals {
     /// What budgets in tokens count: input + output + embeddings.
     pub fn tokens(&self) -> u64 {
         self.tokens.input + self.tokens.output + self.tokens.embedding
+    }
+
+    /// Adds sums of other turns (a day of the database's rollup).
+    pub(super) fn merge(&mut self, other: &Totals) {
+        self.turns += other.turns;
+        let (t, o) = (&mut self.tokens, &other.tokens);
+        t.input += o.input;
+        t.cached_input += o.cached_input;
+        t.output += o.output;
+        t.reasoning += o.reasoning;
+        t.embedding += o.embedding;
+        self.micro_usd += other.micro_usd;
     }
 
     fn add(&mut self, e: &Entry) {
@@ -101,12 +116,52 @@ impl Counters {
             }
         }
     }
+
+    /// Adds one UTC day's sums (`day`: days since the epoch).
+    fn add_day(&mut self, day: u64, totals: &Totals, now_ms: u64) {
+        self.roll(now_ms);
+        if month_of(day * DAY_MS) == self.month {
+            self.usage.month.merge(totals);
+            if day == self.day {
+                self.usage.day.merge(totals);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     users: HashMap<i64, Counters>,
     total: Counters,
+    /// Shared mode: entries counted here and not yet written to the database, oldest first.
+    pub(super) unflushed: Option<Vec<Entry>>,
+}
+
+/// Counters built from per-day sums, outside the ledger's lock; see [`State::replace_base`].
+#[derive(Default)]
+pub(super) struct Base {
+    users: HashMap<i64, Counters>,
+    total: Counters,
+}
+
+impl Base {
+    pub(super) fn add_day(&mut self, day: u64, user_id: i64, totals: &Totals, now_ms: u64) {
+        self.users.entry(user_id).or_default().add_day(day, totals, now_ms);
+        self.total.add_day(day, totals, now_ms);
+    }
+}
+
+impl State {
+    /// The database's sums become the counters, plus what is still unflushed here.
+    pub(super) fn replace_base(&mut self, base: Base, now_ms: u64) {
+        let Base { mut users, mut total } = base;
+        for e in self.unflushed.iter().flatten() {
+            users.entry(e.user_id).or_default().add(e, now_ms);
+            total.add(e, now_ms);
+        }
+        self.users = users;
+        self.total = total;
+    }
 }
 
 enum Job {
@@ -115,15 +170,21 @@ enum Job {
 }
 
 pub struct Ledger {
-    state: Mutex<State>,
+    /// Shared with the database sync task in shared mode (which holds it weakly: it ends with the ledger).
+    pub(super) state: Arc<Mutex<State>>,
     journal: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Shared mode: where the last unflushed entries go when the ledger is dropped.
+    pub(super) database: Option<swapbot_pg::PgStore>,
+    pub(super) sync: Option<Arc<tokio::sync::Mutex<super::shared::DatabaseSync>>>,
+    /// Shared mode: wakes the database writer.
+    pub(super) recorded: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Ledger {
     /// Counters only, nothing on disk (tests, `swapbot ask`).
     pub fn in_memory() -> Self {
-        Self { state: Mutex::default(), journal: None, writer: None }
+        Self { state: Arc::default(), journal: None, writer: None, database: None, sync: None, recorded: None }
     }
 
     /// Reads `path` back and appends to it from now on.
@@ -143,7 +204,7 @@ impl Ledger {
         }
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::Builder::new().name("usage-journal".into()).spawn(move || write_loop(path, rx))?;
-        Ok(Self { state: Mutex::new(state), journal: Some(tx), writer: Some(writer) })
+        Ok(Self { state: Arc::new(Mutex::new(state)), journal: Some(tx), writer: Some(writer), database: None, sync: None, recorded: None })
     }
 
     /// Counts one billed turn and hands its line to the journal writer.
@@ -160,6 +221,12 @@ impl Ledger {
             }
             state.users.entry(entry.user_id).or_default().add(&entry, now_ms);
             state.total.add(&entry, now_ms);
+            if let Some(unflushed) = &mut state.unflushed {
+                unflushed.push(entry.clone());
+            }
+        }
+        if let Some(recorded) = &self.recorded {
+            recorded.notify_one();
         }
         if let Some(tx) = &self.journal {
             let line = serde_json::to_string(&entry).unwrap_or_default();
@@ -214,6 +281,9 @@ impl Ledger {
 
 impl Drop for Ledger {
     fn drop(&mut self) {
+        if let Some(pg) = self.database.take() {
+            super::shared::flush_on_drop(pg, &self.state);
+        }
         // Closing the channel lets the writer drain and exit.
         self.journal.take();
         if let Some(w) = self.writer.take() {

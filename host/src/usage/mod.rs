@@ -1,9 +1,11 @@
 //! What the bot costs: token counts per turn priced from a table ([`prices`]), counters per user
 //! and overall per UTC day and month kept durable in `DATA_DIR/usage.jsonl` ([`ledger`]), and the
-//! operator's budgets checked before a turn makes any request.
+//! operator's budgets checked before a turn makes any request. With `DATABASE_URL` the counters are
+//! every replica's ([`shared`]).
 
 pub mod ledger;
 pub mod prices;
+pub mod shared;
 
 pub use ledger::{Ledger, Totals};
 pub use prices::{PriceTable, TokenCounts};
