@@ -340,6 +340,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     _ => None,
                 };
                 swapbot_telegram::run_from_env(bot, handler, options, shared_inbox).await?;
+                // The usage of the last turns is written before the process goes (every replica's
+                // budgets count it).
+                if let Err(err) = app.service.accounting().ledger.sync_shared().await {
+                    tracing::warn!(%err, "could not write the last turns' usage to the database");
+                }
                 tracing::info!("stopped");
                 return Ok(ExitCode::SUCCESS);
             }

@@ -6,6 +6,8 @@
 
 #[path = "../pg/tests/common/mod.rs"]
 mod pgcluster;
+#[path = "../../tests/support/nginx.rs"]
+mod nginx;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -117,64 +119,6 @@ impl Drop for Replica {
     }
 }
 
-struct Nginx {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(dir: &Path, port: u16, upstreams: &[u16]) -> Nginx {
-        let servers: String = upstreams.iter().map(|p| format!("        server 127.0.0.1:{p};\n")).collect();
-        let d = dir.display();
-        let conf = format!(
-            "worker_processes 1;\n\
-             pid {d}/nginx.pid;\n\
-             error_log {d}/error.log warn;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n\
-                 access_log off;\n\
-                 client_body_temp_path {d}/body;\n\
-                 proxy_temp_path {d}/proxy;\n\
-                 fastcgi_temp_path {d}/fastcgi;\n\
-                 uwsgi_temp_path {d}/uwsgi;\n\
-                 scgi_temp_path {d}/scgi;\n\
-                 upstream replicas {{\n{servers}    }}\n\
-                 server {{\n\
-                     listen 127.0.0.1:{port};\n\
-                     location /telegram {{\n\
-                         proxy_pass http://replicas;\n\
-                         proxy_next_upstream error timeout http_502 non_idempotent;\n\
-                         proxy_connect_timeout 1s;\n\
-                         proxy_read_timeout 30s;\n\
-                     }}\n\
-                 }}\n\
-             }}\n"
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(dir)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx is not installed (apt-get install nginx)");
-        Nginx { child, dir: dir.to_owned() }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGKILL would leave the worker serving the port: TERM is nginx's fast stop.
-        signal(&self.child, "TERM");
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(self.dir.join("nginx.pid"));
-    }
-}
-
 async fn metrics(port: u16) -> String {
     match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
         Ok(r) => r.text().await.unwrap_or_default(),
@@ -252,7 +196,8 @@ async fn three_replicas_behind_nginx_answer_every_update_once() {
     let nginx_dir = work.path().join("nginx");
     std::fs::create_dir_all(&nginx_dir).unwrap();
     let nginx_port = free_port();
-    let mut nginx = Nginx::start(&nginx_dir, nginx_port, &replicas.iter().map(|r| r.port).collect::<Vec<_>>());
+    let mut nginx = nginx::Nginx::start(&nginx_dir, nginx_port, "/telegram", &replicas.iter().map(|r| r.port).collect::<Vec<_>>())
+        .expect("nginx is not installed (apt-get install nginx)");
     wait_listening(nginx_port, &mut nginx.child, "nginx").await;
 
     let set = env

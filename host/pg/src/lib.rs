@@ -1026,10 +1026,14 @@ async fn unlock(conn: Object, hash: i64, queries: &AtomicU64) {
     let mut pending = Discard(Some(conn));
     let client = pending.0.as_ref().expect("held");
     queries.fetch_add(1, Ordering::Relaxed);
-    let released = client
-        .query_one("SELECT pg_advisory_unlock($1)", &[&hash])
-        .await
-        .is_ok_and(|row| row.get::<_, bool>(0));
+    // Prepared once per connection (cached): an unprepared query is a parse round trip more.
+    let released = match client.prepare_cached("SELECT pg_advisory_unlock($1)").await {
+        Ok(statement) => client
+            .query_one(&statement, &[&hash])
+            .await
+            .is_ok_and(|row| row.get::<_, bool>(0)),
+        Err(_) => false,
+    };
     // Not released (not held, or the connection failed): the guard drops the connection, never
     // pooling one whose lock state is unknown.
     if released {

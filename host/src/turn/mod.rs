@@ -161,9 +161,6 @@ pub struct TurnService {
     stats: Mutex<HashMap<String, BackendStats>>,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
     accounting: Accounting,
-    /// With a database, every billed turn is also written there (the ledger in memory still
-    /// decides this replica's budgets).
-    shared_usage: Option<swapbot_pg::PgStore>,
     cache_salt: String,
 }
 
@@ -192,7 +189,6 @@ impl TurnService {
             stats: Mutex::new(HashMap::new()),
             metrics,
             accounting: Accounting::default(),
-            shared_usage: None,
             cache_salt: cache_salt(data_dir),
         }
     }
@@ -206,12 +202,6 @@ impl TurnService {
     /// Replaces the file store as the state of turns (PostgreSQL with `DATABASE_URL`).
     pub fn with_store(mut self, store: Arc<dyn SessionStore>) -> Self {
         self.store = store;
-        self
-    }
-
-    /// Also writes each billed turn into PostgreSQL's usage table.
-    pub fn with_shared_usage(mut self, pg: swapbot_pg::PgStore) -> Self {
-        self.shared_usage = Some(pg);
         self
     }
 
@@ -522,7 +512,10 @@ impl TurnService {
                     let answer_text = answer.text.trim().to_owned();
                     // The id and the exchange are durable before the user sees the answer.
                     let durable = async {
-                        if let (Some(map), Some(id)) = (&id_map, &answer.session_id) {
+                        // Written only when it changed: most turns continue the session they read.
+                        if let (Some(map), Some(id)) = (&id_map, &answer.session_id)
+                            && session_id.as_ref() != Some(id)
+                        {
                             self.store
                                 .set_session_id(map, session, id)
                                 .await
@@ -634,29 +627,6 @@ impl TurnService {
         record.cost_usd = Some(micro_usd as f64 / 1e6);
         // Counted when the turn ended, the moment its cost was known.
         let now = unix_ms();
-        if let Some(pg) = &self.shared_usage {
-            let entry = swapbot_pg::UsageEntry {
-                t_unix_ms: now,
-                user_id: record.user_id,
-                backend: record.backend.clone(),
-                model: record.model.clone(),
-                tokens: swapbot_pg::TokenCounts {
-                    input: tokens.input,
-                    cached_input: tokens.cached_input,
-                    output: tokens.output,
-                    reasoning: tokens.reasoning,
-                    embedding: tokens.embedding,
-                },
-                micro_usd,
-            };
-            let pg = pg.clone();
-            // Off the turn's path, like the journal line: the answer does not wait for it.
-            tokio::spawn(async move {
-                if let Err(err) = pg.record_usage(&entry).await {
-                    tracing::warn!(%err, "could not record the turn's usage in the database");
-                }
-            });
-        }
         a.ledger.record(
             crate::usage::ledger::Entry {
                 t_unix_ms: now,
