@@ -41,8 +41,6 @@ test-guests: wasm-target
 	@cp "$(WASM)/swapbot_guest_echo.wasm" target/test-plugins/thief.wasm
 	$(CARGO) build --release --locked --target wasm32-wasip2 -p swapbot-guest-echo --features names-a-path-outside-data-dir
 	@cp "$(WASM)/swapbot_guest_echo.wasm" target/test-plugins/escape.wasm
-	$(CARGO) build --release --locked --target wasm32-wasip2 -p swapbot-guest-echo --features contract-0-2-0
-	@cp "$(WASM)/swapbot_guest_echo.wasm" target/test-plugins/echo-old.wasm
 	$(CARGO) build --release --locked --target wasm32-wasip2 -p swapbot-guest-echo
 	@cp "$(WASM)/swapbot_guest_echo.wasm" target/test-plugins/echo.wasm
 

@@ -22,7 +22,8 @@ use swapbot_plugin_common as pc;
 pub enum Exchange {
     Plain { method: String, path: String, response: ApiResponse },
     /// `waited[i]`: event `i` was waited for (a new network read); the others had arrived with
-    /// the one before, so a replay hands them out in the same batches as the live stream did.
+    /// the one before (how often events share a read says what handing a plugin several at once
+    /// could save).
     Stream { method: String, path: String, events: Vec<SseEvent>, waited: Vec<bool> },
 }
 
@@ -37,22 +38,18 @@ pub struct Recorder {
     pub log: Arc<Mutex<Vec<Exchange>>>,
 }
 
-struct VecStream(VecDeque<(SseEvent, bool)>);
+struct VecStream(VecDeque<SseEvent>);
 
 impl VecStream {
-    fn new(events: &[SseEvent], waited: &[bool]) -> Self {
-        VecStream(events.iter().cloned().zip(waited.iter().copied()).collect())
+    fn new(events: &[SseEvent], _waited: &[bool]) -> Self {
+        VecStream(events.iter().cloned().collect())
     }
 }
 
 #[async_trait::async_trait]
 impl EventSource for VecStream {
     async fn next(&mut self) -> Result<Option<SseEvent>, TransportError> {
-        Ok(self.0.pop_front().map(|(e, _)| e))
-    }
-
-    fn next_buffered(&mut self) -> Option<SseEvent> {
-        if self.0.front().is_some_and(|(_, waited)| !waited) { self.0.pop_front().map(|(e, _)| e) } else { None }
+        Ok(self.0.pop_front())
     }
 }
 

@@ -52,8 +52,8 @@ pub async fn hot_swap(out: &Out, cold_runs: usize, cached_runs: usize) -> anyhow
     let g = "5 hot swap";
     for (backend, path) in [("responses", TurnPath::ResponsesStream), ("assistants", TurnPath::Assistants)] {
         let name = path.plugin();
-        let script = crate::plugin::record_turn(path).await?;
-        let turn = wit_turn(path, 1, Some(crate::plugin::session_of(&script, path)), "hello", 500);
+        let (script, session) = crate::plugin::record_turn(path).await?;
+        let turn = wit_turn(path, 1, Some(session), "hello", 500);
         let base = std::fs::read(plugin_path(name))?;
         for watched in [true, false] {
             let work = scratch("swap");

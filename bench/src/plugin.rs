@@ -20,7 +20,8 @@ pub async fn load(runtime: &PluginRuntime, name: &str) -> anyhow::Result<LoadedP
 }
 
 /// Records the HTTP exchanges of one turn of a user who already has a session.
-pub async fn record_turn(path: Path) -> anyhow::Result<Script> {
+/// A second turn recorded against the sandbox, and the session it continued.
+pub async fn record_turn(path: Path) -> anyhow::Result<(Script, String)> {
     let sandbox = swapbot_sandbox::Sandbox::start(Default::default()).await?;
     let openai = OpenAi::new(OpenAiConfig::new(sandbox.base_url(), "sk-bench")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let runtime = PluginRuntime::new(Limits::default())?;
@@ -30,6 +31,7 @@ pub async fn record_turn(path: Path) -> anyhow::Result<Script> {
         .chat(&plugin, wit_turn(path, 1, None, "My name is Ada.", 1), Box::new(Recorder { openai: openai.clone(), log: first }))
         .await?
         .map_err(|e| anyhow::anyhow!("recording turn 1 failed: {}", e.message))?;
+    let session = answer.session_id.clone().ok_or_else(|| anyhow::anyhow!("recording turn 1 kept no session"))?;
     let log = Arc::new(Mutex::new(Vec::new()));
     runtime
         .chat(&plugin, wit_turn(path, 1, answer.session_id, TEXT, 1), Box::new(Recorder { openai, log: log.clone() }))
@@ -37,17 +39,7 @@ pub async fn record_turn(path: Path) -> anyhow::Result<Script> {
         .map_err(|e| anyhow::anyhow!("recording turn 2 failed: {}", e.message))?;
     let script = log.lock().unwrap().clone();
     sandbox.shutdown().await;
-    Ok(Arc::new(script))
-}
-
-pub fn session_of(script: &Script, path: Path) -> String {
-    // The stored session the recorded turn used: the id in its first request's path.
-    let first = match &script[0] {
-        crate::effects::Exchange::Plain { path, .. } | crate::effects::Exchange::Stream { path, .. } => path.clone(),
-    };
-    let seg = first.trim_start_matches('/').split('/').nth(1).unwrap_or_default().to_string();
-    let _ = path;
-    seg
+    Ok((Arc::new(script), session))
 }
 
 /// Group 1: instantiate + every guest call of one turn, HTTP replaced by canned answers in memory.
@@ -55,8 +47,7 @@ pub async fn overhead(out: &Out, iters: usize) -> anyhow::Result<()> {
     const EXCLUDES: &str = "HTTP: every request is answered from a turn recorded against the sandbox, in memory \
         (no sockets, virtual clock, sleeps are free); the knowledge base, storage and Telegram";
     for path in Path::ALL {
-        let script = record_turn(path).await?;
-        let session = session_of(&script, path);
+        let (script, session) = record_turn(path).await?;
         let turn = wit_turn(path, 1, Some(session), TEXT, 500);
         let calls = script.len();
         // Events of the streamed answer and the network reads they came in (the batches a plugin

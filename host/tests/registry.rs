@@ -105,23 +105,6 @@ async fn a_plugin_naming_another_backends_id_map_or_a_path_outside_the_data_dir_
 }
 
 #[tokio::test]
-async fn a_plugin_built_for_contract_0_2_0_is_served_by_the_0_2_1_host() {
-    let (bot, plugins, rollout) = running_bot(&[]).await;
-    install(&plugins, "echo-old.wasm", &test_plugin("echo-old.wasm"));
-    bot.app.plugins.reload("echo-old").await.unwrap_or_else(|e| panic!("a 0.2.0 plugin was refused: {e}"));
-    let old = bot.app.plugins.get("echo-old").unwrap();
-    assert_eq!(old.description.contract, "0.2.0");
-    assert_ne!(swapbot::runtime::CONTRACT_VERSION, "0.2.0");
-    let reply = rollout.command(ADMIN, "/rollout default echo-old").unwrap();
-    assert!(reply.contains("echo-old"), "{reply}");
-    let answer = bot.app.service.turn(77, "old", None).await;
-    assert_eq!(answer.backend, "echo-old");
-    let text = answer.reply.unwrap();
-    assert!(text.starts_with("echo 77: old (history 0, model "), "{text}");
-    std::fs::remove_dir_all(&plugins).ok();
-}
-
-#[tokio::test]
 async fn a_rollout_file_from_before_the_registry_keeps_its_meaning() {
     let (bot, plugins, rollout) = running_bot(&[]).await;
     std::fs::write(rollout.path(), r#"{"use_openai_responses": true, "rollout_percent": 30, "test_users": [7]}"#).unwrap();

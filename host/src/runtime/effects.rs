@@ -11,29 +11,6 @@ use super::HistoryMessage;
 #[async_trait::async_trait]
 pub trait EventSource: Send {
     async fn next(&mut self) -> Result<Option<SseEvent>, TransportError>;
-    /// An event that has already arrived, without waiting; `None` when none is at hand. A
-    /// source that cannot tell says `None` and its events come one [`next`](Self::next) each.
-    fn next_buffered(&mut self) -> Option<SseEvent> {
-        None
-    }
-}
-
-/// The most events one `next-batch` hands a plugin, and the most bytes of their data: the
-/// guest allocates the whole list at once, and a flood must not become one huge allocation.
-pub const MAX_BATCH_EVENTS: usize = 256;
-pub const MAX_BATCH_BYTES: usize = 256 << 10;
-
-/// The first event (waited for), then what has already arrived, bounded; empty at the end.
-pub async fn next_batch(source: &mut dyn EventSource) -> Result<Vec<SseEvent>, TransportError> {
-    let Some(first) = source.next().await? else { return Ok(vec![]) };
-    let mut bytes = first.data.len();
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
-        let Some(event) = source.next_buffered() else { break };
-        bytes += event.data.len();
-        batch.push(event);
-    }
-    Ok(batch)
 }
 
 /// The host side of the `event-stream` resource.
@@ -161,10 +138,6 @@ struct LiveStream(SseStream);
 impl EventSource for LiveStream {
     async fn next(&mut self) -> Result<Option<SseEvent>, TransportError> {
         self.0.next_event().await
-    }
-
-    fn next_buffered(&mut self) -> Option<SseEvent> {
-        self.0.next_buffered()
     }
 }
 

@@ -25,11 +25,10 @@ pub(super) fn bounded_log_message(mut message: String) -> String {
 /// bindings (`$host`, `$types`: the generated modules) for [`TurnState`].
 macro_rules! impl_host_interface {
     ($host:path, $types:path) => {
-        $crate::runtime::host_impl::impl_host_interface!($host, $types, {}, {});
+        $crate::runtime::host_impl::impl_host_interface!($host, $types, {});
     };
-    // `$extra`: methods of `host::Host` that only this version has; `$stream_extra`: the same for
-    // `host::HostEventStream`.
-    ($host:path, $types:path, { $($extra:item)* }, { $($stream_extra:item)* }) => {
+    // `$extra`: methods of `host::Host` that only this version has.
+    ($host:path, $types:path, { $($extra:item)* }) => {
         const _: () = {
             use wasmtime::component::Resource;
             use $host as host;
@@ -130,8 +129,6 @@ macro_rules! impl_host_interface {
                         .map(|event| event.map(|e| host::SseEvent { event: e.event, data: e.data }))
                         .map_err(transport)
                 }
-
-                $($stream_extra)*
 
                 async fn drop(&mut self, stream: Resource<EventStreamHandle>) -> wasmtime::Result<()> {
                     self.table.delete(stream)?;

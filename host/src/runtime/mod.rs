@@ -19,13 +19,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub use effects::{EventSource, HostEffects, StreamStart};
 
 /// The contract version this host implements (the `package` line of `wit/backend.wit`).
-pub const CONTRACT_VERSION: &str = "0.2.1";
-/// Every version served, newest first: the latest (and the 0.2.0 it extends), then one
-/// `since_v0_*` module per older one.
-pub const SERVED_VERSIONS: [&str; 3] = [CONTRACT_VERSION, PREVIOUS_0_2, since_v0_1::VERSION];
-/// 0.2.0 plugins link to the latest bindings: 0.2.1 only added to it, and the linker matches
-/// a 0.2.0 import with the 0.2.1 definition (semver-compatible names).
-pub const PREVIOUS_0_2: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
+/// Every version served, newest first: the latest, then one `since_v0_*` module per older one.
+pub const SERVED_VERSIONS: [&str; 2] = [CONTRACT_VERSION, since_v0_1::VERSION];
 const CONTRACT_PACKAGE: &str = "swapbot:backend";
 
 pub mod bindings {
@@ -46,23 +42,6 @@ host_impl::impl_host_interface!(
     {
         async fn session_started(&mut self, session_id: String) {
             self.effects.session_started(session_id);
-        }
-    },
-    {
-        async fn next_batch(
-            &mut self,
-            stream: wasmtime::component::Resource<effects::EventStreamHandle>,
-        ) -> Result<Vec<bindings::swapbot::backend::host::SseEvent>, bindings::swapbot::backend::host::TransportError> {
-            use bindings::swapbot::backend::host as h;
-            let handle = self.table.get_mut(&stream).map_err(|e| h::TransportError::Refused(format!("unknown stream: {e}")))?;
-            match effects::next_batch(handle.0.as_mut()).await {
-                Ok(events) => Ok(events.into_iter().map(|e| h::SseEvent { event: e.event, data: e.data }).collect()),
-                Err(err) => Err(match err {
-                    swapbot_openai::TransportError::Timeout(m) => h::TransportError::Timeout(m),
-                    swapbot_openai::TransportError::Connection(m) => h::TransportError::Connection(m),
-                    swapbot_openai::TransportError::Refused(m) => h::TransportError::Refused(m),
-                }),
-            }
         }
     }
 );

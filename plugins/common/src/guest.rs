@@ -28,47 +28,19 @@ use crate as c;
 /// The `Effects` of a plugin running in the host: every call is an import.
 pub struct HostEffects;
 
-/// A stream read a batch at a time (`next-batch`: every event that has arrived, one crossing),
-/// handed to the protocol logic one event at a time.
-pub struct HostStream {
-    stream: wh::EventStream,
-    /// Arrived and not yet taken, oldest last (popped from the end).
-    arrived: Vec<wh::SseEvent>,
-    ended: bool,
-}
+pub struct HostStream(wh::EventStream);
 
 impl c::EventSource for HostStream {
     fn next_event(&mut self) -> Result<Option<c::SseEvent>, c::TransportError> {
-        if self.arrived.is_empty() && !self.ended {
-            // About to wait for the network: what the events so far said goes to the user now.
-            flush_text();
-            let mut batch = self.stream.next_batch().map_err(from_transport)?;
-            self.ended = batch.is_empty();
-            batch.reverse();
-            self.arrived = batch;
+        match self.0.next() {
+            Ok(Some(e)) => Ok(Some(c::SseEvent {
+                event: e.event,
+                data: e.data,
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(from_transport(e)),
         }
-        Ok(self.arrived.pop().map(|e| c::SseEvent {
-            event: e.event,
-            data: e.data,
-        }))
     }
-}
-
-thread_local! {
-    /// Answer text pushed since the last crossing. An instance serves one turn, so this starts
-    /// empty for every turn; it is handed over before anything that waits and when `chat`
-    /// returns, so coalescing the deltas of one batch into one `push-text` delays nothing.
-    static PENDING_TEXT: core::cell::RefCell<String> = const { core::cell::RefCell::new(String::new()) };
-}
-
-fn flush_text() {
-    PENDING_TEXT.with(|p| {
-        let mut p = p.borrow_mut();
-        if !p.is_empty() {
-            wh::push_text(&p);
-            p.clear();
-        }
-    });
 }
 
 fn to_request(r: c::HttpRequest) -> wh::Request {
@@ -100,7 +72,6 @@ impl Effects for HostEffects {
     type Stream = HostStream;
 
     fn http(&mut self, req: c::HttpRequest) -> Result<c::HttpResponse, c::TransportError> {
-        flush_text();
         wh::http(&to_request(req))
             .map(from_response)
             .map_err(from_transport)
@@ -110,20 +81,15 @@ impl Effects for HostEffects {
         &mut self,
         req: c::HttpRequest,
     ) -> Result<c::StreamStart<HostStream>, c::TransportError> {
-        flush_text();
         match wh::http_stream(&to_request(req)) {
-            Ok(wh::StreamStart::Events(stream)) => Ok(c::StreamStart::Events(HostStream {
-                stream,
-                arrived: Vec::new(),
-                ended: false,
-            })),
+            Ok(wh::StreamStart::Events(s)) => Ok(c::StreamStart::Events(HostStream(s))),
             Ok(wh::StreamStart::Refused(r)) => Ok(c::StreamStart::Refused(from_response(r))),
             Err(e) => Err(from_transport(e)),
         }
     }
 
     fn push_text(&mut self, delta: &str) {
-        PENDING_TEXT.with(|p| p.borrow_mut().push_str(delta));
+        wh::push_text(delta);
     }
 
     fn log(&mut self, level: c::Level, msg: &str) {
@@ -141,7 +107,6 @@ impl Effects for HostEffects {
     }
 
     fn sleep_ms(&mut self, ms: u32) {
-        flush_text();
         wh::sleep_ms(ms);
     }
 
@@ -271,9 +236,7 @@ pub fn describe<B: Backend>() -> wt::Description {
 /// before it is handed back.
 pub fn chat<B: Backend>(turn: wt::Turn) -> Result<wt::Answer, wt::ChatError> {
     let turn = from_turn(turn);
-    let result = B::chat(&mut HostEffects, &turn);
-    flush_text();
-    result.map(to_answer).map_err(|e| {
+    B::chat(&mut HostEffects, &turn).map(to_answer).map_err(|e| {
         log_error(&e);
         to_error(e)
     })

@@ -1,4 +1,4 @@
-//! What both backend plugins share: Rust mirrors of the `swapbot:backend@0.2.1` types, the
+//! What both backend plugins share: Rust mirrors of the `swapbot:backend@0.2.0` types, the
 //! [`Effects`] trait the protocol logic runs on (the host's imports in a wasm guest, a scripted
 //! fake in native tests, a real client in a native baseline), error classification, JSON and
 //! prompt helpers.
@@ -49,8 +49,8 @@ macro_rules! export_backend {
     };
 }
 
-/// The contract version the plugins are built for (`package swapbot:backend@0.2.1`).
-pub const CONTRACT: &str = "0.2.1";
+/// The contract version the plugins are built for (`package swapbot:backend@0.2.0`).
+pub const CONTRACT: &str = "0.2.0";
 
 /// Most items one create/append call on a conversation accepts.
 pub const MAX_ITEMS_PER_CALL: usize = 20;

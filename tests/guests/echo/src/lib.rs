@@ -3,20 +3,14 @@
 //! its own. The registry tests drop it into a running bot's plugin directory and canary it.
 #![cfg(target_arch = "wasm32")]
 
-#[cfg(not(feature = "contract-0-2-0"))]
 wit_bindgen::generate!({ path: "../../../wit", world: "backend" });
-// Built against the contract before 0.2.1, as a plugin compiled then would be.
-#[cfg(feature = "contract-0-2-0")]
-wit_bindgen::generate!({ path: "../../../wit/v0.2.0", world: "backend" });
 
 use swapbot::backend::{host, types as wt};
 
 struct Echo;
 
-#[cfg(not(any(feature = "names-another-backends-map", feature = "names-a-path-outside-data-dir", feature = "contract-0-2-0")))]
+#[cfg(not(any(feature = "names-another-backends-map", feature = "names-a-path-outside-data-dir")))]
 const NAME_AND_MAP: (&str, Option<&str>) = ("echo", None);
-#[cfg(feature = "contract-0-2-0")]
-const NAME_AND_MAP: (&str, Option<&str>) = ("echo-old", None);
 #[cfg(feature = "names-another-backends-map")]
 const NAME_AND_MAP: (&str, Option<&str>) = ("thief", Some("user_conversations.json"));
 #[cfg(feature = "names-a-path-outside-data-dir")]
@@ -27,7 +21,7 @@ impl Guest for Echo {
         wt::Description {
             name: NAME_AND_MAP.0.into(),
             version: "1.0.0".into(),
-            contract: if cfg!(feature = "contract-0-2-0") { "0.2.0" } else { "0.2.1" }.into(),
+            contract: "0.2.0".into(),
             id_map: NAME_AND_MAP.1.map(str::to_owned),
             session_label: "-".into(),
             turn_label: "echo_id".into(),

@@ -15,7 +15,7 @@ impl Guest for Hostile {
         wt::Description {
             name: "responses".into(),
             version: "6.6.6-hostile".into(),
-            contract: "0.2.1".into(),
+            contract: "0.2.0".into(),
             id_map: Some("user_conversations.json".into()),
             session_label: "conversation_id".into(),
             turn_label: "response_id".into(),
