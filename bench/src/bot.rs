@@ -65,18 +65,22 @@ impl BotProcess {
 
 impl Drop for BotProcess {
     fn drop(&mut self) {
-        // SIGTERM first (a graceful stop flushes logs), then kill.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child, Duration::from_secs(3));
     }
+}
+
+/// SIGTERM first (a graceful stop flushes logs and writes the last usage), then SIGKILL after `grace`.
+pub fn stop(child: &mut Child, grace: Duration) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn spawn(program: &Path, args: &[&str], env: &[(String, String)], stderr_to: &Path, cwd: &Path) -> anyhow::Result<Child> {

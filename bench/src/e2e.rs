@@ -146,8 +146,9 @@ async fn rounds(fake: &FakeTelegram, bot_pid: u32, users: &[i64], rounds: usize,
     Ok(LoadResult { turns, secs, latencies, cpu_per_turn_us: cpu.as_secs_f64() * 1e6 / turns as f64, errors })
 }
 
-/// Matches each user's k-th pushed message (after `skip` earlier answers) with the k-th answer.
-fn latencies(fake: &FakeTelegram, pushed: &HashMap<i64, Vec<Instant>>, skip: usize) -> (Samples, usize) {
+/// Each user's k-th message pushed since `skip` earlier answers, matched with the k-th answer
+/// (`sendMessage`) arriving at the fake Bot API; and how many answers were apologies.
+pub(crate) fn latencies(fake: &FakeTelegram, pushed: &HashMap<i64, Vec<Instant>>, skip: usize) -> (Samples, usize) {
     let mut answers: HashMap<i64, Vec<(Instant, bool)>> = HashMap::new();
     for c in fake.sent() {
         if c.method == "sendMessage" && c.ok() {

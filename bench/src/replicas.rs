@@ -67,16 +67,7 @@ struct Replica {
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::bot::stop(&mut self.child, Duration::from_secs(5));
     }
 }
 
@@ -237,28 +228,6 @@ fn per_turn_us(after: Duration, before: Duration, turns: usize) -> f64 {
     after.saturating_sub(before).as_secs_f64() * 1e6 / turns.max(1) as f64
 }
 
-/// Each user's k-th message pushed since `skip` earlier answers, matched with the k-th answer
-/// (`sendMessage`) arriving at the fake Bot API.
-fn latencies(fake: &FakeTelegram, pushed: &HashMap<i64, Vec<Instant>>, skip: usize) -> (Samples, usize) {
-    let mut answers: HashMap<i64, Vec<(Instant, bool)>> = HashMap::new();
-    for c in fake.sent() {
-        if c.method == "sendMessage" && c.ok() {
-            if let Some(chat) = c.chat_id {
-                let failed = c.text().is_some_and(|t| t.starts_with("Sorry"));
-                answers.entry(chat).or_default().push((c.at, failed));
-            }
-        }
-    }
-    let (mut samples, mut errors) = (Samples::new(), 0);
-    for (u, times) in pushed {
-        let got = answers.get(u).map(|v| &v[skip.min(v.len())..]).unwrap_or(&[]);
-        for (t, (at, failed)) in times.iter().zip(got) {
-            samples.push_dur_ms(*at - *t);
-            errors += *failed as usize;
-        }
-    }
-    (samples, errors)
-}
 
 async fn wait_answers(fake: &FakeTelegram, pushed: &HashMap<i64, Vec<Instant>>, skip: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -295,7 +264,7 @@ async fn saturated(fake: &FakeTelegram, users: &[i64], rounds: usize, skip: usiz
         wait_answers(fake, &this_round, skip + round).await?;
     }
     let secs = start.elapsed().as_secs_f64();
-    let (latencies, errors) = latencies(fake, &pushed, skip);
+    let (latencies, errors) = crate::e2e::latencies(fake, &pushed, skip);
     Ok(Run { turns: users.len() * rounds, secs, latencies, errors })
 }
 
@@ -312,7 +281,7 @@ async fn paced(fake: &FakeTelegram, users: &[i64], rate: f64, secs: f64, skip: u
     }
     wait_answers(fake, &pushed, skip).await?;
     let secs = start.elapsed().as_secs_f64();
-    let (latencies, errors) = latencies(fake, &pushed, skip);
+    let (latencies, errors) = crate::e2e::latencies(fake, &pushed, skip);
     Ok(Run { turns: n, secs, latencies, errors })
 }
 
