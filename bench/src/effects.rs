@@ -40,12 +40,6 @@ pub struct Recorder {
 
 struct VecStream(VecDeque<SseEvent>);
 
-impl VecStream {
-    fn new(events: &[SseEvent], _waited: &[bool]) -> Self {
-        VecStream(events.iter().cloned().collect())
-    }
-}
-
 #[async_trait::async_trait]
 impl EventSource for VecStream {
     async fn next(&mut self) -> Result<Option<SseEvent>, TransportError> {
@@ -77,7 +71,7 @@ impl HostEffects for Recorder {
                     events.push(e);
                     waited.push(true);
                 }
-                let stream = VecStream::new(&events, &waited);
+                let stream = VecStream(events.iter().cloned().collect());
                 self.log.lock().unwrap().push(Exchange::Stream { method, path, events, waited });
                 Ok(StreamStart::Events(Box::new(stream)))
             }
@@ -130,7 +124,7 @@ impl HostEffects for Canned {
     }
     async fn http_stream(&mut self, req: ApiRequest) -> Result<StreamStart, TransportError> {
         match self.take(&req.method, &req.path) {
-            Exchange::Stream { events, waited, .. } => Ok(StreamStart::Events(Box::new(VecStream::new(&events, &waited)))),
+            Exchange::Stream { events, .. } => Ok(StreamStart::Events(Box::new(VecStream(events.into())))),
             Exchange::Plain { .. } => panic!("script has a plain answer for a stream request"),
         }
     }

@@ -99,30 +99,50 @@ pub(super) struct DatabaseSync {
     last_full: Instant,
 }
 
+/// Logs a database outage once when it starts and once when it ends, not at every try.
+struct Outage {
+    lost: &'static str,
+    back: &'static str,
+    failing: bool,
+}
+
+impl Outage {
+    /// Whether `result` succeeded.
+    fn note<E: std::fmt::Display>(&mut self, result: Result<(), E>) -> bool {
+        match result {
+            Ok(()) => {
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!("{}", self.back);
+                }
+                true
+            }
+            Err(err) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::warn!(%err, "{}", self.lost);
+                }
+                false
+            }
+        }
+    }
+}
+
 impl DatabaseSync {
     /// Writes as soon as something was recorded, until the ledger is dropped.
     async fn write_loop(this: Arc<tokio::sync::Mutex<DatabaseSync>>, state: Weak<Mutex<State>>, recorded: Arc<tokio::sync::Notify>) {
-        let mut failing = false;
+        let mut outage = Outage {
+            lost: "usage: cannot write to the database; counting this replica's use until it is back",
+            back: "usage: the database takes this replica's use again",
+            failing: false,
+        };
         loop {
             // The timeout only notices a dropped ledger; a failed write is retried by the reader.
             let _ = tokio::time::timeout(REFRESH, recorded.notified()).await;
             let Some(shared) = state.upgrade() else { return };
             let written = this.lock().await.flush(&shared).await;
             drop(shared);
-            match written {
-                Ok(()) if failing => {
-                    tracing::info!("usage: the database takes this replica's use again");
-                    failing = false;
-                }
-                Ok(()) => {}
-                Err(err) => {
-                    if !failing {
-                        tracing::warn!(%err, "usage: cannot write to the database; counting this replica's use until it is back");
-                        failing = true;
-                    }
-                    // Not at the pace of turns while the database is away.
-                    tokio::time::sleep(REFRESH).await;
-                }
+            if !outage.note(written) {
+                // Not at the pace of turns while the database is away.
+                tokio::time::sleep(REFRESH).await;
             }
         }
     }
@@ -132,25 +152,17 @@ impl DatabaseSync {
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
-        let mut failing = false;
+        let mut outage = Outage {
+            lost: "usage: cannot read the database; other replicas' use stays as last read",
+            back: "usage: the database is read again",
+            failing: false,
+        };
         loop {
             tick.tick().await;
             let Some(shared) = state.upgrade() else { return };
             let outcome = this.lock().await.once(&shared).await;
             drop(shared);
-            match outcome {
-                Ok(()) if failing => {
-                    tracing::info!("usage: the database is read again");
-                    failing = false;
-                }
-                Ok(()) => {}
-                Err(err) => {
-                    if !failing {
-                        tracing::warn!(%err, "usage: cannot read the database; other replicas' use stays as last read");
-                        failing = true;
-                    }
-                }
-            }
+            outage.note(outcome);
         }
     }
 

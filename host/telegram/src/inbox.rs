@@ -101,6 +101,16 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Appends lines that cannot be used to `<dir>/log.corrupt`, for whoever looks into it.
+fn set_aside(dir: &Path, lines: &[&[u8]]) -> std::io::Result<()> {
+    let mut aside = OpenOptions::new().create(true).append(true).open(dir.join("log.corrupt"))?;
+    for line in lines {
+        aside.write_all(line)?;
+        aside.write_all(b"\n")?;
+    }
+    aside.sync_all()
+}
+
 /// One line of the log, parsed.
 enum Line<'a> {
     Taken(u32, &'a [u8]),
@@ -153,12 +163,7 @@ impl Inbox {
         }
         if !corrupt.is_empty() {
             warn!(lines = corrupt.len(), "unreadable lines in the inbox log: copied to log.corrupt and skipped");
-            let mut aside = OpenOptions::new().create(true).append(true).open(dir.join("log.corrupt"))?;
-            for line in corrupt {
-                aside.write_all(line)?;
-                aside.write_all(b"\n")?;
-            }
-            aside.sync_all()?;
+            set_aside(&dir, &corrupt)?;
         }
         let legacy = Self::read_legacy(&dir, &mut pending, &mut done);
         // Start from a clean log: torn tail and corrupt lines gone, old answered ids forgotten.
@@ -412,10 +417,15 @@ impl Inbox {
                 Ok(update) if update.id.0 == id => updates.push(update),
                 _ => {
                     warn!(update_id = id, "unreadable update in the inbox: moved aside");
-                    if let Some((json, _)) = log.pending.remove(&id) {
-                        let aside = OpenOptions::new().create(true).append(true).open(self.dir.join("log.corrupt"));
-                        if let Ok(mut aside) = aside {
-                            let _ = aside.write_all(format!("+{id} ").as_bytes()).and_then(|()| aside.write_all(&json)).and_then(|()| aside.write_all(b"\n"));
+                    let mut line = format!("+{id} ").into_bytes();
+                    line.extend_from_slice(&log.pending[&id].0);
+                    if set_aside(&self.dir, &[&line]).is_ok() {
+                        // Ended in the log too, so the next start does not set it aside again.
+                        log.forget(id);
+                        let ended = format!("-{id} {}\n", unix_secs());
+                        if (&*log.file).write_all(ended.as_bytes()).is_ok() {
+                            log.len += ended.len() as u64;
+                            self.note_written(&log);
                         }
                     }
                 }
@@ -539,6 +549,26 @@ mod tests {
         assert_eq!(again.store(&update(3)).unwrap(), Stored::New);
         drop(again);
         assert_eq!(ids(&Inbox::open(&dir).unwrap()), [1, 2, 3]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_update_that_does_not_parse_is_set_aside_once() {
+        let dir = tempfile_dir();
+        let inbox = Inbox::open(&dir).unwrap();
+        inbox.store(&update(1)).unwrap();
+        drop(inbox);
+        let mut log = OpenOptions::new().append(true).open(dir.join("log")).unwrap();
+        log.write_all(b"+2 {not json}\n").unwrap();
+        drop(log);
+        let inbox = Inbox::open(&dir).unwrap();
+        assert_eq!(ids(&inbox), [1]);
+        drop(inbox);
+        let again = Inbox::open(&dir).unwrap();
+        assert_eq!(ids(&again), [1]);
+        let aside = fs::read_to_string(dir.join("log.corrupt")).unwrap();
+        assert_eq!(aside.lines().count(), 1, "set aside once, not at every start: {aside}");
+        assert!(aside.starts_with("+2 "));
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, warn};
 
+use crate::AbortOnDrop;
 use crate::inbox::{Inbox, Stored};
 
 /// A durable queue of accepted updates (only those [`Inbox::keeps`]: messages).
@@ -99,7 +100,7 @@ impl UpdateQueue for FileQueue {
     }
 
     async fn ack(&self, id: u32) -> anyhow::Result<()> {
-        // One rename, as the dispatcher always did it: not worth a thread hop.
+        // One unsynced line in the inbox's log: not worth a thread hop.
         self.inbox.done(id);
         Ok(())
     }
@@ -233,13 +234,5 @@ impl Taker {
                 Err(err) => warn!(err = %format!("{err:#}"), "cannot renew the leases of updates in flight"),
             }
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
