@@ -55,6 +55,11 @@ fn main() -> anyhow::Result<()> {
     eprintln!("== swapbot-bench {group}{}", if quick { " (quick)" } else { "" });
     match group.as_str() {
         "overhead" => rt()?.block_on(plugin::overhead(&out, if quick { 200 } else { 2000 })),
+        "profile-turn" => {
+            let path = args.get(1).cloned().unwrap_or_else(|| "streamed".into());
+            let iters = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(20_000);
+            rt()?.block_on(plugin::profile_turn(&path, iters))
+        }
         "native" => plugin::wasm_vs_native(&out, if quick { 2 } else { 8 }, if quick { 20 } else { 60 }),
         "first-text" => rt()?.block_on(e2e::first_text(&out, if quick { 3 } else { 12 })),
         "load" => rt()?.block_on(e2e::load(&out, quick)),

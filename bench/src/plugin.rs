@@ -42,6 +42,50 @@ pub async fn record_turn(path: Path) -> anyhow::Result<(Script, String)> {
     Ok((Arc::new(script), session))
 }
 
+/// Not a group: one path's pooled wasm turn in a loop and nothing else, for a profiler
+/// (`swapbot-bench profile-turn streamed 20000`, under `perf record` or callgrind).
+pub async fn profile_turn(label: &str, iters: usize) -> anyhow::Result<()> {
+    let (native, label) = match label.strip_prefix("native-") {
+        Some(rest) => (true, rest),
+        None => (false, label),
+    };
+    let path = match label {
+        "streamed" => Path::ResponsesStream,
+        "plain" => Path::ResponsesPlain,
+        "assistants" => Path::Assistants,
+        "refused" => Path::ResponsesPlain,
+        _ => anyhow::bail!("profile-turn [native-]streamed|plain|assistants|refused [ITERS]"),
+    };
+    let (script, session) = record_turn(path).await?;
+    let mut turn = wit_turn(path, 1, Some(session), TEXT, 500);
+    // The fixed cost of a turn: one the plugin refuses before any host call.
+    let refused = label == "refused";
+    if refused {
+        turn.settings.model = String::new();
+    }
+    if native {
+        let nturn = native_turn(&turn);
+        let started = Instant::now();
+        for _ in 0..iters {
+            let mut fx = NativeCanned(Canned::new(script.clone()));
+            std::hint::black_box(native_chat(path, &mut fx, &nturn).map_err(|e| anyhow::anyhow!("native turn failed: {e}"))?);
+        }
+        eprintln!("{} natively: {iters} turns, {:.1} µs each", path.label(), started.elapsed().as_secs_f64() * 1e6 / iters as f64);
+        return Ok(());
+    }
+    let runtime = PluginRuntime::new(Limits::default())?;
+    let plugin = load(&runtime, path.plugin()).await?;
+    let started = Instant::now();
+    for _ in 0..iters {
+        let r = runtime.chat(&plugin, turn.clone(), Box::new(Canned::new(script.clone()))).await?;
+        if !refused {
+            r.map_err(|e| anyhow::anyhow!("wasm turn failed: {}", e.message))?;
+        }
+    }
+    eprintln!("{}: {iters} turns, {:.1} µs each", path.label(), started.elapsed().as_secs_f64() * 1e6 / iters as f64);
+    Ok(())
+}
+
 /// Group 1: instantiate + every guest call of one turn, HTTP replaced by canned answers in memory.
 pub async fn overhead(out: &Out, iters: usize) -> anyhow::Result<()> {
     const EXCLUDES: &str = "HTTP: every request is answered from a turn recorded against the sandbox, in memory \

@@ -415,7 +415,8 @@ impl HttpRequest {
     }
     /// Set a JSON body and `Content-Type: application/json`.
     pub fn json(mut self, body: &Value) -> Self {
-        self.body = Some(body.to_string());
+        // `to_string` rather than `Display`: no formatter between the serializer and the buffer.
+        self.body = Some(serde_json::to_string(body).unwrap_or_default());
         if !self
             .headers
             .iter()
@@ -781,6 +782,42 @@ pub fn req_str<'a>(what: &str, v: &'a Value, key: &str) -> Result<&'a str, ChatE
 
 pub fn opt_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
+}
+
+/// A JSON string field read straight from the input: borrowed when it has no escapes, owned
+/// when it does. A stream event's few fields are read this way, without building the rest of
+/// the event as a [`Value`] (a map of owned strings per event was most of a streamed turn's
+/// work, natively and in wasm).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonStr<'a>(pub std::borrow::Cow<'a, str>);
+
+impl std::ops::Deref for JsonStr<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for JsonStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = JsonStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(JsonStr(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(JsonStr(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(JsonStr(std::borrow::Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }
 
 /// Percent-encode an id for use as one path segment.

@@ -218,7 +218,8 @@ pub fn chat<E: Effects>(fx: &mut E, turn: &Turn) -> Result<Answer, ChatError> {
         ));
     }
     // Settings are checked before anything is created.
-    response_body(turn, "")?;
+    ContextLayout::of(&turn.settings, ContextLayout::Input)?;
+    ContextMode::of(&turn.settings)?;
     let stream = turn.settings.stream()?;
     let background = turn.settings.background()?;
     let mut session = open_conversation(fx, turn.session_id.as_deref())?;
@@ -374,6 +375,53 @@ pub fn stream_turn<E: Effects>(
     })
 }
 
+/// The fields of a stream event that every event is read for. The rest (for most events a
+/// whole response object) is skipped, not built; the few events that need the response parse
+/// it again ([`WithResponseId`], [`response_of`]).
+#[derive(Default, serde::Deserialize)]
+struct EventHead<'a> {
+    #[serde(rename = "type", borrow, default)]
+    ty: Option<JsonStr<'a>>,
+    #[serde(borrow, default)]
+    delta: Option<JsonStr<'a>>,
+    #[serde(borrow, default)]
+    text: Option<JsonStr<'a>>,
+}
+
+impl<'a> EventHead<'a> {
+    /// A field of an unexpected type is ignored, as if absent, rather than costing the event.
+    fn parse(data: &'a str) -> Result<Self, serde_json::Error> {
+        if let Ok(head) = serde_json::from_str::<EventHead>(data) {
+            return Ok(head);
+        }
+        let v: Value = serde_json::from_str(data)?;
+        let field = |k: &str| v.get(k).and_then(Value::as_str).map(|s| JsonStr(s.to_owned().into()));
+        Ok(EventHead { ty: field("type"), delta: field("delta"), text: field("text") })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct WithResponseId<'a> {
+    #[serde(borrow)]
+    response: Option<ResponseId<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ResponseId<'a> {
+    #[serde(borrow)]
+    id: Option<JsonStr<'a>>,
+}
+
+/// The `response` object of a terminal event (null when it has none).
+fn response_of(data: &str) -> Value {
+    #[derive(serde::Deserialize)]
+    struct WithResponse {
+        #[serde(default)]
+        response: Value,
+    }
+    serde_json::from_str::<WithResponse>(data).map(|e| e.response).unwrap_or(Value::Null)
+}
+
 #[derive(Default)]
 struct StreamState {
     id: Option<String>,
@@ -407,8 +455,8 @@ impl StreamState {
             if data == "[DONE]" {
                 return Err(self.cut("[DONE] before a terminal event"));
             }
-            let v: Value = match serde_json::from_str(data) {
-                Ok(v) => v,
+            let head = match EventHead::parse(data) {
+                Ok(head) => head,
                 Err(e) => {
                     fx.log(
                         Level::Warn,
@@ -420,22 +468,19 @@ impl StreamState {
                     continue;
                 }
             };
-            let ty = v
-                .get("type")
-                .and_then(Value::as_str)
-                .or(ev.event.as_deref())
-                .unwrap_or("");
+            let ty = head.ty.as_deref().or(ev.event.as_deref()).unwrap_or("");
             match ty {
                 "response.created" | "response.in_progress" | "response.queued"
                     if self.id.is_none() =>
                 {
-                    self.id = v
-                        .pointer("/response/id")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
+                    self.id = serde_json::from_str::<WithResponseId>(data)
+                        .ok()
+                        .and_then(|e| e.response)
+                        .and_then(|r| r.id)
+                        .map(|id| id.0.into_owned());
                 }
                 "response.output_text.delta" => {
-                    if let Some(d) = v.get("delta").and_then(Value::as_str)
+                    if let Some(d) = head.delta.as_deref()
                         && !d.is_empty()
                     {
                         fx.push_text(d);
@@ -444,20 +489,19 @@ impl StreamState {
                     }
                 }
                 "response.output_text.done" => {
-                    if let Some(t) = v.get("text").and_then(Value::as_str) {
-                        self.done_texts.push(t.to_owned());
+                    if let Some(t) = head.text {
+                        self.done_texts.push(t.0.into_owned());
                     }
                 }
                 "response.completed" => {
-                    let resp = v.get("response").cloned().unwrap_or(Value::Null);
-                    return self.complete(fx, &resp);
+                    return self.complete(fx, Summary::of_completed_event(data));
                 }
                 "response.failed" | "response.incomplete" | "response.cancelled" => {
-                    let resp = v.get("response").cloned().unwrap_or(Value::Null);
                     let status = ty.trim_start_matches("response.");
-                    return Err(unfinished(&resp, status));
+                    return Err(unfinished(&response_of(data), status));
                 }
                 "error" => {
+                    let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
                     let api = ApiError::from_value(&v);
                     return Err(classify_api_error("error event in the stream", &api));
                 }
@@ -474,12 +518,9 @@ impl StreamState {
         )
     }
 
-    fn complete<E: Effects>(&mut self, fx: &mut E, resp: &Value) -> Result<Finished, ChatError> {
-        let id = opt_str(resp, "id")
-            .map(str::to_owned)
-            .or(self.id.take())
-            .unwrap_or_default();
-        let from_output = output_text(resp);
+    fn complete<E: Effects>(&mut self, fx: &mut E, resp: Summary) -> Result<Finished, ChatError> {
+        let id = resp.id.or(self.id.take()).unwrap_or_default();
+        let from_output = resp.text;
         let from_done = self.done_texts.concat();
         // The completed response is authoritative; then the done events; then the deltas.
         let text = if !from_output.trim().is_empty() {
@@ -500,13 +541,104 @@ impl StreamState {
             return Err(ChatError::model_failed(format!(
                 "response {id} completed without output text"
             ))
-            .with_usage(usage_of(resp)));
+            .with_usage(resp.usage));
         }
         Ok(Finished {
             id,
             text,
-            usage: usage_of(resp),
+            usage: resp.usage,
         })
+    }
+}
+
+/// What a completed response says: its id, its output text ([`output_text`]) and its usage
+/// ([`usage_of`]).
+#[derive(Default)]
+struct Summary {
+    id: Option<String>,
+    text: String,
+    usage: Option<Usage>,
+}
+
+impl Summary {
+    fn of_value(v: &Value) -> Self {
+        Summary { id: opt_str(v, "id").map(str::to_owned), text: output_text(v), usage: usage_of(v) }
+    }
+
+    /// From a `response.completed` event, read into types that skip everything else (the
+    /// response echoes the whole request); a response that does not fit them is read as a
+    /// [`Value`], with the same result.
+    fn of_completed_event(data: &str) -> Self {
+        #[derive(serde::Deserialize)]
+        struct Event<'a> {
+            #[serde(borrow)]
+            response: Option<Typed<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Typed<'a> {
+            #[serde(borrow)]
+            id: Option<JsonStr<'a>>,
+            #[serde(borrow, default)]
+            output: Option<Vec<Item<'a>>>,
+            usage: Option<TypedUsage>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Item<'a> {
+            #[serde(rename = "type", borrow)]
+            ty: Option<JsonStr<'a>>,
+            #[serde(borrow, default)]
+            content: Option<Vec<Part<'a>>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Part<'a> {
+            #[serde(rename = "type", borrow)]
+            ty: Option<JsonStr<'a>>,
+            #[serde(borrow)]
+            text: Option<JsonStr<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct TypedUsage {
+            #[serde(default)]
+            input_tokens: u64,
+            #[serde(default)]
+            input_tokens_details: Option<Cached>,
+            #[serde(default)]
+            output_tokens: u64,
+            #[serde(default)]
+            output_tokens_details: Option<Reasoning>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Cached {
+            #[serde(default)]
+            cached_tokens: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Reasoning {
+            #[serde(default)]
+            reasoning_tokens: u64,
+        }
+        let Ok(event) = serde_json::from_str::<Event>(data) else {
+            return Summary::of_value(&response_of(data));
+        };
+        let Some(r) = event.response else { return Summary::default() };
+        let mut text = String::new();
+        for item in r.output.iter().flatten().filter(|i| i.ty.as_deref() == Some("message")) {
+            for part in item.content.iter().flatten().filter(|p| p.ty.as_deref() == Some("output_text")) {
+                if let Some(t) = &part.text {
+                    text.push_str(t);
+                }
+            }
+        }
+        Summary {
+            id: r.id.map(|id| id.0.into_owned()),
+            text,
+            usage: r.usage.map(|u| Usage {
+                input_tokens: u.input_tokens,
+                cached_input_tokens: u.input_tokens_details.map_or(0, |d| d.cached_tokens),
+                output_tokens: u.output_tokens,
+                reasoning_tokens: u.output_tokens_details.map_or(0, |d| d.reasoning_tokens),
+            }),
+        }
     }
 }
 

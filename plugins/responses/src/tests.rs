@@ -89,6 +89,62 @@ fn deltas_are_pushed_before_the_stream_ends() {
 }
 
 #[test]
+fn stream_events_are_read_field_by_field_whatever_their_escapes_or_odd_fields() {
+    // Deltas with escapes are unescaped; a field of an unexpected type is ignored, not the
+    // event; the type may come from the `event:` line alone; a response id comes from
+    // `response.created` even when the object around it has fields of every kind.
+    let mut fx = ScriptedEffects::new(
+        vec![exchange(json!({"request": {"method": "POST", "path": "/responses"}, "sse": [
+            {"data": {"type": "response.created", "response": {"id": "resp_7", "status": "in_progress",
+                "output": [], "usage": null, "metadata": {"k": [1, 2.5, true]}, "instructions": "say \"hi\""}}},
+            {"data": {"type": "response.output_text.delta", "delta": "Say \"hi\"\n"}},
+            {"data": {"type": "response.output_text.delta", "delta": "ok ", "text": ["odd"], "item_id": 5}},
+            {"event": "response.output_text.delta", "data": {"delta": "café"}},
+            {"data": {"type": "response.completed", "response": {"id": "resp_7", "status": "completed", "output": [],
+                "usage": {"input_tokens": 3, "output_tokens": 4}}}},
+        ]}))],
+        vec![],
+    );
+    let a = chat(&mut fx, &turn(Some("conv_1"))).unwrap();
+    assert_eq!(fx.pushed, "Say \"hi\"\nok café");
+    assert_eq!(fx.pushes, 3);
+    assert_eq!(a.turn_id, "resp_7");
+    // No output in the completed response: the answer is the deltas, trimmed.
+    assert_eq!(a.text, "Say \"hi\"\nok café");
+    assert_eq!(a.usage.map(|u| (u.input_tokens, u.output_tokens)), Some((3, 4)));
+}
+
+#[test]
+fn a_completed_response_gives_its_text_and_usage_whatever_else_it_holds() {
+    let run = |response: serde_json::Value| {
+        let mut fx = ScriptedEffects::new(
+            vec![exchange(json!({"request": {"method": "POST", "path": "/responses"}, "sse": [
+                {"data": {"type": "response.output_text.delta", "delta": "streamed"}},
+                {"data": {"type": "response.completed", "response": response}},
+            ]}))],
+            vec![],
+        );
+        chat(&mut fx, &turn(Some("conv_1"))).unwrap()
+    };
+    let usage = json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 6},
+        "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 15});
+    let message = json!({"type": "message", "role": "assistant", "content": [
+        {"type": "output_text", "text": "Hello, ", "annotations": []}, {"type": "refusal", "refusal": "no"},
+        {"type": "output_text", "text": "Ada."}]});
+    // The usual shape, and one whose reasoning item holds a string where a list was expected.
+    for output in [json!([{"type": "reasoning", "summary": []}, message]), json!([{"type": "reasoning", "content": "odd"}, message])] {
+        let a = run(json!({"id": "resp_9", "status": "completed", "output": output, "usage": usage,
+            "instructions": "Be brief.", "tools": [], "metadata": {}}));
+        assert_eq!((a.turn_id.as_str(), a.text.as_str()), ("resp_9", "Hello, Ada."));
+        let u = a.usage.unwrap();
+        assert_eq!((u.input_tokens, u.cached_input_tokens, u.output_tokens, u.reasoning_tokens), (10, 6, 5, 2));
+    }
+    // No output text: the deltas are the answer.
+    let a = run(json!({"id": "resp_9", "status": "completed", "output": [], "usage": null}));
+    assert_eq!((a.text.as_str(), a.usage.is_none()), ("streamed", true));
+}
+
+#[test]
 fn request_body_omits_optional_fields() {
     let mut t = turn(Some("conv_1"));
     t.settings.instructions = String::new();
