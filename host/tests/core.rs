@@ -170,6 +170,19 @@ async fn a_plugin_that_loops_allocates_or_panics_fails_only_its_turn() {
 }
 
 #[tokio::test]
+async fn the_cpu_slice_counts_guest_time_between_calls_of_the_contract() {
+    // 300 ms slice: 4 × 150 ms of guest CPU each ended by a host call is obeyed; 1.5 s with
+    // only WASI clock reads in it is not.
+    let runtime = hostile_runtime();
+    let plugin = runtime.load(&test_plugin("hostile.wasm"), None).await.unwrap();
+    let none = || Box::new(swapbot::runtime::effects::NoEffects);
+    let pulsed = runtime.chat(&plugin, turn("pulse"), none()).await;
+    assert_eq!(pulsed.unwrap().unwrap().text, "pulsed");
+    let spun = runtime.chat(&plugin, turn("spin"), none()).await;
+    assert!(matches!(spun, Err(PluginError::CpuLimit(_))), "{spun:?}");
+}
+
+#[tokio::test]
 async fn a_turn_that_waits_forever_is_cut_by_the_turn_timeout() {
     struct RealSleep;
     #[async_trait::async_trait]

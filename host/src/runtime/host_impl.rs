@@ -58,11 +58,13 @@ macro_rules! impl_host_interface {
             impl host::Host for TurnState {
                 async fn http(&mut self, req: host::Request) -> Result<host::Response, host::TransportError> {
                     let result = self.effects.http(to_api(req)).await;
+                    self.returned_from_host();
                     result.map(from_api).map_err(transport)
                 }
 
                 async fn http_stream(&mut self, req: host::Request) -> Result<host::StreamStart, host::TransportError> {
                     let result = self.effects.http_stream(to_api(req)).await;
+                    self.returned_from_host();
                     match result.map_err(transport)? {
                         StreamStart::Refused(resp) => Ok(host::StreamStart::Refused(from_api(resp))),
                         StreamStart::Events(source) => {
@@ -77,6 +79,7 @@ macro_rules! impl_host_interface {
 
                 async fn push_text(&mut self, delta: String) {
                     self.effects.push_text(delta);
+                    self.returned_from_host();
                 }
 
                 async fn log(&mut self, level: host::Level, message: String) {
@@ -87,22 +90,25 @@ macro_rules! impl_host_interface {
                         host::Level::Error => LogLevel::Error,
                     };
                     self.effects.log(level, bounded_log_message(message));
+                    self.returned_from_host();
                 }
 
                 async fn now_ms(&mut self) -> u64 {
+                    self.returned_from_host();
                     self.effects.now_ms()
                 }
 
                 async fn sleep_ms(&mut self, ms: u32) {
                     self.effects.sleep_ms(ms).await;
+                    self.returned_from_host();
                 }
 
                 $($extra)*
 
                 async fn recent_history(&mut self) -> Vec<types::HistoryMessage> {
-                    self.effects
-                        .recent_history()
-                        .await
+                    let history = self.effects.recent_history().await;
+                    self.returned_from_host();
+                    history
                         .into_iter()
                         .map(|m| types::HistoryMessage {
                             role: match m.role {
@@ -125,6 +131,7 @@ macro_rules! impl_host_interface {
                         .get_mut(&stream)
                         .map_err(|e| host::TransportError::Refused(format!("unknown stream: {e}")))?;
                     let result = handle.0.next().await;
+                    self.returned_from_host();
                     result
                         .map(|event| event.map(|e| host::SseEvent { event: e.event, data: e.data }))
                         .map_err(transport)

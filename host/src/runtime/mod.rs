@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{CallHook, Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use effects::{EventSource, HostEffects, StreamStart};
@@ -42,6 +42,7 @@ host_impl::impl_host_interface!(
     {
         async fn session_started(&mut self, session_id: String) {
             self.effects.session_started(session_id);
+            self.returned_from_host();
         }
     }
 );
@@ -140,10 +141,18 @@ pub struct TurnState {
     table: ResourceTable,
     limits: TurnLimiter,
     effects: Box<dyn HostEffects>,
-    /// Epoch ticks the guest has run since it last called the host.
+    /// Epoch ticks the guest has run since a call of the contract's imports last returned.
     ticks_in_guest: u64,
-    /// The guest is suspended by an epoch yield, not in a host call.
-    yielding: bool,
+}
+
+impl TurnState {
+    /// A call of the contract's imports returned: the guest's next CPU slice starts. Counted
+    /// here rather than in a `Store::call_hook`, which ran on every crossing of the boundary
+    /// (four per host call, two more per string the host wrote into the guest); a WASI call
+    /// does not start a new slice, so a guest cannot spin on the clock past its budget.
+    fn returned_from_host(&mut self) {
+        self.ticks_in_guest = 0;
+    }
 }
 
 /// The guest asked for more linear memory than its limit: the turn ends with a typed error.
@@ -494,22 +503,10 @@ impl PluginRuntime {
         let wasi = WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
         let others = StoreLimitsBuilder::new().instances(16).tables(16).memories(4).trap_on_grow_failure(true).build();
         let limits = TurnLimiter { memory_bytes: self.limits.memory_bytes, others };
-        let state = TurnState { wasi, table: ResourceTable::new(), limits, effects, ticks_in_guest: 0, yielding: false };
+        let state = TurnState { wasi, table: ResourceTable::new(), limits, effects, ticks_in_guest: 0 };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         let cpu_ticks = cpu_ticks(&self.limits);
-        // Time spent in the host does not count: a return from the host starts a new slice.
-        // The epoch callback below runs as a host call too (between the same two hooks): its
-        // return must not reset the count, or a loop would never be stopped.
-        store.call_hook(|mut ctx, hook: CallHook| {
-            let state = ctx.data_mut();
-            match hook {
-                CallHook::ReturningFromHost if state.yielding => state.yielding = false,
-                CallHook::ReturningFromHost | CallHook::CallingWasm => state.ticks_in_guest = 0,
-                CallHook::CallingHost | CallHook::ReturningFromWasm => {}
-            }
-            Ok(())
-        });
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
@@ -518,7 +515,6 @@ impl PluginRuntime {
                 return Err(wasmtime::Error::new(CpuSliceExhausted));
             }
             // Yield so a busy guest does not hold a runtime worker for its whole slice.
-            state.yielding = true;
             Ok(UpdateDeadline::Yield(1))
         });
         store

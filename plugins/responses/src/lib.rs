@@ -375,41 +375,119 @@ pub fn stream_turn<E: Effects>(
     })
 }
 
-/// The fields of a stream event that every event is read for. The rest (for most events a
-/// whole response object) is skipped, not built; the few events that need the response parse
-/// it again ([`WithResponseId`], [`response_of`]).
-#[derive(Default, serde::Deserialize)]
-struct EventHead<'a> {
+/// A stream event, read in one pass into the few fields the loop uses; the rest (for most
+/// events a whole response object echoing the request) is skipped, not built.
+struct Event<'a> {
+    ty: Option<JsonStr<'a>>,
+    delta: Option<JsonStr<'a>>,
+    text: Option<JsonStr<'a>>,
+    /// The event's `response` object, when it has one.
+    response: Option<Summary>,
+}
+
+impl<'a> Event<'a> {
+    /// An event whose fields do not fit the types read ([`Wire`]) is read as a [`Value`]
+    /// instead: a field of an unexpected type is ignored, as if absent, rather than costing
+    /// the event.
+    fn parse(data: &'a str) -> Result<Self, serde_json::Error> {
+        if let Ok(w) = serde_json::from_str::<Wire>(data) {
+            return Ok(Event { ty: w.ty, delta: w.delta, text: w.text, response: w.response.map(WireResponse::summary) });
+        }
+        let v: Value = serde_json::from_str(data)?;
+        let field = |k: &str| v.get(k).and_then(Value::as_str).map(|s| JsonStr(s.to_owned().into()));
+        Ok(Event {
+            ty: field("type"),
+            delta: field("delta"),
+            text: field("text"),
+            response: v.get("response").map(Summary::of_value),
+        })
+    }
+}
+
+/// What [`Event::parse`] reads of an event.
+#[derive(serde::Deserialize)]
+struct Wire<'a> {
     #[serde(rename = "type", borrow, default)]
     ty: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
     delta: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
     text: Option<JsonStr<'a>>,
-}
-
-impl<'a> EventHead<'a> {
-    /// A field of an unexpected type is ignored, as if absent, rather than costing the event.
-    fn parse(data: &'a str) -> Result<Self, serde_json::Error> {
-        if let Ok(head) = serde_json::from_str::<EventHead>(data) {
-            return Ok(head);
-        }
-        let v: Value = serde_json::from_str(data)?;
-        let field = |k: &str| v.get(k).and_then(Value::as_str).map(|s| JsonStr(s.to_owned().into()));
-        Ok(EventHead { ty: field("type"), delta: field("delta"), text: field("text") })
-    }
+    #[serde(borrow, default)]
+    response: Option<WireResponse<'a>>,
 }
 
 #[derive(serde::Deserialize)]
-struct WithResponseId<'a> {
-    #[serde(borrow)]
-    response: Option<ResponseId<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct ResponseId<'a> {
+struct WireResponse<'a> {
     #[serde(borrow)]
     id: Option<JsonStr<'a>>,
+    #[serde(borrow, default)]
+    output: Option<Vec<WireItem<'a>>>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireItem<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<JsonStr<'a>>,
+    #[serde(borrow, default)]
+    content: Option<Vec<WirePart<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct WirePart<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<JsonStr<'a>>,
+    #[serde(borrow)]
+    text: Option<JsonStr<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    input_tokens_details: Option<WireCached>,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    output_tokens_details: Option<WireReasoning>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireCached {
+    #[serde(default)]
+    cached_tokens: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct WireReasoning {
+    #[serde(default)]
+    reasoning_tokens: u64,
+}
+
+impl WireResponse<'_> {
+    /// The same as [`Summary::of_value`] of the same object.
+    fn summary(self) -> Summary {
+        let mut text = String::new();
+        for item in self.output.iter().flatten().filter(|i| i.ty.as_deref() == Some("message")) {
+            for part in item.content.iter().flatten().filter(|p| p.ty.as_deref() == Some("output_text")) {
+                if let Some(t) = &part.text {
+                    text.push_str(t);
+                }
+            }
+        }
+        Summary {
+            id: self.id.map(|id| id.0.into_owned()),
+            text,
+            usage: self.usage.map(|u| Usage {
+                input_tokens: u.input_tokens,
+                cached_input_tokens: u.input_tokens_details.map_or(0, |d| d.cached_tokens),
+                output_tokens: u.output_tokens,
+                reasoning_tokens: u.output_tokens_details.map_or(0, |d| d.reasoning_tokens),
+            }),
+        }
+    }
 }
 
 /// The `response` object of a terminal event (null when it has none).
@@ -455,8 +533,8 @@ impl StreamState {
             if data == "[DONE]" {
                 return Err(self.cut("[DONE] before a terminal event"));
             }
-            let head = match EventHead::parse(data) {
-                Ok(head) => head,
+            let event = match Event::parse(data) {
+                Ok(event) => event,
                 Err(e) => {
                     fx.log(
                         Level::Warn,
@@ -468,19 +546,15 @@ impl StreamState {
                     continue;
                 }
             };
-            let ty = head.ty.as_deref().or(ev.event.as_deref()).unwrap_or("");
+            let ty = event.ty.as_deref().or(ev.event.as_deref()).unwrap_or("");
             match ty {
                 "response.created" | "response.in_progress" | "response.queued"
                     if self.id.is_none() =>
                 {
-                    self.id = serde_json::from_str::<WithResponseId>(data)
-                        .ok()
-                        .and_then(|e| e.response)
-                        .and_then(|r| r.id)
-                        .map(|id| id.0.into_owned());
+                    self.id = event.response.and_then(|r| r.id);
                 }
                 "response.output_text.delta" => {
-                    if let Some(d) = head.delta.as_deref()
+                    if let Some(d) = event.delta.as_deref()
                         && !d.is_empty()
                     {
                         fx.push_text(d);
@@ -489,12 +563,12 @@ impl StreamState {
                     }
                 }
                 "response.output_text.done" => {
-                    if let Some(t) = head.text {
+                    if let Some(t) = event.text {
                         self.done_texts.push(t.0.into_owned());
                     }
                 }
                 "response.completed" => {
-                    return self.complete(fx, Summary::of_completed_event(data));
+                    return self.complete(fx, event.response.unwrap_or_default());
                 }
                 "response.failed" | "response.incomplete" | "response.cancelled" => {
                     let status = ty.trim_start_matches("response.");
@@ -551,7 +625,7 @@ impl StreamState {
     }
 }
 
-/// What a completed response says: its id, its output text ([`output_text`]) and its usage
+/// What a response object says: its id, its output text ([`output_text`]) and its usage
 /// ([`usage_of`]).
 #[derive(Default)]
 struct Summary {
@@ -563,82 +637,6 @@ struct Summary {
 impl Summary {
     fn of_value(v: &Value) -> Self {
         Summary { id: opt_str(v, "id").map(str::to_owned), text: output_text(v), usage: usage_of(v) }
-    }
-
-    /// From a `response.completed` event, read into types that skip everything else (the
-    /// response echoes the whole request); a response that does not fit them is read as a
-    /// [`Value`], with the same result.
-    fn of_completed_event(data: &str) -> Self {
-        #[derive(serde::Deserialize)]
-        struct Event<'a> {
-            #[serde(borrow)]
-            response: Option<Typed<'a>>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Typed<'a> {
-            #[serde(borrow)]
-            id: Option<JsonStr<'a>>,
-            #[serde(borrow, default)]
-            output: Option<Vec<Item<'a>>>,
-            usage: Option<TypedUsage>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Item<'a> {
-            #[serde(rename = "type", borrow)]
-            ty: Option<JsonStr<'a>>,
-            #[serde(borrow, default)]
-            content: Option<Vec<Part<'a>>>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Part<'a> {
-            #[serde(rename = "type", borrow)]
-            ty: Option<JsonStr<'a>>,
-            #[serde(borrow)]
-            text: Option<JsonStr<'a>>,
-        }
-        #[derive(serde::Deserialize)]
-        struct TypedUsage {
-            #[serde(default)]
-            input_tokens: u64,
-            #[serde(default)]
-            input_tokens_details: Option<Cached>,
-            #[serde(default)]
-            output_tokens: u64,
-            #[serde(default)]
-            output_tokens_details: Option<Reasoning>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Cached {
-            #[serde(default)]
-            cached_tokens: u64,
-        }
-        #[derive(serde::Deserialize)]
-        struct Reasoning {
-            #[serde(default)]
-            reasoning_tokens: u64,
-        }
-        let Ok(event) = serde_json::from_str::<Event>(data) else {
-            return Summary::of_value(&response_of(data));
-        };
-        let Some(r) = event.response else { return Summary::default() };
-        let mut text = String::new();
-        for item in r.output.iter().flatten().filter(|i| i.ty.as_deref() == Some("message")) {
-            for part in item.content.iter().flatten().filter(|p| p.ty.as_deref() == Some("output_text")) {
-                if let Some(t) = &part.text {
-                    text.push_str(t);
-                }
-            }
-        }
-        Summary {
-            id: r.id.map(|id| id.0.into_owned()),
-            text,
-            usage: r.usage.map(|u| Usage {
-                input_tokens: u.input_tokens,
-                cached_input_tokens: u.input_tokens_details.map_or(0, |d| d.cached_tokens),
-                output_tokens: u.output_tokens,
-                reasoning_tokens: u.output_tokens_details.map_or(0, |d| d.reasoning_tokens),
-            }),
-        }
     }
 }
 

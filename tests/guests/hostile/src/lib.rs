@@ -1,5 +1,6 @@
 //! A misbehaving backend for the runtime's limit tests. What it does depends on the turn text:
-//! "loop" spins forever, "alloc" grows memory without end, "panic" panics, "sleepy" asks the
+//! "loop" spins forever, "pulse" spends 4 × 150 ms of guest CPU with a call of the contract
+//! after each piece, "spin" 1.5 s in one piece, "alloc" grows memory without end, "panic" panics, "sleepy" asks the
 //! host to sleep for long, "started then panic" / "started then sleepy" first report a new
 //! session (`conv_hostile_<user>`), anything else answers "survived: <text>".
 #![cfg(target_arch = "wasm32")]
@@ -44,6 +45,20 @@ impl Guest for Hostile {
                     std::hint::black_box(&hoard);
                 }
             }
+            // Guest CPU in 150 ms pieces (timed on the WASI clock), each ended by a call of
+            // the contract (`now-ms`): 600 ms in all, within a 300 ms slice.
+            "pulse" => {
+                for _ in 0..4 {
+                    spin(std::time::Duration::from_millis(150));
+                    swapbot::backend::host::now_ms();
+                }
+                Ok(answer("pulsed", turn.session_id))
+            }
+            // More than the slice in one piece: reading the WASI clock does not end a slice.
+            "spin" => {
+                spin(std::time::Duration::from_millis(1500));
+                Ok(answer("spun", turn.session_id))
+            }
             "panic" => panic!("hostile plugin panics on purpose"),
             "sleepy" => {
                 swapbot::backend::host::sleep_ms(3_600_000);
@@ -57,15 +72,27 @@ impl Guest for Hostile {
                     usage: None,
                 })
             }
-            text => Ok(wt::Answer {
-                text: format!("survived: {text}"),
-                session_id: Some(turn.session_id.unwrap_or_else(|| "conv_hostile".into())),
-                turn_id: "resp_hostile".into(),
-                new_session: false,
-                replayed: 0,
-                usage: None,
-            }),
+            text => Ok(answer(&format!("survived: {text}"), turn.session_id)),
         }
+    }
+}
+
+fn answer(text: &str, session: Option<String>) -> wt::Answer {
+    wt::Answer {
+        text: text.into(),
+        session_id: Some(session.unwrap_or_else(|| "conv_hostile".into())),
+        turn_id: "resp_hostile".into(),
+        new_session: false,
+        replayed: 0,
+        usage: None,
+    }
+}
+
+fn spin(for_: std::time::Duration) {
+    let started = std::time::Instant::now();
+    let mut x: u64 = 0;
+    while started.elapsed() < for_ {
+        x = std::hint::black_box(x.wrapping_add(1));
     }
 }
 
