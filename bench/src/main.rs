@@ -20,6 +20,9 @@ use std::path::PathBuf;
 const USAGE: &str = "usage: swapbot-bench overhead|native|first-text|load|swap|memory|startup|cost|replicas [--out FILE]\n       \
 swapbot-bench report RAW.jsonl... --json FILE --md FILE [--total-secs N]";
 
+#[global_allocator]
+static ALLOCATOR: swapbot::Allocator = swapbot::ALLOCATOR;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let group = args.first().cloned().unwrap_or_default();

@@ -24,3 +24,9 @@ pub mod state;
 pub mod telemetry;
 pub mod turn;
 pub mod usage;
+
+/// The allocator of the `swapbot` binary (and of the bench, so it measures the same): glibc's
+/// per-thread arenas grew and shrank with `mprotect` on every burst of turns, and its
+/// malloc/free were a tenth of a turn's CPU.
+pub type Allocator = mimalloc::MiMalloc;
+pub const ALLOCATOR: Allocator = mimalloc::MiMalloc;

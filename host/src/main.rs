@@ -94,6 +94,9 @@ enum PluginCommand {
     },
 }
 
+#[global_allocator]
+static ALLOCATOR: swapbot::Allocator = swapbot::ALLOCATOR;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

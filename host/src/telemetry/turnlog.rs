@@ -95,7 +95,10 @@ impl TurnLog {
 
     pub fn write(&self, record: &TurnRecord) {
         let line = record.to_line();
-        tracing::info!(target: "swapbot::turn", "{line}");
+        // The record is this file's line; the general log repeats it only when asked
+        // (`RUST_LOG=swapbot::turn=debug`): formatted and redacted twice more per turn, it cost
+        // more than the turn's own bookkeeping.
+        tracing::debug!(target: "swapbot::turn", "{line}");
         if let Some(file) = self.file.lock().unwrap().as_mut() {
             if let Err(err) = writeln!(file, "{line}") {
                 tracing::warn!(%err, "could not write the turn log");

@@ -296,6 +296,8 @@ fn write_loop(path: PathBuf, rx: mpsc::Receiver<Job>) {
     let mut pending: Vec<u8> = Vec::new();
     let mut waiting: Vec<mpsc::Sender<()>> = Vec::new();
     let mut failing = false;
+    // Kept open between groups; reopened after a failed write (the file may have been replaced).
+    let mut file: Option<std::fs::File> = None;
     loop {
         // Block for one job, then take whatever else is queued: one write and one fsync per group.
         let first = if pending.is_empty() {
@@ -332,7 +334,7 @@ fn write_loop(path: PathBuf, rx: mpsc::Receiver<Job>) {
             }
         }
         if !pending.is_empty() {
-            match append(&path, &pending) {
+            match append(&mut file, &path, &pending) {
                 Ok(()) => {
                     if failing {
                         tracing::info!(path = %path.display(), "usage journal writable again");
@@ -363,17 +365,23 @@ fn write_loop(path: PathBuf, rx: mpsc::Receiver<Job>) {
         }
         if closed {
             if !pending.is_empty() {
-                let _ = append(&path, &pending);
+                let _ = append(&mut file, &path, &pending);
             }
             break;
         }
     }
 }
 
-fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    f.write_all(bytes)?;
-    f.sync_data()
+fn append(file: &mut Option<std::fs::File>, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let f = match file {
+        Some(f) => f,
+        None => file.insert(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+    };
+    let written = f.write_all(bytes).and_then(|()| f.sync_data());
+    if written.is_err() {
+        *file = None;
+    }
+    written
 }
 
 /// Entries of the current month; and how many older (or unreadable) lines were seen.
