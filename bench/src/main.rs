@@ -24,6 +24,7 @@ swapbot-bench report RAW.jsonl... --json FILE --md FILE [--total-secs N]";
 static ALLOCATOR: swapbot::Allocator = swapbot::ALLOCATOR;
 
 fn main() -> anyhow::Result<()> {
+    swapbot::tune_process_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let group = args.first().cloned().unwrap_or_default();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(PathBuf::from);

@@ -30,3 +30,14 @@ pub mod usage;
 /// malloc/free were a tenth of a turn's CPU.
 pub type Allocator = mimalloc::MiMalloc;
 pub const ALLOCATOR: Allocator = mimalloc::MiMalloc;
+
+/// Called first thing in `main`: no transparent huge pages for this process. The allocator's
+/// fresh pages and the plugins' linear memories are touched a few KiB at a time, and with THP
+/// every first touch zeroed a whole 2 MiB page: a tenth of a saturated turn's CPU.
+pub fn tune_process_memory() {
+    #[cfg(target_os = "linux")]
+    // Safety: PR_SET_THP_DISABLE only sets a flag of this process's memory map.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}

@@ -98,6 +98,7 @@ enum PluginCommand {
 static ALLOCATOR: swapbot::Allocator = swapbot::ALLOCATOR;
 
 fn main() -> ExitCode {
+    swapbot::tune_process_memory();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -179,6 +180,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 DbCommand::Import { data_dir } => {
                     let dir = data_dir.unwrap_or_else(|| config.data_dir.clone());
+                    // Exchanges an unclean stop left only in the history journals go into the files first.
+                    swapbot::state::replay_history_journals(&dir);
                     let report = pg.import_data_dir(&dir).await?;
                     let r = &report;
                     println!(

@@ -2,8 +2,9 @@
 //! format the Python bot wrote) and each user's recent messages for replay.
 //!
 //! Id maps are rewritten whole with temp file + fsync + rename + directory fsync, so a crash
-//! leaves each file old or new. History is an append-only JSON-lines file per user, fsynced
-//! per record; a record that does not parse (a crash mid-append, a full disk cutting a record,
+//! leaves each file old or new. History is an append-only JSON-lines file per user, made durable
+//! by the directory's write-ahead journal (`journal.rs`: one sync for every exchange committed
+//! meanwhile); a record that does not parse (a crash mid-append, a full disk cutting a record,
 //! even mid-character) is skipped on load and the records after it are read.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -326,6 +327,9 @@ struct HistoryRecord {
 pub struct HistoryStore<K = i64> {
     dir: PathBuf,
     users: Mutex<HashMap<K, Arc<Mutex<UserHistory>>>>,
+    /// Makes appends durable in groups; `None` when it could not be opened (the store then
+    /// syncs each user file itself, as it did before the journal).
+    journal: Option<super::journal::Journal>,
 }
 
 struct UserHistory {
@@ -354,7 +358,16 @@ const USERS_KEPT: usize = 4096;
 impl<K: StoreKey> HistoryStore<K> {
     /// A history with keys of type `K` (see [`HistoryStore::open`]).
     pub fn open_keyed(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), users: Mutex::new(HashMap::new()) }
+        let dir = dir.into();
+        // Replays what an unclean stop left in the journal before any file is read.
+        let journal = match super::journal::Journal::open(&dir, render_exchange) {
+            Ok(journal) => Some(journal),
+            Err(err) => {
+                tracing::error!(dir = %dir.display(), %err, "cannot open the history journal; every exchange is synced on its own");
+                None
+            }
+        };
+        Self { dir, users: Mutex::new(HashMap::new()), journal }
     }
 
     fn file(&self, user: K) -> PathBuf {
@@ -427,53 +440,64 @@ impl<K: StoreKey> HistoryStore<K> {
         self.read(user).messages.into()
     }
 
-    /// Appends one finished exchange durably.
+    /// Appends one finished exchange durably: in the journal's next group commit, then to the
+    /// user's file.
     pub fn append_turn(&self, user: K, question: &str, answer: &str) -> Result<(), StorageError> {
         let (handle, _) = self.user(user);
         let mut history = handle.lock().unwrap();
         let path = self.file(user);
-        let mut out = String::new();
-        for (role, text) in [("user", question), ("assistant", answer)] {
-            let line = serde_json::to_string(&HistoryRecord { role: role.into(), text: text.into() })
-                .unwrap_or_default();
-            out.push_str(&line);
-            out.push('\n');
+        let mut out = render_exchange(question, answer);
+        // A torn line from an earlier crash must not glue onto this record.
+        if history.torn_tail {
+            out.insert(0, b'\n');
         }
-        {
-            let open = || OpenOptions::new().create(true).append(true).open(&path);
-            // The directory is made with the first history, not checked on every append.
-            let mut file = match open() {
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
-                    open()
-                }
-                other => other,
-            }
-            .map_err(io_err(&path))?;
-            // A torn line from an earlier crash must not glue onto this record.
-            if history.torn_tail {
-                out.insert(0, '\n');
-            }
-            let written = file.write_all(out.as_bytes()).and_then(|()| file.sync_data());
-            // After a failed write the file may end anywhere: start the next record on a new line.
-            history.torn_tail = written.is_err();
-            written.map_err(io_err(&path))?;
+        let written = match &self.journal {
+            Some(journal) => journal.append(&path, history.lines_on_disk, question, answer, out),
+            None => self.append_synced(&path, &out),
+        };
+        if let Err(err) = written {
+            // The file may end anywhere now: what the next append needs is read back from it.
+            let read = self.read(user);
+            history.lines_on_disk = read.lines;
+            history.torn_tail = read.torn_tail;
+            return Err(StorageError::Io { path, source: err });
         }
         history.lines_on_disk += 2;
         if history.lines_on_disk > HISTORY_LIMIT * 2 {
-            // Rewritten with the last messages only, so a file stays bounded.
+            // Rewritten with the last messages only, so a file stays bounded. The journal first
+            // learns that the file holds everything before (synced), so that no older record is
+            // replayed into the shorter file.
+            if let Some(journal) = &self.journal {
+                File::open(&path).and_then(|f| f.sync_data()).map_err(io_err(&path))?;
+                journal.barrier(&path, super::journal::Barrier::Synced).map_err(io_err(&path))?;
+            }
             let kept = self.read(user).messages;
-            let mut compact = String::new();
+            let mut compact = Vec::new();
             for m in &kept {
                 let role = if m.role == Role::Assistant { "assistant" } else { "user" };
-                compact.push_str(&serde_json::to_string(&HistoryRecord { role: role.into(), text: m.text.clone() }).unwrap_or_default());
-                compact.push('\n');
+                compact.extend_from_slice(&serde_json::to_vec(&HistoryRecord { role: role.into(), text: m.text.clone() }).unwrap_or_default());
+                compact.push(b'\n');
             }
-            write_atomic(&path, compact.as_bytes())?;
+            write_atomic(&path, &compact)?;
             history.lines_on_disk = kept.len();
             history.torn_tail = false;
         }
         Ok(())
+    }
+
+    /// Without a journal: the record is appended and synced on its own.
+    fn append_synced(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let open = || OpenOptions::new().create(true).append(true).open(path);
+        // The directory is made with the first history, not checked on every append.
+        let mut file = match open() {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(&self.dir)?;
+                open()
+            }
+            other => other,
+        }?;
+        file.write_all(bytes)?;
+        file.sync_data()
     }
 
     /// Forgets a user's history, on disk too.
@@ -481,11 +505,15 @@ impl<K: StoreKey> HistoryStore<K> {
         let (handle, _) = self.user(user);
         let mut history = handle.lock().unwrap();
         let path = self.file(user);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(StorageError::Io { path, source: err }),
-        }
+        // Through the journal, so that a replay after a crash does not bring the history back.
+        let removed = match &self.journal {
+            Some(journal) => journal.barrier(&path, super::journal::Barrier::Cleared),
+            None => match fs::remove_file(&path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+                _ => Ok(()),
+            },
+        };
+        removed.map_err(|source| StorageError::Io { path, source })?;
         history.lines_on_disk = 0;
         history.torn_tail = false;
         Ok(())
@@ -495,6 +523,28 @@ impl<K: StoreKey> HistoryStore<K> {
     pub fn users_in_memory(&self) -> usize {
         self.users.lock().unwrap().len()
     }
+}
+
+/// Replays the history journals under `data_dir` into the history files (what opening the
+/// file store does), for tools that read the files themselves.
+pub fn replay_history_journals(data_dir: &Path) {
+    let history = data_dir.join("history");
+    if history.is_dir() {
+        drop(HistoryStore::open(&history));
+        if history.join("groups").is_dir() {
+            drop(HistoryStore::<crate::state::GroupKey>::open_keyed(history.join("groups")));
+        }
+    }
+}
+
+/// An exchange as its two lines in a history file.
+fn render_exchange(question: &str, answer: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (role, text) in [("user", question), ("assistant", answer)] {
+        out.extend_from_slice(&serde_json::to_vec(&HistoryRecord { role: role.into(), text: text.into() }).unwrap_or_default());
+        out.push(b'\n');
+    }
+    out
 }
 
 fn ends_with_newline(path: &Path) -> bool {

@@ -2,6 +2,7 @@
 //! and the atomic-file primitives under `DATA_DIR` they are stored with.
 
 pub mod files;
+mod journal;
 pub mod session;
 pub mod store;
 

@@ -162,6 +162,35 @@ pub struct TurnService {
     metrics: Arc<crate::telemetry::metrics::Metrics>,
     accounting: Accounting,
     cache_salt: String,
+    /// Why turns go without knowledge-base context, logged when it starts or changes.
+    kb_warning: OngoingWarning,
+}
+
+/// A condition that holds for many turns in a row (an empty knowledge base, a ChromaDB that is
+/// down) is logged when it starts or changes and then every [`OngoingWarning::REPEAT`], not on
+/// every turn: a bot without a knowledge base wrote a warning per turn, and formatting it was a
+/// tenth of the turn's CPU.
+#[derive(Default)]
+struct OngoingWarning {
+    last: Mutex<Option<(String, Instant)>>,
+}
+
+impl OngoingWarning {
+    const REPEAT: std::time::Duration = std::time::Duration::from_secs(600);
+
+    /// Whether `note` is to be logged now; `None` says the condition ended.
+    fn should_log(&self, note: Option<&str>) -> bool {
+        let mut last = self.last.lock().unwrap();
+        let Some(note) = note else {
+            *last = None;
+            return false;
+        };
+        if last.as_ref().is_some_and(|(seen, at)| seen == note && at.elapsed() < Self::REPEAT) {
+            return false;
+        }
+        *last = Some((note.to_owned(), Instant::now()));
+        true
+    }
 }
 
 impl TurnService {
@@ -190,6 +219,7 @@ impl TurnService {
             metrics,
             accounting: Accounting::default(),
             cache_salt: cache_salt(data_dir),
+            kb_warning: OngoingWarning::default(),
         }
     }
 
@@ -430,8 +460,8 @@ impl TurnService {
                 record.kb_ms = kb_started.elapsed().as_millis() as u64;
                 record.kb_chunks = chunks.len() as u32;
                 record.embedding_tokens = (embedding_tokens > 0).then_some(embedding_tokens);
-                if let Some(note) = note {
-                    tracing::warn!(note = %note, "answering without knowledge-base context");
+                if self.kb_warning.should_log(note.as_deref()) {
+                    tracing::warn!(note = %note.unwrap_or_default(), "answering without knowledge-base context (logged again when the reason changes, or in 10 minutes)");
                 }
                 chunks
             }
@@ -718,3 +748,19 @@ fn plugin_error_name(err: &PluginError) -> &'static str {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::OngoingWarning;
+
+    #[test]
+    fn an_ongoing_warning_is_logged_when_it_starts_changes_or_returns() {
+        let w = OngoingWarning::default();
+        let empty = Some("the knowledge base is empty");
+        assert!(w.should_log(empty));
+        assert!(!w.should_log(empty), "not again on the next turn");
+        assert!(w.should_log(Some("ChromaDB is unreachable")), "a new reason is logged");
+        assert!(!w.should_log(None));
+        assert!(w.should_log(Some("ChromaDB is unreachable")), "a reason that came back is logged");
+    }
+}

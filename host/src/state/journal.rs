@@ -1,0 +1,505 @@
+//! The history's write-ahead journal: an exchange is durable once its line in the journal is
+//! synced, and one `fdatasync` of the journal covers every exchange committed meanwhile (a
+//! group commit). Each user's own file is appended right after, without a sync.
+//!
+//! The journal is rotated every [`ROTATE_RECORDS`] records or [`ROTATE_AFTER`]; a checkpoint
+//! thread then syncs the user files the old journal touched, once each, and deletes it. At open,
+//! the journals left by a crash are replayed into the user files: a record is appended when its
+//! file has exactly the lines it had before the record, and skipped when the file is past them.
+//!
+//! Journal lines (`journal.<seq>.log`, JSON):
+//! - `{"f":"<file name>","n":<lines before>,"q":"…","a":"…"}`: an exchange;
+//! - `{"f":…,"barrier":"synced"}`: every earlier record of the file is in the file and synced
+//!   (written before a compaction rewrites the file, so older records are not replayed into it);
+//! - `{"f":…,"barrier":"cleared"}`: the file was removed (its history forgotten).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Records per journal before it is rotated and checkpointed.
+const ROTATE_RECORDS: usize = 4096;
+/// A journal with records is rotated at least this often, so a crash replays little.
+const ROTATE_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    f: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    q: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    barrier: Option<Barrier>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Barrier {
+    /// The file holds every earlier record, synced.
+    Synced,
+    /// The file is removed.
+    Cleared,
+}
+
+enum Job {
+    /// Append `bytes` to `file` once `line` is durable.
+    Append { file: PathBuf, line: Vec<u8>, bytes: Vec<u8>, reply: mpsc::Sender<io::Result<()>> },
+    /// Make `line` durable; with [`Barrier::Cleared`], then remove `file`.
+    Barrier { file: PathBuf, line: Vec<u8>, barrier: Barrier, reply: mpsc::Sender<io::Result<()>> },
+}
+
+pub struct Journal {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Journal {
+    /// Replays what a crash left in `dir`'s journals into the user files (`render` turns a
+    /// record's question and answer into the lines its file holds), then starts a new journal.
+    pub fn open(dir: &Path, render: fn(&str, &str) -> Vec<u8>) -> io::Result<Journal> {
+        fs::create_dir_all(dir)?;
+        let seq = replay(dir, render)?;
+        let path = journal_path(dir, seq + 1);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let (tx, rx) = mpsc::channel();
+        let dir = dir.to_owned();
+        let writer = std::thread::Builder::new()
+            .name("history-journal".into())
+            .spawn(move || write_loop(dir, seq + 1, file, rx))?;
+        Ok(Journal { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
+    }
+
+    /// Appends `bytes` (the rendered exchange, with a leading newline if the file's tail is
+    /// torn) to `file`, after the exchange is durable in the journal. Returns when both are done.
+    pub fn append(&self, file: &Path, lines_before: usize, question: &str, answer: &str, bytes: Vec<u8>) -> io::Result<()> {
+        let record = Record {
+            f: file_name(file),
+            n: Some(lines_before),
+            q: Some(question.to_owned()),
+            a: Some(answer.to_owned()),
+            barrier: None,
+        };
+        let (reply, done) = mpsc::channel();
+        self.send(Job::Append { file: file.to_owned(), line: line_of(&record), bytes, reply })?;
+        done.recv().unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Makes `barrier` durable for `file` (and with [`Barrier::Cleared`] removes the file).
+    pub fn barrier(&self, file: &Path, barrier: Barrier) -> io::Result<()> {
+        let record = Record { f: file_name(file), n: None, q: None, a: None, barrier: Some(barrier) };
+        let (reply, done) = mpsc::channel();
+        self.send(Job::Barrier { file: file.to_owned(), line: line_of(&record), barrier, reply })?;
+        done.recv().unwrap_or_else(|_| Err(stopped()))
+    }
+
+    fn send(&self, job: Job) -> io::Result<()> {
+        match self.tx.lock().unwrap().as_ref() {
+            Some(tx) => tx.send(job).map_err(|_| stopped()),
+            None => Err(stopped()),
+        }
+    }
+}
+
+impl Drop for Journal {
+    /// The writer checkpoints what it has and exits.
+    fn drop(&mut self) {
+        self.tx.lock().unwrap().take();
+        if let Some(writer) = self.writer.lock().unwrap().take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the history journal is stopped")
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn line_of(record: &Record) -> Vec<u8> {
+    let mut line = serde_json::to_vec(record).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+fn journal_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("journal.{seq}.log"))
+}
+
+/// The journals in `dir`, oldest first.
+fn journals(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = vec![];
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(seq) = name.to_str().and_then(|n| n.strip_prefix("journal.")?.strip_suffix(".log")?.parse().ok()) else {
+            continue;
+        };
+        found.push((seq, entry.path()));
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn append_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    OpenOptions::new().create(true).append(true).open(path)?.write_all(bytes)
+}
+
+fn sync_file(path: &Path) -> io::Result<()> {
+    match File::open(path) {
+        Ok(f) => f.sync_data(),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// A user file as replay sees it: the byte offset after each complete line.
+fn line_ends(path: &Path) -> io::Result<Vec<u64>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(err) => return Err(err),
+    };
+    Ok(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i as u64 + 1).collect())
+}
+
+/// Replays every journal in `dir` into its user files, syncs them, removes the journals, and
+/// returns the last sequence number seen (0 if none).
+fn replay(dir: &Path, render: fn(&str, &str) -> Vec<u8>) -> io::Result<u64> {
+    let found = journals(dir)?;
+    let Some(&(last_seq, _)) = found.last() else { return Ok(0) };
+    let mut records: Vec<Record> = vec![];
+    for (_, path) in &found {
+        for line in BufReader::new(File::open(path)?).split(b'\n') {
+            // A torn last line was never acknowledged: it is not replayed.
+            if let Ok(record) = serde_json::from_slice::<Record>(&line?) {
+                records.push(record);
+            }
+        }
+    }
+    // Per file, only what follows its last barrier is replayed; a file cleared last is removed
+    // first (an unsynced unlink may not have survived the crash).
+    let mut last_barrier: HashMap<&str, (usize, Barrier)> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if let Some(b) = r.barrier {
+            last_barrier.insert(r.f.as_str(), (i, b));
+        }
+    }
+    let mut touched: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let (mut applied, mut skipped) = (0usize, 0usize);
+    for (name, (_, barrier)) in &last_barrier {
+        if *barrier == Barrier::Cleared {
+            match fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+            touched.insert((*name).to_owned(), vec![]);
+        }
+    }
+    for (i, r) in records.iter().enumerate() {
+        let (Some(n), Some(q), Some(a)) = (r.n, &r.q, &r.a) else { continue };
+        if last_barrier.get(r.f.as_str()).is_some_and(|(at, _)| *at > i) || r.f.contains(['/', '\\']) || r.f.is_empty() {
+            continue;
+        }
+        let path = dir.join(&r.f);
+        if !touched.contains_key(&r.f) {
+            let ends = line_ends(&path)?;
+            touched.insert(r.f.clone(), ends);
+        }
+        let ends = touched.get_mut(&r.f).expect("inserted above");
+        let len_now = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let complete = ends.len();
+        let torn = ends.last().copied().unwrap_or(0) < len_now;
+        // `n` counted the file's lines as the store does: complete ones plus a torn tail. An
+        // applied record made that n + 2 complete lines.
+        let (keep, newline_first) = if complete >= n + 2 {
+            skipped += 1;
+            continue;
+        } else if complete >= n {
+            // Not applied, or torn part-way: cut back to the lines it followed.
+            (if n == 0 { 0 } else { ends[n - 1] }, false)
+        } else if complete + 1 == n && torn {
+            // It followed a torn line and was not applied: it starts by ending that line.
+            (len_now, true)
+        } else {
+            // The file is short of what the record followed: compacted or replaced after it.
+            skipped += 1;
+            continue;
+        };
+        OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(keep)).or_else(|err| {
+            if err.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(err) }
+        })?;
+        let mut bytes = if newline_first { vec![b'\n'] } else { vec![] };
+        bytes.extend_from_slice(&render(q, a));
+        append_file(&path, &bytes)?;
+        ends.truncate(n.min(complete));
+        for (j, b) in bytes.iter().enumerate() {
+            if *b == b'\n' {
+                ends.push(keep + j as u64 + 1);
+            }
+        }
+        applied += 1;
+    }
+    for name in touched.keys() {
+        sync_file(&dir.join(name))?;
+    }
+    sync_dir(dir);
+    for (_, path) in &found {
+        fs::remove_file(path)?;
+    }
+    sync_dir(dir);
+    if applied > 0 {
+        tracing::info!(dir = %dir.display(), applied, already_on_disk = skipped, "history journal: exchanges an unclean stop kept out of the history files are in them now");
+    }
+    Ok(last_seq)
+}
+
+/// Checkpoints running or done: the journal that may be deleted once its files are synced.
+type Checkpoint = std::thread::JoinHandle<()>;
+
+fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job>) {
+    let mut records = 0usize;
+    let mut opened = Instant::now();
+    let mut dirty: HashSet<PathBuf> = HashSet::new();
+    // A failed write may have left part of a line: the next one starts on a new line.
+    let mut torn = false;
+    let mut checkpoint: Option<Checkpoint> = None;
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    loop {
+        let first = match rx.recv_timeout(ROTATE_AFTER) {
+            Ok(job) => Some(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch: Vec<Job> = first.into_iter().collect();
+        while let Ok(job) = rx.try_recv() {
+            batch.push(job);
+        }
+        if !batch.is_empty() {
+            let mut buf = Vec::new();
+            if torn {
+                buf.push(b'\n');
+            }
+            for job in &batch {
+                match job {
+                    Job::Append { line, .. } | Job::Barrier { line, .. } => buf.extend_from_slice(line),
+                }
+            }
+            match file.write_all(&buf).and_then(|()| file.sync_data()) {
+                Err(err) => {
+                    torn = true;
+                    tracing::error!(dir = %dir.display(), %err, "cannot write the history journal");
+                    for job in batch {
+                        let (Job::Append { reply, .. } | Job::Barrier { reply, .. }) = job;
+                        let _ = reply.send(Err(io::Error::new(err.kind(), err.to_string())));
+                    }
+                    continue;
+                }
+                Ok(()) => torn = false,
+            }
+            records += batch.len();
+            for job in batch {
+                match job {
+                    Job::Append { file, bytes, reply, .. } => {
+                        let _ = reply.send(append_file(&file, &bytes));
+                        dirty.insert(file);
+                    }
+                    Job::Barrier { file, barrier, reply, .. } => {
+                        let result = match barrier {
+                            Barrier::Synced => Ok(()),
+                            Barrier::Cleared => match fs::remove_file(&file) {
+                                Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+                                _ => Ok(()),
+                            },
+                        };
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+        let due = records >= ROTATE_RECORDS || (records > 0 && opened.elapsed() >= ROTATE_AFTER);
+        if due && checkpoint.as_ref().is_none_or(|c| c.is_finished()) {
+            let next = journal_path(&dir, seq + 1);
+            match OpenOptions::new().create(true).append(true).open(&next) {
+                Ok(new_file) => {
+                    sync_dir(&dir);
+                    let old = journal_path(&dir, seq);
+                    seq += 1;
+                    file = new_file;
+                    records = 0;
+                    opened = Instant::now();
+                    torn = false;
+                    let files = std::mem::take(&mut dirty);
+                    let (dir, failed_once) = (dir.clone(), failed_once.clone());
+                    checkpoint = std::thread::Builder::new()
+                        .name("history-checkpoint".into())
+                        .spawn(move || checkpoint_files(&dir, &old, files, &failed_once))
+                        .ok();
+                }
+                Err(err) => tracing::warn!(dir = %dir.display(), %err, "cannot rotate the history journal; keeping the current one"),
+            }
+        }
+    }
+    // Stopping: the last journal is checkpointed in place.
+    if let Some(c) = checkpoint.take() {
+        let _ = c.join();
+    }
+    let current = journal_path(&dir, seq);
+    checkpoint_files(&dir, &current, dirty, &failed_once);
+}
+
+/// Syncs `files`, then deletes the journal that made them durable. On a failure the journal
+/// stays and is replayed at the next start.
+fn checkpoint_files(dir: &Path, journal: &Path, files: HashSet<PathBuf>, failed_once: &std::sync::atomic::AtomicBool) {
+    // After one failure no journal is deleted until the next start replays them all: a newer
+    // journal's barriers are what keep an older one's records out of a compacted file.
+    if failed_once.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    for file in &files {
+        if let Err(err) = sync_file(file) {
+            if !failed_once.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(file = %file.display(), %err, "cannot sync a history file; its journal is kept for the next start");
+            }
+            return;
+        }
+    }
+    if fs::remove_file(journal).is_ok() {
+        sync_dir(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(q: &str, a: &str) -> Vec<u8> {
+        format!("Q {q}\nA {a}\n").into_bytes()
+    }
+
+    fn exchange(f: &str, n: usize, q: &str) -> String {
+        let r = Record { f: f.into(), n: Some(n), q: Some(q.into()), a: Some(format!("re {q}")), barrier: None };
+        String::from_utf8(line_of(&r)).unwrap()
+    }
+
+    fn barrier(f: &str, b: Barrier) -> String {
+        String::from_utf8(line_of(&Record { f: f.into(), n: None, q: None, a: None, barrier: Some(b) })).unwrap()
+    }
+
+    /// What a crash can leave: records in the journal that their files have, lack, or hold
+    /// part of. Replay makes every file hold each acknowledged exchange exactly once.
+    #[test]
+    fn replay_applies_what_the_files_lack_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // has both records; lacks the second; holds half of the second; followed a torn line.
+        fs::write(d.join("a.jsonl"), "Q 1\nA re 1\nQ 2\nA re 2\n").unwrap();
+        fs::write(d.join("b.jsonl"), "Q 1\nA re 1\n").unwrap();
+        fs::write(d.join("c.jsonl"), "Q 1\nA re 1\nQ 2\nA r").unwrap();
+        fs::write(d.join("e.jsonl"), "Q 0\nA re 0\n{\"torn").unwrap();
+        let mut journal = String::new();
+        for f in ["a.jsonl", "b.jsonl", "c.jsonl"] {
+            journal += &exchange(f, 0, "1");
+            journal += &exchange(f, 2, "2");
+        }
+        // A file that never reached the disk, and one that followed a torn line (3 lines as the
+        // store counts them: two and the torn one).
+        journal += &exchange("new.jsonl", 0, "1");
+        journal += &exchange("e.jsonl", 3, "1");
+        // A torn last journal line was never acknowledged.
+        journal += "{\"f\":\"b.jsonl\",\"n\":4,\"q\":\"3";
+        fs::write(journal_path(d, 7), journal).unwrap();
+
+        assert_eq!(replay(d, render).unwrap(), 7);
+        let both = "Q 1\nA re 1\nQ 2\nA re 2\n";
+        for f in ["a.jsonl", "b.jsonl", "c.jsonl"] {
+            assert_eq!(fs::read_to_string(d.join(f)).unwrap(), both, "{f}");
+        }
+        assert_eq!(fs::read_to_string(d.join("new.jsonl")).unwrap(), "Q 1\nA re 1\n");
+        assert_eq!(fs::read_to_string(d.join("e.jsonl")).unwrap(), "Q 0\nA re 0\n{\"torn\nQ 1\nA re 1\n");
+        assert!(journals(d).unwrap().is_empty(), "replayed journals are removed");
+        // A second replay (a crash during the first) changes nothing.
+        assert_eq!(replay(d, render).unwrap(), 0);
+        assert_eq!(fs::read_to_string(d.join("b.jsonl")).unwrap(), both);
+    }
+
+    #[test]
+    fn barriers_keep_forgotten_and_compacted_history_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Cleared, then one new exchange: the unlink did not survive the crash, the new one was
+        // not written. Compacted to one exchange (two lines), after which a record with the same
+        // line count as an older one followed.
+        fs::write(d.join("gone.jsonl"), "Q secret\nA re secret\n").unwrap();
+        fs::write(d.join("short.jsonl"), "Q 2\nA re 2\n").unwrap();
+        let mut journal = String::new();
+        journal += &exchange("gone.jsonl", 0, "secret");
+        journal += &barrier("gone.jsonl", Barrier::Cleared);
+        journal += &exchange("gone.jsonl", 0, "fresh");
+        journal += &exchange("short.jsonl", 0, "1");
+        journal += &exchange("short.jsonl", 2, "2");
+        journal += &barrier("short.jsonl", Barrier::Synced);
+        journal += &exchange("short.jsonl", 2, "3");
+        fs::write(journal_path(d, 1), &journal[..journal.len() / 2]).unwrap();
+        fs::write(journal_path(d, 2), &journal[journal.len() / 2..]).unwrap();
+
+        replay(d, render).unwrap();
+        assert_eq!(fs::read_to_string(d.join("gone.jsonl")).unwrap(), "Q fresh\nA re fresh\n");
+        assert_eq!(fs::read_to_string(d.join("short.jsonl")).unwrap(), "Q 2\nA re 2\nQ 3\nA re 3\n");
+    }
+
+    #[test]
+    fn appends_reach_the_files_and_a_clean_stop_leaves_no_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let journal = Journal::open(d, render).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let journal = &journal;
+                let path = d.join(format!("{t}.jsonl"));
+                move || {
+                    for i in 0..50 {
+                        let q = format!("{t}-{i}");
+                        journal.append(&path, i * 2, &q, "ok", render(&q, "ok")).unwrap();
+                    }
+                }
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for f in threads {
+                s.spawn(f);
+            }
+        });
+        for t in 0..4 {
+            let text = fs::read_to_string(d.join(format!("{t}.jsonl"))).unwrap();
+            assert_eq!(text.lines().count(), 100);
+            assert!(text.ends_with(&format!("Q {t}-49\nA ok\n")));
+        }
+        journal.barrier(&d.join("0.jsonl"), Barrier::Cleared).unwrap();
+        assert!(!d.join("0.jsonl").exists());
+        drop(journal);
+        assert!(journals(d).unwrap().is_empty(), "{:?}", journals(d).unwrap());
+        // Nothing to replay: the files stay as they are.
+        Journal::open(d, render).unwrap();
+        assert!(!d.join("0.jsonl").exists());
+        assert_eq!(fs::read_to_string(d.join("1.jsonl")).unwrap().lines().count(), 100);
+    }
+}
