@@ -197,6 +197,11 @@ impl HostEffects for LiveEffects {
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
+        // Plugins log every HTTP call at debug; at the usual info level that costs no lock,
+        // count or escaping.
+        if level == LogLevel::Debug && !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
         {
             let mut obs = self.observations.lock().unwrap();
             obs.log_calls += 1;

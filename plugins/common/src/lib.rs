@@ -744,6 +744,25 @@ pub fn call_json<E: Effects>(
     req: HttpRequest,
     on_status: impl FnOnce(&HttpResponse) -> Option<ChatError>,
 ) -> Result<Value, ChatError> {
+    let (what, resp) = call(fx, req, on_status)?;
+    parse_json(&what, &resp.body)
+}
+
+/// Like [`call_json`], the 2xx answer unparsed (for a caller that reads it into types).
+pub fn call_ok<E: Effects>(
+    fx: &mut E,
+    req: HttpRequest,
+    on_status: impl FnOnce(&HttpResponse) -> Option<ChatError>,
+) -> Result<HttpResponse, ChatError> {
+    call(fx, req, on_status).map(|(_, resp)| resp)
+}
+
+/// The request's `METHOD /path` and its 2xx answer.
+fn call<E: Effects>(
+    fx: &mut E,
+    req: HttpRequest,
+    on_status: impl FnOnce(&HttpResponse) -> Option<ChatError>,
+) -> Result<(String, HttpResponse), ChatError> {
     let what = req.what();
     fx.log(Level::Debug, &what);
     let resp = fx.http(req).map_err(|e| classify_transport(&what, &e))?;
@@ -759,7 +778,7 @@ pub fn call_json<E: Effects>(
         }
         return Err(classify_http(&what, &resp));
     }
-    parse_json(&what, &resp.body)
+    Ok((what, resp))
 }
 
 /// Parse a JSON body; a parse failure is a bad-response error.

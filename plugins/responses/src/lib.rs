@@ -422,6 +422,8 @@ struct WireResponse<'a> {
     #[serde(borrow)]
     id: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
+    status: Option<JsonStr<'a>>,
+    #[serde(borrow, default)]
     output: Option<Vec<WireItem<'a>>>,
     usage: Option<WireUsage>,
 }
@@ -659,7 +661,20 @@ pub fn plain_turn<E: Effects>(
         body["background"] = Value::Bool(true);
     }
     let req = HttpRequest::post("/responses").json(&body);
-    let mut resp = call_json(fx, req, |r| conversation_gone(r, conversation))?;
+    let answer = call_ok(fx, req, |r| conversation_gone(r, conversation))?;
+    // The usual answer, a completed response with text, is read into types; anything else
+    // (in progress, failed, odd) as a Value, below.
+    if let Ok(wire) = serde_json::from_str::<WireResponse>(&answer.body)
+        && wire.status.as_deref().is_none_or(|s| s == "completed")
+        && wire.id.as_deref().is_some_and(|id| !id.is_empty())
+    {
+        let summary = wire.summary();
+        let text = summary.text.trim();
+        if !text.is_empty() {
+            return Ok(Finished { id: summary.id.unwrap_or_default(), text: text.to_owned(), usage: summary.usage });
+        }
+    }
+    let mut resp = parse_json("POST /responses", &answer.body)?;
     let id = req_str("POST /responses", &resp, "id")?.to_owned();
     let poll = turn.settings.poll_interval();
     let deadline = turn.settings.deadline();
