@@ -227,7 +227,8 @@ pub async fn load(out: &Out, quick: bool) -> anyhow::Result<()> {
         let tput = sat.turns as f64 / sat.secs;
         out.emit(
             record(g, &format!("{n} concurrent users, saturated: throughput"), "turns/s", &Samples(vec![tput]), EXCLUDES)
-                .goal("≥ 1000 turns/s on 2 cores", tput >= 1000.0)
+                // Issue 13: 1000 concurrent users at 2500 turns/s (100 users: the earlier 1000).
+                .goal(if n >= 1000 { "≥ 2500 turns/s, 0 errors" } else { "≥ 1000 turns/s on 2 cores" }, if n >= 1000 { tput >= 2500.0 && sat.errors == 0 } else { tput >= 1000.0 })
                 .note(format!(
                     "{} turns in {:.1} s ({} rounds: every user sends, next round when all are answered); {} error answers; bot: {}",
                     sat.turns, sat.secs, measured_rounds, sat.errors, bot.program
@@ -239,7 +240,12 @@ pub async fn load(out: &Out, quick: bool) -> anyhow::Result<()> {
             .note(format!("p99 {p99:.1} ms; all users write at once, so this includes queueing (Little: {n} ÷ throughput)"));
         r.spread.kind = "p5-p95".into();
         out.emit(r);
-        out.emit(record(g, &format!("{n} concurrent users: bot CPU per turn"), "µs", &Samples(vec![sat.cpu_per_turn_us]), EXCLUDES)
+        let mut cpu = record(g, &format!("{n} concurrent users: bot CPU per turn"), "µs", &Samples(vec![sat.cpu_per_turn_us]), EXCLUDES);
+        if n == 100 {
+            // Issue 13: a quarter of the 1227 µs it was.
+            cpu = cpu.goal("≤ 300 µs per streamed turn", sat.cpu_per_turn_us <= 300.0);
+        }
+        out.emit(cpu
             .note(format!("{:.0}% of one core at {tput:.0} turns/s", sat.cpu_per_turn_us * tput / 1e4)));
         // Below saturation: a steady rate, latency without queueing behind a burst.
         let rate = (tput * 0.4).clamp(20.0, 200.0).round();
@@ -284,7 +290,8 @@ pub async fn load(out: &Out, quick: bool) -> anyhow::Result<()> {
     }
     out.emit(
         record("6 memory", "bot RSS idle (started, plugins loaded, no user yet)", "MiB", &idle_rss, "the sandbox and the fake Telegram (other processes)")
-            .note("both plugins compiled and loaded, Telegram polling"),
+            .goal("≤ 30 MiB", idle_rss.median() <= 30.0)
+            .note("every plugin compiled (a cold start) and loaded, Telegram polling"),
     );
     sandbox.shutdown().await;
     let _: Option<Record> = None;

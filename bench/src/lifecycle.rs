@@ -234,6 +234,9 @@ pub fn memory(out: &Out, quick: bool) -> anyhow::Result<()> {
                 (med - base) * 1024.0 / users as f64
             )
         });
+        if users == 10_000 {
+            r = r.goal("≤ 1 KiB per known user", (med - base) * 1024.0 / users as f64 <= 1.0);
+        }
         out.emit(r);
         remove_dir(&work);
     }
@@ -243,7 +246,8 @@ pub fn memory(out: &Out, quick: bool) -> anyhow::Result<()> {
 /// Group 7: `swapbot run` (terminal mode) from spawn to its ready line, cold and with the compile cache.
 pub fn startup(out: &Out, cold_runs: usize, cached_runs: usize) -> anyhow::Result<()> {
     let bin = root().join("target/release/swapbot");
-    let run = |data: &Path| -> anyhow::Result<Duration> {
+    // Time to ready, and the resident memory once it has settled there.
+    let run = |data: &Path| -> anyhow::Result<(Duration, f64)> {
         let t0 = Instant::now();
         let mut child = Command::new(&bin)
             .arg("run")
@@ -268,21 +272,28 @@ pub fn startup(out: &Out, cold_runs: usize, cached_runs: usize) -> anyhow::Resul
                 break;
             }
         }
+        std::thread::sleep(Duration::from_millis(300));
+        let rss = crate::common::rss_mib(Some(child.id()));
         drop(child.stdin.take()); // EOF: the chat ends
         let _ = child.kill();
         let _ = child.wait();
-        ready.ok_or_else(|| anyhow::anyhow!("swapbot run never printed its ready line"))
+        Ok((ready.ok_or_else(|| anyhow::anyhow!("swapbot run never printed its ready line"))?, rss))
     };
     let (mut cold, mut cached) = (Samples::new(), Samples::new());
+    let (mut cold_rss, mut cached_rss) = (Samples::new(), Samples::new());
     let work = scratch("start");
     for i in 0..cold_runs {
         let data = work.join(format!("cold-{i}"));
-        cold.push_dur_ms(run(&data)?);
+        let (ready, rss) = run(&data)?;
+        cold.push_dur_ms(ready);
+        cold_rss.0.push(rss);
     }
     let data = work.join("cached");
     run(&data)?; // fills the compile cache
     for _ in 0..cached_runs {
-        cached.push_dur_ms(run(&data)?);
+        let (ready, rss) = run(&data)?;
+        cached.push_dur_ms(ready);
+        cached_rss.0.push(rss);
     }
     const EXCLUDES: &str = "Telegram (terminal mode: `swapbot run` without a token; ready = its \"terminal chat\" line); \
         nothing is fetched over the network at start";
@@ -292,6 +303,13 @@ pub fn startup(out: &Out, cold_runs: usize, cached_runs: usize) -> anyhow::Resul
         record("7 start-up", "swapbot run: process start → ready, compile cache hit", "ms", &cached, EXCLUDES)
             .note(format!("cold ÷ cached {ratio:.1}×")),
     );
+    for (rss, how) in [(&cold_rss, "cold start (every plugin compiled)"), (&cached_rss, "plugins from the compile cache")] {
+        out.emit(
+            record("6 memory", &format!("bot RSS idle, terminal mode, {how}"), "MiB", rss, EXCLUDES)
+                .goal("≤ 30 MiB", rss.median() <= 30.0)
+                .note("300 ms after the ready line"),
+        );
+    }
     remove_dir(&work);
     let _: Option<PathBuf> = None;
     let _ = Arc::new(());

@@ -153,9 +153,11 @@ pub async fn overhead(out: &Out, iters: usize) -> anyhow::Result<()> {
             let alloc = if pooling { "pooling allocator (the default)" } else { "on-demand allocator (PLUGIN_POOLING=false)" };
             let med = wasm.median();
             medians.push(med);
+            // Issue 13: a streamed turn within 50 µs, a turn that is not streamed within 25.
+            let goal_us = if path == Path::ResponsesStream { 50.0 } else { 25.0 };
             out.emit(
                 record("1 plugin overhead", &format!("{}: wasm turn, {alloc}", path.label()), "µs", &wasm, EXCLUDES)
-                    .goal("p50 < 50 µs", med < 50.0)
+                    .goal(&format!("p50 ≤ {goal_us} µs"), med <= goal_us)
                     .note(format!("{calls} host HTTP calls per turn{stream_note}; fresh Store + instantiate + chat export")),
             );
         }

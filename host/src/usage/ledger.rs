@@ -292,6 +292,9 @@ impl Drop for Ledger {
     }
 }
 
+/// How long usage lines gather before one write and sync covers them all.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+
 fn write_loop(path: PathBuf, rx: mpsc::Receiver<Job>) {
     let mut pending: Vec<u8> = Vec::new();
     let mut waiting: Vec<mpsc::Sender<()>> = Vec::new();
@@ -320,17 +323,37 @@ fn write_loop(path: PathBuf, rx: mpsc::Receiver<Job>) {
             }
             Job::Sync(done) => waiting.push(done),
         };
+        let gathering = std::time::Instant::now();
         if let Some(job) = first {
             take(job, &mut pending, &mut waiting);
         }
+        // Lines gather for a moment before the sync: nothing waits on them (a turn's usage is
+        // counted in memory), and under load one sync then covers a hundred turns instead of
+        // one or two. A `sync` call is served at once.
         loop {
-            match rx.try_recv() {
-                Ok(job) => take(job, &mut pending, &mut waiting),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
+            let left = GATHER.saturating_sub(gathering.elapsed());
+            let received = if waiting.is_empty() && !pending.is_empty() && !left.is_zero() {
+                match rx.recv_timeout(left) {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        closed = true;
+                        None
+                    }
                 }
+            } else {
+                match rx.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(mpsc::TryRecvError::Empty) => None,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        closed = true;
+                        None
+                    }
+                }
+            };
+            match received {
+                Some(job) => take(job, &mut pending, &mut waiting),
+                None => break,
             }
         }
         if !pending.is_empty() {
