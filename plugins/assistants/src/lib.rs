@@ -97,7 +97,7 @@ fn add_message<E: Effects>(
 ) -> Result<bool, ChatError> {
     let body = json!({"role": role.as_str(), "content": text});
     let mut gone = false;
-    let r = call_json(
+    let r = call_json_unused(
         fx,
         request(
             "POST",
@@ -309,20 +309,22 @@ fn run_turn<E: Effects>(
     let thread = session.id.as_str();
     let started = fx.now_ms();
     let runs = format!("{}/runs", thread_path(thread));
-    let mut run = call_json(fx, request("POST", runs.clone(), Some(&body)), |r| {
-        api_gone(r, false)
-    })?;
-    let run_id = req_str("POST /threads/…/runs", &run, "id")?.to_owned();
+    let created = call_ok(fx, request("POST", runs.clone(), Some(&body)), |r| api_gone(r, false))?;
+    let mut run = Run::parse("POST /threads/…/runs", &created.body)?;
+    let run_id = match run.id.take() {
+        Some(id) => id,
+        None => req_str("POST /threads/…/runs", &run.value()?, "id")?.to_owned(),
+    };
     let rid = Some(run_id.as_str());
     let run_path = format!("{runs}/{}", path_segment(&run_id));
     let poll = turn.settings.poll_interval();
     let deadline = turn.settings.deadline();
     loop {
-        let status = opt_str(&run, "status").unwrap_or("queued").to_owned();
+        let status = run.status.clone().unwrap_or_else(|| "queued".to_owned());
         match status.as_str() {
             "completed" => break,
             "failed" | "cancelled" | "expired" | "incomplete" => {
-                return Err(run_failed(&run, &run_id, &status).with_turn(rid));
+                return Err(run_failed(&run.value()?, &run_id, &status).with_turn(rid));
             }
             "requires_action" => {
                 cancel(fx, &run_path);
@@ -344,8 +346,10 @@ fn run_turn<E: Effects>(
             .with_turn(rid));
         }
         fx.sleep_ms(u64::from(poll).min(deadline - elapsed).max(1) as u32);
-        match call_json(fx, request("GET", run_path.clone(), None), |_| None) {
-            Ok(v) => run = v,
+        match call_ok(fx, request("GET", run_path.clone(), None), |_| None)
+            .and_then(|r| Run::parse("GET /threads/…/runs/…", &r.body))
+        {
+            Ok(polled) => run = polled,
             Err(e) if is_transient(&e) => {
                 fx.log(Level::Warn, &format!("polling run {run_id}: {e}"))
             }
@@ -357,9 +361,11 @@ fn run_turn<E: Effects>(
         thread_path(thread),
         path_segment(&run_id)
     );
-    let list =
-        call_json(fx, request("GET", list_path, None), |_| None).map_err(|e| e.with_turn(rid))?;
-    let text = run_text(&list);
+    let list = call_ok(fx, request("GET", list_path, None), |_| None).map_err(|e| e.with_turn(rid))?;
+    let text = match serde_json::from_str::<WireList>(&list.body) {
+        Ok(wire) => wire.text(),
+        Err(_) => run_text(&parse_json("GET /threads/…/messages", &list.body).map_err(|e| e.with_turn(rid))?),
+    };
     if text.is_empty() {
         return Err(ChatError::model_failed(format!(
             "run {run_id} completed without assistant text"
@@ -372,8 +378,124 @@ fn run_turn<E: Effects>(
         turn_id: run_id.clone(),
         new_session: session.new,
         replayed: session.replayed,
-        usage: run_usage(&run),
+        usage: run.usage,
     })
+}
+
+/// A run object as the turn reads it: id, status and usage into types, the rest skipped (a
+/// run echoes its whole assistant configuration); the body is kept for the rare reader of
+/// anything else ([`Run::value`]). A run whose fields do not fit these types is read as a
+/// [`Value`], with the same result.
+struct Run {
+    id: Option<String>,
+    status: Option<String>,
+    usage: Option<Usage>,
+    body: String,
+}
+
+impl Run {
+    fn parse(what: &str, body: &str) -> Result<Run, ChatError> {
+        #[derive(serde::Deserialize)]
+        struct Wire<'a> {
+            #[serde(borrow)]
+            id: Option<JsonStr<'a>>,
+            #[serde(borrow)]
+            status: Option<JsonStr<'a>>,
+            usage: Option<WireUsage>,
+        }
+        #[derive(serde::Deserialize)]
+        struct WireUsage {
+            #[serde(default)]
+            prompt_tokens: u64,
+            #[serde(default)]
+            prompt_tokens_details: Option<Cached>,
+            #[serde(default)]
+            completion_tokens: u64,
+            #[serde(default)]
+            completion_tokens_details: Option<Reasoning>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Cached {
+            #[serde(default)]
+            cached_tokens: u64,
+        }
+        #[derive(serde::Deserialize)]
+        struct Reasoning {
+            #[serde(default)]
+            reasoning_tokens: u64,
+        }
+        if let Ok(w) = serde_json::from_str::<Wire>(body) {
+            return Ok(Run {
+                id: w.id.map(|id| id.0.into_owned()).filter(|id| !id.is_empty()),
+                status: w.status.map(|s| s.0.into_owned()),
+                usage: w.usage.map(|u| Usage {
+                    input_tokens: u.prompt_tokens,
+                    cached_input_tokens: u.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
+                    output_tokens: u.completion_tokens,
+                    reasoning_tokens: u.completion_tokens_details.map_or(0, |d| d.reasoning_tokens),
+                }),
+                body: body.to_owned(),
+            });
+        }
+        let v = parse_json(what, body)?;
+        Ok(Run {
+            id: opt_str(&v, "id").filter(|id| !id.is_empty()).map(str::to_owned),
+            status: opt_str(&v, "status").map(str::to_owned),
+            usage: run_usage(&v),
+            body: body.to_owned(),
+        })
+    }
+
+    fn value(&self) -> Result<Value, ChatError> {
+        parse_json("run", &self.body)
+    }
+}
+
+/// A run's message list as [`run_text`] reads it, into types.
+#[derive(serde::Deserialize)]
+struct WireList<'a> {
+    #[serde(borrow, default)]
+    data: Option<Vec<WireMessage<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireMessage<'a> {
+    #[serde(borrow)]
+    role: Option<JsonStr<'a>>,
+    #[serde(borrow, default)]
+    content: Option<Vec<WirePart<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct WirePart<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Option<JsonStr<'a>>,
+    #[serde(borrow)]
+    text: Option<WireText<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireText<'a> {
+    #[serde(borrow)]
+    value: Option<JsonStr<'a>>,
+}
+
+impl WireList<'_> {
+    /// The same as [`run_text`] of the same list.
+    fn text(&self) -> String {
+        let mut texts: Vec<&str> = Vec::new();
+        for msg in self.data.iter().flatten().rev().filter(|m| m.role.as_deref() == Some("assistant")) {
+            for part in msg.content.iter().flatten().filter(|p| p.ty.as_deref() == Some("text")) {
+                if let Some(t) = part.text.as_ref().and_then(|t| t.value.as_deref()) {
+                    let t = t.trim();
+                    if !t.is_empty() {
+                        texts.push(t);
+                    }
+                }
+            }
+        }
+        texts.join("\n\n").trim().to_owned()
+    }
 }
 
 /// POST …/runs/{run_id}/cancel; a failure is only logged.

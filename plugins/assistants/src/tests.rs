@@ -199,3 +199,27 @@ fn the_run_carries_the_truncation_strategy_and_the_input_layout_moves_context_in
     fx.assert_done();
     assert_eq!(a.text, "fast");
 }
+
+#[test]
+fn runs_and_message_lists_read_into_types_say_what_their_values_say() {
+    let list = json!({"object": "list", "data": [
+        {"role": "assistant", "content": [{"type": "text", "text": {"value": " second ", "annotations": []}},
+            {"type": "image_file", "image_file": {"file_id": "f"}}]},
+        {"role": "user", "content": [{"type": "text", "text": {"value": "question"}}]},
+        {"role": "assistant", "content": [{"type": "text", "text": {"value": "first \"quoted\"\n"}}], "metadata": {}},
+    ], "first_id": "msg_1", "has_more": false});
+    let body = list.to_string();
+    assert_eq!(serde_json::from_str::<WireList>(&body).unwrap().text(), run_text(&list));
+    assert_eq!(run_text(&list), "first \"quoted\"\n\nsecond");
+
+    let usage = json!({"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15,
+        "prompt_tokens_details": {"cached_tokens": 8}});
+    let typed = Run::parse("run", &json!({"id": "run_1", "status": "completed", "usage": usage, "tools": []}).to_string()).unwrap();
+    assert_eq!((typed.id.as_deref(), typed.status.as_deref()), (Some("run_1"), Some("completed")));
+    let u = typed.usage.unwrap();
+    assert_eq!((u.input_tokens, u.cached_input_tokens, u.output_tokens, u.reasoning_tokens), (12, 8, 3, 0));
+    // A status that is not a string reads as absent (queued), as the Value path reads it.
+    let odd = Run::parse("run", &json!({"id": "run_1", "status": 7, "usage": usage}).to_string()).unwrap();
+    assert_eq!((odd.status, odd.usage.map(|u| u.input_tokens)), (None, Some(12)));
+    assert!(Run::parse("run", "not json").is_err());
+}

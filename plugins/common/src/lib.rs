@@ -748,6 +748,18 @@ pub fn call_json<E: Effects>(
     parse_json(&what, &resp.body)
 }
 
+/// Like [`call_json`] for an answer nobody reads: it must be JSON, but is not built.
+pub fn call_json_unused<E: Effects>(
+    fx: &mut E,
+    req: HttpRequest,
+    on_status: impl FnOnce(&HttpResponse) -> Option<ChatError>,
+) -> Result<(), ChatError> {
+    let (what, resp) = call(fx, req, on_status)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&resp.body).map(|_| ()).map_err(|e| {
+        ChatError::bad_response(format!("{what}: body is not JSON ({e}): {}", truncate(resp.body.trim(), 80)))
+    })
+}
+
 /// Like [`call_json`], the 2xx answer unparsed (for a caller that reads it into types).
 pub fn call_ok<E: Effects>(
     fx: &mut E,
