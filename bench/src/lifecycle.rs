@@ -265,7 +265,9 @@ pub fn startup(out: &Out, cold_runs: usize, cached_runs: usize) -> anyhow::Resul
             .spawn()?;
         let stderr = child.stderr.take().unwrap();
         let mut ready = None;
-        for line in std::io::BufReader::new(stderr).lines() {
+        // Kept open until the child is stopped: a closed stderr would end it before it is measured.
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        for line in lines.by_ref() {
             let line = line?;
             if line.contains("terminal chat as user") {
                 ready = Some(t0.elapsed());
@@ -277,6 +279,7 @@ pub fn startup(out: &Out, cold_runs: usize, cached_runs: usize) -> anyhow::Resul
         drop(child.stdin.take()); // EOF: the chat ends
         let _ = child.kill();
         let _ = child.wait();
+        drop(lines);
         Ok((ready.ok_or_else(|| anyhow::anyhow!("swapbot run never printed its ready line"))?, rss))
     };
     let (mut cold, mut cached) = (Samples::new(), Samples::new());
