@@ -129,10 +129,6 @@ impl Default for Limits {
     }
 }
 
-fn keep_resident() -> usize {
-    std::env::var("SWAPBOT_KEEP_RESIDENT_KIB").ok().and_then(|v| v.parse::<usize>().ok()).map(|k| k << 10).unwrap_or(64 << 10)
-}
-
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// What a store holds for one turn.
@@ -311,7 +307,7 @@ impl PluginRuntime {
             // neither madvises (a TLB shootdown on every core) nor page-faults its memory back
             // in. Without PAGEMAP_SCAN the first this-many bytes are memset instead.
             pool.pagemap_scan(wasmtime::Enabled::Auto);
-            pool.linear_memory_keep_resident(keep_resident());
+            pool.linear_memory_keep_resident(64 << 10);
             pool.table_keep_resident(16 << 10);
             config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
