@@ -274,16 +274,14 @@ fn replay(dir: &Path, render: fn(&str, &str) -> Vec<u8>) -> io::Result<u64> {
     Ok(last_seq)
 }
 
-/// Checkpoints running or done: the journal that may be deleted once its files are synced.
-type Checkpoint = std::thread::JoinHandle<()>;
-
 fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job>) {
     let mut records = 0usize;
     let mut opened = Instant::now();
     let mut dirty: HashSet<PathBuf> = HashSet::new();
     // A failed write may have left part of a line: the next one starts on a new line.
     let mut torn = false;
-    let mut checkpoint: Option<Checkpoint> = None;
+    // The checkpoint running or done, syncing the files of the journal before this one.
+    let mut checkpoint: Option<std::thread::JoinHandle<()>> = None;
     let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Set when the process stops: a checkpoint then runs unpaced.
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));

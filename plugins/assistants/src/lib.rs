@@ -408,21 +408,11 @@ impl Run {
             #[serde(default)]
             prompt_tokens: u64,
             #[serde(default)]
-            prompt_tokens_details: Option<Cached>,
+            prompt_tokens_details: Option<CachedTokens>,
             #[serde(default)]
             completion_tokens: u64,
             #[serde(default)]
-            completion_tokens_details: Option<Reasoning>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Cached {
-            #[serde(default)]
-            cached_tokens: u64,
-        }
-        #[derive(serde::Deserialize)]
-        struct Reasoning {
-            #[serde(default)]
-            reasoning_tokens: u64,
+            completion_tokens_details: Option<ReasoningTokens>,
         }
         if let Ok(w) = serde_json::from_str::<Wire>(body) {
             return Ok(Run {

@@ -755,9 +755,7 @@ pub fn call_json_unused<E: Effects>(
     on_status: impl FnOnce(&HttpResponse) -> Option<ChatError>,
 ) -> Result<(), ChatError> {
     let (what, resp) = call(fx, req, on_status)?;
-    serde_json::from_str::<serde::de::IgnoredAny>(&resp.body).map(|_| ()).map_err(|e| {
-        ChatError::bad_response(format!("{what}: body is not JSON ({e}): {}", truncate(resp.body.trim(), 80)))
-    })
+    parse_body::<serde::de::IgnoredAny>(&what, &resp.body).map(|_| ())
 }
 
 /// Like [`call_json`], the 2xx answer unparsed (for a caller that reads it into types).
@@ -795,6 +793,11 @@ fn call<E: Effects>(
 
 /// Parse a JSON body; a parse failure is a bad-response error.
 pub fn parse_json(what: &str, body: &str) -> Result<Value, ChatError> {
+    parse_body(what, body)
+}
+
+/// Like [`parse_json`], into any type (`IgnoredAny` checks that it is JSON without building it).
+pub fn parse_body<'a, T: serde::Deserialize<'a>>(what: &str, body: &'a str) -> Result<T, ChatError> {
     serde_json::from_str(body).map_err(|e| {
         ChatError::bad_response(format!(
             "{what}: body is not JSON ({e}): {}",
@@ -849,6 +852,21 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for JsonStr<'a> {
         }
         deserializer.deserialize_str(Visitor)
     }
+}
+
+/// `…_tokens_details.cached_tokens` of a usage object (Responses input, Chat Completions and
+/// Assistants prompt), read into types.
+#[derive(serde::Deserialize)]
+pub struct CachedTokens {
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+/// `…_tokens_details.reasoning_tokens` of a usage object, read into types.
+#[derive(serde::Deserialize)]
+pub struct ReasoningTokens {
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 /// Percent-encode an id for use as one path segment.

@@ -449,23 +449,11 @@ struct WireUsage {
     #[serde(default)]
     input_tokens: u64,
     #[serde(default)]
-    input_tokens_details: Option<WireCached>,
+    input_tokens_details: Option<CachedTokens>,
     #[serde(default)]
     output_tokens: u64,
     #[serde(default)]
-    output_tokens_details: Option<WireReasoning>,
-}
-
-#[derive(serde::Deserialize)]
-struct WireCached {
-    #[serde(default)]
-    cached_tokens: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct WireReasoning {
-    #[serde(default)]
-    reasoning_tokens: u64,
+    output_tokens_details: Option<ReasoningTokens>,
 }
 
 impl WireResponse<'_> {
