@@ -23,6 +23,11 @@ swapbot-bench report RAW.jsonl... --json FILE --md FILE [--total-secs N]";
 #[global_allocator]
 static ALLOCATOR: swapbot::Allocator = swapbot::ALLOCATOR;
 
+// Before the runtime's first allocation (a constructor, not a call in `main`).
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = swapbot::configure_allocator;
+
 fn main() -> anyhow::Result<()> {
     swapbot::tune_process_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,6 +68,11 @@ fn main() -> anyhow::Result<()> {
             let path = args.get(1).cloned().unwrap_or_else(|| "streamed".into());
             let iters = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(20_000);
             rt()?.block_on(plugin::profile_turn(&path, iters))
+        }
+        "profile-live" => {
+            let path = args.get(1).cloned().unwrap_or_else(|| "plain".into());
+            let iters = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(5_000);
+            plugin::profile_live(&path, iters)
         }
         "native" => plugin::wasm_vs_native(&out, if quick { 2 } else { 8 }, if quick { 20 } else { 60 }),
         "first-text" => rt()?.block_on(e2e::first_text(&out, if quick { 3 } else { 12 })),

@@ -86,6 +86,81 @@ pub async fn profile_turn(label: &str, iters: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Not a group: one path's live turn (real HTTP to the sandbox process, the host's transport) in a
+/// loop, wasm or the native build, for a profiler: where group 2's whole-turn gap goes
+/// (`swapbot-bench profile-live [native-]streamed|plain|assistants 5000`).
+pub fn profile_live(label: &str, iters: usize) -> anyhow::Result<()> {
+    let (native, label) = match label.strip_prefix("native-") {
+        Some(rest) => (true, rest),
+        None => (false, label),
+    };
+    let path = match label {
+        "streamed" => Path::ResponsesStream,
+        "plain" => Path::ResponsesPlain,
+        "assistants" => Path::Assistants,
+        _ => anyhow::bail!("profile-live [native-]streamed|plain|assistants [ITERS]"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let sandbox = SandboxProcess::start(&["--run-steps", "0"])?;
+    let openai = OpenAi::new(OpenAiConfig::new(sandbox.base_url.clone(), "sk-bench")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = PluginRuntime::new(Limits::default())?;
+    let plugin = rt.block_on(load(&runtime, path.plugin()))?;
+    let live = LiveTurns { path, openai, handle: rt.handle().clone(), runtime: &runtime, plugin: &plugin };
+    // 20 users, new sessions every 1000 turns: the sandbox's work grows with a conversation.
+    const USERS: usize = 20;
+    let (mut cpu, mut wall) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..iters.div_ceil(1000) {
+        let sessions = (0..USERS).map(|u| live.turn(native, u as i64 + 1, None)).collect::<anyhow::Result<Vec<_>>>()?;
+        let (cpu0, started) = (self_cpu(), Instant::now());
+        for i in 0..(iters - round * 1000).min(1000) {
+            live.turn(native, (i % USERS) as i64 + 1, Some(sessions[i % USERS].clone()))?;
+        }
+        (cpu, wall) = (cpu + (self_cpu() - cpu0), wall + started.elapsed());
+    }
+    eprintln!(
+        "{} {}: {iters} live turns, {:.1} µs each, host CPU {:.1} µs per turn",
+        path.label(),
+        if native { "natively" } else { "wasm" },
+        wall.as_secs_f64() * 1e6 / iters as f64,
+        cpu.as_secs_f64() * 1e6 / iters as f64
+    );
+    Ok(())
+}
+
+/// One live turn, through the wasm plugin or its native build: the two sides group 2 compares.
+struct LiveTurns<'a> {
+    path: Path,
+    openai: OpenAi,
+    handle: tokio::runtime::Handle,
+    runtime: &'a PluginRuntime,
+    plugin: &'a LoadedPlugin,
+}
+
+impl LiveTurns<'_> {
+    /// Returns the session the turn kept.
+    fn turn(&self, native: bool, user: i64, session: Option<String>) -> anyhow::Result<String> {
+        let turn = wit_turn(self.path, user, session, TEXT, 1);
+        if native {
+            let mut fx = NativeLive { openai: self.openai.clone(), handle: self.handle.clone(), started: Instant::now(), pushed: 0 };
+            let a = native_chat(self.path, &mut fx, &native_turn(&turn)).map_err(|e| anyhow::anyhow!("native turn failed: {e}"))?;
+            return a.session_id.ok_or_else(|| anyhow::anyhow!("native turn kept no session"));
+        }
+        let fx = LiveEffects {
+            openai: self.openai.clone(),
+            deltas: None,
+            history: swapbot::runtime::effects::fixed_history(vec![]),
+            observations: Arc::new(Mutex::new(TurnObservations::default())),
+            plugin: self.plugin.description.name.clone(),
+            started: Instant::now(),
+        };
+        let a = self
+            .handle
+            .block_on(self.runtime.chat(self.plugin, turn, Box::new(fx)))?
+            .map_err(|e| anyhow::anyhow!("wasm turn failed: {}", e.message))?;
+        Ok(a.session_id.unwrap_or_default())
+    }
+}
+
 /// Group 1: instantiate + every guest call of one turn, HTTP replaced by canned answers in memory.
 pub async fn overhead(out: &Out, iters: usize) -> anyhow::Result<()> {
     const EXCLUDES: &str = "HTTP: every request is answered from a turn recorded against the sandbox, in memory \
@@ -240,27 +315,9 @@ pub fn wasm_vs_native(out: &Out, blocks: usize, per_block: usize) -> anyhow::Res
     const USERS: i64 = 20;
     for path in Path::ALL {
         let plugin = handle.block_on(load(&runtime, path.plugin()))?;
-        let wasm_turn = |user: i64, session: Option<String>| -> anyhow::Result<String> {
-            let fx = LiveEffects {
-                openai: openai.clone(),
-                deltas: None,
-                history: swapbot::runtime::effects::fixed_history(vec![]),
-                observations: Arc::new(Mutex::new(TurnObservations::default())),
-                plugin: plugin.description.name.clone(),
-                started: Instant::now(),
-            };
-            let turn = wit_turn(path, user, session, TEXT, 1);
-            let a = handle
-                .block_on(runtime.chat(&plugin, turn, Box::new(fx)))?
-                .map_err(|e| anyhow::anyhow!("wasm turn failed: {}", e.message))?;
-            Ok(a.session_id.unwrap_or_default())
-        };
-        let native_turn_run = |user: i64, session: Option<String>| -> anyhow::Result<String> {
-            let mut fx = NativeLive { openai: openai.clone(), handle: handle.clone(), started: Instant::now(), pushed: 0 };
-            let turn = native_turn(&wit_turn(path, user, session, TEXT, 1));
-            let a = native_chat(path, &mut fx, &turn).map_err(|e| anyhow::anyhow!("native turn failed: {e}"))?;
-            a.session_id.ok_or_else(|| anyhow::anyhow!("native turn kept no session"))
-        };
+        let live = LiveTurns { path, openai: openai.clone(), handle: handle.clone(), runtime: &runtime, plugin: &plugin };
+        let wasm_turn = |user: i64, session: Option<String>| live.turn(false, user, session);
+        let native_turn_run = |user: i64, session: Option<String>| live.turn(true, user, session);
         // Sessions first (not measured): users 1.. for wasm, 1001.. for native.
         let mut sessions = std::collections::HashMap::new();
         for u in 1..=USERS {

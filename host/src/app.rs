@@ -99,7 +99,9 @@ pub async fn build(config: Config, kb: Option<swapbot_kb::KbConfig>) -> anyhow::
     let runtime = PluginRuntime::new(limits)?;
     let cache = config.data_dir.join(".plugin-cache");
     let plugins = Arc::new(
-        Registry::new(runtime, &config.plugin_dir, Some(cache)).with_max_file_bytes(config.plugin_max_file_bytes),
+        Registry::new(runtime, &config.plugin_dir, Some(cache))
+            .with_compiler(config.plugin_compiler.clone())
+            .with_max_file_bytes(config.plugin_max_file_bytes),
     );
     let metrics = crate::telemetry::metrics::Metrics::new();
     if let Some(pg) = &pg {

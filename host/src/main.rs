@@ -47,6 +47,17 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+    /// Internal: what `run` compiles its plugins in. Reads a module on stdin, writes the
+    /// precompiled artifact to stdout.
+    #[command(hide = true)]
+    CompilePlugin {
+        #[arg(long)]
+        memory_bytes: usize,
+        #[arg(long)]
+        pool_size: u32,
+        #[arg(long)]
+        no_pooling: bool,
+    },
     /// The PostgreSQL store (`DATABASE_URL`).
     Db {
         #[command(subcommand)]
@@ -97,6 +108,11 @@ enum PluginCommand {
 #[global_allocator]
 static ALLOCATOR: swapbot::Allocator = swapbot::ALLOCATOR;
 
+// Before the runtime's first allocation (a constructor, not a call in `main`).
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = swapbot::configure_allocator;
+
 fn main() -> ExitCode {
     swapbot::tune_process_memory();
     let cli = Cli::parse();
@@ -118,6 +134,14 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::CompilePlugin { memory_bytes, pool_size, no_pooling } => {
+            let mut module = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut module)?;
+            let limits = swapbot::runtime::Limits { memory_bytes, pool_size, pooling: !no_pooling, ..Default::default() };
+            let artifact = swapbot::runtime::precompile(&limits, &module)?;
+            std::io::stdout().write_all(&artifact)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin { command: PluginCommand::Test { plugin, cases } } => {
             init_logs(None, vec![]);
             let ok = swapbot::dev::harness::run_files(&plugin, &cases).await?;
@@ -262,7 +286,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Run { user } => {
-            let config = Config::from_env()?;
+            let mut config = Config::from_env()?;
+            // A long-running bot compiles its plugins in a child process (see registry::compiler).
+            if let Ok(exe) = std::env::current_exe() {
+                config.plugin_compiler = swapbot::registry::Compiler::Child(exe);
+            }
             let telegram = config.telegram_token.is_some();
             let _guard = swapbot::telemetry::init(Some(&config.log_dir), config.secrets(), !telegram);
             let metrics_addr = match std::env::var("METRICS_ADDR").ok().filter(|v| !v.trim().is_empty()) {

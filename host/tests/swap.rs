@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use swapbot::config::Config;
 use swapbot::runtime::{Limits, PluginRuntime};
-use swapbot::registry::{LoadOutcome, Registry};
+use swapbot::registry::{Compiler, LoadOutcome, Registry};
 use swapbot_sandbox::{Sandbox, SandboxConfig};
 
 mod common;
@@ -183,6 +183,56 @@ async fn a_restart_with_unchanged_plugins_uses_the_compile_cache() {
         std::fs::write(entry.path(), b"corrupt").unwrap();
     }
     assert!(matches!(load().await, LoadOutcome::Loaded { cached: false, .. }));
+}
+
+/// `swapbot run` compiles in a child process of its own binary. Here the child is the real
+/// binary behind a wrapper that counts its calls.
+#[tokio::test]
+async fn plugins_compile_in_a_child_process_once_and_a_broken_compiler_costs_only_the_in_process_compile() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    install(&plugins, "responses.wasm", &built("responses.wasm"));
+    let calls = dir.path().join("calls");
+    let script = |name: &str, body: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\necho \"$@\" >> '{}'\n{body}\n", calls.display())).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Compiler::Child(path)
+    };
+    let real = script("compiler", format!("exec '{}' \"$@\"", env!("CARGO_BIN_EXE_swapbot")));
+    let calls_made = || std::fs::read_to_string(&calls).map(|t| t.lines().count()).unwrap_or(0);
+    let load = |compiler: Compiler, cache: &str| {
+        let set = Registry::new(PluginRuntime::new(Limits::default()).unwrap(), &plugins, Some(dir.path().join(cache)))
+            .with_compiler(compiler);
+        async move {
+            let outcome = set.reload("responses").await;
+            (outcome, set.get("responses"))
+        }
+    };
+    let (outcome, plugin) = load(real.clone(), "cache").await;
+    assert!(matches!(outcome.unwrap(), LoadOutcome::Loaded { cached: false, .. }));
+    assert_eq!(plugin.unwrap().description.name, "responses");
+    assert_eq!(calls_made(), 1, "compiled by the child");
+    assert!(std::fs::read_to_string(&calls).unwrap().starts_with("compile-plugin --memory-bytes 67108864"));
+    // The child's artifact went into the cache: the next start compiles nothing.
+    let (outcome, _) = load(real.clone(), "cache").await;
+    assert!(matches!(outcome.unwrap(), LoadOutcome::Loaded { cached: true, .. }));
+    assert_eq!(calls_made(), 1);
+
+    // A compiler that fails, or answers garbage: the plugin is compiled in this process.
+    for (name, body) in [("failing", "echo 'out of memory' >&2; exit 3".to_string()), ("garbage", "cat >/dev/null; echo not-an-artifact".into())] {
+        let (outcome, plugin) = load(script(name, body), name).await;
+        assert!(matches!(outcome.unwrap(), LoadOutcome::Loaded { cached: false, .. }), "{name}");
+        assert_eq!(plugin.unwrap().description.name, "responses");
+    }
+    assert_eq!(calls_made(), 3);
+    // A module that is not one is refused as such, whoever compiles it.
+    install(&plugins, "responses.wasm", b"\0asm not really");
+    let (outcome, plugin) = load(real, "broken").await;
+    assert!(matches!(outcome, Err(swapbot::runtime::PluginError::Compile(_))), "{outcome:?}");
+    assert!(plugin.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

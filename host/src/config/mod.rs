@@ -51,6 +51,9 @@ pub struct Config {
     pub plugin_memory_mb: usize,
     pub plugin_pooling: bool,
     pub plugin_pool_size: u32,
+    /// Not a setting: how plugins are compiled. `swapbot run` compiles them in a child process
+    /// of its own executable; everything else in this process.
+    pub plugin_compiler: crate::registry::Compiler,
     /// A price table that replaces the shipped one (`PRICES_FILE`).
     pub prices_file: Option<PathBuf>,
     pub budgets: crate::usage::Budgets,
@@ -245,6 +248,7 @@ impl Config {
             plugin_memory_mb: number("PLUGIN_MEMORY_MB", 64, 8, 4096)? as usize,
             plugin_pooling: flag("PLUGIN_POOLING", true)?,
             plugin_pool_size: number("PLUGIN_POOL_SIZE", 256, 1, 100_000)? as u32,
+            plugin_compiler: crate::registry::Compiler::InProcess,
             prices_file: text("PRICES_FILE").map(PathBuf::from),
             budgets,
             usage_journal: true,

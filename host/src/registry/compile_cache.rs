@@ -5,33 +5,34 @@
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 
+use super::compiler::{Compiled, Compiler};
 use crate::runtime::{LoadedPlugin, PluginError, PluginRuntime};
 
 /// Compiles `bytes`, or loads the cached native code of the same module; `true` when cached.
 pub(super) async fn compile_cached(
     runtime: &PluginRuntime,
+    compiler: &Compiler,
     cache_dir: Option<&Path>,
     bytes: &[u8],
     sha256: &str,
     name: &str,
 ) -> Result<(LoadedPlugin, bool), PluginError> {
-    let name = Some(name);
     let Some(cache_dir) = cache_dir else {
-        let purging = PurgeWhileCompiling::start();
-        let plugin = runtime.load(bytes, name).await;
-        drop(purging);
-        return Ok((plugin?, false));
+        return Ok((compiler.compile(runtime, bytes, sha256, name).await?.plugin, false));
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     runtime.engine().precompile_compatibility_hash().hash(&mut hasher);
     let engine = format!("{:016x}", hasher.finish());
     let artifact = cache_dir.join(format!("{sha256}-{engine}.cwasm"));
     let key = cache_key(cache_dir);
+    // The entry read here is freed once it is loaded: given back at once, not kept by an idle
+    // thread's heap.
+    let purging = PurgeWhileLoading::start();
     match std::fs::read(&artifact) {
         Ok(entry) => match key.as_ref().and_then(|key| verified_entry(key, sha256, &engine, &entry)) {
             // Safety: the MAC, under a key only this host holds, binds the artifact to this
             // module's hash and this engine; wasmtime checks its header again.
-            Some(native) => match unsafe { runtime.load_precompiled(native, sha256.into(), bytes.len(), name).await } {
+            Some(native) => match unsafe { runtime.load_precompiled(native, sha256.into(), bytes.len(), Some(name)).await } {
                 Ok(plugin) => return Ok((plugin, true)),
                 Err(err) => tracing::warn!(artifact = %artifact.display(), %err, "compile cache entry unusable, recompiling"),
             },
@@ -44,12 +45,11 @@ pub(super) async fn compile_cached(
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => tracing::warn!(artifact = %artifact.display(), %err, "compile cache entry unreadable, recompiling"),
     }
-    let purging = PurgeWhileCompiling::start();
-    let plugin = runtime.load(bytes, name).await;
     drop(purging);
-    let plugin = plugin?;
+    let Compiled { plugin, artifact: serialized } = compiler.compile(runtime, bytes, sha256, name).await?;
+    let _purging = PurgeWhileLoading::start();
     // A cache write failure only costs a recompile at the next start.
-    match PluginRuntime::serialize(&plugin) {
+    match serialized.map_or_else(|| PluginRuntime::serialize(&plugin), Ok) {
         Ok(mut serialized) => {
             let Some(key) = key else { return Ok((plugin, false)) };
             let mac = entry_mac(&key, sha256, &engine, &serialized);
@@ -63,21 +63,21 @@ pub(super) async fn compile_cached(
     Ok((plugin, false))
 }
 
-/// While a plugin compiles, the heap it frees goes back to the system at once. Cranelift
-/// allocates tens of MiB on its worker threads, and an allocator keeps what they freed for
-/// later (mimalloc in their idle threads' heaps, glibc in its arenas): a bot that compiled its
-/// plugins at start idled at 48 MiB (glibc) or 67 MiB (mimalloc) resident, against ~30 MiB when
-/// it loaded them from this cache. Rare (a compile, not a turn), so the purges cost nothing
-/// that counts.
-struct PurgeWhileCompiling {
+/// While a plugin compiles or loads, the heap it frees goes back to the system at once.
+/// Cranelift allocates tens of MiB on its worker threads, and an allocator keeps what they freed
+/// for later (mimalloc in their idle threads' heaps, glibc in its arenas): a bot that compiled
+/// its plugins in-process at start idled at 48 MiB (glibc) or 67 MiB (mimalloc) resident,
+/// against ~30 MiB when it loaded them from this cache. Loading reads and frees a MiB or so per
+/// plugin. Rare (a load, not a turn), so the purges cost nothing that counts.
+pub(super) struct PurgeWhileLoading {
     delay: std::ffi::c_long,
 }
 
 /// `mi_option_purge_delay` of mimalloc 2's `mi_option_t` (libmimalloc-sys has no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-impl PurgeWhileCompiling {
-    fn start() -> Self {
+impl PurgeWhileLoading {
+    pub(super) fn start() -> Self {
         use libmimalloc_sys as mi;
         // Safety: reads and sets one of mimalloc's global options.
         let delay = unsafe { mi::mi_option_get(MI_OPTION_PURGE_DELAY) };
@@ -86,7 +86,7 @@ impl PurgeWhileCompiling {
     }
 }
 
-impl Drop for PurgeWhileCompiling {
+impl Drop for PurgeWhileLoading {
     fn drop(&mut self) {
         use libmimalloc_sys as mi;
         // Safety: collects this thread's heap and restores the option read in `start`.

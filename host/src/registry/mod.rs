@@ -6,6 +6,7 @@
 //! module is swapped in, or the file removed, meanwhile.
 
 mod compile_cache;
+mod compiler;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+pub use self::compiler::Compiler;
 pub use crate::config::backends::backend_of_file;
 use crate::runtime::{LoadedPlugin, PluginError, PluginRuntime};
 
@@ -40,6 +42,7 @@ pub enum LoadOutcome {
 
 pub struct Registry {
     runtime: PluginRuntime,
+    compiler: Compiler,
     dir: PathBuf,
     cache_dir: Option<PathBuf>,
     backends: ArcSwap<BTreeMap<String, Arc<LoadedPlugin>>>,
@@ -57,6 +60,7 @@ impl Registry {
     pub fn new(runtime: PluginRuntime, dir: impl Into<PathBuf>, cache_dir: Option<PathBuf>) -> Self {
         Self {
             runtime,
+            compiler: Compiler::InProcess,
             dir: dir.into(),
             cache_dir,
             backends: ArcSwap::from_pointee(BTreeMap::new()),
@@ -65,6 +69,12 @@ impl Registry {
             max_file_bytes: DEFAULT_MAX_PLUGIN_FILE_BYTES,
             watching: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// How modules are compiled (in this process unless told).
+    pub fn with_compiler(mut self, compiler: Compiler) -> Self {
+        self.compiler = compiler;
+        self
     }
 
     pub fn with_max_file_bytes(mut self, max: u64) -> Self {
@@ -263,7 +273,8 @@ impl Registry {
             return Ok(LoadOutcome::Unchanged);
         }
         let (plugin, cached) =
-            compile_cache::compile_cached(&self.runtime, self.cache_dir.as_deref(), &bytes, &sha256, backend).await?;
+            compile_cache::compile_cached(&self.runtime, &self.compiler, self.cache_dir.as_deref(), &bytes, &sha256, backend)
+                .await?;
         self.check_id_map(backend, &plugin)?;
         self.self_test(backend, &plugin).await?;
         let plugin = Arc::new(plugin);

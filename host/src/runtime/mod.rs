@@ -286,31 +286,7 @@ impl Drop for EpochTicker {
 
 impl PluginRuntime {
     pub fn new(limits: Limits) -> anyhow::Result<Self> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        config.memory_init_cow(true);
-        // For `perf`: names the guest's compiled functions in /tmp/perf-PID.map.
-        if std::env::var_os("SWAPBOT_WASM_PERFMAP").is_some() {
-            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-        }
-        if limits.pooling {
-            let slots = limits.pool_size.max(1);
-            let mut pool = wasmtime::PoolingAllocationConfig::default();
-            pool.total_component_instances(slots);
-            pool.total_core_instances(slots * 8);
-            pool.total_memories(slots * 2);
-            pool.total_tables(slots * 4);
-            pool.max_memory_size(limits.memory_bytes);
-            // Reset a slot between turns by rewriting only the pages the turn dirtied (found with
-            // Linux's PAGEMAP_SCAN, 6.7+), up to this much, and keep them resident: a turn then
-            // neither madvises (a TLB shootdown on every core) nor page-faults its memory back
-            // in. Without PAGEMAP_SCAN the first this-many bytes are memset instead.
-            pool.pagemap_scan(wasmtime::Enabled::Auto);
-            pool.linear_memory_keep_resident(64 << 10);
-            pool.table_keep_resident(16 << 10);
-            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-        }
+        let config = engine_config(&limits);
         let engine = Engine::new(&config).map_err(anyhow_of)?;
         let mut linker = Linker::<TurnState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_of)?;
@@ -515,6 +491,45 @@ impl PluginRuntime {
         });
         store
     }
+}
+
+/// The engine's configuration for these limits: [`PluginRuntime::new`] and [`precompile`] must
+/// agree on it, or the precompiled artifact is refused when it is loaded.
+fn engine_config(limits: &Limits) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.memory_init_cow(true);
+    // For `perf`: names the guest's compiled functions in /tmp/perf-PID.map.
+    if std::env::var_os("SWAPBOT_WASM_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    if limits.pooling {
+        let slots = limits.pool_size.max(1);
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(slots);
+        pool.total_core_instances(slots * 8);
+        pool.total_memories(slots * 2);
+        pool.total_tables(slots * 4);
+        pool.max_memory_size(limits.memory_bytes);
+        // Reset a slot between turns by rewriting only the pages the turn dirtied (found with
+        // Linux's PAGEMAP_SCAN, 6.7+), up to this much, and keep them resident: a turn then
+        // neither madvises (a TLB shootdown on every core) nor page-faults its memory back
+        // in. Without PAGEMAP_SCAN the first this-many bytes are memset instead.
+        pool.pagemap_scan(wasmtime::Enabled::Auto);
+        pool.linear_memory_keep_resident(64 << 10);
+        pool.table_keep_resident(16 << 10);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Compiles a module to the artifact [`PluginRuntime::load_precompiled`] takes, with the engine
+/// a runtime with these limits has; nothing is instantiated. What `swapbot compile-plugin` (the
+/// child process a bot compiles its plugins in) runs.
+pub fn precompile(limits: &Limits, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let engine = Engine::new(&engine_config(limits)).map_err(anyhow_of)?;
+    engine.precompile_component(wasm).map_err(anyhow_of)
 }
 
 fn cpu_ticks(limits: &Limits) -> u64 {
