@@ -10,12 +10,14 @@
 //! - `state`: id maps, history, atomic files. `usage`: tokens, prices, budgets.
 //! - `config`: environment and `swapbot.toml`. `telemetry`: logs, metrics, the turn log.
 //! - `dev`: the harness CLI and recording, for plugin authors.
+//! - `memory`: the process's allocator and how it gives memory back.
 
 pub mod app;
 pub mod calendar;
 pub mod config;
 pub mod dev;
 pub mod frontend;
+pub mod memory;
 pub mod registry;
 pub mod report;
 pub mod routing;
@@ -25,34 +27,4 @@ pub mod telemetry;
 pub mod turn;
 pub mod usage;
 
-/// The allocator of the `swapbot` binary (and of the bench, so it measures the same): glibc's
-/// per-thread arenas grew and shrank with `mprotect` on every burst of turns, and its
-/// malloc/free were a tenth of a turn's CPU.
-pub type Allocator = mimalloc::MiMalloc;
-pub const ALLOCATOR: Allocator = mimalloc::MiMalloc;
-
-/// `mi_option_arena_eager_commit` of mimalloc's `mi_option_t` (libmimalloc-sys names no constant).
-const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-
-/// Sets the allocator's options before its first allocation, so it must run before `main`
-/// (Rust's runtime allocates before `main` starts): each binary with [`Allocator`] puts it in
-/// `.init_array` (see `host/src/main.rs`).
-///
-/// mimalloc then commits its arenas on demand rather than up front. With eager commit (its
-/// default where the kernel overcommits) the memory it purged stayed resident: an idle bot held
-/// ~4 MiB more (15.5 against 11.2 MiB of anonymous memory; CPU per turn unchanged in `make bench`).
-pub extern "C" fn configure_allocator() {
-    // Safety: sets one of mimalloc's global options; no thread but this one exists yet.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
-}
-
-/// Called first thing in `main`: no transparent huge pages for this process. The allocator's
-/// fresh pages and the plugins' linear memories are touched a few KiB at a time, and with THP
-/// every first touch zeroed a whole 2 MiB page: a tenth of a saturated turn's CPU.
-pub fn tune_process_memory() {
-    #[cfg(target_os = "linux")]
-    // Safety: PR_SET_THP_DISABLE only sets a flag of this process's memory map.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
-}
+pub use memory::{ALLOCATOR, Allocator, configure_allocator, tune_process_memory};

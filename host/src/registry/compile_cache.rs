@@ -27,7 +27,7 @@ pub(super) async fn compile_cached(
     let key = cache_key(cache_dir);
     // The entry read here is freed once it is loaded: given back at once, not kept by an idle
     // thread's heap.
-    let purging = PurgeWhileLoading::start();
+    let purging = crate::memory::PurgeWhileLoading::start();
     match std::fs::read(&artifact) {
         Ok(entry) => match key.as_ref().and_then(|key| verified_entry(key, sha256, &engine, &entry)) {
             // Safety: the MAC, under a key only this host holds, binds the artifact to this
@@ -47,7 +47,7 @@ pub(super) async fn compile_cached(
     }
     drop(purging);
     let Compiled { plugin, artifact: serialized } = compiler.compile(runtime, bytes, sha256, name).await?;
-    let _purging = PurgeWhileLoading::start();
+    let _purging = crate::memory::PurgeWhileLoading::start();
     // A cache write failure only costs a recompile at the next start.
     match serialized.map_or_else(|| PluginRuntime::serialize(&plugin), Ok) {
         Ok(mut serialized) => {
@@ -61,46 +61,6 @@ pub(super) async fn compile_cached(
         Err(err) => tracing::warn!(%err, "could not serialise the compiled plugin"),
     }
     Ok((plugin, false))
-}
-
-/// While a plugin compiles or loads, the heap it frees goes back to the system at once.
-/// Cranelift allocates tens of MiB on its worker threads, and an allocator keeps what they freed
-/// for later (mimalloc in their idle threads' heaps, glibc in its arenas): a bot that compiled
-/// its plugins in-process at start idled at 48 MiB (glibc) or 67 MiB (mimalloc) resident,
-/// against ~30 MiB when it loaded them from this cache. Loading reads and frees a MiB or so per
-/// plugin. Rare (a load, not a turn), so the purges cost nothing that counts.
-pub(super) struct PurgeWhileLoading {
-    delay: std::ffi::c_long,
-}
-
-/// `mi_option_purge_delay` of mimalloc 2's `mi_option_t` (libmimalloc-sys has no constant for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-impl PurgeWhileLoading {
-    pub(super) fn start() -> Self {
-        use libmimalloc_sys as mi;
-        // Safety: reads and sets one of mimalloc's global options.
-        let delay = unsafe { mi::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        unsafe { mi::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-        Self { delay }
-    }
-}
-
-impl Drop for PurgeWhileLoading {
-    fn drop(&mut self) {
-        use libmimalloc_sys as mi;
-        // Safety: collects this thread's heap and restores the option read in `start`.
-        unsafe {
-            mi::mi_collect(true);
-            mi::mi_option_set(MI_OPTION_PURGE_DELAY, self.delay);
-        }
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // Safety: malloc_trim only returns unused pages of glibc's heap (the tests' allocator,
-        // and C code's) to the kernel.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    }
 }
 
 /// Length of the MAC that ends each compile cache entry.
