@@ -326,10 +326,18 @@ struct HistoryRecord {
 /// the users seen lately.
 pub struct HistoryStore<K = i64> {
     dir: PathBuf,
-    users: Mutex<HashMap<K, Arc<Mutex<UserHistory>>>>,
+    users: Mutex<HashMap<K, Arc<UserEntry>>>,
     /// Makes appends durable in groups; `None` when it could not be opened (the store then
     /// syncs each user file itself, as it did before the journal).
     journal: Option<super::journal::Journal>,
+}
+
+struct UserEntry {
+    history: Mutex<UserHistory>,
+    /// Held by an append from the moment its record is queued until it is in the file, and by a
+    /// clear: the next append counts the lines of a file that has every earlier record. Async,
+    /// so an async append waits for the journal with the task parked, not a thread.
+    writing: tokio::sync::Mutex<()>,
 }
 
 struct UserHistory {
@@ -375,7 +383,7 @@ impl<K: StoreKey> HistoryStore<K> {
     }
 
     /// The user's entry, with the file read once if it is new; the read is handed back then.
-    fn user(&self, user: K) -> (Arc<Mutex<UserHistory>>, Option<ReadHistory>) {
+    fn user(&self, user: K) -> (Arc<UserEntry>, Option<ReadHistory>) {
         let mut users = self.users.lock().unwrap();
         if let Some(entry) = users.get(&user) {
             return (entry.clone(), None);
@@ -384,7 +392,8 @@ impl<K: StoreKey> HistoryStore<K> {
             users.retain(|_, entry| Arc::strong_count(entry) > 1);
         }
         let read = self.read(user);
-        let entry = Arc::new(Mutex::new(UserHistory { lines_on_disk: read.lines, torn_tail: read.torn_tail }));
+        let history = Mutex::new(UserHistory { lines_on_disk: read.lines, torn_tail: read.torn_tail });
+        let entry = Arc::new(UserEntry { history, writing: tokio::sync::Mutex::new(()) });
         users.insert(user, entry.clone());
         (entry, Some(read))
     }
@@ -435,53 +444,101 @@ impl<K: StoreKey> HistoryStore<K> {
         if let Some(read) = read {
             return read.messages.into();
         }
-        // Under the user's lock: an append is not half seen.
-        let _history = handle.lock().unwrap();
+        // Under the user's lock: a compaction is not half seen (an append's two lines are one write).
+        let _history = handle.history.lock().unwrap();
         self.read(user).messages.into()
     }
 
     /// Appends one finished exchange durably: in the journal's next group commit, then to the
-    /// user's file.
+    /// user's file. Blocks; not from an async context (see [`HistoryStore::append_turn_async`]).
     pub fn append_turn(&self, user: K, question: &str, answer: &str) -> Result<(), StorageError> {
-        let (handle, _) = self.user(user);
-        let mut history = handle.lock().unwrap();
+        let (entry, _) = self.user(user);
+        let _writing = entry.writing.blocking_lock();
+        let mut history = entry.history.lock().unwrap();
         let path = self.file(user);
-        let mut out = render_exchange(question, answer);
-        // A torn line from an earlier crash must not glue onto this record.
-        if history.torn_tail {
-            out.insert(0, b'\n');
-        }
+        let out = exchange_bytes(&history, question, answer);
         let written = match &self.journal {
             Some(journal) => journal.append(&path, history.lines_on_disk, question, answer, out),
             None => self.append_synced(&path, &out),
         };
-        if let Err(err) = written {
+        self.appended(user, &mut history, written)?;
+        if history.lines_on_disk > HISTORY_LIMIT * 2 {
+            self.compact(user, &mut history)?;
+        }
+        Ok(())
+    }
+
+    /// [`HistoryStore::append_turn`] for async callers: the wait for the journal's group commit
+    /// parks the task, where a blocking call would hop to the blocking pool and back (two more
+    /// thread wakes in every turn). A user not seen lately has their file read here, as
+    /// [`HistoryStore::recent`] does.
+    pub async fn append_turn_async(self: &Arc<Self>, user: K, question: &str, answer: &str) -> Result<(), StorageError> {
+        let Some(journal) = &self.journal else {
+            let (me, question, answer) = (self.clone(), question.to_owned(), answer.to_owned());
+            return off_the_workers(move || me.append_turn(user, &question, &answer)).await;
+        };
+        let (entry, _) = self.user(user);
+        let _writing = entry.writing.lock().await;
+        let path = self.file(user);
+        let queued = {
+            let history = entry.history.lock().unwrap();
+            journal.submit(&path, history.lines_on_disk, question, answer, exchange_bytes(&history, question, answer))
+        };
+        let written = match queued {
+            Ok(done) => done.await.unwrap_or_else(|_| Err(std::io::Error::other("the history journal is stopped"))),
+            Err(err) => Err(err),
+        };
+        let compact = {
+            let mut history = entry.history.lock().unwrap();
+            self.appended(user, &mut history, written)?;
+            history.lines_on_disk > HISTORY_LIMIT * 2
+        };
+        if compact {
+            // Every HISTORY_LIMIT / 2 exchanges; it syncs and rewrites the file.
+            let me = self.clone();
+            off_the_workers(move || {
+                let (entry, _) = me.user(user);
+                let mut history = entry.history.lock().unwrap();
+                me.compact(user, &mut history)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Counts an append's lines, or after a failure learns from the file where it ends now.
+    fn appended(&self, user: K, history: &mut UserHistory, written: std::io::Result<()>) -> Result<(), StorageError> {
+        if let Err(source) = written {
             // The file may end anywhere now: what the next append needs is read back from it.
             let read = self.read(user);
             history.lines_on_disk = read.lines;
             history.torn_tail = read.torn_tail;
-            return Err(StorageError::Io { path, source: err });
+            return Err(StorageError::Io { path: self.file(user), source });
         }
+        history.torn_tail = false;
         history.lines_on_disk += 2;
-        if history.lines_on_disk > HISTORY_LIMIT * 2 {
-            // Rewritten with the last messages only, so a file stays bounded. The journal first
-            // learns that the file holds everything before (synced), so that no older record is
-            // replayed into the shorter file.
-            if let Some(journal) = &self.journal {
-                File::open(&path).and_then(|f| f.sync_data()).map_err(io_err(&path))?;
-                journal.barrier(&path, super::journal::Barrier::Synced).map_err(io_err(&path))?;
-            }
-            let kept = self.read(user).messages;
-            let mut compact = Vec::new();
-            for m in &kept {
-                let role = if m.role == Role::Assistant { "assistant" } else { "user" };
-                compact.extend_from_slice(&serde_json::to_vec(&HistoryRecord { role: role.into(), text: m.text.clone() }).unwrap_or_default());
-                compact.push(b'\n');
-            }
-            write_atomic(&path, &compact)?;
-            history.lines_on_disk = kept.len();
-            history.torn_tail = false;
+        Ok(())
+    }
+
+    /// Rewrites a file grown past twice [`HISTORY_LIMIT`] lines with the last messages only, so
+    /// a file stays bounded. The journal first learns that the file holds everything before
+    /// (synced), so that no older record is replayed into the shorter file.
+    fn compact(&self, user: K, history: &mut UserHistory) -> Result<(), StorageError> {
+        let path = self.file(user);
+        if let Some(journal) = &self.journal {
+            File::open(&path).and_then(|f| f.sync_data()).map_err(io_err(&path))?;
+            journal.barrier(&path, super::journal::Barrier::Synced).map_err(io_err(&path))?;
         }
+        let kept = self.read(user).messages;
+        let mut compact = Vec::new();
+        for m in &kept {
+            let role = if m.role == Role::Assistant { "assistant" } else { "user" };
+            compact.extend_from_slice(&serde_json::to_vec(&HistoryRecord { role: role.into(), text: m.text.clone() }).unwrap_or_default());
+            compact.push(b'\n');
+        }
+        write_atomic(&path, &compact)?;
+        history.lines_on_disk = kept.len();
+        history.torn_tail = false;
         Ok(())
     }
 
@@ -502,8 +559,9 @@ impl<K: StoreKey> HistoryStore<K> {
 
     /// Forgets a user's history, on disk too.
     pub fn clear(&self, user: K) -> Result<(), StorageError> {
-        let (handle, _) = self.user(user);
-        let mut history = handle.lock().unwrap();
+        let (entry, _) = self.user(user);
+        let _writing = entry.writing.blocking_lock();
+        let mut history = entry.history.lock().unwrap();
         let path = self.file(user);
         // Through the journal, so that a replay after a crash does not bring the history back.
         let removed = match &self.journal {
@@ -523,6 +581,22 @@ impl<K: StoreKey> HistoryStore<K> {
     pub fn users_in_memory(&self) -> usize {
         self.users.lock().unwrap().len()
     }
+}
+
+/// An exchange as its file's two lines; after a torn line (an earlier crash) on a line of its own.
+fn exchange_bytes(history: &UserHistory, question: &str, answer: &str) -> Vec<u8> {
+    let mut out = render_exchange(question, answer);
+    if history.torn_tail {
+        out.insert(0, b'\n');
+    }
+    out
+}
+
+/// Runs blocking file work (syncs, rewrites) on the blocking pool.
+async fn off_the_workers(f: impl FnOnce() -> Result<(), StorageError> + Send + 'static) -> Result<(), StorageError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StorageError::Io { path: PathBuf::new(), source: std::io::Error::other(format!("history task failed: {e}")) })
+    })
 }
 
 /// Replays the history journals under `data_dir` into the history files (what opening the
@@ -646,9 +720,44 @@ mod tests {
         let texts = |m: &[Message]| m.iter().map(|m| (m.role == Role::User, m.text.clone())).collect::<Vec<_>>();
         assert_eq!(texts(&reopened.recent(5)), texts(&recent));
         reopened.append_turn(5, "after crash", "ok").unwrap();
+        reopened.append_turn(5, "and after that", "fine").unwrap();
         let again = HistoryStore::open(dir.path()).recent(5);
-        assert_eq!(again.last().unwrap().text, "ok");
-        assert_eq!(again[again.len() - 2].text, "after crash");
+        assert_eq!(again.last().unwrap().text, "fine");
+        assert_eq!(again[again.len() - 4].text, "after crash");
+        // The torn line was ended once: no blank line, so the line counts the journal's records
+        // carry stay those of the file.
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("\n\n"), "{text}");
+    }
+
+    /// The path a turn takes: the wait for the group commit is async; compaction still bounds the
+    /// file, and what was appended survives a reopen (the journal replayed or checkpointed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_appends_are_durable_ordered_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(HistoryStore::open(dir.path()));
+        let users = (1..=4i64).map(|user| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..120 {
+                    store.append_turn_async(user, &format!("q{user}.{i}"), &format!("a{user}.{i}")).await.unwrap();
+                }
+            })
+        });
+        for user in users.collect::<Vec<_>>() {
+            user.await.unwrap();
+        }
+        for user in 1..=4i64 {
+            let recent = store.recent(user);
+            assert_eq!(recent.len(), HISTORY_LIMIT);
+            assert_eq!(recent[0].text, format!("q{user}.70"));
+            assert_eq!(recent.last().unwrap().text, format!("a{user}.119"));
+            let lines = fs::read_to_string(dir.path().join(format!("{user}.jsonl"))).unwrap().lines().count();
+            assert!(lines <= HISTORY_LIMIT * 2, "compacted: {lines} lines");
+        }
+        drop(store);
+        let reopened = HistoryStore::open(dir.path());
+        assert_eq!(reopened.recent(3).last().unwrap().text, "a3.119");
     }
     /// A directory where the temp file would go makes every write fail, like a full disk does,
     /// until it is removed.

@@ -53,8 +53,9 @@ pub enum Barrier {
 }
 
 enum Job {
-    /// Append `bytes` to `file` once `line` is durable.
-    Append { file: PathBuf, line: Vec<u8>, bytes: Vec<u8>, reply: mpsc::Sender<io::Result<()>> },
+    /// Append `bytes` to `file` once `line` is durable. A oneshot, so an async caller is woken
+    /// by the writer directly.
+    Append { file: PathBuf, line: Vec<u8>, bytes: Vec<u8>, reply: tokio::sync::oneshot::Sender<io::Result<()>> },
     /// Make `line` durable; with [`Barrier::Cleared`], then remove `file`.
     Barrier { file: PathBuf, line: Vec<u8>, barrier: Barrier, reply: mpsc::Sender<io::Result<()>> },
 }
@@ -82,7 +83,21 @@ impl Journal {
 
     /// Appends `bytes` (the rendered exchange, with a leading newline if the file's tail is
     /// torn) to `file`, after the exchange is durable in the journal. Returns when both are done.
+    /// Not from an async context (it blocks); see [`Journal::submit`].
     pub fn append(&self, file: &Path, lines_before: usize, question: &str, answer: &str, bytes: Vec<u8>) -> io::Result<()> {
+        self.submit(file, lines_before, question, answer, bytes)?.blocking_recv().unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Queues what [`Journal::append`] does; the receiver answers when both are done. Records
+    /// are written in the order they are submitted.
+    pub fn submit(
+        &self,
+        file: &Path,
+        lines_before: usize,
+        question: &str,
+        answer: &str,
+        bytes: Vec<u8>,
+    ) -> io::Result<tokio::sync::oneshot::Receiver<io::Result<()>>> {
         let record = Record {
             f: file_name(file),
             n: Some(lines_before),
@@ -90,9 +105,9 @@ impl Journal {
             a: Some(answer.to_owned()),
             barrier: None,
         };
-        let (reply, done) = mpsc::channel();
+        let (reply, done) = tokio::sync::oneshot::channel();
         self.send(Job::Append { file: file.to_owned(), line: line_of(&record), bytes, reply })?;
-        done.recv().unwrap_or_else(|_| Err(stopped()))
+        Ok(done)
     }
 
     /// Makes `barrier` durable for `file` (and with [`Barrier::Cleared`] removes the file).
@@ -310,8 +325,11 @@ fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job
                     torn = true;
                     tracing::error!(dir = %dir.display(), %err, "cannot write the history journal");
                     for job in batch {
-                        let (Job::Append { reply, .. } | Job::Barrier { reply, .. }) = job;
-                        let _ = reply.send(Err(io::Error::new(err.kind(), err.to_string())));
+                        let failed = Err(io::Error::new(err.kind(), err.to_string()));
+                        let _ = match job {
+                            Job::Append { reply, .. } => reply.send(failed).ok(),
+                            Job::Barrier { reply, .. } => reply.send(failed).ok(),
+                        };
                     }
                     continue;
                 }

@@ -157,6 +157,13 @@ impl SessionHistory {
         }
     }
 
+    pub async fn append_turn_async(&self, key: SessionKey, question: &str, answer: &str) -> Result<(), StorageError> {
+        match key {
+            SessionKey::Private(user) => self.private.append_turn_async(user, question, answer).await,
+            SessionKey::Group(g) => self.groups.append_turn_async(g, question, answer).await,
+        }
+    }
+
     pub fn clear(&self, key: SessionKey) -> Result<(), StorageError> {
         match key {
             SessionKey::Private(user) => self.private.clear(user),

@@ -116,8 +116,7 @@ impl SessionStore for FileStore {
     }
 
     async fn append_exchange(&self, key: SessionKey, question: &str, answer: &str) -> Result<(), StoreError> {
-        let (history, question, answer) = (self.history.clone(), question.to_owned(), answer.to_owned());
-        blocking(move || history.append_turn(key, &question, &answer)).await
+        self.history.append_turn_async(key, question, answer).await.map_err(StoreError::from)
     }
 
     async fn clear_history(&self, key: SessionKey) -> Result<(), StoreError> {
