@@ -273,6 +273,9 @@ impl Ledger {
         if let Some(tx) = &self.journal {
             let (done_tx, done_rx) = mpsc::channel();
             if tx.send(Job::Sync(done_tx)).is_ok() {
+                if let Some(writer) = &self.writer {
+                    writer.thread().unpark();
+                }
                 let _ = done_rx.recv();
             }
         }
@@ -287,6 +290,7 @@ impl Drop for Ledger {
         // Closing the channel lets the writer drain and exit.
         self.journal.take();
         if let Some(w) = self.writer.take() {
+            w.thread().unpark();
             let _ = w.join();
         }
     }
@@ -329,32 +333,26 @@ fn write_loop(path: PathBuf, rx: mpsc::Receiver<Job>) {
         }
         // Lines gather for a moment before the sync: nothing waits on them (a turn's usage is
         // counted in memory), and under load one sync then covers a hundred turns instead of
-        // one or two. A `sync` call is served at once.
+        // one or two. A line does not wake this thread while it gathers (a blocking receive would
+        // be woken by every one: a thread wake per turn); a `sync` call and the drop unpark it,
+        // so a `sync` is served at once.
         loop {
-            let left = GATHER.saturating_sub(gathering.elapsed());
-            let received = if waiting.is_empty() && !pending.is_empty() && !left.is_zero() {
-                match rx.recv_timeout(left) {
-                    Ok(job) => Some(job),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        closed = true;
-                        None
-                    }
+            match rx.try_recv() {
+                Ok(job) => {
+                    take(job, &mut pending, &mut waiting);
+                    continue;
                 }
-            } else {
-                match rx.try_recv() {
-                    Ok(job) => Some(job),
-                    Err(mpsc::TryRecvError::Empty) => None,
-                    Err(mpsc::TryRecvError::Disconnected) => {
-                        closed = true;
-                        None
-                    }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
                 }
-            };
-            match received {
-                Some(job) => take(job, &mut pending, &mut waiting),
-                None => break,
+                Err(mpsc::TryRecvError::Empty) => {}
             }
+            let left = GATHER.saturating_sub(gathering.elapsed());
+            if !waiting.is_empty() || pending.is_empty() || left.is_zero() {
+                break;
+            }
+            std::thread::park_timeout(left);
         }
         if !pending.is_empty() {
             match append(&mut file, &path, &pending) {
