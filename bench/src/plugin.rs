@@ -42,19 +42,27 @@ pub async fn record_turn(path: Path) -> anyhow::Result<(Script, String)> {
     Ok((Arc::new(script), session))
 }
 
-/// Not a group: one path's pooled wasm turn in a loop and nothing else, for a profiler
-/// (`swapbot-bench profile-turn streamed 20000`, under `perf record` or callgrind).
-pub async fn profile_turn(label: &str, iters: usize) -> anyhow::Result<()> {
+/// A profiling loop's label: `[native-]streamed|plain|assistants|refused` → (native?, the path,
+/// the label without `native-`).
+fn profiled(label: &str) -> Option<(bool, Path, &str)> {
     let (native, label) = match label.strip_prefix("native-") {
         Some(rest) => (true, rest),
         None => (false, label),
     };
     let path = match label {
         "streamed" => Path::ResponsesStream,
-        "plain" => Path::ResponsesPlain,
+        "plain" | "refused" => Path::ResponsesPlain,
         "assistants" => Path::Assistants,
-        "refused" => Path::ResponsesPlain,
-        _ => anyhow::bail!("profile-turn [native-]streamed|plain|assistants|refused [ITERS]"),
+        _ => return None,
+    };
+    Some((native, path, label))
+}
+
+/// Not a group: one path's pooled wasm turn in a loop and nothing else, for a profiler
+/// (`swapbot-bench profile-turn streamed 20000`, under `perf record` or callgrind).
+pub async fn profile_turn(label: &str, iters: usize) -> anyhow::Result<()> {
+    let Some((native, path, label)) = profiled(label) else {
+        anyhow::bail!("profile-turn [native-]streamed|plain|assistants|refused [ITERS]")
     };
     let (script, session) = record_turn(path).await?;
     let mut turn = wit_turn(path, 1, Some(session), TEXT, 500);
@@ -90,15 +98,8 @@ pub async fn profile_turn(label: &str, iters: usize) -> anyhow::Result<()> {
 /// loop, wasm or the native build, for a profiler: where group 2's whole-turn gap goes
 /// (`swapbot-bench profile-live [native-]streamed|plain|assistants 5000`).
 pub fn profile_live(label: &str, iters: usize) -> anyhow::Result<()> {
-    let (native, label) = match label.strip_prefix("native-") {
-        Some(rest) => (true, rest),
-        None => (false, label),
-    };
-    let path = match label {
-        "streamed" => Path::ResponsesStream,
-        "plain" => Path::ResponsesPlain,
-        "assistants" => Path::Assistants,
-        _ => anyhow::bail!("profile-live [native-]streamed|plain|assistants [ITERS]"),
+    let Some((native, path, "streamed" | "plain" | "assistants")) = profiled(label) else {
+        anyhow::bail!("profile-live [native-]streamed|plain|assistants [ITERS]")
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let sandbox = SandboxProcess::start(&["--run-steps", "0"])?;

@@ -197,7 +197,7 @@ async fn plugins_compile_in_a_child_process_once_and_a_broken_compiler_costs_onl
     let calls = dir.path().join("calls");
     let script = |name: &str, body: String| {
         let path = dir.path().join(name);
-        std::fs::write(&path, format!("#!/bin/sh\necho \"$@\" >> '{}'\n{body}\n", calls.display())).unwrap();
+        std::fs::write(&path, format!("#!/bin/sh\necho \"$@ home=${{HOME:-none}}\" >> '{}'\n{body}\n", calls.display())).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         Compiler::Child(path)
     };
@@ -215,7 +215,10 @@ async fn plugins_compile_in_a_child_process_once_and_a_broken_compiler_costs_onl
     assert!(matches!(outcome.unwrap(), LoadOutcome::Loaded { cached: false, .. }));
     assert_eq!(plugin.unwrap().description.name, "responses");
     assert_eq!(calls_made(), 1, "compiled by the child");
-    assert!(std::fs::read_to_string(&calls).unwrap().starts_with("compile-plugin --memory-bytes 67108864"));
+    let call = std::fs::read_to_string(&calls).unwrap();
+    assert!(call.starts_with("compile-plugin --memory-bytes 67108864"), "{call}");
+    // The child gets none of the bot's environment (its keys and tokens among it).
+    assert!(call.trim_end().ends_with("home=none"), "{call}");
     // The child's artifact went into the cache: the next start compiles nothing.
     let (outcome, _) = load(real.clone(), "cache").await;
     assert!(matches!(outcome.unwrap(), LoadOutcome::Loaded { cached: true, .. }));

@@ -63,7 +63,13 @@ impl Compiler {
 
 async fn compile_in_child(exe: &std::path::Path, runtime: &PluginRuntime, bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     let limits = runtime.limits();
-    let mut child = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    // Nothing of the bot's environment (its keys and tokens) but what the engine's settings read.
+    command.env_clear();
+    if let Some(perfmap) = std::env::var_os("SWAPBOT_WASM_PERFMAP") {
+        command.env("SWAPBOT_WASM_PERFMAP", perfmap);
+    }
+    let mut child = command
         .arg("compile-plugin")
         .args(["--memory-bytes", &limits.memory_bytes.to_string()])
         .args(["--pool-size", &limits.pool_size.to_string()])
