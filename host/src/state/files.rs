@@ -406,20 +406,27 @@ impl<K: StoreKey> HistoryStore<K> {
         if let Ok(file) = File::open(&path) {
             // Split on bytes, not `lines()`: a record cut mid-character is invalid UTF-8, and
             // reading it as text would end the whole file there.
-            for line in BufReader::new(file).split(b'\n') {
-                let line = match line {
-                    Ok(line) => line,
+            let mut reader = BufReader::new(file);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) => break,
+                    Ok(_) => {}
                     Err(err) => {
                         tracing::error!(file = %path.display(), %err, "history unreadable past this point");
                         break;
                     }
-                };
+                }
+                // A last line without its newline (a write cut short) is torn even when it
+                // parses: the next append must not glue onto it.
+                torn_tail = line.last() != Some(&b'\n');
+                if !torn_tail {
+                    line.pop();
+                }
                 lines += 1;
-                torn_tail = false;
                 // A torn or invalid record is skipped; the records after it are kept.
                 let Ok(record) = serde_json::from_slice::<HistoryRecord>(&line) else {
-                    // Only the last line can lack its newline; if it does not parse, it may.
-                    torn_tail = !line.is_empty();
                     if !line.is_empty() {
                         tracing::warn!(file = %path.display(), line = lines, "skipped an unreadable history record");
                     }
@@ -431,9 +438,6 @@ impl<K: StoreKey> HistoryStore<K> {
                     messages.pop_front();
                 }
             }
-        }
-        if torn_tail {
-            torn_tail = !ends_with_newline(&path);
         }
         ReadHistory { messages, lines, torn_tail }
     }
@@ -621,16 +625,6 @@ fn render_exchange(question: &str, answer: &str) -> Vec<u8> {
     out
 }
 
-fn ends_with_newline(path: &Path) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = File::open(path) else { return true };
-    if f.seek(SeekFrom::End(-1)).is_err() {
-        return true;
-    }
-    let mut last = [0u8; 1];
-    f.read_exact(&mut last).is_ok() && last[0] == b'\n'
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,6 +722,21 @@ mod tests {
         // carry stay those of the file.
         let text = fs::read_to_string(&path).unwrap();
         assert!(!text.contains("\n\n"), "{text}");
+    }
+
+    /// A write cut just before a record's newline leaves a last line that parses: it is torn all
+    /// the same, and the next exchange goes on a line of its own.
+    #[test]
+    fn a_whole_record_without_its_newline_is_not_glued_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("9.jsonl");
+        fs::write(&path, b"{\"role\":\"user\",\"text\":\"q0\"}\n{\"role\":\"assistant\",\"text\":\"a0\"}").unwrap();
+        let store = HistoryStore::open(dir.path());
+        store.append_turn(9, "q1", "a1").unwrap();
+        store.append_turn(9, "q2", "a2").unwrap();
+        let texts: Vec<_> = HistoryStore::open(dir.path()).recent(9).into_iter().map(|m| m.text).collect();
+        assert_eq!(texts, ["q0", "a0", "q1", "a1", "q2", "a2"]);
+        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 6);
     }
 
     /// The path a turn takes: the wait for the group commit is async; compaction still bounds the
