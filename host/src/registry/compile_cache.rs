@@ -17,6 +17,9 @@ pub(super) async fn compile_cached(
     sha256: &str,
     name: &str,
 ) -> Result<(LoadedPlugin, bool), PluginError> {
+    // What a load frees (the entry read, the compiler's heap when it runs here, the serialised
+    // artifact) is given back at once, not kept by an idle thread's heap.
+    let _purging = crate::memory::PurgeWhileLoading::start();
     let Some(cache_dir) = cache_dir else {
         return Ok((compiler.compile(runtime, bytes, sha256, name).await?.plugin, false));
     };
@@ -25,9 +28,6 @@ pub(super) async fn compile_cached(
     let engine = format!("{:016x}", hasher.finish());
     let artifact = cache_dir.join(format!("{sha256}-{engine}.cwasm"));
     let key = cache_key(cache_dir);
-    // The entry read here is freed once it is loaded: given back at once, not kept by an idle
-    // thread's heap.
-    let purging = crate::memory::PurgeWhileLoading::start();
     match std::fs::read(&artifact) {
         Ok(entry) => match key.as_ref().and_then(|key| verified_entry(key, sha256, &engine, &entry)) {
             // Safety: the MAC, under a key only this host holds, binds the artifact to this
@@ -45,9 +45,7 @@ pub(super) async fn compile_cached(
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => tracing::warn!(artifact = %artifact.display(), %err, "compile cache entry unreadable, recompiling"),
     }
-    drop(purging);
     let Compiled { plugin, artifact: serialized } = compiler.compile(runtime, bytes, sha256, name).await?;
-    let _purging = crate::memory::PurgeWhileLoading::start();
     // A cache write failure only costs a recompile at the next start.
     match serialized.map_or_else(|| PluginRuntime::serialize(&plugin), Ok) {
         Ok(mut serialized) => {

@@ -54,10 +54,7 @@ impl Compiler {
                 Err(err) => tracing::warn!(backend = name, exe = %exe.display(), err = %format!("{err:#}"), "compiling in a child process failed; compiling in this process"),
             }
         }
-        let purging = crate::memory::PurgeWhileLoading::start();
-        let plugin = runtime.load(bytes, Some(name)).await;
-        drop(purging);
-        Ok(Compiled { plugin: plugin?, artifact: None })
+        Ok(Compiled { plugin: runtime.load(bytes, Some(name)).await?, artifact: None })
     }
 }
 
