@@ -110,11 +110,11 @@ pub async fn start(fake: &swapbot_fake_telegram::FakeTelegram, env: &[(String, S
         ]
     };
     for (program, args, label) in candidates {
-        let polls_before = fake.calls_of("getUpdates").len();
+        let polls_before = fake.polls_started();
         let mut child = spawn(&program, &args, &env, &work.join("bot.stderr"), work)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if fake.calls_of("getUpdates").len() > polls_before {
+            if fake.polls_started() > polls_before {
                 return Ok(BotProcess { child, program: label });
             }
             if let Ok(Some(_)) = child.try_wait() {

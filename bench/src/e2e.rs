@@ -196,6 +196,21 @@ async fn paced(fake: &FakeTelegram, bot_pid: u32, users: &[i64], rate: f64, secs
     Ok(LoadResult { turns: n, secs, latencies, cpu_per_turn_us: cpu.as_secs_f64() * 1e6 / n as f64, errors })
 }
 
+/// A freshly started bot's RSS once it stops moving (two readings 500 ms apart within 0.1 MiB,
+/// at most 10 s): start-up's buffers are freed and purged a little after it starts polling.
+async fn settled_rss(pid: u32) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = rss_mib(Some(pid));
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rss_mib(Some(pid));
+        if (now - last).abs() < 0.1 || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Group 4 (and the whole-bot memory figures of group 6).
 pub async fn load(out: &Out, quick: bool) -> anyhow::Result<()> {
     let sandbox = Sandbox::start(SandboxConfig::default()).await?;
@@ -204,12 +219,14 @@ pub async fn load(out: &Out, quick: bool) -> anyhow::Result<()> {
         with the bot; CPU per turn is the bot process only";
     let g = "4 throughput";
     let mut idle_rss = Samples::new();
-    for (n, measured_rounds) in [(100usize, if quick { 3 } else { 15 }), (1000, if quick { 1 } else { 4 })] {
+    // SWAPBOT_BENCH_LOAD_ROUNDS=N: N saturated rounds at 100 users (and N/4 at 1000), long
+    // enough to attach `perf` to the bot; the figures are then from that longer run.
+    let rounds_100: usize = std::env::var("SWAPBOT_BENCH_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(if quick { 3 } else { 15 });
+    for (n, measured_rounds) in [(100usize, rounds_100), (1000, if quick { 1 } else { rounds_100.div_ceil(4).max(1) })] {
         let work = scratch("load");
         let fake = FakeTelegram::start().await;
         let bot = bot::start(&fake, &bot_env(&sandbox.base_url(), &work, &[]), &work).await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        idle_rss.push(rss_mib(Some(bot.pid())));
+        idle_rss.push(settled_rss(bot.pid()).await);
         let users: Vec<i64> = (1..=n as i64).map(|u| 10_000 + u).collect();
         // Round 0: every user's first turn (creates a conversation and an id-map entry).
         let first = rounds(&fake, bot.pid(), &users, 1, 0).await?;

@@ -210,32 +210,33 @@ impl pc::Effects for NativeCanned {
 /// `block_on` on the shared runtime (the wasm path's turn is one `block_on` as a whole).
 pub struct NativeLive {
     pub openai: OpenAi,
-    pub handle: tokio::runtime::Handle,
+    /// Drives every call; a current-thread runtime is driven only by `Runtime::block_on`.
+    pub rt: Arc<tokio::runtime::Runtime>,
     pub started: Instant,
     pub pushed: usize,
 }
 
 pub struct NativeLiveStream {
     stream: swapbot_openai::SseStream,
-    handle: tokio::runtime::Handle,
+    rt: Arc<tokio::runtime::Runtime>,
 }
 
 impl pc::EventSource for NativeLiveStream {
     fn next_event(&mut self) -> Result<Option<pc::SseEvent>, pc::TransportError> {
-        self.handle.block_on(self.stream.next_event()).map(|e| e.map(to_pc_event)).map_err(to_pc_transport)
+        self.rt.block_on(self.stream.next_event()).map(|e| e.map(to_pc_event)).map_err(to_pc_transport)
     }
 }
 
 impl pc::Effects for NativeLive {
     type Stream = NativeLiveStream;
     fn http(&mut self, req: pc::HttpRequest) -> Result<pc::HttpResponse, pc::TransportError> {
-        self.handle.block_on(self.openai.send(to_pc_request(req))).map(to_pc_response).map_err(to_pc_transport)
+        self.rt.block_on(self.openai.send(to_pc_request(req))).map(to_pc_response).map_err(to_pc_transport)
     }
     fn http_stream(&mut self, req: pc::HttpRequest) -> Result<pc::StreamStart<Self::Stream>, pc::TransportError> {
-        match self.handle.block_on(self.openai.send_stream(to_pc_request(req))).map_err(to_pc_transport)? {
+        match self.rt.block_on(self.openai.send_stream(to_pc_request(req))).map_err(to_pc_transport)? {
             swapbot_openai::StreamStart::Refused(r) => Ok(pc::StreamStart::Refused(to_pc_response(r))),
             swapbot_openai::StreamStart::Events(stream) => {
-                Ok(pc::StreamStart::Events(NativeLiveStream { stream, handle: self.handle.clone() }))
+                Ok(pc::StreamStart::Events(NativeLiveStream { stream, rt: self.rt.clone() }))
             }
         }
     }
@@ -249,7 +250,7 @@ impl pc::Effects for NativeLive {
     fn sleep_ms(&mut self, ms: u32) {
         // The same timer the host's LiveEffects sleeps on.
         let d = std::time::Duration::from_millis(ms as u64);
-        self.handle.block_on(async move { tokio::time::sleep(d).await });
+        self.rt.block_on(async move { tokio::time::sleep(d).await });
     }
     fn recent_history(&mut self) -> Vec<pc::HistoryMessage> {
         vec![]

@@ -68,30 +68,60 @@ pub async fn profile_turn(label: &str, iters: usize) -> anyhow::Result<()> {
     let mut turn = wit_turn(path, 1, Some(session), TEXT, 500);
     // The fixed cost of a turn: one the plugin refuses before any host call.
     let refused = label == "refused";
+    let pollute = CachePolluter::from_env();
     if refused {
         turn.settings.model = String::new();
     }
     if native {
         let nturn = native_turn(&turn);
-        let started = Instant::now();
+        let mut spent = Duration::ZERO;
         for _ in 0..iters {
+            pollute.run();
+            let started = Instant::now();
             let mut fx = NativeCanned(Canned::new(script.clone()));
             std::hint::black_box(native_chat(path, &mut fx, &nturn).map_err(|e| anyhow::anyhow!("native turn failed: {e}"))?);
+            spent += started.elapsed();
         }
-        eprintln!("{} natively: {iters} turns, {:.1} µs each", path.label(), started.elapsed().as_secs_f64() * 1e6 / iters as f64);
+        eprintln!("{} natively: {iters} turns, {:.1} µs each{}", path.label(), spent.as_secs_f64() * 1e6 / iters as f64, pollute.note());
         return Ok(());
     }
     let runtime = PluginRuntime::new(Limits::default())?;
     let plugin = load(&runtime, path.plugin()).await?;
-    let started = Instant::now();
+    let mut spent = Duration::ZERO;
     for _ in 0..iters {
+        pollute.run();
+        let started = Instant::now();
         let r = runtime.chat(&plugin, turn.clone(), Box::new(Canned::new(script.clone()))).await?;
+        spent += started.elapsed();
         if !refused {
             r.map_err(|e| anyhow::anyhow!("wasm turn failed: {}", e.message))?;
         }
     }
-    eprintln!("{}: {iters} turns, {:.1} µs each", path.label(), started.elapsed().as_secs_f64() * 1e6 / iters as f64);
+    eprintln!("{}: {iters} turns, {:.1} µs each{}", path.label(), spent.as_secs_f64() * 1e6 / iters as f64, pollute.note());
     Ok(())
+}
+
+/// Between a live loop's turns the sandbox, the kernel's network stack and the runtime's other
+/// threads run, and the turn's code and data leave the CPU's caches; a canned loop never sees
+/// that. `SWAPBOT_BENCH_POLLUTE=BYTES` makes `profile-turn` read and write that much other memory
+/// before each (timed) turn, to tell cache misses from work.
+struct CachePolluter(Vec<u64>);
+
+impl CachePolluter {
+    fn from_env() -> Self {
+        let bytes: usize = std::env::var("SWAPBOT_BENCH_POLLUTE").ok().and_then(|b| b.parse().ok()).unwrap_or(0);
+        CachePolluter(vec![1; bytes / 8])
+    }
+    fn run(&self) {
+        // Volatile, one word per cache line, so the walk is neither elided nor shortened.
+        for i in (0..self.0.len()).step_by(8) {
+            let p = self.0.as_ptr().wrapping_add(i) as *mut u64;
+            unsafe { p.write_volatile(p.read_volatile().wrapping_add(1)) };
+        }
+    }
+    fn note(&self) -> String {
+        if self.0.is_empty() { String::new() } else { format!(" ({} KiB of other memory touched before each)", self.0.len() * 8 >> 10) }
+    }
 }
 
 /// Not a group: one path's live turn (real HTTP to the sandbox process, the host's transport) in a
@@ -101,12 +131,13 @@ pub fn profile_live(label: &str, iters: usize) -> anyhow::Result<()> {
     let Some((native, path, "streamed" | "plain" | "assistants")) = profiled(label) else {
         anyhow::bail!("profile-live [native-]streamed|plain|assistants [ITERS]")
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let threads = std::env::var("SWAPBOT_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    let rt = live_runtime(threads)?;
     let sandbox = SandboxProcess::start(&["--run-steps", "0"])?;
     let openai = OpenAi::new(OpenAiConfig::new(sandbox.base_url.clone(), "sk-bench")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let runtime = PluginRuntime::new(Limits::default())?;
     let plugin = rt.block_on(load(&runtime, path.plugin()))?;
-    let live = LiveTurns { path, openai, handle: rt.handle().clone(), runtime: &runtime, plugin: &plugin };
+    let live = LiveTurns { path, openai, rt, runtime: &runtime, plugin: &plugin };
     // 20 users, new sessions every 1000 turns: the sandbox's work grows with a conversation.
     const USERS: usize = 20;
     let (mut cpu, mut wall) = (Duration::ZERO, Duration::ZERO);
@@ -128,11 +159,22 @@ pub fn profile_live(label: &str, iters: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The runtime live turns run on: `threads` workers, or with 1 a current-thread runtime, on which
+/// the turn, its HTTP connection and the IO driver share one thread (no hops between threads).
+fn live_runtime(threads: usize) -> anyhow::Result<Arc<tokio::runtime::Runtime>> {
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    };
+    Ok(Arc::new(rt))
+}
+
 /// One live turn, through the wasm plugin or its native build: the two sides group 2 compares.
 struct LiveTurns<'a> {
     path: Path,
     openai: OpenAi,
-    handle: tokio::runtime::Handle,
+    rt: Arc<tokio::runtime::Runtime>,
     runtime: &'a PluginRuntime,
     plugin: &'a LoadedPlugin,
 }
@@ -142,7 +184,7 @@ impl LiveTurns<'_> {
     fn turn(&self, native: bool, user: i64, session: Option<String>) -> anyhow::Result<String> {
         let turn = wit_turn(self.path, user, session, TEXT, 1);
         if native {
-            let mut fx = NativeLive { openai: self.openai.clone(), handle: self.handle.clone(), started: Instant::now(), pushed: 0 };
+            let mut fx = NativeLive { openai: self.openai.clone(), rt: self.rt.clone(), started: Instant::now(), pushed: 0 };
             let a = native_chat(self.path, &mut fx, &native_turn(&turn)).map_err(|e| anyhow::anyhow!("native turn failed: {e}"))?;
             return a.session_id.ok_or_else(|| anyhow::anyhow!("native turn kept no session"));
         }
@@ -155,7 +197,7 @@ impl LiveTurns<'_> {
             started: Instant::now(),
         };
         let a = self
-            .handle
+            .rt
             .block_on(self.runtime.chat(self.plugin, turn, Box::new(fx)))?
             .map_err(|e| anyhow::anyhow!("wasm turn failed: {}", e.message))?;
         Ok(a.session_id.unwrap_or_default())
@@ -306,17 +348,28 @@ impl Drop for SandboxProcess {
 
 /// Group 2: the wasm plugin against the same logic linked natively, same sandbox, same run.
 pub fn wasm_vs_native(out: &Out, blocks: usize, per_block: usize) -> anyhow::Result<()> {
+    // Two ways to drive a turn. On one thread the turn, its connection and the IO driver never
+    // wait for each other across threads, so a block's CPU is the turn's work. On two workers
+    // each read of the answer also wakes threads, and how many wakes a turn pays depends on
+    // timing (a slower turn finds the reader parked more often), which the ratio then amplifies.
+    for threads in [1, 2] {
+        wasm_vs_native_on(out, threads, blocks, per_block)?;
+    }
+    Ok(())
+}
+
+fn wasm_vs_native_on(out: &Out, threads: usize, blocks: usize, per_block: usize) -> anyhow::Result<()> {
     const EXCLUDES: &str = "the sandbox's own CPU (it runs in another process; its time is in the latency); \
         the knowledge base, storage, Telegram";
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let handle = rt.handle().clone();
+    let rt = live_runtime(threads)?;
     let sandbox = SandboxProcess::start(&["--run-steps", "0"])?;
     let openai = OpenAi::new(OpenAiConfig::new(sandbox.base_url.clone(), "sk-bench")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let runtime = PluginRuntime::new(Limits::default())?;
     const USERS: i64 = 20;
+    let on = if threads == 1 { "one thread" } else { "two workers" };
     for path in Path::ALL {
-        let plugin = handle.block_on(load(&runtime, path.plugin()))?;
-        let live = LiveTurns { path, openai: openai.clone(), handle: handle.clone(), runtime: &runtime, plugin: &plugin };
+        let plugin = rt.block_on(load(&runtime, path.plugin()))?;
+        let live = LiveTurns { path, openai: openai.clone(), rt: rt.clone(), runtime: &runtime, plugin: &plugin };
         let wasm_turn = |user: i64, session: Option<String>| live.turn(false, user, session);
         let native_turn_run = |user: i64, session: Option<String>| live.turn(true, user, session);
         // Sessions first (not measured): users 1.. for wasm, 1001.. for native.
@@ -349,27 +402,26 @@ pub fn wasm_vs_native(out: &Out, blocks: usize, per_block: usize) -> anyhow::Res
             }
         }
         let g = "2 wasm vs native";
-        out.emit(record(g, &format!("{}: wasm turn latency", path.label()), "µs", &wl, EXCLUDES));
-        out.emit(record(g, &format!("{}: native turn latency", path.label()), "µs", &nl, EXCLUDES));
+        out.emit(record(g, &format!("{}, {on}: wasm turn latency", path.label()), "µs", &wl, EXCLUDES));
+        out.emit(record(g, &format!("{}, {on}: native turn latency", path.label()), "µs", &nl, EXCLUDES));
         let lr = wl.median() / nl.median();
         out.emit(
-            record(g, &format!("{}: latency wasm ÷ native", path.label()), "×", &Samples(vec![lr]), EXCLUDES)
+            record(g, &format!("{}, {on}: latency wasm ÷ native", path.label()), "×", &Samples(vec![lr]), EXCLUDES)
                 .goal("≤ 1.1×", lr <= 1.1)
                 .note(format!("medians {:.0} µs ÷ {:.0} µs", wl.median(), nl.median())),
         );
         out.emit(
-            record(g, &format!("{}: wasm host CPU per turn", path.label()), "µs", &wc, EXCLUDES)
+            record(g, &format!("{}, {on}: wasm host CPU per turn", path.label()), "µs", &wc, EXCLUDES)
                 .note(format!("getrusage over blocks of {per_block} turns; each sample is one block")),
         );
-        out.emit(record(g, &format!("{}: native host CPU per turn", path.label()), "µs", &nc, EXCLUDES));
+        out.emit(record(g, &format!("{}, {on}: native host CPU per turn", path.label()), "µs", &nc, EXCLUDES));
         let cr = wc.median() / nc.median();
         out.emit(
-            record(g, &format!("{}: CPU wasm ÷ native", path.label()), "×", &Samples(vec![cr]), EXCLUDES)
+            record(g, &format!("{}, {on}: CPU wasm ÷ native", path.label()), "×", &Samples(vec![cr]), EXCLUDES)
                 .goal("≤ 1.1×", cr <= 1.1)
                 .note(format!("medians {:.0} µs ÷ {:.0} µs", wc.median(), nc.median())),
         );
     }
     drop(sandbox);
-    let _ = Duration::ZERO;
     Ok(())
 }

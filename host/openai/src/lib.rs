@@ -136,6 +136,10 @@ pub struct SseStream {
     deadline: Instant,
     max_duration: Duration,
     finished: bool,
+    /// One timer for the whole stream, armed at the earlier of the idle bound and the deadline as
+    /// they stood when it was armed; re-armed only when it fires early (lines came since). A timer
+    /// per read would insert into tokio's wheel, and often wake its driver thread, at every event.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl SseStream {
@@ -171,9 +175,17 @@ impl SseStream {
                 )));
             }
             let wake = idle_until.min(self.deadline);
-            match tokio::time::timeout_at(wake.into(), self.bytes.next()).await {
-                // The checks above say which bound it was.
-                Err(_) => continue,
+            if self.timer.deadline() <= now.into() {
+                self.timer.as_mut().reset(wake.into());
+            }
+            let (bytes, timer) = (&mut self.bytes, &mut self.timer);
+            let next = std::future::poll_fn(|cx| match bytes.as_mut().poll_next(cx) {
+                std::task::Poll::Ready(item) => std::task::Poll::Ready(Ok(item)),
+                std::task::Poll::Pending => timer.as_mut().poll(cx).map(Err),
+            });
+            match next.await {
+                // The checks above say which bound it was (or that lines came since it was armed).
+                Err(()) => continue,
                 Ok(None) => self.finished = true,
                 Ok(Some(Ok(chunk))) => {
                     let lines = self
@@ -309,14 +321,16 @@ impl OpenAi {
             return Ok(StreamStart::Refused(read_whole(response, self.config.max_body_bytes).await?));
         }
         let now = Instant::now();
+        let deadline = now + self.config.stream_max_duration;
         Ok(StreamStart::Events(SseStream {
             bytes: Box::pin(response.bytes_stream()),
             parser: SseParser::with_limit(self.config.max_body_bytes),
             idle_timeout: self.config.stream_idle_timeout,
             last_line: now,
-            deadline: now + self.config.stream_max_duration,
+            deadline,
             max_duration: self.config.stream_max_duration,
             finished: false,
+            timer: Box::pin(tokio::time::sleep_until((now + self.config.stream_idle_timeout).min(deadline).into())),
         }))
     }
 

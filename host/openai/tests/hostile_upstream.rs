@@ -48,6 +48,15 @@ async fn hostile_server() -> String {
             futures::stream::repeat_with(|| Ok::<_, Infallible>(Bytes::from_static(&A_LOT))),
             128,
         )) }))
+        // 2xx, a whole event every 40 ms, 25 of them, then the end.
+        .route("/v1/slow-events", post(|| async {
+            let events = futures::stream::unfold(0, |n| async move {
+                (n < 25).then_some(n)?;
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                Some((Ok::<_, Infallible>(Bytes::from(format!("data: {{\"n\":{n}}}\n\n"))), n + 1))
+            });
+            sse(Body::from_stream(events))
+        }))
         .route("/v1/fine", get(|| async { "{\"ok\":true}" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -100,6 +109,16 @@ async fn bytes_that_never_end_a_line_do_not_keep_a_stream_alive() {
     let api = client(&base, |c| c.stream_idle_timeout = Duration::from_millis(300));
     let result = tokio::time::timeout(HANG_GUARD, drain(&api, "/trickle")).await.expect("the trickle was never cut");
     assert!(matches!(&result, Err(TransportError::Timeout(m)) if m.contains("no complete line")), "{result:?}");
+}
+
+/// The idle bound restarts with every complete line: a stream that takes five idle timeouts in
+/// all, but never waits one between lines, is read to its end.
+#[tokio::test]
+async fn a_slow_stream_that_keeps_sending_lines_is_read_to_its_end() {
+    let base = hostile_server().await;
+    let api = client(&base, |c| c.stream_idle_timeout = Duration::from_millis(200));
+    let result = tokio::time::timeout(HANG_GUARD, drain(&api, "/slow-events")).await.expect("never ended");
+    assert_eq!(result.unwrap(), 25);
 }
 
 #[tokio::test]

@@ -271,16 +271,76 @@ pub struct PluginRuntime {
     limits: Limits,
     /// With pooling, one permit per pool slot: a turn waits for a slot instead of failing.
     slots: Option<Arc<tokio::sync::Semaphore>>,
-    _ticker: Arc<EpochTicker>,
+    ticker: Arc<EpochTicker>,
 }
 
+/// Advances the engine's epoch every [`EPOCH_TICK`] while a plugin call is in flight, and sleeps
+/// (parked, no wake-ups) while none is: an idle bot would otherwise wake 100 times a second.
 struct EpochTicker {
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    state: Arc<TickerState>,
+    thread: std::thread::Thread,
+}
+
+struct TickerState {
+    stop: std::sync::atomic::AtomicBool,
+    /// Plugin calls in flight.
+    busy: std::sync::atomic::AtomicUsize,
+    /// Epochs advanced so far.
+    ticks: std::sync::atomic::AtomicU64,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> anyhow::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let engine = engine.weak();
+        let state = Arc::new(TickerState {
+            stop: std::sync::atomic::AtomicBool::new(false),
+            busy: std::sync::atomic::AtomicUsize::new(0),
+            ticks: std::sync::atomic::AtomicU64::new(0),
+        });
+        let shared = state.clone();
+        let thread = std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
+            while !shared.stop.load(Ordering::Relaxed) {
+                if shared.busy.load(Ordering::Acquire) == 0 {
+                    // `CallInFlight::new` and the ticker's drop unpark it; an unpark that comes
+                    // before the park is not lost, and a spurious return parks again.
+                    std::thread::park();
+                    continue;
+                }
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+                shared.ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        })?;
+        Ok(EpochTicker { state, thread: thread.thread().clone() })
+    }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.state.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.unpark();
+    }
+}
+
+/// Keeps the epoch ticking for as long as it lives (one per plugin call).
+struct CallInFlight(Arc<EpochTicker>);
+
+impl CallInFlight {
+    fn new(ticker: &Arc<EpochTicker>) -> Self {
+        if ticker.state.busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
+            ticker.thread.unpark();
+        }
+        CallInFlight(ticker.clone())
+    }
+}
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        self.0.state.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -301,20 +361,7 @@ impl PluginRuntime {
         )
         .map_err(anyhow_of)?;
 
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ticker_engine = engine.weak();
-        let ticker_stop = stop.clone();
-        std::thread::Builder::new()
-            .name("wasm-epoch".into())
-            .spawn(move || {
-                while !ticker_stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match ticker_engine.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })?;
+        let ticker = Arc::new(EpochTicker::start(&engine)?);
 
         let slots = limits.pooling.then(|| Arc::new(tokio::sync::Semaphore::new(limits.pool_size.max(1) as usize)));
         Ok(Self {
@@ -322,7 +369,7 @@ impl PluginRuntime {
             linker: Arc::new(linker),
             slots,
             limits,
-            _ticker: Arc::new(EpochTicker { stop }),
+            ticker,
         })
     }
 
@@ -457,6 +504,7 @@ impl PluginRuntime {
             Some(slots) => Some(slots.clone().acquire_owned().await.map_err(|e| PluginError::Trap(e.to_string()))?),
             None => None,
         };
+        let _ticking = CallInFlight::new(&self.ticker);
         let mut store = self.new_store(effects);
         let limits = &self.limits;
         let run = async {
@@ -588,4 +636,50 @@ fn first_line(err: &wasmtime::Error) -> String {
 /// Since wasmtime 42 its error is not `anyhow::Error`; convert at the edge, keeping the chain.
 pub fn anyhow_of(err: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{err:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn ticks(runtime: &PluginRuntime) -> u64 {
+        runtime.ticker.state.ticks.load(Ordering::Relaxed)
+    }
+
+    /// The CPU slice of a call is counted in epochs, so the epoch must advance while a call is in
+    /// flight; while none is, the ticker must not wake at all.
+    #[test]
+    fn the_epoch_advances_only_while_a_plugin_call_is_in_flight() {
+        let runtime = PluginRuntime::new(Limits { pooling: false, ..Limits::default() }).unwrap();
+        std::thread::sleep(EPOCH_TICK * 8);
+        assert_eq!(ticks(&runtime), 0, "ticked with no call in flight");
+
+        let call = CallInFlight::new(&runtime.ticker);
+        let second = CallInFlight::new(&runtime.ticker);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ticks(&runtime) < 3 && Instant::now() < deadline {
+            std::thread::sleep(EPOCH_TICK);
+        }
+        assert!(ticks(&runtime) >= 3, "the epoch did not advance during a call");
+        drop(call);
+        let before = ticks(&runtime);
+        std::thread::sleep(EPOCH_TICK * 3);
+        assert!(ticks(&runtime) > before, "one call ended, the other is still in flight");
+
+        drop(second);
+        // At most the tick already under way lands after the last call ends.
+        std::thread::sleep(EPOCH_TICK * 2);
+        let idle = ticks(&runtime);
+        std::thread::sleep(EPOCH_TICK * 8);
+        assert_eq!(ticks(&runtime), idle, "kept ticking after the last call ended");
+
+        // And it starts again for the next call.
+        let _call = CallInFlight::new(&runtime.ticker);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ticks(&runtime) == idle && Instant::now() < deadline {
+            std::thread::sleep(EPOCH_TICK);
+        }
+        assert!(ticks(&runtime) > idle, "did not wake for a call after an idle spell");
+    }
 }

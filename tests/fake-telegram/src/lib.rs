@@ -176,6 +176,9 @@ struct Inner {
     deliveries: Vec<Delivery>,
     next_update_id: i64,
     calls: Vec<Call>,
+    /// getUpdates requests that have arrived (a call is recorded only when it is answered, and a
+    /// long poll with nothing to deliver is answered at its timeout).
+    polls_started: usize,
     chats: HashMap<i64, ChatState>,
     failures: HashMap<String, VecDeque<FakeFailure>>,
     tokens: Vec<String>,
@@ -569,6 +572,12 @@ impl FakeTelegram {
     /// Calls of one method (any case), in order.
     pub fn calls_of(&self, method: &str) -> Vec<Call> {
         self.lock().calls.iter().filter(|c| c.method.eq_ignore_ascii_case(method)).cloned().collect()
+    }
+
+    /// How many getUpdates requests have arrived, answered or still waiting: a bot is polling
+    /// once this grows, without waiting out its first long poll.
+    pub fn polls_started(&self) -> usize {
+        self.lock().polls_started
     }
 
     /// Calls about one chat, in arrival order (each with its `at` timestamp).
@@ -973,6 +982,7 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, Path((bot, method)): Path
     }
 
     if method == "getUpdates" {
+        shared.inner.lock().unwrap_or_else(|e| e.into_inner()).polls_started += 1;
         let res = get_updates(&shared, &params).await;
         record(&shared, &method, &params, chat_id, at, &token, None);
         return ok(res);
