@@ -109,6 +109,8 @@ pub async fn first_text(out: &Out, turns: usize) -> anyhow::Result<()> {
 }
 
 struct LoadResult {
+    /// Bot API calls per turn, by method, in the order of their counts.
+    calls_per_turn: String,
     turns: usize,
     secs: f64,
     latencies: Samples,
@@ -119,6 +121,7 @@ struct LoadResult {
 /// Sends one message per user per round (all at once), each round waits for every answer.
 async fn rounds(fake: &FakeTelegram, bot_pid: u32, users: &[i64], rounds: usize, done_before: usize) -> anyhow::Result<LoadResult> {
     let mut pushed: HashMap<i64, Vec<Instant>> = HashMap::new();
+    let calls0 = fake.sent().len();
     let cpu0 = proc_cpu(bot_pid);
     let start = Instant::now();
     for r in 0..rounds {
@@ -143,7 +146,19 @@ async fn rounds(fake: &FakeTelegram, bot_pid: u32, users: &[i64], rounds: usize,
     let cpu = proc_cpu(bot_pid) - cpu0;
     let (latencies, errors) = latencies(fake, &pushed, done_before);
     let turns = users.len() * rounds;
-    Ok(LoadResult { turns, secs, latencies, cpu_per_turn_us: cpu.as_secs_f64() * 1e6 / turns as f64, errors })
+    let calls_per_turn = calls_per_turn(&fake.sent()[calls0..], turns);
+    Ok(LoadResult { calls_per_turn, turns, secs, latencies, cpu_per_turn_us: cpu.as_secs_f64() * 1e6 / turns as f64, errors })
+}
+
+/// "sendMessage 1.00, sendChatAction 1.00, …": what the bot asked of the Bot API per turn.
+fn calls_per_turn(calls: &[swapbot_fake_telegram::Call], turns: usize) -> String {
+    let mut by_method: HashMap<&str, usize> = HashMap::new();
+    for c in calls {
+        *by_method.entry(c.method.as_str()).or_default() += 1;
+    }
+    let mut counts: Vec<_> = by_method.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    counts.iter().map(|(m, n)| format!("{m} {:.2}", *n as f64 / turns.max(1) as f64)).collect::<Vec<_>>().join(", ")
 }
 
 /// Each user's k-th message pushed since `skip` earlier answers, matched with the k-th answer
@@ -174,6 +189,7 @@ pub(crate) fn latencies(fake: &FakeTelegram, pushed: &HashMap<i64, Vec<Instant>>
 async fn paced(fake: &FakeTelegram, bot_pid: u32, users: &[i64], rate: f64, secs: f64, done_before: usize) -> anyhow::Result<LoadResult> {
     let mut pushed: HashMap<i64, Vec<Instant>> = HashMap::new();
     let n = (rate * secs) as usize;
+    let calls0 = fake.sent().len();
     let cpu0 = proc_cpu(bot_pid);
     let start = Instant::now();
     for i in 0..n {
@@ -193,7 +209,8 @@ async fn paced(fake: &FakeTelegram, bot_pid: u32, users: &[i64], rate: f64, secs
     let secs = start.elapsed().as_secs_f64();
     let cpu = proc_cpu(bot_pid) - cpu0;
     let (latencies, errors) = latencies(fake, &pushed, done_before);
-    Ok(LoadResult { turns: n, secs, latencies, cpu_per_turn_us: cpu.as_secs_f64() * 1e6 / n as f64, errors })
+    let calls_per_turn = calls_per_turn(&fake.sent()[calls0..], n);
+    Ok(LoadResult { calls_per_turn, turns: n, secs, latencies, cpu_per_turn_us: cpu.as_secs_f64() * 1e6 / n as f64, errors })
 }
 
 /// A freshly started bot's RSS once it stops moving (two readings 500 ms apart within 0.1 MiB,
@@ -262,8 +279,11 @@ pub async fn load(out: &Out, quick: bool) -> anyhow::Result<()> {
             // Issue 13: a quarter of the 1227 µs it was.
             cpu = cpu.goal("≤ 300 µs per streamed turn", sat.cpu_per_turn_us <= 300.0);
         }
-        out.emit(cpu
-            .note(format!("{:.0}% of one core at {tput:.0} turns/s", sat.cpu_per_turn_us * tput / 1e4)));
+        out.emit(cpu.note(format!(
+            "{:.0}% of one core at {tput:.0} turns/s; Bot API calls per turn: {}",
+            sat.cpu_per_turn_us * tput / 1e4,
+            sat.calls_per_turn
+        )));
         // Below saturation: a steady rate, latency without queueing behind a burst.
         let rate = (tput * 0.4).clamp(20.0, 200.0).round();
         let done = 1 + measured_rounds;
@@ -272,7 +292,7 @@ pub async fn load(out: &Out, quick: bool) -> anyhow::Result<()> {
         out.emit(
             record(g, &format!("{n} users, paced at {rate:.0} turns/s: latency p50 (p99 in note)"), "ms", &p.latencies, EXCLUDES)
                 .goal("p99 < 5 ms", p99 < 5.0)
-                .note(format!("p99 {p99:.1} ms; bot CPU {:.0} µs/turn; {} error answers", p.cpu_per_turn_us, p.errors)),
+                .note(format!("p99 {p99:.1} ms; bot CPU {:.0} µs/turn; {} error answers; Bot API calls per turn: {}", p.cpu_per_turn_us, p.errors, p.calls_per_turn)),
         );
         if n == 1000 {
             out.emit(

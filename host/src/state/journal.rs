@@ -7,6 +7,11 @@
 //! the journals left by a crash are replayed into the user files: a record is appended when its
 //! file has exactly the lines it had before the record, and skipped when the file is past them.
 //!
+//! A batch whose write or sync fails is cut back out of the journal before its callers hear of
+//! the failure. Should that fail too, replay ignores what such a batch can leave: a record that
+//! a later one of its file at the same line count replaces, and a `cleared` barrier that the
+//! file's next exchange shows did not clear.
+//!
 //! Journal lines (`journal.<seq>.log`, JSON):
 //! - `{"f":"<file name>","n":<lines before>,"q":"…","a":"…"}`: an exchange;
 //! - `{"f":…,"barrier":"synced"}`: every earlier record of the file is in the file and synced
@@ -72,6 +77,10 @@ impl Journal {
     /// Replays what a crash left in `dir`'s journals into the user files (`render` turns a
     /// record's question and answer into the lines its file holds), then starts a new journal.
     pub fn open(dir: &Path, render: fn(&str, &str) -> Vec<u8>) -> io::Result<Journal> {
+        Self::open_with(dir, render, Arc::new(Faults::default()))
+    }
+
+    fn open_with(dir: &Path, render: fn(&str, &str) -> Vec<u8>, faults: Arc<Faults>) -> io::Result<Journal> {
         fs::create_dir_all(dir)?;
         let seq = replay(dir, render)?;
         let path = journal_path(dir, seq + 1);
@@ -80,7 +89,7 @@ impl Journal {
         let dir = dir.to_owned();
         let writer = std::thread::Builder::new()
             .name("history-journal".into())
-            .spawn(move || write_loop(dir, seq + 1, file, rx))?;
+            .spawn(move || write_loop(dir, seq + 1, file, rx, &faults))?;
         Ok(Journal { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) })
     }
 
@@ -136,6 +145,53 @@ impl Drop for Journal {
         if let Some(writer) = self.writer.lock().unwrap().take() {
             let _ = writer.join();
         }
+    }
+}
+
+/// Failures a test makes the writer meet; in the product, none (every check is a constant `None`).
+#[cfg(not(test))]
+#[derive(Default)]
+struct Faults;
+
+#[cfg(not(test))]
+impl Faults {
+    #[inline(always)]
+    fn write(&self, _: &mut File, _: &[u8]) -> Option<io::Error> {
+        None
+    }
+    #[inline(always)]
+    fn sync(&self) -> Option<io::Error> {
+        None
+    }
+    #[inline(always)]
+    fn undo(&self) -> Option<io::Error> {
+        None
+    }
+}
+
+#[cfg(test)]
+#[derive(Default)]
+struct Faults {
+    /// The next batch: write this many of its bytes, then fail as a full disk does.
+    cut_next_write_at: Mutex<Option<usize>>,
+    /// The next sync fails (the bytes are written).
+    fail_next_sync: std::sync::atomic::AtomicBool,
+    /// Undoing a failed write fails too.
+    fail_undo: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(test)]
+impl Faults {
+    fn write(&self, file: &mut File, buf: &[u8]) -> Option<io::Error> {
+        let at = self.cut_next_write_at.lock().unwrap().take()?;
+        file.write_all(&buf[..at.min(buf.len())]).ok()?;
+        Some(io::Error::from_raw_os_error(28)) // ENOSPC
+    }
+    fn sync(&self) -> Option<io::Error> {
+        self.fail_next_sync.swap(false, std::sync::atomic::Ordering::Relaxed).then(|| io::Error::from_raw_os_error(5)) // EIO
+    }
+    fn undo(&self) -> Option<io::Error> {
+        self.fail_undo.load(std::sync::atomic::Ordering::Relaxed).then(|| io::Error::from_raw_os_error(5))
     }
 }
 
@@ -216,12 +272,8 @@ fn replay(dir: &Path, render: fn(&str, &str) -> Vec<u8>) -> io::Result<u64> {
     }
     // Per file, only what follows its last barrier is replayed; a file cleared last is removed
     // first (an unsynced unlink may not have survived the crash).
-    let mut last_barrier: HashMap<&str, (usize, Barrier)> = HashMap::new();
-    for (i, r) in records.iter().enumerate() {
-        if let Some(b) = r.barrier {
-            last_barrier.insert(r.f.as_str(), (i, b));
-        }
-    }
+    let last_barrier = effective_barriers(&records);
+    let superseded = superseded(&records, &last_barrier);
     let mut touched: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let (mut applied, mut skipped) = (0usize, 0usize);
     for (name, (_, barrier)) in &last_barrier {
@@ -236,7 +288,7 @@ fn replay(dir: &Path, render: fn(&str, &str) -> Vec<u8>) -> io::Result<u64> {
     }
     for (i, r) in records.iter().enumerate() {
         let (Some(n), Some(q), Some(a)) = (r.n, &r.q, &r.a) else { continue };
-        if last_barrier.get(r.f.as_str()).is_some_and(|(at, _)| *at > i) || r.f.contains(['/', '\\']) || r.f.is_empty() {
+        if last_barrier.get(r.f.as_str()).is_some_and(|(at, _)| *at > i) || superseded.contains(&i) || r.f.contains(['/', '\\']) || r.f.is_empty() {
             continue;
         }
         let path = dir.join(&r.f);
@@ -292,7 +344,90 @@ fn replay(dir: &Path, render: fn(&str, &str) -> Vec<u8>) -> io::Result<u64> {
     Ok(last_seq)
 }
 
-fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job>) {
+/// Per file, the index of the last barrier that took effect. A write that failed may leave its
+/// records in the journal when it could not be undone (see [`undo_failed_write`]); a `cleared`
+/// barrier that failed left the file as it was, so the file's next exchange followed its old
+/// lines (`n` > 0) instead of an empty file: such a barrier is not one.
+fn effective_barriers(records: &[Record]) -> HashMap<&str, (usize, Barrier)> {
+    let mut last: HashMap<&str, (usize, Barrier)> = HashMap::new();
+    // A `cleared` barrier waiting for its file's next exchange to say whether it took effect,
+    // and the barrier it would replace.
+    let mut pending: HashMap<&str, (usize, Option<(usize, Barrier)>)> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        let f = r.f.as_str();
+        match (r.barrier, r.n) {
+            (Some(b), _) => {
+                // An earlier `cleared` that nothing followed stands.
+                pending.remove(f);
+                let before = last.get(f).copied();
+                if b == Barrier::Cleared {
+                    pending.insert(f, (i, before));
+                }
+                last.insert(f, (i, b));
+            }
+            (None, Some(n)) => {
+                if let Some((_, before)) = pending.remove(f) {
+                    if n > 0 {
+                        match before {
+                            Some(b) => last.insert(f, b),
+                            None => last.remove(f),
+                        };
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    last
+}
+
+/// Records that a later record of the same file, after its last barrier, replaces: one with the
+/// same `n`. A successful append moves its file's count on, so two records at one count mean
+/// the first failed (it was kept in the journal, or its file append failed), and the store
+/// wrote the second where the first would have gone. Applying the first would make the second
+/// look applied already.
+fn superseded(records: &[Record], barriers: &HashMap<&str, (usize, Barrier)>) -> HashSet<usize> {
+    let mut latest: HashMap<(&str, usize), usize> = HashMap::new();
+    let mut out = HashSet::new();
+    for (i, r) in records.iter().enumerate() {
+        let (Some(n), None) = (r.n, r.barrier) else { continue };
+        if barriers.get(r.f.as_str()).is_some_and(|(at, _)| *at > i) {
+            continue;
+        }
+        if let Some(earlier) = latest.insert((r.f.as_str(), n), i) {
+            out.insert(earlier);
+        }
+    }
+    out
+}
+
+/// Writes and syncs a batch of journal lines.
+fn write_batch(file: &mut File, buf: &[u8], faults: &Faults) -> io::Result<()> {
+    if let Some(err) = faults.write(file, buf) {
+        return Err(err);
+    }
+    file.write_all(buf)?;
+    if let Some(err) = faults.sync() {
+        return Err(err);
+    }
+    file.sync_data()
+}
+
+/// After a failed batch, cuts the journal back to `len` (where the last good batch ended) and
+/// syncs that: whole records written before the failure must not stay, since their callers were
+/// told they failed. If this fails too, replay's rules keep such leftovers harmless
+/// ([`superseded`], [`effective_barriers`]).
+fn undo_failed_write(file: &mut File, len: u64, faults: &Faults) -> io::Result<()> {
+    if let Some(err) = faults.undo() {
+        return Err(err);
+    }
+    file.set_len(len)?;
+    file.sync_data()
+}
+
+fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job>, faults: &Faults) {
+    // Where the last good batch ended.
+    let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut records = 0usize;
     let mut opened = Instant::now();
     let mut dirty: HashSet<PathBuf> = HashSet::new();
@@ -323,9 +458,15 @@ fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job
                     Job::Append { line, .. } | Job::Barrier { line, .. } => buf.extend_from_slice(line),
                 }
             }
-            match file.write_all(&buf).and_then(|()| file.sync_data()) {
+            match write_batch(&mut file, &buf, faults) {
                 Err(err) => {
-                    torn = true;
+                    match undo_failed_write(&mut file, len, faults) {
+                        Ok(()) => torn = false,
+                        Err(undo) => {
+                            torn = true;
+                            tracing::error!(dir = %dir.display(), err = %undo, "cannot cut a failed write out of the history journal; a restart replays it under its rules");
+                        }
+                    }
                     tracing::error!(dir = %dir.display(), %err, "cannot write the history journal");
                     for job in batch {
                         let failed = Err(io::Error::new(err.kind(), err.to_string()));
@@ -336,7 +477,10 @@ fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job
                     }
                     continue;
                 }
-                Ok(()) => torn = false,
+                Ok(()) => {
+                    torn = false;
+                    len += buf.len() as u64;
+                }
             }
             records += batch.len();
             for job in batch {
@@ -367,6 +511,7 @@ fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job
                     let old = journal_path(&dir, seq);
                     seq += 1;
                     file = new_file;
+                    len = 0;
                     records = 0;
                     opened = Instant::now();
                     torn = false;
@@ -495,6 +640,85 @@ mod tests {
         replay(d, render).unwrap();
         assert_eq!(fs::read_to_string(d.join("gone.jsonl")).unwrap(), "Q fresh\nA re fresh\n");
         assert_eq!(fs::read_to_string(d.join("short.jsonl")).unwrap(), "Q 2\nA re 2\nQ 3\nA re 3\n");
+    }
+
+    /// What a failed write can leave in the journal when it cannot be cut out: a record its
+    /// caller was told failed, at the same line count as the acknowledged one the store wrote
+    /// next; and a `cleared` barrier that did not clear (the file's next exchange followed its
+    /// old lines).
+    #[test]
+    fn replay_ignores_what_a_failed_write_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("dup.jsonl"), "Q 1\nA re 1\n").unwrap();
+        fs::write(d.join("kept.jsonl"), "Q 1\nA re 1\n").unwrap();
+        let mut journal = String::new();
+        journal += &exchange("dup.jsonl", 2, "failed");
+        journal += &exchange("dup.jsonl", 2, "acked");
+        journal += &exchange("dup.jsonl", 4, "next");
+        journal += &barrier("kept.jsonl", Barrier::Cleared);
+        journal += &exchange("kept.jsonl", 2, "2");
+        fs::write(journal_path(d, 3), journal).unwrap();
+
+        replay(d, render).unwrap();
+        assert_eq!(fs::read_to_string(d.join("dup.jsonl")).unwrap(), "Q 1\nA re 1\nQ acked\nA re acked\nQ next\nA re next\n");
+        assert_eq!(fs::read_to_string(d.join("kept.jsonl")).unwrap(), "Q 1\nA re 1\nQ 2\nA re 2\n");
+    }
+
+    /// A crash right after `appends`: the user files lost what was not synced, the journal
+    /// (synced) is what a restart replays.
+    fn crash_and_replay(d: &Path, user_files_at_crash: &[(&str, &str)]) -> tempfile::TempDir {
+        let after = tempfile::tempdir().unwrap();
+        for (_, path) in journals(d).unwrap() {
+            fs::copy(&path, after.path().join(path.file_name().unwrap())).unwrap();
+        }
+        for (name, text) in user_files_at_crash {
+            fs::write(after.path().join(name), text).unwrap();
+        }
+        replay(after.path(), render).unwrap();
+        after
+    }
+
+    /// A batch whose write or sync fails is cut back out of the journal, so the next record,
+    /// written at the same line count, is the one a restart replays; and when the cut fails
+    /// too, replay still keeps the acknowledged record and not the failed one.
+    #[test]
+    fn a_failed_journal_write_is_cut_out_and_never_replayed_over_an_acknowledged_one() {
+        for (fault, undo_fails) in [("sync", false), ("partial write", false), ("sync", true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            let faults = Arc::new(Faults::default());
+            let journal = Journal::open_with(d, render, faults.clone()).unwrap();
+            let path = d.join("u.jsonl");
+            journal.append(&path, 0, "1", "ok", render("1", "ok")).unwrap();
+
+            faults.fail_undo.store(undo_fails, std::sync::atomic::Ordering::Relaxed);
+            match fault {
+                "sync" => faults.fail_next_sync.store(true, std::sync::atomic::Ordering::Relaxed),
+                _ => *faults.cut_next_write_at.lock().unwrap() = Some(10),
+            }
+            let failed = journal.append(&path, 2, "failed", "ok", render("failed", "ok"));
+            let err = failed.unwrap_err().to_string();
+            assert!(err.contains(if fault == "sync" { "os error 5" } else { "os error 28" }), "{fault}: {err}");
+            faults.fail_undo.store(false, std::sync::atomic::Ordering::Relaxed);
+            // The store counts what its file holds: the failed exchange is not in it.
+            journal.append(&path, 2, "acked", "ok", render("acked", "ok")).unwrap();
+            assert_eq!(fs::read_to_string(&path).unwrap(), "Q 1\nA ok\nQ acked\nA ok\n");
+
+            let (_, current) = journals(d).unwrap().pop().unwrap();
+            let in_journal = fs::read_to_string(&current).unwrap();
+            assert_eq!(in_journal.contains("failed"), undo_fails, "{fault}, undo fails: {undo_fails}: {in_journal}");
+            assert!(in_journal.lines().all(|l| serde_json::from_str::<Record>(l).is_ok() || undo_fails), "{in_journal}");
+
+            // The second exchange never reached the disk before the crash.
+            let after = crash_and_replay(d, &[("u.jsonl", "Q 1\nA ok\n")]);
+            assert_eq!(
+                fs::read_to_string(after.path().join("u.jsonl")).unwrap(),
+                "Q 1\nA ok\nQ acked\nA ok\n",
+                "{fault}, undo fails: {undo_fails}"
+            );
+            drop(journal);
+        }
     }
 
     #[test]
