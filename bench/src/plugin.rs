@@ -68,7 +68,7 @@ pub async fn profile_turn(label: &str, iters: usize) -> anyhow::Result<()> {
     let mut turn = wit_turn(path, 1, Some(session), TEXT, 500);
     // The fixed cost of a turn: one the plugin refuses before any host call.
     let refused = label == "refused";
-    let pollute = CachePolluter::from_env();
+    let mut pollute = CachePolluter::from_env();
     if refused {
         turn.settings.model = String::new();
     }
@@ -112,11 +112,15 @@ impl CachePolluter {
         let bytes: usize = std::env::var("SWAPBOT_BENCH_POLLUTE").ok().and_then(|b| b.parse().ok()).unwrap_or(0);
         CachePolluter(vec![1; bytes / 8])
     }
-    fn run(&self) {
+    fn run(&mut self) {
         // Volatile, one word per cache line, so the walk is neither elided nor shortened.
+        let base = self.0.as_mut_ptr();
         for i in (0..self.0.len()).step_by(8) {
-            let p = self.0.as_ptr().wrapping_add(i) as *mut u64;
-            unsafe { p.write_volatile(p.read_volatile().wrapping_add(1)) };
+            // In bounds: i < len.
+            unsafe {
+                let p = base.add(i);
+                p.write_volatile(p.read_volatile().wrapping_add(1));
+            }
         }
     }
     fn note(&self) -> String {

@@ -8,9 +8,11 @@
 //! file has exactly the lines it had before the record, and skipped when the file is past them.
 //!
 //! A batch whose write or sync fails is cut back out of the journal before its callers hear of
-//! the failure. Should that fail too, replay ignores what such a batch can leave: a record that
-//! a later one of its file at the same line count replaces, and a `cleared` barrier that the
-//! file's next exchange shows did not clear.
+//! the failure. Should that fail too, replay ignores what such a batch leaves once the file's
+//! next record shows it: a record that a later one at the same line count replaces, and a
+//! `cleared` barrier followed by an exchange that did not start afresh. Left last before a
+//! crash, such a record is replayed (its answer was shown; only saving it was reported failed),
+//! and such a barrier clears the file (what its user asked for).
 //!
 //! Journal lines (`journal.<seq>.log`, JSON):
 //! - `{"f":"<file name>","n":<lines before>,"q":"…","a":"…"}`: an exchange;
@@ -357,9 +359,13 @@ fn effective_barriers(records: &[Record]) -> HashMap<&str, (usize, Barrier)> {
         let f = r.f.as_str();
         match (r.barrier, r.n) {
             (Some(b), _) => {
-                // An earlier `cleared` that nothing followed stands.
-                pending.remove(f);
-                let before = last.get(f).copied();
+                let before = match pending.remove(f) {
+                    // `cleared` twice with nothing between: the file's next exchange tells for
+                    // both (a clear that worked leaves 0 lines, and so does a second one).
+                    Some((_, before)) if b == Barrier::Cleared => before,
+                    // An earlier `cleared` that nothing followed stands.
+                    _ => last.get(f).copied(),
+                };
                 if b == Barrier::Cleared {
                     pending.insert(f, (i, before));
                 }
@@ -415,8 +421,8 @@ fn write_batch(file: &mut File, buf: &[u8], faults: &Faults) -> io::Result<()> {
 
 /// After a failed batch, cuts the journal back to `len` (where the last good batch ended) and
 /// syncs that: whole records written before the failure must not stay, since their callers were
-/// told they failed. If this fails too, replay's rules keep such leftovers harmless
-/// ([`superseded`], [`effective_barriers`]).
+/// told they failed. If this fails too, replay's rules ([`superseded`], [`effective_barriers`])
+/// keep the acknowledged records that follow such leftovers.
 fn undo_failed_write(file: &mut File, len: u64, faults: &Faults) -> io::Result<()> {
     if let Some(err) = faults.undo() {
         return Err(err);
@@ -426,8 +432,8 @@ fn undo_failed_write(file: &mut File, len: u64, faults: &Faults) -> io::Result<(
 }
 
 fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job>, faults: &Faults) {
-    // Where the last good batch ended.
-    let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // Where the last good batch ended; `None` when not known (nothing is cut back then).
+    let mut len = file.metadata().map(|m| m.len()).ok();
     let mut records = 0usize;
     let mut opened = Instant::now();
     let mut dirty: HashSet<PathBuf> = HashSet::new();
@@ -460,11 +466,17 @@ fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job
             }
             match write_batch(&mut file, &buf, faults) {
                 Err(err) => {
-                    match undo_failed_write(&mut file, len, faults) {
-                        Ok(()) => torn = false,
-                        Err(undo) => {
+                    match len.map(|len| undo_failed_write(&mut file, len, faults)) {
+                        Some(Ok(())) => torn = false,
+                        failed => {
                             torn = true;
-                            tracing::error!(dir = %dir.display(), err = %undo, "cannot cut a failed write out of the history journal; a restart replays it under its rules");
+                            // What the failed batch left counts as written (a torn line, then
+                            // records replay's rules keep harmless): the next good batch goes
+                            // after it, and a later cut must not reach back into that batch.
+                            len = file.metadata().map(|m| m.len()).ok();
+                            if let Some(Err(undo)) = failed {
+                                tracing::error!(dir = %dir.display(), err = %undo, "cannot cut a failed write out of the history journal; a restart replays it under its rules");
+                            }
                         }
                     }
                     tracing::error!(dir = %dir.display(), %err, "cannot write the history journal");
@@ -479,7 +491,7 @@ fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job
                 }
                 Ok(()) => {
                     torn = false;
-                    len += buf.len() as u64;
+                    len = len.map(|len| len + buf.len() as u64);
                 }
             }
             records += batch.len();
@@ -511,7 +523,7 @@ fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job
                     let old = journal_path(&dir, seq);
                     seq += 1;
                     file = new_file;
-                    len = 0;
+                    len = Some(0);
                     records = 0;
                     opened = Instant::now();
                     torn = false;
@@ -652,17 +664,50 @@ mod tests {
         let d = dir.path();
         fs::write(d.join("dup.jsonl"), "Q 1\nA re 1\n").unwrap();
         fs::write(d.join("kept.jsonl"), "Q 1\nA re 1\n").unwrap();
+        fs::write(d.join("twice.jsonl"), "Q 1\nA re 1\n").unwrap();
         let mut journal = String::new();
         journal += &exchange("dup.jsonl", 2, "failed");
         journal += &exchange("dup.jsonl", 2, "acked");
         journal += &exchange("dup.jsonl", 4, "next");
         journal += &barrier("kept.jsonl", Barrier::Cleared);
         journal += &exchange("kept.jsonl", 2, "2");
+        journal += &barrier("twice.jsonl", Barrier::Cleared);
+        journal += &barrier("twice.jsonl", Barrier::Cleared);
+        journal += &exchange("twice.jsonl", 2, "2");
         fs::write(journal_path(d, 3), journal).unwrap();
 
         replay(d, render).unwrap();
         assert_eq!(fs::read_to_string(d.join("dup.jsonl")).unwrap(), "Q 1\nA re 1\nQ acked\nA re acked\nQ next\nA re next\n");
         assert_eq!(fs::read_to_string(d.join("kept.jsonl")).unwrap(), "Q 1\nA re 1\nQ 2\nA re 2\n");
+        assert_eq!(fs::read_to_string(d.join("twice.jsonl")).unwrap(), "Q 1\nA re 1\nQ 2\nA re 2\n");
+    }
+
+    /// A cut that failed leaves its batch in the journal; the next failure's cut must stop at
+    /// the end of the good batch written after it, not reach back into it.
+    #[test]
+    fn a_cut_after_a_failed_cut_keeps_the_good_batch_between() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let faults = Arc::new(Faults::default());
+        let journal = Journal::open_with(d, render, faults.clone()).unwrap();
+        let path = d.join("u.jsonl");
+        journal.append(&path, 0, "1", "ok", render("1", "ok")).unwrap();
+        faults.fail_undo.store(true, Relaxed);
+        faults.fail_next_sync.store(true, Relaxed);
+        journal.append(&path, 2, "A", "ok", render("A", "ok")).unwrap_err();
+        faults.fail_undo.store(false, Relaxed);
+        journal.append(&path, 2, "B", "ok", render("B", "ok")).unwrap();
+        faults.fail_next_sync.store(true, Relaxed);
+        journal.append(&path, 4, "C", "ok", render("C", "ok")).unwrap_err();
+        journal.append(&path, 4, "D", "ok", render("D", "ok")).unwrap();
+
+        let (_, current) = journals(d).unwrap().pop().unwrap();
+        let in_journal = fs::read_to_string(&current).unwrap();
+        assert!(!in_journal.contains("\"C\""), "{in_journal}");
+        let after = crash_and_replay(d, &[("u.jsonl", "Q 1\nA ok\n")]);
+        assert_eq!(fs::read_to_string(after.path().join("u.jsonl")).unwrap(), "Q 1\nA ok\nQ B\nA ok\nQ D\nA ok\n", "{in_journal}");
+        drop(journal);
     }
 
     /// A crash right after `appends`: the user files lost what was not synced, the journal
