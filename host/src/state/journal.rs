@@ -689,10 +689,7 @@ mod tests {
         use std::sync::atomic::Ordering::Relaxed;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let faults = Arc::new(Faults::default());
-        let journal = Journal::open_with(d, render, faults.clone()).unwrap();
-        let path = d.join("u.jsonl");
-        journal.append(&path, 0, "1", "ok", render("1", "ok")).unwrap();
+        let (journal, faults, path) = faulty_journal(d);
         faults.fail_undo.store(true, Relaxed);
         faults.fail_next_sync.store(true, Relaxed);
         journal.append(&path, 2, "A", "ok", render("A", "ok")).unwrap_err();
@@ -702,8 +699,7 @@ mod tests {
         journal.append(&path, 4, "C", "ok", render("C", "ok")).unwrap_err();
         journal.append(&path, 4, "D", "ok", render("D", "ok")).unwrap();
 
-        let (_, current) = journals(d).unwrap().pop().unwrap();
-        let in_journal = fs::read_to_string(&current).unwrap();
+        let in_journal = current_journal(d);
         assert!(!in_journal.contains("\"C\""), "{in_journal}");
         let after = crash_and_replay(d, &[("u.jsonl", "Q 1\nA ok\n")]);
         assert_eq!(fs::read_to_string(after.path().join("u.jsonl")).unwrap(), "Q 1\nA ok\nQ B\nA ok\nQ D\nA ok\n", "{in_journal}");
@@ -724,6 +720,21 @@ mod tests {
         after
     }
 
+    /// A journal in `d` whose writer meets the returned faults, with one exchange written to
+    /// `u.jsonl` (its path is returned).
+    fn faulty_journal(d: &Path) -> (Journal, Arc<Faults>, PathBuf) {
+        let faults = Arc::new(Faults::default());
+        let journal = Journal::open_with(d, render, faults.clone()).unwrap();
+        let path = d.join("u.jsonl");
+        journal.append(&path, 0, "1", "ok", render("1", "ok")).unwrap();
+        (journal, faults, path)
+    }
+
+    fn current_journal(d: &Path) -> String {
+        let (_, current) = journals(d).unwrap().pop().unwrap();
+        fs::read_to_string(current).unwrap()
+    }
+
     /// A batch whose write or sync fails is cut back out of the journal, so the next record,
     /// written at the same line count, is the one a restart replays; and when the cut fails
     /// too, replay still keeps the acknowledged record and not the failed one.
@@ -732,10 +743,7 @@ mod tests {
         for (fault, undo_fails) in [("sync", false), ("partial write", false), ("sync", true)] {
             let dir = tempfile::tempdir().unwrap();
             let d = dir.path();
-            let faults = Arc::new(Faults::default());
-            let journal = Journal::open_with(d, render, faults.clone()).unwrap();
-            let path = d.join("u.jsonl");
-            journal.append(&path, 0, "1", "ok", render("1", "ok")).unwrap();
+            let (journal, faults, path) = faulty_journal(d);
 
             faults.fail_undo.store(undo_fails, std::sync::atomic::Ordering::Relaxed);
             match fault {
@@ -750,8 +758,7 @@ mod tests {
             journal.append(&path, 2, "acked", "ok", render("acked", "ok")).unwrap();
             assert_eq!(fs::read_to_string(&path).unwrap(), "Q 1\nA ok\nQ acked\nA ok\n");
 
-            let (_, current) = journals(d).unwrap().pop().unwrap();
-            let in_journal = fs::read_to_string(&current).unwrap();
+            let in_journal = current_journal(d);
             assert_eq!(in_journal.contains("failed"), undo_fails, "{fault}, undo fails: {undo_fails}: {in_journal}");
             assert!(in_journal.lines().all(|l| serde_json::from_str::<Record>(l).is_ok() || undo_fails), "{in_journal}");
 
