@@ -8,7 +8,7 @@ use swapbot_fake_telegram::FakeTelegram;
 use swapbot_sandbox::{Sandbox, SandboxConfig};
 
 use crate::bot;
-use crate::common::{Out, Record, Samples, proc_cpu, record, remove_dir, root, rss_mib, scratch};
+use crate::common::{Out, Record, Samples, env_number, proc_cpu, record, remove_dir, root, rss_mib, scratch};
 
 const QUESTION: &str = "Hello! Can you tell me something about the weather in Paris today?";
 
@@ -118,12 +118,33 @@ struct LoadResult {
     errors: usize,
 }
 
+/// What a load run counts from its start: the bot's CPU and the Bot API calls made since.
+struct LoadMeter {
+    bot_pid: u32,
+    calls: usize,
+    cpu: Duration,
+    start: Instant,
+}
+
+impl LoadMeter {
+    fn start(fake: &FakeTelegram, bot_pid: u32) -> Self {
+        LoadMeter { bot_pid, calls: fake.sent().len(), cpu: proc_cpu(bot_pid), start: Instant::now() }
+    }
+
+    /// The run's figures, `turns` pushed as `pushed`, each answered after `done_before` earlier answers.
+    fn finish(self, fake: &FakeTelegram, pushed: &HashMap<i64, Vec<Instant>>, turns: usize, done_before: usize) -> LoadResult {
+        let secs = self.start.elapsed().as_secs_f64();
+        let cpu = proc_cpu(self.bot_pid) - self.cpu;
+        let (latencies, errors) = latencies(fake, pushed, done_before);
+        let calls_per_turn = calls_per_turn(&fake.sent()[self.calls..], turns);
+        LoadResult { calls_per_turn, turns, secs, latencies, cpu_per_turn_us: cpu.as_secs_f64() * 1e6 / turns as f64, errors }
+    }
+}
+
 /// Sends one message per user per round (all at once), each round waits for every answer.
 async fn rounds(fake: &FakeTelegram, bot_pid: u32, users: &[i64], rounds: usize, done_before: usize) -> anyhow::Result<LoadResult> {
     let mut pushed: HashMap<i64, Vec<Instant>> = HashMap::new();
-    let calls0 = fake.sent().len();
-    let cpu0 = proc_cpu(bot_pid);
-    let start = Instant::now();
+    let meter = LoadMeter::start(fake, bot_pid);
     for r in 0..rounds {
         for &u in users {
             pushed.entry(u).or_default().push(Instant::now());
@@ -142,12 +163,7 @@ async fn rounds(fake: &FakeTelegram, bot_pid: u32, users: &[i64], rounds: usize,
             }
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = proc_cpu(bot_pid) - cpu0;
-    let (latencies, errors) = latencies(fake, &pushed, done_before);
-    let turns = users.len() * rounds;
-    let calls_per_turn = calls_per_turn(&fake.sent()[calls0..], turns);
-    Ok(LoadResult { calls_per_turn, turns, secs, latencies, cpu_per_turn_us: cpu.as_secs_f64() * 1e6 / turns as f64, errors })
+    Ok(meter.finish(fake, &pushed, users.len() * rounds, done_before))
 }
 
 /// "sendMessage 1.00, sendChatAction 1.00, …": what the bot asked of the Bot API per turn.
@@ -189,9 +205,8 @@ pub(crate) fn latencies(fake: &FakeTelegram, pushed: &HashMap<i64, Vec<Instant>>
 async fn paced(fake: &FakeTelegram, bot_pid: u32, users: &[i64], rate: f64, secs: f64, done_before: usize) -> anyhow::Result<LoadResult> {
     let mut pushed: HashMap<i64, Vec<Instant>> = HashMap::new();
     let n = (rate * secs) as usize;
-    let calls0 = fake.sent().len();
-    let cpu0 = proc_cpu(bot_pid);
-    let start = Instant::now();
+    let meter = LoadMeter::start(fake, bot_pid);
+    let start = meter.start;
     for i in 0..n {
         let at = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(at.into()).await;
@@ -206,11 +221,7 @@ async fn paced(fake: &FakeTelegram, bot_pid: u32, users: &[i64], rate: f64, secs
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = proc_cpu(bot_pid) - cpu0;
-    let (latencies, errors) = latencies(fake, &pushed, done_before);
-    let calls_per_turn = calls_per_turn(&fake.sent()[calls0..], n);
-    Ok(LoadResult { calls_per_turn, turns: n, secs, latencies, cpu_per_turn_us: cpu.as_secs_f64() * 1e6 / n as f64, errors })
+    Ok(meter.finish(fake, &pushed, n, done_before))
 }
 
 /// A freshly started bot's RSS once it stops moving (two readings 500 ms apart within 0.1 MiB,
@@ -238,7 +249,7 @@ pub async fn load(out: &Out, quick: bool) -> anyhow::Result<()> {
     let mut idle_rss = Samples::new();
     // SWAPBOT_BENCH_LOAD_ROUNDS=N: N saturated rounds at 100 users (and N/4 at 1000), long
     // enough to attach `perf` to the bot; the figures are then from that longer run.
-    let rounds_100: usize = std::env::var("SWAPBOT_BENCH_LOAD_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(if quick { 3 } else { 15 });
+    let rounds_100: usize = env_number("SWAPBOT_BENCH_LOAD_ROUNDS").unwrap_or(if quick { 3 } else { 15 });
     for (n, measured_rounds) in [(100usize, rounds_100), (1000, if quick { 1 } else { rounds_100.div_ceil(4).max(1) })] {
         let work = scratch("load");
         let fake = FakeTelegram::start().await;

@@ -9,7 +9,7 @@ use swapbot::runtime::effects::{LiveEffects, TurnObservations};
 use swapbot::runtime::{Limits, LoadedPlugin, PluginRuntime};
 use swapbot_openai::{OpenAi, OpenAiConfig};
 
-use crate::common::{Out, Samples, plugin_path, record, root, self_cpu};
+use crate::common::{Out, Samples, env_number, plugin_path, record, root, self_cpu};
 use crate::effects::{Canned, NativeCanned, NativeLive, Path, Recorder, Script, native_chat, native_turn, wit_turn};
 
 const TEXT: &str = "What is the capital of France? Please answer in one sentence.";
@@ -109,7 +109,7 @@ struct CachePolluter(Vec<u64>);
 
 impl CachePolluter {
     fn from_env() -> Self {
-        let bytes: usize = std::env::var("SWAPBOT_BENCH_POLLUTE").ok().and_then(|b| b.parse().ok()).unwrap_or(0);
+        let bytes: usize = env_number("SWAPBOT_BENCH_POLLUTE").unwrap_or(0);
         CachePolluter(vec![1; bytes / 8])
     }
     fn run(&mut self) {
@@ -135,7 +135,7 @@ pub fn profile_live(label: &str, iters: usize) -> anyhow::Result<()> {
     let Some((native, path, "streamed" | "plain" | "assistants")) = profiled(label) else {
         anyhow::bail!("profile-live [native-]streamed|plain|assistants [ITERS]")
     };
-    let threads = std::env::var("SWAPBOT_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    let threads = env_number("SWAPBOT_BENCH_THREADS").unwrap_or(2);
     let rt = live_runtime(threads)?;
     let sandbox = SandboxProcess::start(&["--run-steps", "0"])?;
     let openai = OpenAi::new(OpenAiConfig::new(sandbox.base_url.clone(), "sk-bench")).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -327,18 +327,18 @@ impl Drop for EpochTicker {
 }
 
 /// Keeps the epoch ticking for as long as it lives (one per plugin call).
-struct CallInFlight(Arc<EpochTicker>);
+struct CallInFlight<'a>(&'a EpochTicker);
 
-impl CallInFlight {
-    fn new(ticker: &Arc<EpochTicker>) -> Self {
+impl<'a> CallInFlight<'a> {
+    fn new(ticker: &'a EpochTicker) -> Self {
         if ticker.state.busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
             ticker.thread.unpark();
         }
-        CallInFlight(ticker.clone())
+        CallInFlight(ticker)
     }
 }
 
-impl Drop for CallInFlight {
+impl Drop for CallInFlight<'_> {
     fn drop(&mut self) {
         self.0.state.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
