@@ -409,23 +409,75 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Repeats "typing…" (in the message's topic) until dropped.
-fn start_typing(bot: &Bot, target: Target, every: Duration) -> AbortOnDrop {
-    let bot = bot.clone();
-    let every = every.max(Duration::from_millis(500));
-    let chat = target.chat;
-    AbortOnDrop(tokio::spawn(async move {
-        loop {
-            let mut action = bot.send_chat_action(ChatId(chat), ChatAction::Typing);
-            if let Some(thread) = target.thread {
-                action = action.message_thread_id(thread);
-            }
-            if let Err(e) = action.send().await {
-                debug!(chat_id = chat, error = %describe(&e, bot.token()), "sendChatAction failed");
-            }
-            tokio::time::sleep(every).await;
+/// How long the end of a turn waits for a "typing…" action or a draft already in flight before the answer
+/// goes out. Waiting keeps them ahead of the answer (one landing after it would show "typing…" or a stale
+/// draft under the answer), and keeps their keep-alive connection: an aborted request closes it, and the next
+/// call pays a new connection (a TLS handshake against the real Bot API). Under load most turns ended with
+/// one in flight. Only a call stalled past this is aborted, so a hanging Bot API still cannot hold the answer.
+const IN_FLIGHT_GRACE: Duration = Duration::from_millis(300);
+
+/// A turn's background Bot API calls ("typing…", previews): told to stop when the turn has its result, then
+/// given [`IN_FLIGHT_GRACE`] to finish the call in flight. Dropped without [`Self::finish`], it aborts.
+struct TurnCalls(Option<tokio::task::JoinHandle<()>>);
+
+impl TurnCalls {
+    async fn finish(mut self) {
+        let Some(mut task) = self.0.take() else { return };
+        if tokio::time::timeout(IN_FLIGHT_GRACE, &mut task).await.is_err() {
+            task.abort();
         }
-    }))
+    }
+}
+
+impl Drop for TurnCalls {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Repeats "typing…" (in the message's topic) while a turn runs.
+struct Typing {
+    /// Dropped to stop the repeats; the action in flight then finishes.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    calls: TurnCalls,
+}
+
+impl Typing {
+    fn start(bot: &Bot, target: Target, every: Duration) -> Self {
+        let bot = bot.clone();
+        let every = every.max(Duration::from_millis(500));
+        let chat = target.chat;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                let mut action = bot.send_chat_action(ChatId(chat), ChatAction::Typing);
+                if let Some(thread) = target.thread {
+                    action = action.message_thread_id(thread);
+                }
+                if let Err(e) = action.send().await {
+                    debug!(chat_id = chat, error = %describe(&e, bot.token()), "sendChatAction failed");
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+        Typing { stop: Some(stop), calls: TurnCalls(Some(task)) }
+    }
+
+    /// No more repeats; the action in flight may still land (see [`TurnCalls`]).
+    fn stop(&mut self) {
+        self.stop.take();
+    }
+
+    async fn finish(mut self) {
+        self.stop();
+        self.calls.finish().await;
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -534,6 +586,10 @@ async fn preview_loop(bot: Bot, preview: Arc<tokio::sync::Mutex<Preview>>, mut r
                     continue;
                 }
             }
+            // The turn may have ended while this waited: its answer replaces any preview.
+            if rx.is_closed() {
+                return;
+            }
             let acc = rx.borrow_and_update().clone();
             preview.lock().await.push(&bot, &acc).await;
         }
@@ -602,7 +658,7 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
     let _turn_guard = lock.lock().await;
     let received = Instant::now();
     let target = Target::of(msg);
-    let _typing = start_typing(bot, target, ctx.options.typing_interval);
+    let mut typing = Typing::start(bot, target, ctx.options.typing_interval);
 
     // Drafts exist only in private chats; groups get one message, edited.
     let kind = if sender.private { PreviewKind::Draft(i64::from(msg.id.0).max(1)) } else { PreviewKind::Edit };
@@ -652,13 +708,18 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
             },
         }
     };
+    // Neither "typing…" nor a preview starts once the turn has its result; the calls in flight finish first.
+    typing.stop();
     drop(snapshots);
-    if matches!(kind, PreviewKind::Draft(_)) {
-        // Drafts are ephemeral: drop an update still in flight, the final message replaces it.
-        preview_task.abort();
-    }
-    // Groups: let an edit in flight finish, the final edit goes to the same message.
-    let _ = preview_task.await;
+    let previews_done = async {
+        match kind {
+            // Drafts are ephemeral and the final message replaces them: a draft stalled in flight is dropped.
+            PreviewKind::Draft(_) => TurnCalls(Some(preview_task)).finish().await,
+            // Groups: the edit in flight finishes, the final edit goes to the same message.
+            PreviewKind::Edit => drop(preview_task.await),
+        }
+    };
+    tokio::join!(previews_done, typing.finish());
     let mut preview = preview.lock().await;
     let first_text_at = preview.first_shown;
     let (outcome, final_text) = match result {
@@ -670,7 +731,6 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
             ("failed", INTERNAL_ERROR_TEXT.to_string())
         }
     };
-    drop(_typing);
     deliver(bot, target, &mut preview, &final_text, ctx.options.max_messages).await;
     if kind == PreviewKind::Edit {
         // The answer (streamed or not) just went out: the next turn's first update waits its turn.

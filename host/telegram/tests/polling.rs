@@ -178,6 +178,62 @@ async fn private_chat_gets_drafts_then_exactly_one_final_message() {
     h.stop().await;
 }
 
+/// The methods the bot called about `chat` between two of its final messages (`sendMessage`), one list per
+/// answer.
+fn calls_per_answer(fake: &FakeTelegram, chat: i64) -> Vec<Vec<String>> {
+    let mut answers = vec![vec![]];
+    for c in fake.calls_in(chat) {
+        let last = answers.last_mut().unwrap();
+        last.push(c.method.clone());
+        if c.method == "sendMessage" {
+            answers.push(vec![]);
+        }
+    }
+    answers.pop();
+    answers
+}
+
+/// Turns that end while a "typing…" action (or a draft) is still in flight let it land before the answer,
+/// and keep its connection: an aborted request closes its connection, so every such turn used to open a new
+/// one (under load two turns in three; a TLS handshake each against the real Bot API), and a late action
+/// showed "typing…" under the answer.
+#[tokio::test]
+async fn a_typing_action_or_draft_in_flight_lands_before_the_answer_on_a_kept_connection() {
+    const TURNS: usize = 4;
+    let h = Harness::start(fast(), |_, text| if text.starts_with("stream") { streamed(&["Hel", "lo"], 20) } else { answer("done") })
+        .await;
+    h.fake.push_text(USER, USER, "warm up", true);
+    h.fake.wait_for_messages(USER, 1, WAIT).await;
+    settle().await;
+    let connections = h.fake.connections_accepted();
+    for i in 0..TURNS {
+        // The answer is ready at once, the Bot API takes 100 ms over "typing…".
+        h.fake.delay_next("sendChatAction", 1, Duration::from_millis(100));
+        h.fake.push_text(USER, USER, &format!("question {i}"), true);
+        h.fake.wait_for_messages(USER, i + 2, WAIT).await;
+    }
+    for i in 0..TURNS {
+        // The first draft is in flight when the stream ends.
+        h.fake.delay_next("sendChatAction", 1, Duration::from_millis(100));
+        h.fake.delay_next("sendMessageDraft", 1, Duration::from_millis(100));
+        h.fake.push_text(USER, USER, &format!("stream {i}"), true);
+        h.fake.wait_for_messages(USER, TURNS + i + 2, WAIT).await;
+    }
+    settle().await;
+    let answers = calls_per_answer(&h.fake, USER);
+    assert_eq!(answers.len(), 2 * TURNS + 1, "{answers:?}");
+    for (i, calls) in answers.iter().enumerate().skip(1) {
+        assert!(calls.iter().any(|m| m == "sendChatAction"), "answer {i}: typing came after the answer: {calls:?}");
+        if i > TURNS {
+            assert!(calls.iter().any(|m| m == "sendMessageDraft"), "answer {i}: the draft came after the answer: {calls:?}");
+        }
+    }
+    assert!(h.fake.drafts_in(USER).is_empty(), "a late draft shows under the answer");
+    let opened = h.fake.connections_accepted() - connections;
+    assert!(opened <= 1, "{opened} new connections for {} turns", 2 * TURNS);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn group_gets_one_message_edited_to_the_full_answer() {
     let parts = ["One", " two", " three", " four", " five", " six", " seven."];

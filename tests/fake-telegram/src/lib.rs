@@ -181,6 +181,8 @@ struct Inner {
     polls_started: usize,
     chats: HashMap<i64, ChatState>,
     failures: HashMap<String, VecDeque<FakeFailure>>,
+    /// Calls (by lowercase method) answered only after a pause: a slow Bot API.
+    delays: HashMap<String, VecDeque<Duration>>,
     tokens: Vec<String>,
     /// Callback query ids sent and not answered yet.
     open_callbacks: Vec<String>,
@@ -198,6 +200,8 @@ impl Inner {
 struct Shared {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
+    /// TCP connections accepted: a client that keeps its connections alive opens few.
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -321,16 +325,19 @@ impl FakeTelegram {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner { next_update_id: 1, ..Default::default() }),
             changed,
+            connections: Default::default(),
         });
         let app = Router::new()
             .route("/{bot}/{method}", post(handle_post).get(handle_get))
             .with_state(shared.clone());
         let (stop, stopped) = oneshot::channel::<()>();
+        let counted = shared.clone();
         tokio::spawn(async move {
             // Streamed answers are many small writes: without TCP_NODELAY, Nagle and delayed
             // ACKs hold each for ~40 ms, which no real server does.
             use axum::serve::ListenerExt;
-            let listener = listener.tap_io(|tcp| {
+            let listener = listener.tap_io(move |tcp| {
+                counted.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = tcp.set_nodelay(true);
             });
             let _ = axum::serve(listener, app)
@@ -562,6 +569,19 @@ impl FakeTelegram {
         for _ in 0..n {
             q.push_back(failure.clone());
         }
+    }
+
+    /// Answers the next `n` calls of `method` (any case) only after `pause`, as a slow Bot API does.
+    /// A call is recorded when it is answered.
+    pub fn delay_next(&self, method: &str, n: usize, pause: Duration) {
+        let mut g = self.lock();
+        let q = g.delays.entry(method.to_ascii_lowercase()).or_default();
+        q.extend(std::iter::repeat_n(pause, n));
+    }
+
+    /// How many TCP connections the fake has accepted.
+    pub fn connections_accepted(&self) -> usize {
+        self.shared.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every call received so far, in arrival order (failed ones included, with `error` set).
@@ -945,14 +965,18 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, Path((bot, method)): Path
     let chat_id = param_i64(&params, "chat_id");
     let at = Instant::now();
 
-    // Injected failure?
-    let injected = {
+    // Injected failure or pause?
+    let (injected, delay) = {
         let mut g = shared.inner.lock().unwrap_or_else(|e| e.into_inner());
         if !g.tokens.contains(&token) {
             g.tokens.push(token.clone());
         }
-        g.failures.get_mut(&method.to_ascii_lowercase()).and_then(VecDeque::pop_front)
+        let delay = g.delays.get_mut(&method.to_ascii_lowercase()).and_then(VecDeque::pop_front);
+        (g.failures.get_mut(&method.to_ascii_lowercase()).and_then(VecDeque::pop_front), delay)
     };
+    if let Some(pause) = delay {
+        tokio::time::sleep(pause).await;
+    }
     if let Some(f) = injected {
         let err = failure_err(&f);
         record(&shared, &method, &params, chat_id, at, &token, Some(err.description.clone()));
