@@ -568,30 +568,61 @@ impl Preview {
     }
 }
 
-/// Pushes paced previews of the latest streamed text until the sender side is dropped (turn finished).
-async fn preview_loop(bot: Bot, preview: Arc<tokio::sync::Mutex<Preview>>, mut rx: tokio::sync::watch::Receiver<String>) {
+/// Pushes paced previews of the streamed text until `stop` (the turn has its result).
+///
+/// The task reads the deltas itself and, while the pacer holds the next update back, sleeps without
+/// reading them: they wait in the channel and are taken at once when the update is due. A streamed turn
+/// wakes it about twice per update, not once or twice per delta (each delta used to wake the turn's task,
+/// which woke this one through a watch, mostly to learn that nothing was due yet).
+async fn preview_loop(
+    bot: Bot,
+    preview: Arc<tokio::sync::Mutex<Preview>>,
+    mut deltas: tokio::sync::mpsc::UnboundedReceiver<String>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut acc = String::new();
+    let mut open = true;
     loop {
-        if rx.changed().await.is_err() {
+        open &= take_arrived(&mut deltas, &mut acc);
+        let due = preview.lock().await.due(&acc);
+        match due {
+            Some(due) => tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                () = tokio::time::sleep_until(due) => {}
+            },
+            // Nothing new to show: wait for more text.
+            None => tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                d = deltas.recv(), if open => match d {
+                    Some(d) => {
+                        acc.push_str(&d);
+                        continue;
+                    }
+                    None => {
+                        open = false;
+                        continue;
+                    }
+                },
+            },
+        }
+        // The turn may have ended while this waited: its answer replaces any preview.
+        if !matches!(stop.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty)) {
             return;
         }
-        loop {
-            let acc = rx.borrow_and_update().clone();
-            let Some(due) = preview.lock().await.due(&acc) else { break };
-            tokio::select! {
-                () = tokio::time::sleep_until(due) => {}
-                r = rx.changed() => {
-                    if r.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            }
-            // The turn may have ended while this waited: its answer replaces any preview.
-            if rx.is_closed() {
-                return;
-            }
-            let acc = rx.borrow_and_update().clone();
-            preview.lock().await.push(&bot, &acc).await;
+        open &= take_arrived(&mut deltas, &mut acc);
+        preview.lock().await.push(&bot, &acc).await;
+    }
+}
+
+/// Appends the deltas already queued; false once the sender side is gone.
+fn take_arrived(deltas: &mut tokio::sync::mpsc::UnboundedReceiver<String>, acc: &mut String) -> bool {
+    loop {
+        match deltas.try_recv() {
+            Ok(d) => acc.push_str(&d),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return true,
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return false,
         }
     }
 }
@@ -670,47 +701,20 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
         }
     }
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, deltas) = tokio::sync::mpsc::unbounded_channel::<String>();
     let handler = ctx.handler.clone();
-    let mut turn = tokio::spawn(async move { handler.turn(sender, text, tx).await });
+    let turn = tokio::spawn(async move { handler.turn(sender, text, tx).await });
 
     // Previews run in their own task so a slow Bot API call (teloxide holds a 502 for 10 s) never delays
     // the final answer.
     let preview = Arc::new(tokio::sync::Mutex::new(preview));
-    let (snapshots, snapshot_rx) = tokio::sync::watch::channel(String::new());
-    let preview_task = tokio::spawn(preview_loop(bot.clone(), preview.clone(), snapshot_rx));
+    let (stop_previews, previews_stopped) = tokio::sync::oneshot::channel::<()>();
+    let preview_task = tokio::spawn(preview_loop(bot.clone(), preview.clone(), deltas, previews_stopped));
 
-    let mut deltas_open = true;
-    let result = loop {
-        tokio::select! {
-            biased;
-            r = &mut turn => break r,
-            d = rx.recv(), if deltas_open => match d {
-                Some(d) => {
-                    // The text so far lives in the watch itself: each delta is appended in place (it was
-                    // a copy of the whole text per delta), and the deltas already queued go with it, so
-                    // the preview task wakes once per batch, not once per delta.
-                    snapshots.send_modify(|acc| {
-                        acc.push_str(&d);
-                        loop {
-                            match rx.try_recv() {
-                                Ok(d) => acc.push_str(&d),
-                                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                                    deltas_open = false;
-                                    break;
-                                }
-                            }
-                        }
-                    });
-                }
-                None => deltas_open = false,
-            },
-        }
-    };
+    let result = turn.await;
     // Neither "typing…" nor a preview starts once the turn has its result; the calls in flight finish first.
     typing.stop();
-    drop(snapshots);
+    drop(stop_previews);
     let previews_done = async {
         match kind {
             // Drafts are ephemeral and the final message replaces them: a draft stalled in flight is dropped.
