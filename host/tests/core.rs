@@ -169,6 +169,32 @@ async fn a_plugin_that_loops_allocates_or_panics_fails_only_its_turn() {
     assert_eq!(fine.text, "survived: hello");
 }
 
+/// A guest that keeps the CPU yields its thread every other epoch tick or sooner, so the other turns on a
+/// runtime worker go on while it runs out its slice (a guest that calls the host often does not yield).
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_guest_yields_its_thread_while_it_runs_out_its_slice() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runtime = hostile_runtime();
+    let plugin = runtime.load(&test_plugin("hostile.wasm"), None).await.unwrap();
+    let beats = Arc::new(AtomicUsize::new(0));
+    let heart = tokio::spawn({
+        let beats = beats.clone();
+        async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                beats.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    tokio::task::yield_now().await;
+    let looped = runtime.chat(&plugin, turn("loop"), Box::new(swapbot::runtime::effects::NoEffects)).await;
+    let beats_during = beats.load(Ordering::Relaxed);
+    heart.abort();
+    assert!(matches!(looped, Err(PluginError::CpuLimit(_))), "{looped:?}");
+    // 300 ms of guest CPU with a yield at least every 20 ms: about 15 beats.
+    assert!(beats_during >= 5, "the looping guest held the thread: {beats_during} beats during its slice");
+}
+
 #[tokio::test]
 async fn the_cpu_slice_counts_guest_time_between_calls_of_the_contract() {
     // 300 ms slice: 4 × 150 ms of guest CPU each ended by a host call is obeyed; 1.5 s with

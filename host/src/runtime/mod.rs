@@ -534,8 +534,10 @@ impl PluginRuntime {
             if state.ticks_in_guest > cpu_ticks {
                 return Err(wasmtime::Error::new(CpuSliceExhausted));
             }
-            // Yield so a busy guest does not hold a runtime worker for its whole slice.
-            Ok(UpdateDeadline::Yield(1))
+            // Yield so a busy guest does not hold a runtime worker for its whole slice. A guest that
+            // called the host since the last tick has not been busy and keeps its worker: under load
+            // a turn spans several ticks, and each yield is a reschedule.
+            Ok(if state.ticks_in_guest >= 2 { UpdateDeadline::Yield(1) } else { UpdateDeadline::Continue(1) })
         });
         store
     }

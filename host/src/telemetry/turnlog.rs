@@ -94,13 +94,15 @@ impl TurnLog {
     }
 
     pub fn write(&self, record: &TurnRecord) {
-        let line = record.to_line();
+        let mut line = record.to_line();
         // The record is this file's line; the general log repeats it only when asked
         // (`RUST_LOG=swapbot::turn=debug`): formatted and redacted twice more per turn, it cost
         // more than the turn's own bookkeeping.
         tracing::debug!(target: "swapbot::turn", "{line}");
+        // One write per line (`writeln!` makes two).
+        line.push('\n');
         if let Some(file) = self.file.lock().unwrap().as_mut() {
-            if let Err(err) = writeln!(file, "{line}") {
+            if let Err(err) = file.write_all(line.as_bytes()) {
                 tracing::warn!(%err, "could not write the turn log");
             }
         }

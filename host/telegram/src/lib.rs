@@ -423,6 +423,10 @@ struct TurnCalls(Option<tokio::task::JoinHandle<()>>);
 impl TurnCalls {
     async fn finish(mut self) {
         let Some(mut task) = self.0.take() else { return };
+        // Mostly done already: no grace timer (each is a timer-wheel entry and often a driver wake).
+        if task.is_finished() {
+            return;
+        }
         if tokio::time::timeout(IN_FLIGHT_GRACE, &mut task).await.is_err() {
             task.abort();
         }
@@ -586,6 +590,8 @@ async fn preview_loop(
         open &= take_arrived(&mut deltas, &mut acc);
         let due = preview.lock().await.due(&acc);
         match due {
+            // The first update of a turn is due at once: no timer for it.
+            Some(due) if due <= Instant::now() => {}
             Some(due) => tokio::select! {
                 biased;
                 _ = &mut stop => return,
