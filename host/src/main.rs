@@ -116,7 +116,14 @@ static CONFIGURE_ALLOCATOR: extern "C" fn() = swapbot::configure_allocator;
 fn main() -> ExitCode {
     swapbot::tune_process_memory();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let workers = match swapbot::config::worker_threads() {
+        Ok(n) => n,
+        Err(err) => {
+            eprintln!("swapbot: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("swapbot: cannot start the async runtime: {err}");

@@ -11,7 +11,7 @@ fn repo() -> PathBuf {
 #[test]
 fn an_invalid_setting_stops_start_up_with_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, value) in [("RESPONSES_ROLLOUT_PERCENT", "150"), ("USE_OPENAI_RESPONSES", "perhaps"), ("OPENAI_EMBEDDING_DIMENSIONS", "abc")] {
+    for (name, value) in [("RESPONSES_ROLLOUT_PERCENT", "150"), ("USE_OPENAI_RESPONSES", "perhaps"), ("OPENAI_EMBEDDING_DIMENSIONS", "abc"), ("WORKER_THREADS", "0")] {
         let out = Command::new(env!("CARGO_BIN_EXE_swapbot"))
             .arg("run")
             .current_dir(dir.path())

@@ -305,6 +305,21 @@ impl Config {
     }
 }
 
+/// `WORKER_THREADS`, the async runtime's worker threads: one per core unless set. It is read before
+/// the runtime exists (so not into [`Config`]), from the environment or else `.env`, which it does
+/// not load for the rest of the process.
+pub fn worker_threads() -> Result<usize, ConfigError> {
+    let from_dotenv = |name: &str| {
+        dotenvy::from_filename_iter(".env").ok()?.filter_map(Result::ok).find(|(k, _)| k == name).map(|(_, v)| v)
+    };
+    worker_threads_from(&|name| std::env::var(name).ok().or_else(|| from_dotenv(name)))
+}
+
+fn worker_threads_from(get: &dyn Fn(&str) -> Option<String>) -> Result<usize, ConfigError> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    Ok(env::Env::new(get).number("WORKER_THREADS", cores as u64, 1, 256)? as usize)
+}
+
 /// The password a `DATABASE_URL` carries (URL or key=value form), to keep it out of logs.
 fn database_password(url: &str) -> Option<String> {
     swapbot_pg::url_password(url)
@@ -330,6 +345,17 @@ mod tests {
         assert_eq!(c.openai_base_url, DEFAULT_BASE_URL);
         assert_eq!(c.data_dir, PathBuf::from("data"));
         assert_eq!(c.plugin_dir, PathBuf::from("target/plugins"));
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cores_and_refuse_zero_or_words() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(worker_threads_from(&|_| None).unwrap(), cores);
+        assert_eq!(worker_threads_from(&|_| Some("1".into())).unwrap(), 1);
+        for bad in ["0", "two", "-1", "1000"] {
+            let err = worker_threads_from(&|_| Some(bad.into())).unwrap_err();
+            assert_eq!(err.name, "WORKER_THREADS", "{bad}");
+        }
     }
 
     #[test]
