@@ -116,14 +116,20 @@ static CONFIGURE_ALLOCATOR: extern "C" fn() = swapbot::configure_allocator;
 fn main() -> ExitCode {
     swapbot::tune_process_memory();
     let cli = Cli::parse();
-    let workers = match swapbot::config::worker_threads() {
-        Ok(n) => n,
+    // Before any thread exists: loading `.env` sets variables, and `WORKER_THREADS` may come from it.
+    let _ = dotenvy::dotenv();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match swapbot::config::worker_threads() {
+        Ok(Some(n)) => {
+            builder.worker_threads(n);
+        }
+        Ok(None) => {}
         Err(err) => {
             eprintln!("swapbot: {err}");
             return ExitCode::FAILURE;
         }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("swapbot: cannot start the async runtime: {err}");

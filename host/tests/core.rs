@@ -169,8 +169,8 @@ async fn a_plugin_that_loops_allocates_or_panics_fails_only_its_turn() {
     assert_eq!(fine.text, "survived: hello");
 }
 
-/// A guest that keeps the CPU yields its thread every other epoch tick or sooner, so the other turns on a
-/// runtime worker go on while it runs out its slice (a guest that calls the host often does not yield).
+/// A guest that keeps the CPU yields its thread at every epoch tick, so the other turns on a runtime worker
+/// go on while it runs out its slice.
 #[tokio::test(flavor = "current_thread")]
 async fn a_busy_guest_yields_its_thread_while_it_runs_out_its_slice() {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -191,7 +191,7 @@ async fn a_busy_guest_yields_its_thread_while_it_runs_out_its_slice() {
     let beats_during = beats.load(Ordering::Relaxed);
     heart.abort();
     assert!(matches!(looped, Err(PluginError::CpuLimit(_))), "{looped:?}");
-    // 300 ms of guest CPU with a yield at least every 20 ms: about 15 beats.
+    // 300 ms of guest CPU with a yield every 10 ms tick: about 30 chances for a 5 ms heartbeat.
     assert!(beats_during >= 5, "the looping guest held the thread: {beats_during} beats during its slice");
 }
 
@@ -235,6 +235,29 @@ async fn a_turn_that_waits_forever_is_cut_by_the_turn_timeout() {
     let plugin = runtime.load(&test_plugin("hostile.wasm"), None).await.unwrap();
     let slept = runtime.chat(&plugin, turn("sleepy"), Box::new(RealSleep)).await;
     assert!(matches!(slept, Err(PluginError::Timeout(_))), "{slept:?}");
+}
+
+/// A guest whose quick calls of the contract keep restarting its CPU slice still meets the turn's timeout:
+/// it yields at every epoch tick, and the timeout is checked when the call is pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_calls_the_host_in_a_loop_is_cut_by_the_turn_timeout() {
+    let limits = Limits {
+        cpu_slice: std::time::Duration::from_millis(300),
+        turn_timeout: std::time::Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let runtime = Arc::new(PluginRuntime::new(limits).unwrap());
+    let plugin = runtime.load(&test_plugin("hostile.wasm"), None).await.unwrap();
+    let chatter = tokio::spawn({
+        let runtime = runtime.clone();
+        async move { runtime.chat(&plugin, turn("chatter"), Box::new(swapbot::runtime::effects::NoEffects)).await }
+    });
+    // On another task: a guest that never yields would hold its worker, and this wait would still end.
+    let chatted = tokio::time::timeout(std::time::Duration::from_secs(30), chatter)
+        .await
+        .expect("the turn ran far past its timeout")
+        .unwrap();
+    assert!(matches!(chatted, Err(PluginError::Timeout(_))), "{chatted:?}");
 }
 
 #[tokio::test]

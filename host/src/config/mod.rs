@@ -305,19 +305,19 @@ impl Config {
     }
 }
 
-/// `WORKER_THREADS`, the async runtime's worker threads: one per core unless set. It is read before
-/// the runtime exists (so not into [`Config`]), from the environment or else `.env`, which it does
-/// not load for the rest of the process.
-pub fn worker_threads() -> Result<usize, ConfigError> {
-    let from_dotenv = |name: &str| {
-        dotenvy::from_filename_iter(".env").ok()?.filter_map(Result::ok).find(|(k, _)| k == name).map(|(_, v)| v)
-    };
-    worker_threads_from(&|name| std::env::var(name).ok().or_else(|| from_dotenv(name)))
+/// `WORKER_THREADS`, the async runtime's worker threads; `None` when unset (tokio's default: one per core,
+/// or `TOKIO_WORKER_THREADS`). Read before the runtime exists, so not into [`Config`]; `main` loads `.env`
+/// first.
+pub fn worker_threads() -> Result<Option<usize>, ConfigError> {
+    worker_threads_from(&|name| std::env::var(name).ok())
 }
 
-fn worker_threads_from(get: &dyn Fn(&str) -> Option<String>) -> Result<usize, ConfigError> {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    Ok(env::Env::new(get).number("WORKER_THREADS", cores as u64, 1, 256)? as usize)
+fn worker_threads_from(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<usize>, ConfigError> {
+    let env = env::Env::new(get);
+    if env.text("WORKER_THREADS").is_none() {
+        return Ok(None);
+    }
+    Ok(Some(env.number("WORKER_THREADS", 1, 1, 256)? as usize))
 }
 
 /// The password a `DATABASE_URL` carries (URL or key=value form), to keep it out of logs.
@@ -348,10 +348,10 @@ mod tests {
     }
 
     #[test]
-    fn worker_threads_default_to_the_cores_and_refuse_zero_or_words() {
-        let cores = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(worker_threads_from(&|_| None).unwrap(), cores);
-        assert_eq!(worker_threads_from(&|_| Some("1".into())).unwrap(), 1);
+    fn worker_threads_are_left_to_tokio_unless_set_and_refuse_zero_or_words() {
+        assert_eq!(worker_threads_from(&|_| None).unwrap(), None);
+        assert_eq!(worker_threads_from(&|_| Some(" ".into())).unwrap(), None);
+        assert_eq!(worker_threads_from(&|_| Some("1".into())).unwrap(), Some(1));
         for bad in ["0", "two", "-1", "1000"] {
             let err = worker_threads_from(&|_| Some(bad.into())).unwrap_err();
             assert_eq!(err.name, "WORKER_THREADS", "{bad}");

@@ -534,10 +534,11 @@ impl PluginRuntime {
             if state.ticks_in_guest > cpu_ticks {
                 return Err(wasmtime::Error::new(CpuSliceExhausted));
             }
-            // Yield so a busy guest does not hold a runtime worker for its whole slice. A guest that
-            // called the host since the last tick has not been busy and keeps its worker: under load
-            // a turn spans several ticks, and each yield is a reschedule.
-            Ok(if state.ticks_in_guest >= 2 { UpdateDeadline::Yield(1) } else { UpdateDeadline::Continue(1) })
+            // Yield at every tick so a busy guest does not hold a runtime worker for its whole slice,
+            // and so that the turn's timeout (checked only when the call is pending) is seen even by a
+            // guest whose quick host calls keep restarting its slice. tokio's `yield_now` lets the
+            // worker poll its IO and timers before the guest resumes (a plain self-wake may not).
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
         store
     }

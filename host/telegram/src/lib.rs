@@ -107,6 +107,8 @@ pub struct BotOptions {
     pub inbox_dir: Option<std::path::PathBuf>,
     /// How long a stop lets turns in flight finish; unfinished ones wait in the inbox.
     pub stop_grace: Duration,
+    /// How long a finished turn waits for its "typing…" action or draft in flight ([`IN_FLIGHT_GRACE`]).
+    pub in_flight_grace: Duration,
 }
 
 impl Default for BotOptions {
@@ -121,6 +123,7 @@ impl Default for BotOptions {
             group_mode: GroupMode::Mention,
             inbox_dir: None,
             stop_grace: STOP_GRACE,
+            in_flight_grace: IN_FLIGHT_GRACE,
         }
     }
 }
@@ -409,36 +412,68 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// How long the end of a turn waits for a "typing…" action or a draft already in flight before the answer
-/// goes out. Waiting keeps them ahead of the answer (one landing after it would show "typing…" or a stale
-/// draft under the answer), and keeps their keep-alive connection: an aborted request closes it, and the next
-/// call pays a new connection (a TLS handshake against the real Bot API). Under load most turns ended with
-/// one in flight. Only a call stalled past this is aborted, so a hanging Bot API still cannot hold the answer.
-const IN_FLIGHT_GRACE: Duration = Duration::from_millis(300);
+/// How long the end of a turn waits, by default, for a "typing…" action or a draft already in flight before
+/// the answer goes out ([`BotOptions::in_flight_grace`]). Waiting keeps them ahead of the answer (one landing
+/// after it would show "typing…" or a stale draft under the answer), and keeps their keep-alive connection: an
+/// aborted request closes it, and the next call pays a new connection (a TLS handshake against the real Bot
+/// API). Under load most turns ended with one in flight. Only a call stalled past this is aborted, so a
+/// hanging Bot API still cannot hold the answer longer.
+pub const IN_FLIGHT_GRACE: Duration = Duration::from_millis(300);
+
+/// Whether a turn's background task has a Bot API call in flight (or is about to start one).
+#[derive(Clone, Default)]
+struct InFlight(Arc<std::sync::atomic::AtomicBool>);
+
+impl InFlight {
+    fn set(&self, calling: bool) {
+        self.0.store(calling, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 /// A turn's background Bot API calls ("typing…", previews): told to stop when the turn has its result, then
-/// given [`IN_FLIGHT_GRACE`] to finish the call in flight. Dropped without [`Self::finish`], it aborts.
-struct TurnCalls(Option<tokio::task::JoinHandle<()>>);
+/// given the grace to finish the call in flight. Dropped without [`Self::finish`], it aborts.
+struct TurnCalls {
+    task: Option<tokio::task::JoinHandle<()>>,
+    in_flight: InFlight,
+}
 
 impl TurnCalls {
-    async fn finish(mut self) {
-        let Some(mut task) = self.0.take() else { return };
-        // Mostly done already: no grace timer (each is a timer-wheel entry and often a driver wake).
-        if task.is_finished() {
-            return;
-        }
-        if tokio::time::timeout(IN_FLIGHT_GRACE, &mut task).await.is_err() {
+    /// Runs `calls`, which sets the flag it is given from before it decides to call until the call is done.
+    fn spawn<F: Future<Output = ()> + Send + 'static>(calls: impl FnOnce(InFlight) -> F) -> Self {
+        let in_flight = InFlight::default();
+        TurnCalls { task: Some(tokio::spawn(calls(in_flight.clone()))), in_flight }
+    }
+
+    /// Waits up to `grace` for the call in flight; a task between calls holds no request and is stopped at once.
+    async fn finish(mut self, grace: Duration) {
+        let Some(mut task) = self.task.take() else { return };
+        if !self.in_flight.get() || tokio::time::timeout(grace, &mut task).await.is_err() {
             task.abort();
+        }
+    }
+
+    /// Waits for the task to end however long its call takes (a group's edit must land before the final one).
+    async fn join(mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
         }
     }
 }
 
 impl Drop for TurnCalls {
     fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
+        if let Some(task) = self.task.take() {
             task.abort();
         }
     }
+}
+
+/// Whether `stop` has fired (or its sender is gone).
+fn stopped(stop: &mut tokio::sync::oneshot::Receiver<()>) -> bool {
+    !matches!(stop.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty))
 }
 
 /// Repeats "typing…" (in the message's topic) while a turn runs.
@@ -453,9 +488,15 @@ impl Typing {
         let bot = bot.clone();
         let every = every.max(Duration::from_millis(500));
         let chat = target.chat;
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
+        let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let calls = TurnCalls::spawn(|in_flight| async move {
             loop {
+                in_flight.set(true);
+                // A turn that ended before this task first ran needs no "typing…".
+                if stopped(&mut stop_rx) {
+                    in_flight.set(false);
+                    return;
+                }
                 let mut action = bot.send_chat_action(ChatId(chat), ChatAction::Typing);
                 if let Some(thread) = target.thread {
                     action = action.message_thread_id(thread);
@@ -463,14 +504,15 @@ impl Typing {
                 if let Err(e) = action.send().await {
                     debug!(chat_id = chat, error = %describe(&e, bot.token()), "sendChatAction failed");
                 }
+                in_flight.set(false);
                 tokio::select! {
                     biased;
-                    _ = &mut stopped => return,
+                    _ = &mut stop_rx => return,
                     () = tokio::time::sleep(every) => {}
                 }
             }
         });
-        Typing { stop: Some(stop), calls: TurnCalls(Some(task)) }
+        Typing { stop: Some(stop), calls }
     }
 
     /// No more repeats; the action in flight may still land (see [`TurnCalls`]).
@@ -478,9 +520,9 @@ impl Typing {
         self.stop.take();
     }
 
-    async fn finish(mut self) {
+    async fn finish(mut self, grace: Duration) {
         self.stop();
-        self.calls.finish().await;
+        self.calls.finish(grace).await;
     }
 }
 
@@ -583,6 +625,7 @@ async fn preview_loop(
     preview: Arc<tokio::sync::Mutex<Preview>>,
     mut deltas: tokio::sync::mpsc::UnboundedReceiver<String>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
+    in_flight: InFlight,
 ) {
     let mut acc = String::new();
     let mut open = true;
@@ -613,12 +656,15 @@ async fn preview_loop(
                 },
             },
         }
+        in_flight.set(true);
         // The turn may have ended while this waited: its answer replaces any preview.
-        if !matches!(stop.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty)) {
+        if stopped(&mut stop) {
+            in_flight.set(false);
             return;
         }
         open &= take_arrived(&mut deltas, &mut acc);
         preview.lock().await.push(&bot, &acc).await;
+        in_flight.set(false);
     }
 }
 
@@ -711,25 +757,29 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
     let handler = ctx.handler.clone();
     let turn = tokio::spawn(async move { handler.turn(sender, text, tx).await });
 
-    // Previews run in their own task so a slow Bot API call (teloxide holds a 502 for 10 s) never delays
-    // the final answer.
+    // Previews run in their own task so that a slow Bot API call (teloxide holds a 502 for 10 s) delays the
+    // final answer in a private chat by the grace at most.
     let preview = Arc::new(tokio::sync::Mutex::new(preview));
     let (stop_previews, previews_stopped) = tokio::sync::oneshot::channel::<()>();
-    let preview_task = tokio::spawn(preview_loop(bot.clone(), preview.clone(), deltas, previews_stopped));
+    let previews = TurnCalls::spawn({
+        let (bot, preview) = (bot.clone(), preview.clone());
+        |in_flight| preview_loop(bot, preview, deltas, previews_stopped, in_flight)
+    });
 
     let result = turn.await;
     // Neither "typing…" nor a preview starts once the turn has its result; the calls in flight finish first.
     typing.stop();
     drop(stop_previews);
+    let grace = ctx.options.in_flight_grace;
     let previews_done = async {
         match kind {
             // Drafts are ephemeral and the final message replaces them: a draft stalled in flight is dropped.
-            PreviewKind::Draft(_) => TurnCalls(Some(preview_task)).finish().await,
+            PreviewKind::Draft(_) => previews.finish(grace).await,
             // Groups: the edit in flight finishes, the final edit goes to the same message.
-            PreviewKind::Edit => drop(preview_task.await),
+            PreviewKind::Edit => previews.join().await,
         }
     };
-    tokio::join!(previews_done, typing.finish());
+    tokio::join!(previews_done, typing.finish(grace));
     let mut preview = preview.lock().await;
     let first_text_at = preview.first_shown;
     let (outcome, final_text) = match result {

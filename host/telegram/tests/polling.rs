@@ -200,7 +200,9 @@ fn calls_per_answer(fake: &FakeTelegram, chat: i64) -> Vec<Vec<String>> {
 #[tokio::test]
 async fn a_typing_action_or_draft_in_flight_lands_before_the_answer_on_a_kept_connection() {
     const TURNS: usize = 4;
-    let h = Harness::start(fast(), |_, text| if text.starts_with("stream") { streamed(&["Hel", "lo"], 20) } else { answer("done") })
+    // A grace far above the fake's 100 ms pause, so that a loaded machine cannot make the call miss it.
+    let options = BotOptions { in_flight_grace: Duration::from_secs(2), ..fast() };
+    let h = Harness::start(options, |_, text| if text.starts_with("stream") { streamed(&["Hel", "lo"], 20) } else { answer("done") })
         .await;
     h.fake.push_text(USER, USER, "warm up", true);
     h.fake.wait_for_messages(USER, 1, WAIT).await;
@@ -229,8 +231,10 @@ async fn a_typing_action_or_draft_in_flight_lands_before_the_answer_on_a_kept_co
         }
     }
     assert!(h.fake.drafts_in(USER).is_empty(), "a late draft shows under the answer");
+    // At most the extra connections the first streamed turn needs (its typing and draft go at once); with
+    // the calls aborted, every turn opened one.
     let opened = h.fake.connections_accepted() - connections;
-    assert!(opened <= 1, "{opened} new connections for {} turns", 2 * TURNS);
+    assert!(opened <= 2, "{opened} new connections for {} turns", 2 * TURNS);
     h.stop().await;
 }
 

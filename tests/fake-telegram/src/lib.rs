@@ -584,7 +584,9 @@ impl FakeTelegram {
         self.shared.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Every call received so far, in arrival order (failed ones included, with `error` set).
+    /// Every call answered so far, in the order answered (failed ones included, with `error` set); a call
+    /// delayed by [`Self::delay_next`] comes after those answered meanwhile, and one whose client gave up
+    /// waiting is missing. `at` is when it arrived.
     pub fn sent(&self) -> Vec<Call> {
         self.lock().calls.clone()
     }
@@ -600,7 +602,7 @@ impl FakeTelegram {
         self.lock().polls_started
     }
 
-    /// Calls about one chat, in arrival order (each with its `at` timestamp).
+    /// Calls about one chat, in the order answered (see [`Self::sent`]; `at` is when each arrived).
     pub fn calls_in(&self, chat_id: i64) -> Vec<Call> {
         self.lock().calls.iter().filter(|c| c.chat_id == Some(chat_id)).cloned().collect()
     }

@@ -59,6 +59,11 @@ impl Guest for Hostile {
                 spin(std::time::Duration::from_millis(1500));
                 Ok(answer("spun", turn.session_id))
             }
+            // Never busy for long between two calls of the contract, so each call restarts its
+            // slice: only the turn's timeout ends it.
+            "chatter" => loop {
+                std::hint::black_box(swapbot::backend::host::now_ms());
+            },
             "panic" => panic!("hostile plugin panics on purpose"),
             "sleepy" => {
                 swapbot::backend::host::sleep_ms(3_600_000);
