@@ -239,24 +239,26 @@ async fn a_turn_that_waits_forever_is_cut_by_the_turn_timeout() {
 
 /// A guest whose quick calls of the contract keep restarting its CPU slice still meets the turn's timeout:
 /// it yields at every epoch tick, and the timeout is checked when the call is pending.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_guest_that_calls_the_host_in_a_loop_is_cut_by_the_turn_timeout() {
-    let limits = Limits {
-        cpu_slice: std::time::Duration::from_millis(300),
-        turn_timeout: std::time::Duration::from_millis(500),
-        ..Limits::default()
-    };
-    let runtime = Arc::new(PluginRuntime::new(limits).unwrap());
-    let plugin = runtime.load(&test_plugin("hostile.wasm"), None).await.unwrap();
-    let chatter = tokio::spawn({
-        let runtime = runtime.clone();
-        async move { runtime.chat(&plugin, turn("chatter"), Box::new(swapbot::runtime::effects::NoEffects)).await }
+#[test]
+fn a_guest_that_calls_the_host_in_a_loop_is_cut_by_the_turn_timeout() {
+    let workers = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let chatted = workers.block_on(async {
+        let limits = Limits {
+            cpu_slice: std::time::Duration::from_millis(300),
+            turn_timeout: std::time::Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let runtime = Arc::new(PluginRuntime::new(limits).unwrap());
+        let plugin = runtime.load(&test_plugin("hostile.wasm"), None).await.unwrap();
+        let chatter = tokio::spawn(async move {
+            runtime.chat(&plugin, turn("chatter"), Box::new(swapbot::runtime::effects::NoEffects)).await
+        });
+        // Waited for from another task: a guest that never yields holds its worker, not this one.
+        tokio::time::timeout(std::time::Duration::from_secs(30), chatter).await
     });
-    // On another task: a guest that never yields would hold its worker, and this wait would still end.
-    let chatted = tokio::time::timeout(std::time::Duration::from_secs(30), chatter)
-        .await
-        .expect("the turn ran far past its timeout")
-        .unwrap();
+    // Such a guest would also hold the runtime's shutdown: leave its worker behind.
+    workers.shutdown_background();
+    let chatted = chatted.expect("the turn ran far past its timeout").unwrap();
     assert!(matches!(chatted, Err(PluginError::Timeout(_))), "{chatted:?}");
 }
 
