@@ -210,13 +210,13 @@ pub fn rss_mib(pid: Option<u32>) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// The repository root (where `target/plugins` is), from `SWAPBOT_ROOT` or the current directory.
 /// A number from the environment, for the profiling knobs (`SWAPBOT_BENCH_*`); `None` when unset
 /// or not a number.
 pub fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok()?.parse().ok()
 }
 
+/// The repository root (where `target/plugins` is), from `SWAPBOT_ROOT` or the current directory.
 pub fn root() -> PathBuf {
     std::env::var_os("SWAPBOT_ROOT").map(PathBuf::from).unwrap_or_else(|| std::env::current_dir().unwrap())
 }

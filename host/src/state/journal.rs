@@ -290,7 +290,7 @@ fn replay(dir: &Path, render: fn(&str, &str) -> Vec<u8>) -> io::Result<u64> {
     }
     for (i, r) in records.iter().enumerate() {
         let (Some(n), Some(q), Some(a)) = (r.n, &r.q, &r.a) else { continue };
-        if last_barrier.get(r.f.as_str()).is_some_and(|(at, _)| *at > i) || superseded.contains(&i) || r.f.contains(['/', '\\']) || r.f.is_empty() {
+        if before_last_barrier(&last_barrier, r, i) || superseded.contains(&i) || r.f.contains(['/', '\\']) || r.f.is_empty() {
             continue;
         }
         let path = dir.join(&r.f);
@@ -387,6 +387,11 @@ fn effective_barriers(records: &[Record]) -> HashMap<&str, (usize, Barrier)> {
     last
 }
 
+/// Whether record `i` comes before its file's last barrier (which it then does not outlive).
+fn before_last_barrier(barriers: &HashMap<&str, (usize, Barrier)>, r: &Record, i: usize) -> bool {
+    barriers.get(r.f.as_str()).is_some_and(|(at, _)| *at > i)
+}
+
 /// Records that a later record of the same file, after its last barrier, replaces: one with the
 /// same `n`. A successful append moves its file's count on, so two records at one count mean
 /// the first failed (it was kept in the journal, or its file append failed), and the store
@@ -397,7 +402,7 @@ fn superseded(records: &[Record], barriers: &HashMap<&str, (usize, Barrier)>) ->
     let mut out = HashSet::new();
     for (i, r) in records.iter().enumerate() {
         let (Some(n), None) = (r.n, r.barrier) else { continue };
-        if barriers.get(r.f.as_str()).is_some_and(|(at, _)| *at > i) {
+        if before_last_barrier(barriers, r, i) {
             continue;
         }
         if let Some(earlier) = latest.insert((r.f.as_str(), n), i) {
@@ -638,14 +643,16 @@ mod tests {
         // line count as an older one followed.
         fs::write(d.join("gone.jsonl"), "Q secret\nA re secret\n").unwrap();
         fs::write(d.join("short.jsonl"), "Q 2\nA re 2\n").unwrap();
-        let mut journal = String::new();
-        journal += &exchange("gone.jsonl", 0, "secret");
-        journal += &barrier("gone.jsonl", Barrier::Cleared);
-        journal += &exchange("gone.jsonl", 0, "fresh");
-        journal += &exchange("short.jsonl", 0, "1");
-        journal += &exchange("short.jsonl", 2, "2");
-        journal += &barrier("short.jsonl", Barrier::Synced);
-        journal += &exchange("short.jsonl", 2, "3");
+        let journal = [
+            exchange("gone.jsonl", 0, "secret"),
+            barrier("gone.jsonl", Barrier::Cleared),
+            exchange("gone.jsonl", 0, "fresh"),
+            exchange("short.jsonl", 0, "1"),
+            exchange("short.jsonl", 2, "2"),
+            barrier("short.jsonl", Barrier::Synced),
+            exchange("short.jsonl", 2, "3"),
+        ]
+        .concat();
         fs::write(journal_path(d, 1), &journal[..journal.len() / 2]).unwrap();
         fs::write(journal_path(d, 2), &journal[journal.len() / 2..]).unwrap();
 
@@ -665,15 +672,17 @@ mod tests {
         fs::write(d.join("dup.jsonl"), "Q 1\nA re 1\n").unwrap();
         fs::write(d.join("kept.jsonl"), "Q 1\nA re 1\n").unwrap();
         fs::write(d.join("twice.jsonl"), "Q 1\nA re 1\n").unwrap();
-        let mut journal = String::new();
-        journal += &exchange("dup.jsonl", 2, "failed");
-        journal += &exchange("dup.jsonl", 2, "acked");
-        journal += &exchange("dup.jsonl", 4, "next");
-        journal += &barrier("kept.jsonl", Barrier::Cleared);
-        journal += &exchange("kept.jsonl", 2, "2");
-        journal += &barrier("twice.jsonl", Barrier::Cleared);
-        journal += &barrier("twice.jsonl", Barrier::Cleared);
-        journal += &exchange("twice.jsonl", 2, "2");
+        let journal = [
+            exchange("dup.jsonl", 2, "failed"),
+            exchange("dup.jsonl", 2, "acked"),
+            exchange("dup.jsonl", 4, "next"),
+            barrier("kept.jsonl", Barrier::Cleared),
+            exchange("kept.jsonl", 2, "2"),
+            barrier("twice.jsonl", Barrier::Cleared),
+            barrier("twice.jsonl", Barrier::Cleared),
+            exchange("twice.jsonl", 2, "2"),
+        ]
+        .concat();
         fs::write(journal_path(d, 3), journal).unwrap();
 
         replay(d, render).unwrap();

@@ -420,43 +420,66 @@ impl Drop for AbortOnDrop {
 /// hanging Bot API still cannot hold the answer longer.
 pub const IN_FLIGHT_GRACE: Duration = Duration::from_millis(300);
 
-/// Whether a turn's background task has a Bot API call in flight (or is about to start one).
-#[derive(Clone, Default)]
-struct InFlight(Arc<std::sync::atomic::AtomicBool>);
-
-impl InFlight {
-    fn set(&self, calling: bool) {
-        self.0.store(calling, std::sync::atomic::Ordering::SeqCst);
-    }
-    fn get(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 /// A turn's background Bot API calls ("typing…", previews): told to stop when the turn has its result, then
-/// given the grace to finish the call in flight. Dropped without [`Self::finish`], it aborts.
+/// given the grace to finish the call in flight. Dropped without [`Self::finish`] or [`Self::join`], it aborts.
 struct TurnCalls {
     task: Option<tokio::task::JoinHandle<()>>,
-    in_flight: InFlight,
+    /// Dropped to tell the task the turn has ended.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    in_flight: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a turn's background task is given: the turn's end, and the flag of its call in flight.
+struct Gate {
+    stop: tokio::sync::oneshot::Receiver<()>,
+    in_flight: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    /// Runs `call` unless the turn has ended, marked in flight from before the check until it is done
+    /// (so a task that is about to call is waited for, not aborted). `None`: the turn has ended.
+    async fn call<F: Future>(&mut self, call: F) -> Option<F::Output> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.in_flight.store(true, SeqCst);
+        let ended = !matches!(self.stop.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty));
+        let out = if ended { None } else { Some(call.await) };
+        self.in_flight.store(false, SeqCst);
+        out
+    }
+
+    /// Waits for `wait` unless the turn ends first (`None`).
+    async fn unless_ended<F: Future>(&mut self, wait: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            _ = &mut self.stop => None,
+            out = wait => Some(out),
+        }
+    }
 }
 
 impl TurnCalls {
-    /// Runs `calls`, which sets the flag it is given from before it decides to call until the call is done.
-    fn spawn<F: Future<Output = ()> + Send + 'static>(calls: impl FnOnce(InFlight) -> F) -> Self {
-        let in_flight = InFlight::default();
-        TurnCalls { task: Some(tokio::spawn(calls(in_flight.clone()))), in_flight }
+    fn spawn<F: Future<Output = ()> + Send + 'static>(calls: impl FnOnce(Gate) -> F) -> Self {
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let in_flight = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gate = Gate { stop: stop_rx, in_flight: in_flight.clone() };
+        TurnCalls { task: Some(tokio::spawn(calls(gate))), stop: Some(stop), in_flight }
     }
 
-    /// Waits up to `grace` for the call in flight; a task between calls holds no request and is stopped at once.
+    /// Stops the task; waits up to `grace` for its call in flight. A task between calls holds no request and
+    /// is aborted at once.
     async fn finish(mut self, grace: Duration) {
+        self.stop.take();
         let Some(mut task) = self.task.take() else { return };
-        if !self.in_flight.get() || tokio::time::timeout(grace, &mut task).await.is_err() {
+        let calling = self.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+        if !calling || tokio::time::timeout(grace, &mut task).await.is_err() {
             task.abort();
         }
     }
 
-    /// Waits for the task to end however long its call takes (a group's edit must land before the final one).
+    /// Stops the task and waits for it however long its call takes (a group's edit must land before the
+    /// final one).
     async fn join(mut self) {
+        self.stop.take();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -471,59 +494,28 @@ impl Drop for TurnCalls {
     }
 }
 
-/// Whether `stop` has fired (or its sender is gone).
-fn stopped(stop: &mut tokio::sync::oneshot::Receiver<()>) -> bool {
-    !matches!(stop.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty))
-}
-
-/// Repeats "typing…" (in the message's topic) while a turn runs.
-struct Typing {
-    /// Dropped to stop the repeats; the action in flight then finishes.
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    calls: TurnCalls,
-}
-
-impl Typing {
-    fn start(bot: &Bot, target: Target, every: Duration) -> Self {
-        let bot = bot.clone();
-        let every = every.max(Duration::from_millis(500));
-        let chat = target.chat;
-        let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let calls = TurnCalls::spawn(|in_flight| async move {
-            loop {
-                in_flight.set(true);
-                // A turn that ended before this task first ran needs no "typing…".
-                if stopped(&mut stop_rx) {
-                    in_flight.set(false);
-                    return;
-                }
-                let mut action = bot.send_chat_action(ChatId(chat), ChatAction::Typing);
-                if let Some(thread) = target.thread {
-                    action = action.message_thread_id(thread);
-                }
-                if let Err(e) = action.send().await {
-                    debug!(chat_id = chat, error = %describe(&e, bot.token()), "sendChatAction failed");
-                }
-                in_flight.set(false);
-                tokio::select! {
-                    biased;
-                    _ = &mut stop_rx => return,
-                    () = tokio::time::sleep(every) => {}
-                }
+/// Repeats "typing…" (in the message's topic) until the turn ends.
+fn start_typing(bot: &Bot, target: Target, every: Duration) -> TurnCalls {
+    let bot = bot.clone();
+    let every = every.max(Duration::from_millis(500));
+    let chat = target.chat;
+    TurnCalls::spawn(|mut gate| async move {
+        loop {
+            let mut action = bot.send_chat_action(ChatId(chat), ChatAction::Typing);
+            if let Some(thread) = target.thread {
+                action = action.message_thread_id(thread);
             }
-        });
-        Typing { stop: Some(stop), calls }
-    }
-
-    /// No more repeats; the action in flight may still land (see [`TurnCalls`]).
-    fn stop(&mut self) {
-        self.stop.take();
-    }
-
-    async fn finish(mut self, grace: Duration) {
-        self.stop();
-        self.calls.finish(grace).await;
-    }
+            // A turn that ended before this task first ran needs no "typing…".
+            match gate.call(action.send()).await {
+                None => return,
+                Some(Err(e)) => debug!(chat_id = chat, error = %describe(&e, bot.token()), "sendChatAction failed"),
+                Some(Ok(_)) => {}
+            }
+            if gate.unless_ended(tokio::time::sleep(every)).await.is_none() {
+                return;
+            }
+        }
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -624,8 +616,7 @@ async fn preview_loop(
     bot: Bot,
     preview: Arc<tokio::sync::Mutex<Preview>>,
     mut deltas: tokio::sync::mpsc::UnboundedReceiver<String>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-    in_flight: InFlight,
+    mut gate: Gate,
 ) {
     let mut acc = String::new();
     let mut open = true;
@@ -635,36 +626,34 @@ async fn preview_loop(
         match due {
             // The first update of a turn is due at once: no timer for it.
             Some(due) if due <= Instant::now() => {}
-            Some(due) => tokio::select! {
-                biased;
-                _ = &mut stop => return,
-                () = tokio::time::sleep_until(due) => {}
-            },
+            Some(due) => {
+                if gate.unless_ended(tokio::time::sleep_until(due)).await.is_none() {
+                    return;
+                }
+            }
             // Nothing new to show: wait for more text.
-            None => tokio::select! {
-                biased;
-                _ = &mut stop => return,
-                d = deltas.recv(), if open => match d {
-                    Some(d) => {
-                        acc.push_str(&d);
-                        continue;
-                    }
-                    None => {
-                        open = false;
-                        continue;
-                    }
-                },
-            },
+            None => {
+                let next = async {
+                    if open { deltas.recv().await } else { std::future::pending().await }
+                };
+                match gate.unless_ended(next).await {
+                    None => return,
+                    Some(Some(d)) => acc.push_str(&d),
+                    Some(None) => open = false,
+                }
+                continue;
+            }
         }
-        in_flight.set(true);
         // The turn may have ended while this waited: its answer replaces any preview.
-        if stopped(&mut stop) {
-            in_flight.set(false);
+        let pushed = gate
+            .call(async {
+                open &= take_arrived(&mut deltas, &mut acc);
+                preview.lock().await.push(&bot, &acc).await;
+            })
+            .await;
+        if pushed.is_none() {
             return;
         }
-        open &= take_arrived(&mut deltas, &mut acc);
-        preview.lock().await.push(&bot, &acc).await;
-        in_flight.set(false);
     }
 }
 
@@ -741,7 +730,7 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
     let _turn_guard = lock.lock().await;
     let received = Instant::now();
     let target = Target::of(msg);
-    let mut typing = Typing::start(bot, target, ctx.options.typing_interval);
+    let typing = start_typing(bot, target, ctx.options.typing_interval);
 
     // Drafts exist only in private chats; groups get one message, edited.
     let kind = if sender.private { PreviewKind::Draft(i64::from(msg.id.0).max(1)) } else { PreviewKind::Edit };
@@ -760,16 +749,14 @@ async fn run_turn(bot: &Bot, ctx: &Ctx, msg: &Message, sender: Sender, text: Str
     // Previews run in their own task so that a slow Bot API call (teloxide holds a 502 for 10 s) delays the
     // final answer in a private chat by the grace at most.
     let preview = Arc::new(tokio::sync::Mutex::new(preview));
-    let (stop_previews, previews_stopped) = tokio::sync::oneshot::channel::<()>();
     let previews = TurnCalls::spawn({
         let (bot, preview) = (bot.clone(), preview.clone());
-        |in_flight| preview_loop(bot, preview, deltas, previews_stopped, in_flight)
+        |gate| preview_loop(bot, preview, deltas, gate)
     });
 
     let result = turn.await;
-    // Neither "typing…" nor a preview starts once the turn has its result; the calls in flight finish first.
-    typing.stop();
-    drop(stop_previews);
+    // Neither "typing…" nor a preview starts once the turn has its result (both are stopped at once); the
+    // calls in flight finish first.
     let grace = ctx.options.in_flight_grace;
     let previews_done = async {
         match kind {

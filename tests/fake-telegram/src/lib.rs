@@ -973,8 +973,8 @@ async fn handle(AxState(shared): AxState<Arc<Shared>>, Path((bot, method)): Path
         if !g.tokens.contains(&token) {
             g.tokens.push(token.clone());
         }
-        let delay = g.delays.get_mut(&method.to_ascii_lowercase()).and_then(VecDeque::pop_front);
-        (g.failures.get_mut(&method.to_ascii_lowercase()).and_then(VecDeque::pop_front), delay)
+        let key = method.to_ascii_lowercase();
+        (g.failures.get_mut(&key).and_then(VecDeque::pop_front), g.delays.get_mut(&key).and_then(VecDeque::pop_front))
     };
     if let Some(pause) = delay {
         tokio::time::sleep(pause).await;
