@@ -523,6 +523,9 @@ impl StreamState {
             if data == "[DONE]" {
                 return Err(self.cut("[DONE] before a terminal event"));
             }
+            if ev.event.as_deref().is_some_and(|name| self.passes_over(name)) {
+                continue;
+            }
             let event = match Event::parse(data) {
                 Ok(event) => event,
                 Err(e) => {
@@ -571,6 +574,23 @@ impl StreamState {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Whether an event its `event:` line names this way can go unparsed: nothing in it is read.
+    /// The name is the event's `type` (the wire), and most of a stream's bytes are in events
+    /// read for nothing: `in_progress` repeats the whole response object `created` had (its
+    /// instructions, knowledge-base context and all), the `*.done` items and parts repeat the
+    /// whole text. Only names of a plain answer's events are passed over; any other name, the
+    /// SSE default `message` say, is parsed and matched by its `type`, as before.
+    fn passes_over(&self, name: &str) -> bool {
+        match name {
+            "response.created" | "response.in_progress" | "response.queued" => self.id.is_some(),
+            "response.output_item.added"
+            | "response.output_item.done"
+            | "response.content_part.added"
+            | "response.content_part.done" => true,
+            _ => false,
         }
     }
 

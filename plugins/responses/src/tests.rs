@@ -115,6 +115,44 @@ fn stream_events_are_read_field_by_field_whatever_their_escapes_or_odd_fields() 
 }
 
 #[test]
+fn events_named_for_what_the_turn_does_not_read_go_unparsed_and_others_by_their_type() {
+    // Named by their `event:` line, `in_progress` once the id is known and the items and parts
+    // added and done are passed over unread: here their data would mislead (another id, a
+    // terminal type, a different text) or not parse at all. An event under any other name, the
+    // SSE default `message` here, is read by its `type`.
+    let mut fx = ScriptedEffects::new(
+        vec![exchange(json!({"request": {"method": "POST", "path": "/responses"}, "sse": [
+            {"event": "response.created", "data": {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}},
+            {"event": "response.in_progress", "data": {"type": "response.in_progress", "response": {"id": "resp_other"}}},
+            {"event": "response.output_item.added", "data": "{not json"},
+            {"event": "response.content_part.added", "data": {"type": "response.failed", "response": {"status": "failed"}}},
+            {"event": "message", "data": {"type": "response.output_text.delta", "delta": "Hi"}},
+            {"event": "response.output_text.delta", "data": {"type": "response.output_text.delta", "delta": " there"}},
+            {"event": "response.content_part.done", "data": {"type": "response.completed", "response": {"id": "resp_x", "output": [
+                {"type": "message", "content": [{"type": "output_text", "text": "wrong"}]}]}}},
+            {"event": "response.output_item.done", "data": "{also not json"},
+            {"event": "response.completed", "data": {"type": "response.completed", "response": {"status": "completed", "output": []}}},
+        ]}))],
+        vec![],
+    );
+    let a = chat(&mut fx, &turn(Some("conv_1"))).unwrap();
+    assert_eq!((a.turn_id.as_str(), a.text.as_str()), ("resp_1", "Hi there"));
+    assert_eq!(fx.pushed, "Hi there");
+    assert!(fx.logs.iter().all(|(_, m)| !m.contains("unparsable")), "{:?}", fx.logs);
+
+    // Before a `created`, an `in_progress` is where the id comes from: it is read.
+    let mut fx = ScriptedEffects::new(
+        vec![exchange(json!({"request": {"method": "POST", "path": "/responses"}, "sse": [
+            {"event": "response.in_progress", "data": {"type": "response.in_progress", "response": {"id": "resp_2"}}},
+            {"event": "response.output_text.delta", "data": {"type": "response.output_text.delta", "delta": "ok"}},
+            {"event": "response.completed", "data": {"type": "response.completed", "response": {"status": "completed"}}},
+        ]}))],
+        vec![],
+    );
+    assert_eq!(chat(&mut fx, &turn(Some("conv_1"))).unwrap().turn_id, "resp_2");
+}
+
+#[test]
 fn a_completed_response_gives_its_text_and_usage_whatever_else_it_holds() {
     let run = |response: serde_json::Value| {
         let mut fx = ScriptedEffects::new(
