@@ -580,8 +580,8 @@ impl StreamState {
     /// Whether an event its `event:` line names this way can go unparsed: nothing in it is read.
     /// The name is the event's `type` (the wire), and most of a stream's bytes are in events
     /// read for nothing: `in_progress` repeats the whole response object `created` had (its
-    /// instructions, knowledge-base context and all), the `*.done` items and parts repeat the
-    /// whole text. Only names of a plain answer's events are passed over; any other name, the
+    /// instructions, and the knowledge-base context under `context-layout=instructions`), the
+    /// `*.done` items and parts repeat the whole text. Only names of a plain answer's events are passed over; any other name, the
     /// SSE default `message` say, is parsed and matched by its `type`, as before.
     fn passes_over(&self, name: &str) -> bool {
         match name {

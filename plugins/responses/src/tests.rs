@@ -123,7 +123,7 @@ fn events_named_for_what_the_turn_does_not_read_go_unparsed_and_others_by_their_
     let mut fx = ScriptedEffects::new(
         vec![exchange(json!({"request": {"method": "POST", "path": "/responses"}, "sse": [
             {"event": "response.created", "data": {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}},
-            {"event": "response.in_progress", "data": {"type": "response.in_progress", "response": {"id": "resp_other"}}},
+            {"event": "response.in_progress", "data": {"type": "response.incomplete", "response": {"id": "resp_other", "status": "incomplete"}}},
             {"event": "response.output_item.added", "data": "{not json"},
             {"event": "response.content_part.added", "data": {"type": "response.failed", "response": {"status": "failed"}}},
             {"event": "message", "data": {"type": "response.output_text.delta", "delta": "Hi"}},
