@@ -24,7 +24,7 @@ pub async fn load(runtime: &PluginRuntime, name: &str) -> anyhow::Result<LoadedP
 pub async fn record_turn(path: Path) -> anyhow::Result<(Script, String)> {
     let sandbox = swapbot_sandbox::Sandbox::start(Default::default()).await?;
     let openai = OpenAi::new(OpenAiConfig::new(sandbox.base_url(), "sk-bench")).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let runtime = PluginRuntime::new(Limits::default())?;
+    let runtime = PluginRuntime::new(profiled_limits())?;
     let plugin = load(&runtime, path.plugin()).await?;
     let first = Arc::new(Mutex::new(Vec::new()));
     let answer = runtime
@@ -58,6 +58,14 @@ fn profiled(label: &str) -> Option<(bool, Path, &str)> {
     Some((native, path, label))
 }
 
+/// The default limits, with `SWAPBOT_BENCH_POOL_SIZE` slots if set: a small pool reserves little
+/// address space, so `profile-turn` runs under valgrind (whose address space is smaller than the
+/// default pool's reservation of 4 GiB per memory).
+fn profiled_limits() -> Limits {
+    let pool_size = env_number("SWAPBOT_BENCH_POOL_SIZE").unwrap_or(Limits::default().pool_size);
+    Limits { pool_size, ..Limits::default() }
+}
+
 /// Not a group: one path's pooled wasm turn in a loop and nothing else, for a profiler
 /// (`swapbot-bench profile-turn streamed 20000`, under `perf record` or callgrind).
 pub async fn profile_turn(label: &str, iters: usize) -> anyhow::Result<()> {
@@ -85,7 +93,7 @@ pub async fn profile_turn(label: &str, iters: usize) -> anyhow::Result<()> {
         eprintln!("{} natively: {iters} turns, {:.1} µs each{}", path.label(), spent.as_secs_f64() * 1e6 / iters as f64, pollute.note());
         return Ok(());
     }
-    let runtime = PluginRuntime::new(Limits::default())?;
+    let runtime = PluginRuntime::new(profiled_limits())?;
     let plugin = load(&runtime, path.plugin()).await?;
     let mut spent = Duration::ZERO;
     for _ in 0..iters {

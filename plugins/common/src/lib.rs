@@ -10,6 +10,8 @@ use serde_json::Value;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub mod scan;
+
 /// The wasm component side: the bindings of `wit/backend.wit`, the [`Effects`] of the host's
 /// imports, and [`export_backend!`] to export a [`Backend`] from a plugin crate.
 #[cfg(target_arch = "wasm32")]

@@ -490,6 +490,8 @@ fn response_of(data: &str) -> Value {
     serde_json::from_str::<WithResponse>(data).map(|e| e.response).unwrap_or(Value::Null)
 }
 
+const TEXT_DELTA: &str = "response.output_text.delta";
+
 #[derive(Default)]
 struct StreamState {
     id: Option<String>,
@@ -526,6 +528,15 @@ impl StreamState {
             if ev.event.as_deref().is_some_and(|name| self.passes_over(name)) {
                 continue;
             }
+            // Most of a stream is text deltas: read their two members without a parser. The
+            // scan declines whatever it cannot read exactly, and the full parse below has it.
+            if ev.event.as_deref() == Some(TEXT_DELTA)
+                && let Some([ty, delta]) = scan::top_level_strs(data, ["type", "delta"])
+                && ty.as_deref().is_none_or(|ty| ty == TEXT_DELTA)
+            {
+                self.push_delta(fx, delta.as_deref());
+                continue;
+            }
             let event = match Event::parse(data) {
                 Ok(event) => event,
                 Err(e) => {
@@ -546,15 +557,7 @@ impl StreamState {
                 {
                     self.id = event.response.and_then(|r| r.id);
                 }
-                "response.output_text.delta" => {
-                    if let Some(d) = event.delta.as_deref()
-                        && !d.is_empty()
-                    {
-                        fx.push_text(d);
-                        self.pushed = true;
-                        self.deltas.push_str(d);
-                    }
-                }
+                TEXT_DELTA => self.push_delta(fx, event.delta.as_deref()),
                 "response.output_text.done" => {
                     if let Some(t) = event.text {
                         self.done_texts.push(t.0.into_owned());
@@ -574,6 +577,16 @@ impl StreamState {
                 }
                 _ => {}
             }
+        }
+    }
+
+    fn push_delta<E: Effects>(&mut self, fx: &mut E, delta: Option<&str>) {
+        if let Some(d) = delta
+            && !d.is_empty()
+        {
+            fx.push_text(d);
+            self.pushed = true;
+            self.deltas.push_str(d);
         }
     }
 

@@ -153,6 +153,34 @@ fn events_named_for_what_the_turn_does_not_read_go_unparsed_and_others_by_their_
 }
 
 #[test]
+fn text_deltas_scanned_without_a_parser_read_as_a_full_parse_reads_them() {
+    // An event its `event:` line names a text delta is read by a scan of its members; what the
+    // scan cannot read exactly (a repeated member, a delta that is not a string, another type,
+    // broken JSON) goes to the full parse, as every event did before.
+    let delta = |data: &str| json!({"event": "response.output_text.delta", "data": data});
+    let mut fx = ScriptedEffects::new(
+        vec![exchange(json!({"request": {"method": "POST", "path": "/responses"}, "sse": [
+            {"event": "response.created", "data": {"type": "response.created", "response": {"id": "resp_1"}}},
+            delta(r#"{"type":"response.output_text.delta","sequence_number":4,"delta":"Line\none \"q\" caf\u00e9 \ud83d\ude00","logprobs":[],"obfuscation":"ab"}"#),
+            delta(r#"{"delta":" untyped,","item_id":"msg_1"}"#),
+            delta(r#"{"type":"response.output_text.delta","delta":" first","delta":" last"}"#),
+            delta(r#"{"type":"response.output_text.delta","delta":5}"#),
+            delta(r#"{"type":"response.output_text.done","text":"Done text."}"#),
+            delta(r#"{"type":"response.output_text.delta","delta":" cut"#),
+            {"event": "response.completed", "data": {"type": "response.completed", "response": {"status": "completed", "output": []}}},
+        ]}))],
+        vec![],
+    );
+    let a = chat(&mut fx, &turn(Some("conv_1"))).unwrap();
+    assert_eq!(fx.pushed, "Line\none \"q\" café 😀 untyped, last");
+    // The `done` event was read by its type: its text is the answer's (the completed response has none).
+    assert_eq!((a.turn_id.as_str(), a.text.as_str()), ("resp_1", "Done text."));
+    let unparsable: Vec<_> = fx.logs.iter().filter(|(_, m)| m.contains("unparsable")).collect();
+    assert_eq!(unparsable.len(), 1, "{:?}", fx.logs);
+    assert!(unparsable[0].1.contains("cut"), "{unparsable:?}");
+}
+
+#[test]
 fn a_completed_response_gives_its_text_and_usage_whatever_else_it_holds() {
     let run = |response: serde_json::Value| {
         let mut fx = ScriptedEffects::new(

@@ -1,0 +1,468 @@
+//! Reading a few top-level string members of a JSON object in one pass, without a parser.
+//!
+//! A streamed answer is mostly small events of one kind (a text delta: eight members, one of them
+//! read). In a wasm guest, `serde_json` spends most of such an event matching and skipping the
+//! members nobody reads, through a chain of calls the JIT cannot inline across; a streamed turn's
+//! guest time was mostly that. [`top_level_strs`] walks the object once instead.
+//!
+//! It is exact or it declines: whenever it answers, a full parse of the same text succeeds and
+//! gives the same strings; whenever it cannot be sure (a member read is not a string, a key or
+//! member appears twice, anything `serde_json` would reject), it answers `None` and the caller
+//! parses in full, which also reports what is wrong. So the fast path changes no outcome.
+
+use std::borrow::Cow;
+
+/// How deep a skipped value may nest before the scan declines (`serde_json` stops at 128).
+const MAX_DEPTH: usize = 64;
+
+/// The string values of the top-level members `keys` of the JSON object `json` (`None` in a slot
+/// for a key the object does not have), or `None` when the fast path declines (see the module).
+pub fn top_level_strs<'a, const N: usize>(json: &'a str, keys: [&str; N]) -> Option<[Option<Cow<'a, str>>; N]> {
+    let mut s = Scanner { b: json.as_bytes(), i: 0 };
+    let mut found: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
+    s.ws();
+    s.eat(b'{')?;
+    s.ws();
+    if !s.eat_if(b'}') {
+        loop {
+            let key = s.raw_key()?;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            match keys.iter().position(|k| k.as_bytes() == key) {
+                Some(slot) => {
+                    // A repeated member: `serde_json` refuses a struct's duplicate field.
+                    if found[slot].is_some() {
+                        return None;
+                    }
+                    found[slot] = Some(s.string(json)?);
+                }
+                None => s.skip_value(0)?,
+            }
+            s.ws();
+            if s.eat_if(b',') {
+                s.ws();
+                continue;
+            }
+            s.eat(b'}')?;
+            break;
+        }
+    }
+    s.ws();
+    // Trailing bytes make the whole text invalid.
+    (s.i == s.b.len()).then_some(found)
+}
+
+struct Scanner<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    #[inline(always)]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    #[inline(always)]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    #[inline(always)]
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        self.eat_if(byte).then_some(())
+    }
+
+    #[inline(always)]
+    fn eat_if(&mut self, byte: u8) -> bool {
+        let hit = self.peek() == Some(byte);
+        self.i += hit as usize;
+        hit
+    }
+
+    /// A member's key as written; one with an escape declines (it might unescape to a key read).
+    #[inline(always)]
+    fn raw_key(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let start = self.i;
+        self.i = start + find_special(&self.b[start..]);
+        let key = &self.b[start..self.i];
+        self.eat(b'"')?;
+        Some(key)
+    }
+
+    /// A string value, unescaped (borrowed when it has no escape).
+    fn string(&mut self, json: &'a str) -> Option<Cow<'a, str>> {
+        self.eat(b'"')?;
+        let start = self.i;
+        self.i = start + find_special(&self.b[start..]);
+        if self.eat_if(b'"') {
+            // Cut at ASCII quotes of a `str`: on character boundaries.
+            return Some(Cow::Borrowed(&json[start..self.i - 1]));
+        }
+        let mut out = String::from(&json[start..self.i]);
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.i += 1;
+                    return Some(Cow::Owned(out));
+                }
+                b'\\' => {
+                    self.i += 1;
+                    let c = match self.peek()? {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            self.i += 1;
+                            let c = self.unicode_escape()?;
+                            out.push(c);
+                            continue;
+                        }
+                        _ => return None,
+                    };
+                    self.i += 1;
+                    out.push(c);
+                }
+                // A raw control character is invalid inside a string.
+                _ => {
+                    let run = find_special(&self.b[self.i..]);
+                    if run == 0 {
+                        return None;
+                    }
+                    out.push_str(&json[self.i..self.i + run]);
+                    self.i += run;
+                }
+            }
+        }
+    }
+
+    /// The code point of `\uXXXX` (after the `u`), joining a surrogate pair; a lone surrogate
+    /// declines, as `serde_json` refuses it in a string it returns.
+    fn unicode_escape(&mut self) -> Option<char> {
+        let first = self.hex4()?;
+        match first {
+            0xD800..=0xDBFF => {
+                self.eat(b'\\')?;
+                self.eat(b'u')?;
+                let low = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&low) {
+                    return None;
+                }
+                char::from_u32(0x10000 + ((first - 0xD800) << 10) + (low - 0xDC00))
+            }
+            0xDC00..=0xDFFF => None,
+            _ => char::from_u32(first),
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.b.get(self.i..self.i + 4)?;
+        let mut v = 0;
+        for &d in digits {
+            v = v * 16 + (d as char).to_digit(16)?;
+        }
+        self.i += 4;
+        Some(v)
+    }
+
+    /// Skips a string, checking its escapes as a full parse into a `Value` does (a lone
+    /// surrogate declines here too, where a parse into a struct would skip it): the plugins
+    /// parse an event into a `Value` when it does not fit their struct.
+    #[inline(always)]
+    fn skip_string(&mut self) -> Option<()> {
+        self.eat(b'"')?;
+        loop {
+            self.i += find_special(&self.b[self.i..]);
+            match self.peek()? {
+                b'"' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                b'\\' => {
+                    self.i += 1;
+                    match self.peek()? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
+                        b'u' => {
+                            self.i += 1;
+                            self.unicode_escape()?;
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn skip_value(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.skip_string(),
+            b'{' | b'[' if depth >= MAX_DEPTH => None,
+            b'{' => {
+                self.i += 1;
+                self.ws();
+                if self.eat_if(b'}') {
+                    return Some(());
+                }
+                loop {
+                    self.skip_string()?;
+                    self.ws();
+                    self.eat(b':')?;
+                    self.ws();
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    if self.eat_if(b',') {
+                        self.ws();
+                        continue;
+                    }
+                    return self.eat(b'}');
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                self.ws();
+                if self.eat_if(b']') {
+                    return Some(());
+                }
+                loop {
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    if self.eat_if(b',') {
+                        self.ws();
+                        continue;
+                    }
+                    return self.eat(b']');
+                }
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number(),
+        }
+    }
+
+    #[inline(always)]
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    /// JSON's number grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(&mut self) -> Option<()> {
+        self.eat_if(b'-');
+        match self.peek()? {
+            b'0' => self.i += 1,
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        }
+        if self.eat_if(b'.') {
+            self.at_least_one_digit()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            self.at_least_one_digit()?;
+        }
+        Some(())
+    }
+
+    #[inline(always)]
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn at_least_one_digit(&mut self) -> Option<()> {
+        let start = self.i;
+        self.digits();
+        (self.i > start).then_some(())
+    }
+}
+
+/// The length of the run of `b` before its first `"`, `\` or control character (or all of it),
+/// eight bytes at a time: wasm has 64-bit integers, and the JIT checks for an interrupt once per
+/// loop turn, so a byte-at-a-time loop costs several times more.
+#[inline(always)]
+fn find_special(b: &[u8]) -> usize {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES << 7;
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap());
+        let quote = x ^ (ONES * b'"' as u64);
+        let backslash = x ^ (ONES * b'\\' as u64);
+        // A byte is flagged when it is zero after the xor (a match) or below 0x20.
+        let hits = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (x.wrapping_sub(ONES * 0x20) & !x);
+        let hits = hits & HIGH;
+        if hits != 0 {
+            return i + hits.trailing_zeros() as usize / 8;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return i;
+        }
+        i += 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const DELTA: &str = r#"{"type":"response.output_text.delta","sequence_number":4,"content_index":0,"delta":"You","item_id":"msg_a7f7","logprobs":[],"obfuscation":"abcdefghijklm","output_index":0}"#;
+
+    /// What a full parse says the scan must answer: the members' strings, or a decline where
+    /// the text is not JSON, a member read is not a string, or a key repeats.
+    fn by_serde(json: &str, keys: [&str; 2]) -> Option<[Option<String>; 2]> {
+        let v: Value = serde_json::from_str(json).ok()?;
+        let obj = v.as_object()?;
+        let mut out: [Option<String>; 2] = [None, None];
+        for (slot, key) in keys.iter().enumerate() {
+            match obj.get(*key) {
+                None => {}
+                Some(Value::String(s)) => out[slot] = Some(s.clone()),
+                Some(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
+    fn scanned(json: &str, keys: [&str; 2]) -> Option<[Option<String>; 2]> {
+        top_level_strs(json, keys).map(|found| found.map(|s| s.map(Cow::into_owned)))
+    }
+
+    /// Whenever the scan answers, a full parse of the same text agrees with it.
+    fn assert_agrees(json: &str) {
+        let keys = ["type", "delta"];
+        if let Some(got) = scanned(json, keys) {
+            assert_eq!(Some(got), by_serde(json, keys), "the scan answered where a full parse disagrees: {json:?}");
+        }
+    }
+
+    #[test]
+    fn a_text_delta_is_read_borrowed() {
+        let [ty, delta] = top_level_strs(DELTA, ["type", "delta"]).unwrap();
+        assert_eq!(ty.as_deref(), Some("response.output_text.delta"));
+        assert!(matches!(delta, Some(Cow::Borrowed("You"))));
+    }
+
+    #[test]
+    fn escapes_in_a_string_read_are_unescaped_as_a_full_parse_does() {
+        for json in [
+            r#"{"delta":"line one\nline \"two\"\t\\ \/ \b\f\r"}"#,
+            r#"{"delta":"caf\u00e9 \u041b\u0435 \ud83d\ude00 end"}"#,
+            r#"{"delta":"\u0000"}"#,
+            r#"{"delta":"ünïcödé raw, then \u00e9"}"#,
+        ] {
+            let [_, delta] = scanned(json, ["type", "delta"]).unwrap_or_else(|| panic!("declined {json}"));
+            assert_eq!(delta, by_serde(json, ["type", "delta"]).unwrap()[1], "{json}");
+        }
+    }
+
+    #[test]
+    fn members_of_every_kind_are_skipped() {
+        let json = r#" { "a" : -0.5e+10 , "b":[1,[2,{"c":null}],{}], "type" : "t", "d":{"e":[true,false,"x\"y\u12ab"]}, "f":0, "g":12.25E-3, "h":[] , "delta":"" } "#;
+        let [ty, delta] = scanned(json, ["type", "delta"]).unwrap();
+        assert_eq!((ty.as_deref(), delta.as_deref()), (Some("t"), Some("")));
+        assert_agrees(json);
+        assert_eq!(scanned("{}", ["type", "delta"]), Some([None, None]));
+    }
+
+    #[test]
+    fn what_a_full_parse_refuses_or_reads_otherwise_is_declined() {
+        for json in [
+            r#"{"type":"t","delta":5}"#,          // a member read is not a string
+            r#"{"type":"t","delta":"a","delta":"b"}"#, // a repeated member
+            r#"{"delt\u0061":"x"}"#,              // a key that unescapes to one read
+            r#"{"type":"t"} x"#,                  // trailing bytes
+            r#"{"type":"t",}"#,                   // a trailing comma
+            r#"{"n":01}"#,                        // a leading zero
+            r#"{"n":1.}"#,
+            r#"{"n":-}"#,
+            r#"{"n":1e}"#,
+            r#"{"n":tru}"#,
+            r#"{"n":nul}"#,
+            r#"{"n":"a\qb"}"#,                    // an unknown escape
+            r#"{"n":"\u12g4"}"#,
+            "{\"delta\":\"a\u{1}b\"}",            // a raw control character
+            r#"{"delta":"\ud83d"}"#,              // a lone surrogate in a string read
+            r#"{"delta":"\udc00"}"#,
+            r#"{"delta":"unterminated}"#,
+            r#"["type","delta"]"#,
+            r#"{"a":[1 2]}"#,
+            r#"{"a":{"b" 1}}"#,
+            "",
+        ] {
+            assert_eq!(scanned(json, ["type", "delta"]), None, "should decline {json:?}");
+        }
+        let deep = format!(r#"{{"a":{}{}}}"#, "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert_eq!(scanned(&deep, ["type", "delta"]), None);
+        // A lone surrogate declines in a skipped string too (a parse into a `Value` refuses it);
+        // a pair is read.
+        assert_eq!(scanned(r#"{"x":"\ud83d","delta":"ok"}"#, ["type", "delta"]), None);
+        assert_eq!(scanned(r#"{"x":"\ud83d\ude00","delta":"ok"}"#, ["type", "delta"]), Some([None, Some("ok".into())]));
+    }
+
+    /// Every text made from a delta event by cutting it, or by putting one byte at one place,
+    /// is either declined or read as a full parse reads it.
+    #[test]
+    fn a_mangled_event_is_declined_or_read_exactly() {
+        let bytes = DELTA.as_bytes();
+        let replacements = b"\"\\{}[],:0 -.eE+tfnu\x01a";
+        let mut answered = 0;
+        for at in 0..=bytes.len() {
+            let mut cut = bytes[..at].to_vec();
+            cut.extend_from_slice(b"}");
+            for text in [String::from_utf8(cut).unwrap(), String::from_utf8_lossy(&bytes[..at]).into_owned()] {
+                assert_agrees(&text);
+            }
+            for &r in replacements {
+                for mangled in [
+                    [&bytes[..at], &[r], bytes.get(at + 1..).unwrap_or(&[])].concat(),
+                    [&bytes[..at], &[r], &bytes[at..]].concat(),
+                ] {
+                    let text = String::from_utf8(mangled).unwrap();
+                    answered += scanned(&text, ["type", "delta"]).is_some() as usize;
+                    assert_agrees(&text);
+                }
+            }
+        }
+        // Not a vacuous check: many of the mangled texts are still valid and read.
+        assert!(answered > 100, "only {answered} mangled texts read");
+    }
+
+    #[test]
+    fn the_fast_search_finds_the_first_special_byte_at_every_offset() {
+        for len in 0..20 {
+            for at in 0..=len {
+                for special in [b'"', b'\\', 0x00, 0x1f] {
+                    let mut b = vec![b'a'; len];
+                    if at < len {
+                        b[at] = special;
+                    }
+                    assert_eq!(find_special(&b), at, "len {len}, special {special:#x} at {at}");
+                }
+            }
+        }
+        // Bytes at and above 0x20 (0x7f, UTF-8's high bytes) are not special.
+        assert_eq!(find_special("\u{7f}é€ x".as_bytes()), "\u{7f}é€ x".len());
+    }
+}
