@@ -21,6 +21,10 @@ pub mod bindings {
 
 use crate::{Backend, Effects};
 
+/// Every plugin's allocator: an instance lives for one turn (see [`crate::arena`]).
+#[global_allocator]
+static ALLOCATOR: crate::arena::TurnArena = crate::arena::TurnArena::new();
+
 use bindings::swapbot::backend::host as wh;
 use bindings::swapbot::backend::types as wt;
 use crate as c;

@@ -10,6 +10,7 @@ use serde_json::Value;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub mod arena;
 pub mod scan;
 
 /// The wasm component side: the bindings of `wit/backend.wit`, the [`Effects`] of the host's
