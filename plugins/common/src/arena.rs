@@ -7,10 +7,11 @@
 //! instructions. Here an allocation is a pointer bump, and a free gives memory back only when it is
 //! the last block (the common pattern: an event's data, read and dropped).
 //!
-//! Bounded, so a turn that churns through memory behaves as before: the arena takes chunks from
-//! the system allocator (64 KiB, then doubling, at most [`ARENA_BYTES`] in all), blocks larger than
-//! [`LARGE`] go to the system allocator directly, and once the chunks are used up every
-//! allocation does. The host's memory limit applies to all of it as it does to any guest.
+//! Bounded: the arena takes chunks from the system allocator (64 KiB, then doubling, at most
+//! [`ARENA_BYTES`], 4032 KiB, in all), blocks of [`LARGE`] or more go to the system allocator
+//! directly, and once the chunks are used up every allocation does. So a turn that churns through
+//! memory still reuses it, and at most the arena's 4032 KiB of the turn's memory limit (the host's,
+//! enforced on the whole linear memory) is held by blocks the arena does not reuse.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
@@ -37,8 +38,9 @@ struct State {
     taken: usize,
 }
 
-// A plugin is one single-threaded wasm instance: nothing else can reach the state.
-#[cfg(target_arch = "wasm32")]
+// A plugin is one single-threaded wasm instance: nothing else can reach the state. (A wasm target
+// with threads would need a lock: not built for one.)
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
 unsafe impl Sync for TurnArena {}
 
 impl TurnArena {
@@ -61,7 +63,8 @@ impl<B: GlobalAlloc> TurnArena<B> {
     /// A bump in the current chunk, or in a new one; `None` when the block is the system
     /// allocator's (large, or the chunks are used up).
     unsafe fn bump(&self, layout: Layout) -> Option<*mut u8> {
-        if layout.size() >= LARGE {
+        // A chunk is 16-aligned: a stricter alignment is rare and would waste a chunk's start.
+        if layout.size() >= LARGE || layout.align() > 16 {
             return None;
         }
         let s = unsafe { &mut *self.state.get() };
@@ -80,7 +83,7 @@ impl<B: GlobalAlloc> TurnArena<B> {
             if chunk.is_null() {
                 return None;
             }
-            let (start, end) = (chunk as usize, chunk as usize + size);
+            let (start, end) = (chunk as usize, (chunk as usize).checked_add(size)?);
             s.chunks[s.taken] = (start, end);
             s.taken += 1;
             (s.top, s.end) = (start, end);
@@ -172,6 +175,16 @@ mod tests {
     }
 
     #[test]
+    fn a_stricter_alignment_than_a_chunks_goes_to_the_system_allocator() {
+        let arena = TurnArena::over(Counted::default());
+        let p = unsafe { arena.alloc(layout(64, 4096)) };
+        assert_eq!(p as usize % 4096, 0);
+        assert!(!arena.owns(p));
+        unsafe { arena.dealloc(p, layout(64, 4096)) };
+        assert_eq!(arena.backing.frees.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
     fn small_blocks_are_bumped_aligned_and_distinct_from_one_chunk() {
         let arena = TurnArena::over(Counted::default());
         let mut blocks = vec![];
@@ -245,9 +258,12 @@ mod tests {
     #[test]
     fn a_block_regrown_past_its_chunk_moves_and_keeps_its_bytes() {
         let arena = TurnArena::over(Counted::default());
+        // 40 KiB of the first chunk's 64 KiB taken first: the block cannot grow to 32 KiB there.
+        for _ in 0..2 {
+            unsafe { arena.alloc(layout(20 << 10, 8)) };
+        }
         let p = unsafe { arena.alloc(layout(1000, 1)) };
         unsafe { p.write_bytes(3, 1000) };
-        // Larger than the first chunk's room, still under LARGE: a new chunk.
         let mut q = p;
         let mut size = 1000;
         while size < LARGE - 1 {
@@ -255,6 +271,9 @@ mod tests {
             q = unsafe { arena.realloc(q, layout(size, 1), next) };
             size = next;
         }
+        assert_ne!(q, p, "moved out of the full chunk");
+        assert!(arena.owns(q), "into the arena's next chunk");
+        assert_eq!(arena.backing.allocs.load(Ordering::Relaxed), 2, "two chunks taken");
         assert!(unsafe { std::slice::from_raw_parts(q, 1000) }.iter().all(|&b| b == 3));
         // And past LARGE: the system allocator's, still with its bytes.
         let r = unsafe { arena.realloc(q, layout(size, 1), LARGE * 2) };

@@ -5,10 +5,11 @@
 //! members nobody reads, through a chain of calls the JIT cannot inline across; a streamed turn's
 //! guest time was mostly that. [`top_level_strs`] walks the object once instead.
 //!
-//! It is exact or it declines: whenever it answers, a full parse of the same text succeeds and
-//! gives the same strings; whenever it cannot be sure (a member read is not a string, a key or
-//! member appears twice, anything `serde_json` would reject), it answers `None` and the caller
-//! parses in full, which also reports what is wrong. So the fast path changes no outcome.
+//! It is exact or it declines: whenever it answers, a full parse of the same text into a `Value`
+//! succeeds and gives the same strings; whenever it cannot be sure (a member read is not a string
+//! or appears twice, a key has an escape, a number might not fit a float, the text is not JSON),
+//! it answers `None` and the caller parses in full, which also reports what is wrong. So the fast
+//! path changes no outcome.
 
 use std::borrow::Cow;
 
@@ -256,38 +257,53 @@ impl<'a> Scanner<'a> {
         (self.b.get(self.i..end)? == word).then(|| self.i = end)
     }
 
-    /// JSON's number grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    /// JSON's number grammar, `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, and a
+    /// magnitude a float holds: `serde_json` refuses a number that would be infinite (`1e400`), so
+    /// one that might be (more than 308 digits before the point, counting the exponent) declines.
     fn number(&mut self) -> Option<()> {
         self.eat_if(b'-');
-        match self.peek()? {
-            b'0' => self.i += 1,
+        let int_digits = match self.peek()? {
+            b'0' => {
+                self.i += 1;
+                1
+            }
             b'1'..=b'9' => self.digits(),
             _ => return None,
-        }
+        };
         if self.eat_if(b'.') {
             self.at_least_one_digit()?;
         }
+        let mut exponent: i64 = 0;
         if let Some(b'e' | b'E') = self.peek() {
             self.i += 1;
+            let negative = self.peek() == Some(b'-');
             if let Some(b'+' | b'-') = self.peek() {
                 self.i += 1;
             }
+            let start = self.i;
             self.at_least_one_digit()?;
+            for &d in &self.b[start..self.i] {
+                exponent = exponent.saturating_mul(10).saturating_add(i64::from(d - b'0'));
+            }
+            if negative {
+                exponent = -exponent;
+            }
         }
-        Some(())
+        (exponent.saturating_add(int_digits as i64) <= 308).then_some(())
     }
 
+    /// Skips a run of digits; how many.
     #[inline(always)]
-    fn digits(&mut self) {
+    fn digits(&mut self) -> usize {
+        let start = self.i;
         while let Some(b'0'..=b'9') = self.peek() {
             self.i += 1;
         }
+        self.i - start
     }
 
     fn at_least_one_digit(&mut self) -> Option<()> {
-        let start = self.i;
-        self.digits();
-        (self.i > start).then_some(())
+        (self.digits() > 0).then_some(())
     }
 }
 
@@ -399,6 +415,9 @@ mod tests {
             r#"{"n":-}"#,
             r#"{"n":1e}"#,
             r#"{"n":tru}"#,
+            r#"{"n":1e400}"#,                     // infinite as a float: a full parse refuses it
+            r#"{"n":-0.5e310}"#,
+            r#"{"n":1e99999999999999999999999}"#,
             r#"{"n":nul}"#,
             r#"{"n":"a\qb"}"#,                    // an unknown escape
             r#"{"n":"\u12g4"}"#,
@@ -412,6 +431,13 @@ mod tests {
             "",
         ] {
             assert_eq!(scanned(json, ["type", "delta"]), None, "should decline {json:?}");
+        }
+        let huge = format!(r#"{{"n":{}}}"#, "9".repeat(400));
+        assert_eq!(scanned(&huge, ["type", "delta"]), None);
+        // In range, large and small magnitudes are read (a full parse reads them too).
+        for json in [r#"{"n":1e300,"delta":"a"}"#, r#"{"n":-2.5E-400,"delta":"a"}"#, r#"{"n":123456789012345678901234567890,"delta":"a"}"#] {
+            assert!(scanned(json, ["type", "delta"]).is_some(), "{json}");
+            assert_agrees(json);
         }
         let deep = format!(r#"{{"a":{}{}}}"#, "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
         assert_eq!(scanned(&deep, ["type", "delta"]), None);

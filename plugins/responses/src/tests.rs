@@ -155,8 +155,8 @@ fn events_named_for_what_the_turn_does_not_read_go_unparsed_and_others_by_their_
 #[test]
 fn text_deltas_scanned_without_a_parser_read_as_a_full_parse_reads_them() {
     // An event its `event:` line names a text delta is read by a scan of its members; what the
-    // scan cannot read exactly (a repeated member, a delta that is not a string, another type,
-    // broken JSON) goes to the full parse, as every event did before.
+    // scan declines (a repeated member, a delta that is not a string, broken JSON) and an event
+    // whose `type` says otherwise go to the full parse, as every event did before.
     let delta = |data: &str| json!({"event": "response.output_text.delta", "data": data});
     let mut fx = ScriptedEffects::new(
         vec![exchange(json!({"request": {"method": "POST", "path": "/responses"}, "sse": [
