@@ -17,9 +17,6 @@ pub(super) async fn compile_cached(
     sha256: &str,
     name: &str,
 ) -> Result<(LoadedPlugin, bool), PluginError> {
-    // What a load frees (the entry read, the compiler's heap when it runs here, the serialised
-    // artifact) is given back at once, not kept by an idle thread's heap.
-    let _purging = crate::memory::PurgeWhileLoading::start();
     let Some(cache_dir) = cache_dir else {
         return Ok((compiler.compile(runtime, bytes, sha256, name).await?.plugin, false));
     };

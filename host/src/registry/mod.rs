@@ -251,6 +251,10 @@ impl Registry {
     }
 
     async fn try_reload(&self, backend: &str) -> Result<LoadOutcome, PluginError> {
+        // What a load frees (the module read, the compile cache entry, the compiler's heap when it
+        // runs here, the serialised artifact, the self-test's turns) is given back at once, not
+        // held by the allocator for later: a bot that has just loaded its plugins then idles.
+        let _purging = crate::memory::PurgeWhileLoading::start();
         let path = self.file_of(backend);
         let Some(bytes) = self.read_capped(&path).await? else {
             return Ok(match self.remove(backend) {
