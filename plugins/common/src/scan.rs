@@ -23,32 +23,23 @@ pub fn top_level_strs<'a, const N: usize>(json: &'a str, keys: [&str; N]) -> Opt
     let mut found: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
     s.ws();
     s.eat(b'{')?;
-    s.ws();
-    if !s.eat_if(b'}') {
-        loop {
-            let key = s.raw_key()?;
-            s.ws();
-            s.eat(b':')?;
-            s.ws();
-            match keys.iter().position(|k| k.as_bytes() == key) {
-                Some(slot) => {
-                    // A repeated member: `serde_json` refuses a struct's duplicate field.
-                    if found[slot].is_some() {
-                        return None;
-                    }
-                    found[slot] = Some(s.string(json)?);
+    s.sequence(b'}', |s| {
+        let key = s.raw_key()?;
+        s.ws();
+        s.eat(b':')?;
+        s.ws();
+        match keys.iter().position(|k| k.as_bytes() == key) {
+            Some(slot) => {
+                // A repeated member: `serde_json` refuses a struct's duplicate field.
+                if found[slot].is_some() {
+                    return None;
                 }
-                None => s.skip_value(0)?,
+                found[slot] = Some(s.string(json)?);
+                Some(())
             }
-            s.ws();
-            if s.eat_if(b',') {
-                s.ws();
-                continue;
-            }
-            s.eat(b'}')?;
-            break;
+            None => s.skip_value(0),
         }
-    }
+    })?;
     s.ws();
     // Trailing bytes make the whole text invalid.
     (s.i == s.b.len()).then_some(found)
@@ -111,28 +102,7 @@ impl<'a> Scanner<'a> {
                     self.i += 1;
                     return Some(Cow::Owned(out));
                 }
-                b'\\' => {
-                    self.i += 1;
-                    let c = match self.peek()? {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            self.i += 1;
-                            let c = self.unicode_escape()?;
-                            out.push(c);
-                            continue;
-                        }
-                        _ => return None,
-                    };
-                    self.i += 1;
-                    out.push(c);
-                }
+                b'\\' => out.push(self.escape()?),
                 // A raw control character is invalid inside a string.
                 _ => {
                     let run = find_special(&self.b[self.i..]);
@@ -144,6 +114,28 @@ impl<'a> Scanner<'a> {
                 }
             }
         }
+    }
+
+    /// The character an escape (at its backslash) stands for; an unknown one declines.
+    fn escape(&mut self) -> Option<char> {
+        self.i += 1;
+        let c = match self.peek()? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                self.i += 1;
+                return self.unicode_escape();
+            }
+            _ => return None,
+        };
+        self.i += 1;
+        Some(c)
     }
 
     /// The code point of `\uXXXX` (after the `u`), joining a surrogate pair; a lone surrogate
@@ -189,18 +181,28 @@ impl<'a> Scanner<'a> {
                     return Some(());
                 }
                 b'\\' => {
-                    self.i += 1;
-                    match self.peek()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
-                        b'u' => {
-                            self.i += 1;
-                            self.unicode_escape()?;
-                        }
-                        _ => return None,
-                    }
+                    self.escape()?;
                 }
                 _ => return None,
             }
+        }
+    }
+
+    /// The rest of an object or array after its opening byte: `item`s separated by commas, then
+    /// `close` (an empty one too; a trailing comma declines).
+    #[inline(always)]
+    fn sequence(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.ws();
+        if self.eat_if(close) {
+            return Some(());
+        }
+        loop {
+            item(self)?;
+            self.ws();
+            if !self.eat_if(b',') {
+                return self.eat(close);
+            }
+            self.ws();
         }
     }
 
@@ -210,39 +212,17 @@ impl<'a> Scanner<'a> {
             b'{' | b'[' if depth >= MAX_DEPTH => None,
             b'{' => {
                 self.i += 1;
-                self.ws();
-                if self.eat_if(b'}') {
-                    return Some(());
-                }
-                loop {
-                    self.skip_string()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.skip_value(depth + 1)?;
-                    self.ws();
-                    if self.eat_if(b',') {
-                        self.ws();
-                        continue;
-                    }
-                    return self.eat(b'}');
-                }
+                self.sequence(b'}', |s| {
+                    s.skip_string()?;
+                    s.ws();
+                    s.eat(b':')?;
+                    s.ws();
+                    s.skip_value(depth + 1)
+                })
             }
             b'[' => {
                 self.i += 1;
-                self.ws();
-                if self.eat_if(b']') {
-                    return Some(());
-                }
-                loop {
-                    self.skip_value(depth + 1)?;
-                    self.ws();
-                    if self.eat_if(b',') {
-                        self.ws();
-                        continue;
-                    }
-                    return self.eat(b']');
-                }
+                self.sequence(b']', |s| s.skip_value(depth + 1))
             }
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
