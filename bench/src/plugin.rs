@@ -147,7 +147,7 @@ pub fn profile_live(label: &str, iters: usize) -> anyhow::Result<()> {
     let rt = live_runtime(threads)?;
     let sandbox = SandboxProcess::start(&["--run-steps", "0"])?;
     let openai = OpenAi::new(OpenAiConfig::new(sandbox.base_url.clone(), "sk-bench")).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let runtime = PluginRuntime::new(Limits::default())?;
+    let runtime = PluginRuntime::new(profiled_limits())?;
     let plugin = rt.block_on(load(&runtime, path.plugin()))?;
     let live = LiveTurns { path, openai, rt, runtime: &runtime, plugin: &plugin };
     // 20 users, new sessions every 1000 turns: the sandbox's work grows with a conversation.

@@ -10,11 +10,13 @@
 //! - `state`: id maps, history, atomic files. `usage`: tokens, prices, budgets.
 //! - `config`: environment and `swapbot.toml`. `telemetry`: logs, metrics, the turn log.
 //! - `dev`: the harness CLI and recording, for plugin authors.
-//! - `memory`: the process's allocator and how it gives memory back.
+//! - `memory`: the process's allocator and how it gives memory back. `descriptors`: its open-file
+//!   limit.
 
 pub mod app;
 pub mod calendar;
 pub mod config;
+pub mod descriptors;
 pub mod dev;
 pub mod frontend;
 pub mod memory;

@@ -115,6 +115,7 @@ static CONFIGURE_ALLOCATOR: extern "C" fn() = swapbot::configure_allocator;
 
 fn main() -> ExitCode {
     swapbot::tune_process_memory();
+    swapbot::descriptors::raise_open_file_limit();
     let cli = Cli::parse();
     // Before any thread exists: loading `.env` sets variables, and `WORKER_THREADS` may come from it.
     let _ = dotenvy::dotenv();

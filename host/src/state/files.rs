@@ -724,6 +724,29 @@ mod tests {
         assert!(!text.contains("\n\n"), "{text}");
     }
 
+    /// The journal's writer keeps user files open between appends: an exchange after a clear
+    /// (the file removed) or a compaction (a new file renamed over it) must reach the file the
+    /// path names now, not the one it named before.
+    #[test]
+    fn an_exchange_after_a_clear_or_a_compaction_lands_in_the_file_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path());
+        let path = dir.path().join("6.jsonl");
+        let on_disk = || fs::read_to_string(&path).unwrap_or_default();
+        store.append_turn(6, "before", "the clear").unwrap();
+        store.clear(6).unwrap();
+        store.append_turn(6, "after", "the clear").unwrap();
+        assert_eq!(on_disk(), "{\"role\":\"user\",\"text\":\"after\"}\n{\"role\":\"assistant\",\"text\":\"the clear\"}\n");
+        // Past twice the limit the file is rewritten; every later exchange is in the new one.
+        for i in 0..HISTORY_LIMIT + 3 {
+            store.append_turn(6, &format!("q{i}"), &format!("a{i}")).unwrap();
+        }
+        let text = on_disk();
+        assert!(text.lines().count() <= HISTORY_LIMIT * 2, "{text}");
+        assert!(text.ends_with(&format!("\"a{}\"}}\n", HISTORY_LIMIT + 2)), "{text}");
+        assert!(!text.contains("\"before\""), "{text}");
+    }
+
     /// A write cut just before a record's newline leaves a last line that parses: it is torn all
     /// the same, and the next exchange goes on a line of its own.
     #[test]

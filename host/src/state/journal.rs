@@ -240,6 +240,48 @@ fn append_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     OpenOptions::new().create(true).append(true).open(path)?.write_all(bytes)
 }
 
+/// The user files the writer appends to, kept open so that a user's next exchange is one
+/// `write` instead of an `open`, a `write` and a `close` (see `bench/NOTES.md`). A descriptor
+/// must name the file its path names now: it is closed at every barrier of its file (a
+/// compaction renames a new file over the path after its `synced` barrier, a clear removes
+/// it) and after a failed append. Only the writer appends to a user file while the store is
+/// open; a checkpoint syncs by path, which reaches the same file.
+struct OpenFiles {
+    files: HashMap<PathBuf, File>,
+    /// At most this many ([`crate::descriptors::history_files_kept`]).
+    kept: usize,
+}
+
+impl OpenFiles {
+    fn new() -> Self {
+        Self { files: HashMap::new(), kept: crate::descriptors::history_files_kept() }
+    }
+
+    fn append(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let file = match self.files.get_mut(path) {
+            Some(file) => file,
+            None => {
+                if self.files.len() >= self.kept {
+                    // Any one: users who take turns in a round larger than this miss anyway.
+                    let victim = self.files.keys().next().cloned();
+                    victim.map(|v| self.files.remove(&v));
+                }
+                let file = OpenOptions::new().create(true).append(true).open(path)?;
+                self.files.entry(path.to_owned()).or_insert(file)
+            }
+        };
+        let written = file.write_all(bytes);
+        if written.is_err() {
+            self.files.remove(path);
+        }
+        written
+    }
+
+    fn close(&mut self, path: &Path) {
+        self.files.remove(path);
+    }
+}
+
 fn sync_file(path: &Path) -> io::Result<()> {
     match File::open(path) {
         Ok(f) => f.sync_data(),
@@ -442,6 +484,7 @@ fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job
     let mut records = 0usize;
     let mut opened = Instant::now();
     let mut dirty: HashSet<PathBuf> = HashSet::new();
+    let mut open_files = OpenFiles::new();
     // A failed write may have left part of a line: the next one starts on a new line.
     let mut torn = false;
     // The checkpoint running or done, syncing the files of the journal before this one.
@@ -503,10 +546,11 @@ fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job
             for job in batch {
                 match job {
                     Job::Append { file, bytes, reply, .. } => {
-                        let _ = reply.send(append_file(&file, &bytes));
+                        let _ = reply.send(open_files.append(&file, &bytes));
                         dirty.insert(file);
                     }
                     Job::Barrier { file, barrier, reply, .. } => {
+                        open_files.close(&file);
                         let result = match barrier {
                             Barrier::Synced => Ok(()),
                             Barrier::Cleared => match fs::remove_file(&file) {

@@ -1,0 +1,69 @@
+//! The process's file descriptors. Sockets to the Bot API and to OpenAI grow with the users in
+//! flight, and the history journal keeps user files open between their appends; both draw on
+//! one soft limit, which is 1024 under systemd and most shells while the hard limit is far
+//! higher. The bot raises its soft limit to the hard one at start (as Go's runtime does for
+//! every program), and sizes what it keeps open from the limit it got.
+
+/// Raises the soft limit on open files to the hard limit; returns the soft limit now in force
+/// (the old one if it cannot be raised). Called first thing in `main`.
+pub fn raise_open_file_limit() -> u64 {
+    #[cfg(unix)]
+    // Safety: getrlimit/setrlimit read and set this process's own limit through a local struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur as u64;
+            }
+        }
+        limit.rlim_cur as u64
+    }
+    #[cfg(not(unix))]
+    1024
+}
+
+/// The soft limit on open files in force now.
+pub fn open_file_limit() -> u64 {
+    #[cfg(unix)]
+    // Safety: getrlimit fills a local struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            return limit.rlim_cur as u64;
+        }
+    }
+    1024
+}
+
+/// How many history files a journal may keep open: a quarter of the limit, the rest left to
+/// sockets and everything else, within 16 and 4096 (a few MiB of the kernel's memory).
+pub fn history_files_kept() -> usize {
+    (open_file_limit() / 4).clamp(16, 4096) as usize
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// A bot started under a shell's or systemd's 1024 gets the hard limit, and the journal's
+    /// share follows the limit it got.
+    #[test]
+    fn the_soft_limit_is_raised_to_the_hard_one() {
+        // Safety: as above; lowers this test process's own soft limit first.
+        let hard = unsafe {
+            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            let lowered = libc::rlimit { rlim_cur: limit.rlim_max.min(256), rlim_max: limit.rlim_max };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lowered), 0);
+            limit.rlim_max as u64
+        };
+        assert_eq!(history_files_kept(), (hard.min(256) / 4).max(16) as usize);
+        assert_eq!(raise_open_file_limit(), hard);
+        assert_eq!(open_file_limit(), hard);
+        assert_eq!(history_files_kept(), (hard / 4).clamp(16, 4096) as usize);
+    }
+}
