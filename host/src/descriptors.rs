@@ -39,10 +39,11 @@ pub fn open_file_limit() -> u64 {
     1024
 }
 
-/// How many history files a journal may keep open: a quarter of the limit, the rest left to
-/// sockets and everything else, within 16 and 4096 (a few MiB of the kernel's memory).
+/// How many history files one journal may keep open. A bot has two (private chats, groups):
+/// an eighth of the limit each leaves three quarters to sockets and everything else; within 16
+/// and 4096 each (a few MiB of the kernel's memory).
 pub fn history_files_kept() -> usize {
-    (open_file_limit() / 4).clamp(16, 4096) as usize
+    (open_file_limit() / 8).clamp(16, 4096) as usize
 }
 
 #[cfg(all(test, unix))]
@@ -61,9 +62,9 @@ mod tests {
             assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lowered), 0);
             limit.rlim_max as u64
         };
-        assert_eq!(history_files_kept(), (hard.min(256) / 4).max(16) as usize);
+        assert_eq!(history_files_kept(), (hard.min(256) / 8).max(16) as usize);
         assert_eq!(raise_open_file_limit(), hard);
         assert_eq!(open_file_limit(), hard);
-        assert_eq!(history_files_kept(), (hard / 4).clamp(16, 4096) as usize);
+        assert_eq!(history_files_kept(), (hard / 8).clamp(16, 4096) as usize);
     }
 }
