@@ -5,9 +5,10 @@
 //! every program), and sizes what it keeps open from the limit it got.
 
 /// Raises the soft limit on open files to the hard limit; returns the soft limit now in force
-/// (the old one if it cannot be raised). Called first thing in `main`.
+/// (the old one if it cannot be raised). Called first thing in `main`. Linux only: elsewhere a
+/// hard limit may be "unlimited", which no soft limit can be set to.
 pub fn raise_open_file_limit() -> u64 {
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     // Safety: getrlimit/setrlimit read and set this process's own limit through a local struct.
     unsafe {
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -22,8 +23,8 @@ pub fn raise_open_file_limit() -> u64 {
         }
         limit.rlim_cur as u64
     }
-    #[cfg(not(unix))]
-    1024
+    #[cfg(not(target_os = "linux"))]
+    open_file_limit()
 }
 
 /// The soft limit on open files in force now.
@@ -46,24 +47,39 @@ pub fn history_files_kept() -> usize {
     (open_file_limit() / 8).clamp(16, 4096) as usize
 }
 
-#[cfg(all(test, unix))]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    /// Puts the test process's own limit back however the test ends: while it is lowered, the
+    /// other tests in this binary share it.
+    struct Restore(libc::rlimit);
+
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // Safety: sets this process's own limit from a local struct.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &self.0) };
+        }
+    }
 
     /// A bot started under a shell's or systemd's 1024 gets the hard limit, and the journal's
     /// share follows the limit it got.
     #[test]
     fn the_soft_limit_is_raised_to_the_hard_one() {
-        // Safety: as above; lowers this test process's own soft limit first.
-        let hard = unsafe {
-            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // Safety: reads, then lowers, this process's own soft limit through local structs.
+        let _restore = unsafe {
             assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            let restore = Restore(limit);
             let lowered = libc::rlimit { rlim_cur: limit.rlim_max.min(256), rlim_max: limit.rlim_max };
             assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lowered), 0);
-            limit.rlim_max as u64
+            restore
         };
-        assert_eq!(history_files_kept(), (hard.min(256) / 8).max(16) as usize);
-        assert_eq!(raise_open_file_limit(), hard);
+        let hard = limit.rlim_max as u64;
+        let lowered_share = history_files_kept();
+        let raised = raise_open_file_limit();
+        assert_eq!(lowered_share, (hard.min(256) / 8).max(16) as usize);
+        assert_eq!(raised, hard);
         assert_eq!(open_file_limit(), hard);
         assert_eq!(history_files_kept(), (hard / 8).clamp(16, 4096) as usize);
     }

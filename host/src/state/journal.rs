@@ -240,12 +240,14 @@ fn append_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     OpenOptions::new().create(true).append(true).open(path)?.write_all(bytes)
 }
 
-/// The user files the writer appends to, kept open so that a user's next exchange is one
-/// `write` instead of an `open`, a `write` and a `close` (see `bench/NOTES.md`). A descriptor
-/// must name the file its path names now: it is closed at every barrier of its file (a
-/// compaction renames a new file over the path after its `synced` barrier, a clear removes
-/// it) and after a failed append. Only the writer appends to a user file while the store is
-/// open; a checkpoint syncs by path, which reaches the same file.
+/// The user files the writer appends to, kept open so that a user's next exchange is a
+/// `write` and an `fstat` instead of an `open`, a `write` and a `close` (see `bench/NOTES.md`).
+/// A descriptor must name the file its path names now. The store's own renames and removals
+/// go through barriers, and a barrier closes its file's descriptor (a compaction renames a new
+/// file over the path after its `synced` barrier, a clear removes it). Anything else that
+/// removes or replaces a file (`swapbot ask` beside the bot compacting the same user, an
+/// operator's `rm`) leaves the descriptor's file without a name: the `fstat` before each write
+/// sees no link left and the path is opened again, as it was before every append before.
 struct OpenFiles {
     files: HashMap<PathBuf, File>,
     /// At most this many ([`crate::descriptors::history_files_kept`]).
@@ -253,18 +255,28 @@ struct OpenFiles {
 }
 
 impl OpenFiles {
-    fn new() -> Self {
-        Self { files: HashMap::new(), kept: crate::descriptors::history_files_kept() }
+    fn new(kept: usize) -> Self {
+        Self { files: HashMap::new(), kept: kept.max(1) }
     }
 
     fn append(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(file) = self.files.get(path) {
+            if !file.metadata().is_ok_and(|m| m.nlink() > 0) {
+                self.files.remove(path);
+            }
+        }
         let file = match self.files.get_mut(path) {
             Some(file) => file,
             None => {
                 if self.files.len() >= self.kept {
-                    // Any one: users who take turns in a round larger than this miss anyway.
-                    let victim = self.files.keys().next().cloned();
-                    victim.map(|v| self.files.remove(&v));
+                    // Half of them at once: a miss past the limit is then amortised O(1), and
+                    // no one file is the one closed at every miss.
+                    let mut keep = false;
+                    self.files.retain(|_, _| {
+                        keep = !keep;
+                        keep
+                    });
                 }
                 let file = OpenOptions::new().create(true).append(true).open(path)?;
                 self.files.entry(path.to_owned()).or_insert(file)
@@ -484,7 +496,7 @@ fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job
     let mut records = 0usize;
     let mut opened = Instant::now();
     let mut dirty: HashSet<PathBuf> = HashSet::new();
-    let mut open_files = OpenFiles::new();
+    let mut open_files = OpenFiles::new(crate::descriptors::history_files_kept());
     // A failed write may have left part of a line: the next one starts on a new line.
     let mut torn = false;
     // The checkpoint running or done, syncing the files of the journal before this one.
@@ -627,6 +639,33 @@ fn checkpoint_files(dir: &Path, journal: &Path, files: HashSet<PathBuf>, failed_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Past its limit the cache closes files and opens them again; a file removed or replaced
+    /// behind the writer's back is opened again by its path: every byte lands in the file the
+    /// path names.
+    #[test]
+    fn kept_files_follow_their_paths_past_the_limit_and_a_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = OpenFiles::new(2);
+        let path = |n: usize| dir.path().join(format!("{n}.jsonl"));
+        for round in 0..3 {
+            for n in 0..5 {
+                files.append(&path(n), format!("{round}\n").as_bytes()).unwrap();
+            }
+        }
+        assert!(files.files.len() <= 2);
+        for n in 0..5 {
+            assert_eq!(fs::read_to_string(path(n)).unwrap(), "0\n1\n2\n");
+        }
+        files.append(&path(0), b"3\n").unwrap();
+        fs::remove_file(path(0)).unwrap();
+        files.append(&path(0), b"after rm\n").unwrap();
+        assert_eq!(fs::read_to_string(path(0)).unwrap(), "after rm\n");
+        fs::write(dir.path().join("new"), b"replaced\n").unwrap();
+        fs::rename(dir.path().join("new"), path(0)).unwrap();
+        files.append(&path(0), b"after rename\n").unwrap();
+        assert_eq!(fs::read_to_string(path(0)).unwrap(), "replaced\nafter rename\n");
+    }
 
     fn render(q: &str, a: &str) -> Vec<u8> {
         format!("Q {q}\nA {a}\n").into_bytes()
