@@ -247,7 +247,7 @@ fn append_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// file over the path after its `synced` barrier, a clear removes it). Anything else that
 /// removes or replaces a file (`swapbot ask` beside the bot compacting the same user, an
 /// operator's `rm`) leaves the descriptor's file without a name: the `fstat` before each write
-/// sees no link left and the path is opened again, as it was before every append before.
+/// sees no link left and the path is opened again, as every append did before this cache.
 struct OpenFiles {
     files: HashMap<PathBuf, File>,
     /// At most this many ([`crate::descriptors::history_files_kept`]).
@@ -272,7 +272,7 @@ impl OpenFiles {
                 if self.files.len() >= self.kept {
                     // Half of them at once: a miss past the limit is then amortised O(1), and
                     // no one file is the one closed at every miss.
-                    let mut keep = false;
+                    let mut keep = true;
                     self.files.retain(|_, _| {
                         keep = !keep;
                         keep
@@ -654,6 +654,10 @@ mod tests {
             }
         }
         assert!(files.files.len() <= 2);
+        let mut one = OpenFiles::new(1);
+        one.append(&path(7), b"x\n").unwrap();
+        one.append(&path(8), b"y\n").unwrap();
+        assert_eq!(one.files.len(), 1);
         for n in 0..5 {
             assert_eq!(fs::read_to_string(path(n)).unwrap(), "0\n1\n2\n");
         }
