@@ -9,35 +9,32 @@
 /// hard limit may be "unlimited", which no soft limit can be set to.
 pub fn raise_open_file_limit() -> u64 {
     #[cfg(target_os = "linux")]
-    // Safety: getrlimit/setrlimit read and set this process's own limit through a local struct.
-    unsafe {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
+    if let Some(limit) = nofile()
+        && limit.rlim_cur < limit.rlim_max
+    {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // Safety: sets this process's own limit from a local struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur as u64;
         }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur as u64;
-            }
-        }
-        limit.rlim_cur as u64
     }
-    #[cfg(not(target_os = "linux"))]
     open_file_limit()
 }
 
-/// The soft limit on open files in force now.
+/// The soft limit on open files in force now (1024 where it cannot be read).
 pub fn open_file_limit() -> u64 {
     #[cfg(unix)]
-    // Safety: getrlimit fills a local struct.
-    unsafe {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            return limit.rlim_cur as u64;
-        }
+    if let Some(limit) = nofile() {
+        return limit.rlim_cur as u64;
     }
     1024
+}
+
+#[cfg(unix)]
+fn nofile() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // Safety: getrlimit fills a local struct.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
 }
 
 /// How many history files one journal may keep open. A bot has two (private chats, groups):
@@ -66,15 +63,11 @@ mod tests {
     /// share follows the limit it got.
     #[test]
     fn the_soft_limit_is_raised_to_the_hard_one() {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // Safety: reads, then lowers, this process's own soft limit through local structs.
-        let _restore = unsafe {
-            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-            let restore = Restore(limit);
-            let lowered = libc::rlimit { rlim_cur: limit.rlim_max.min(256), rlim_max: limit.rlim_max };
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lowered), 0);
-            restore
-        };
+        let limit = nofile().expect("the open-file limit");
+        let _restore = Restore(limit);
+        let lowered = libc::rlimit { rlim_cur: limit.rlim_max.min(256), rlim_max: limit.rlim_max };
+        // Safety: lowers this process's own soft limit from a local struct.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
         let hard = limit.rlim_max as u64;
         let lowered_share = history_files_kept();
         let raised = raise_open_file_limit();

@@ -86,7 +86,7 @@ impl Journal {
         fs::create_dir_all(dir)?;
         let seq = replay(dir, render)?;
         let path = journal_path(dir, seq + 1);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = open_to_append(&path)?;
         let (tx, rx) = mpsc::channel();
         let dir = dir.to_owned();
         let writer = std::thread::Builder::new()
@@ -236,8 +236,12 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+fn open_to_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
 fn append_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    OpenOptions::new().create(true).append(true).open(path)?.write_all(bytes)
+    open_to_append(path)?.write_all(bytes)
 }
 
 /// The user files the writer appends to, kept open so that a user's next exchange is a
@@ -278,7 +282,7 @@ impl OpenFiles {
                         keep
                     });
                 }
-                let file = OpenOptions::new().create(true).append(true).open(path)?;
+                let file = open_to_append(path)?;
                 self.files.entry(path.to_owned()).or_insert(file)
             }
         };
@@ -578,7 +582,7 @@ fn write_loop(dir: PathBuf, mut seq: u64, mut file: File, rx: mpsc::Receiver<Job
         let due = records >= ROTATE_RECORDS || (records > 0 && opened.elapsed() >= ROTATE_AFTER);
         if due && checkpoint.as_ref().is_none_or(|c| c.is_finished()) {
             let next = journal_path(&dir, seq + 1);
-            match OpenOptions::new().create(true).append(true).open(&next) {
+            match open_to_append(&next) {
                 Ok(new_file) => {
                     sync_dir(&dir);
                     let old = journal_path(&dir, seq);
