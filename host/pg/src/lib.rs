@@ -492,7 +492,10 @@ impl PgStore {
         assistant_text: &str,
     ) -> Result<(), StoreError> {
         // The DELETE sees the table as it was before this statement, not the two new rows, so
-        // the cut-off is computed over the old rows plus the new ones.
+        // the cut-off is computed over the old rows plus the new ones. The rows to go are locked
+        // oldest first before any is deleted: two appends to one session (the bot serialises
+        // its turns, `swapbot ask` beside it does not) then queue on the same first row instead
+        // of each locking rows the other needs next, which PostgreSQL breaks as a deadlock.
         self.execute(
             "WITH ex AS (SELECT nextval('history_exchange_seq') AS e), \
              new AS ( \
@@ -500,8 +503,12 @@ impl PgStore {
                 SELECT $1, e, 0, 'user', $2 FROM ex UNION ALL SELECT $1, e, 1, 'assistant', $3 FROM ex \
                 RETURNING exchange, pos), \
              seen AS (SELECT exchange, pos FROM history WHERE session_key = $1 UNION ALL SELECT exchange, pos FROM new), \
-             cut AS (SELECT exchange, pos FROM seen ORDER BY exchange DESC, pos DESC OFFSET $4::bigint - 1 LIMIT 1) \
-             DELETE FROM history h USING cut WHERE h.session_key = $1 AND (h.exchange, h.pos) < (cut.exchange, cut.pos)",
+             cut AS (SELECT exchange, pos FROM seen ORDER BY exchange DESC, pos DESC OFFSET $4::bigint - 1 LIMIT 1), \
+             doomed AS (SELECT h.exchange, h.pos FROM history h, cut \
+                WHERE h.session_key = $1 AND (h.exchange, h.pos) < (cut.exchange, cut.pos) \
+                ORDER BY h.exchange, h.pos FOR UPDATE OF h) \
+             DELETE FROM history h USING doomed d \
+             WHERE h.session_key = $1 AND h.exchange = d.exchange AND h.pos = d.pos",
             &[&key, &user_text, &assistant_text, &HISTORY_LIMIT],
         )
         .await?;

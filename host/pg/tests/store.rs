@@ -276,7 +276,7 @@ async fn concurrent_appends_to_one_session_all_land_and_stay_bounded() {
         PgStore::connect(&pg.url(), 4).await.unwrap(),
     );
     let k = key::private(5);
-    let tasks: Vec<_> = (0..4)
+    let tasks: Vec<_> = (0..8)
         .map(|t| {
             let store = if t % 2 == 0 { a.clone() } else { b.clone() };
             let k = k.clone();
