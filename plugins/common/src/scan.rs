@@ -1,4 +1,5 @@
-//! Reading a few top-level string members of a JSON object in one pass, without a parser.
+//! Reading a few string members of a JSON object (at its top level, or one object down) in one
+//! pass, without a parser.
 //!
 //! A streamed answer is mostly small events of one kind (a text delta: eight members, one of them
 //! read). In a wasm guest, `serde_json` spends most of such an event matching and skipping the
@@ -20,29 +21,41 @@ const MAX_DEPTH: usize = 64;
 /// for a key the object does not have), or `None` when the fast path declines (see the module).
 pub fn top_level_strs<'a, const N: usize>(json: &'a str, keys: [&str; N]) -> Option<[Option<Cow<'a, str>>; N]> {
     let mut s = Scanner { b: json.as_bytes(), i: 0 };
-    let mut found: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
     s.ws();
-    s.eat(b'{')?;
-    s.sequence(b'}', |s| {
-        let key = s.raw_key()?;
-        s.ws();
-        s.eat(b':')?;
-        s.ws();
-        match keys.iter().position(|k| k.as_bytes() == key) {
-            Some(slot) => {
-                // A repeated member: `serde_json` refuses a struct's duplicate field.
-                if found[slot].is_some() {
-                    return None;
-                }
-                found[slot] = Some(s.string(json)?);
-                Some(())
-            }
-            None => s.skip_value(0),
-        }
-    })?;
+    let found = s.object_strs(json, keys, |_, s| s.skip_value(0))?;
     s.ws();
     // Trailing bytes make the whole text invalid.
     (s.i == s.b.len()).then_some(found)
+}
+
+/// Strings at two levels: the top-level members `keys`, and the members `inner` of the object
+/// that is the top-level member `nested` (`None` for the whole group when there is no such
+/// member). A stream's `response.created` is such an event: its type at the top, the one field
+/// read (the response's id) in a response object that echoes the whole request, which a parse
+/// into types still walks member by member. It declines as [`top_level_strs`] does, and also
+/// when `nested` is not an object or appears twice.
+#[allow(clippy::type_complexity)]
+pub fn nested_strs<'a, const N: usize, const M: usize>(
+    json: &'a str,
+    keys: [&str; N],
+    nested: &str,
+    inner: [&str; M],
+) -> Option<([Option<Cow<'a, str>>; N], Option<[Option<Cow<'a, str>>; M]>)> {
+    let mut s = Scanner { b: json.as_bytes(), i: 0 };
+    let mut found_inner = None;
+    s.ws();
+    let found = s.object_strs(json, keys, |key, s| {
+        if key != nested.as_bytes() {
+            return s.skip_value(0);
+        }
+        if found_inner.is_some() || s.peek() != Some(b'{') {
+            return None;
+        }
+        found_inner = Some(s.object_strs(json, inner, |_, s| s.skip_value(1))?);
+        Some(())
+    })?;
+    s.ws();
+    (s.i == s.b.len()).then_some((found, found_inner))
 }
 
 struct Scanner<'a> {
@@ -51,6 +64,34 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    /// An object (at its opening brace): the string values of the members `keys`, every other
+    /// member handed to `other` (by its raw key) to read or skip. A repeated member read
+    /// declines: `serde_json` refuses a struct's duplicate field.
+    fn object_strs<const N: usize>(
+        &mut self,
+        json: &'a str,
+        keys: [&str; N],
+        mut other: impl FnMut(&[u8], &mut Self) -> Option<()>,
+    ) -> Option<[Option<Cow<'a, str>>; N]> {
+        let mut found: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
+        self.eat(b'{')?;
+        self.sequence(b'}', |s| {
+            let key = s.raw_key()?;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            match keys.iter().position(|k| k.as_bytes() == key) {
+                Some(slot) if found[slot].is_some() => None,
+                Some(slot) => {
+                    found[slot] = Some(s.string(json)?);
+                    Some(())
+                }
+                None => other(key, s),
+            }
+        })?;
+        Some(found)
+    }
+
     #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
@@ -452,6 +493,89 @@ mod tests {
             }
         }
         // Not a vacuous check: many of the mangled texts are still valid and read.
+        assert!(answered > 100, "only {answered} mangled texts read");
+    }
+
+    const CREATED: &str = r#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_9c1","object":"response","created_at":1741290958,"status":"in_progress","error":null,"instructions":"Answer from the context.\n\u00abctx\u00bb","max_output_tokens":null,"model":"gpt-4.1","output":[],"parallel_tool_calls":true,"temperature":1.0,"tools":[{"type":"file_search","ranking":{"score":0.5}}],"top_p":1.0,"usage":null,"metadata":{}}}"#;
+
+    type Nested = ([Option<String>; 1], Option<[Option<String>; 1]>);
+
+    /// What a full parse says [`nested_strs`] must answer for `type` and `response.id`.
+    fn nested_by_serde(json: &str) -> Option<Nested> {
+        let v: Value = serde_json::from_str(json).ok()?;
+        let str_at = |obj: &serde_json::Map<String, Value>, key: &str| match obj.get(key) {
+            None => Some(None),
+            Some(Value::String(s)) => Some(Some(s.clone())),
+            Some(_) => None,
+        };
+        let obj = v.as_object()?;
+        let inner = match obj.get("response") {
+            None => None,
+            Some(Value::Object(r)) => Some([str_at(r, "id")?]),
+            Some(_) => return None,
+        };
+        Some(([str_at(obj, "type")?], inner))
+    }
+
+    fn nested_scanned(json: &str) -> Option<Nested> {
+        let owned = |found: [Option<Cow<str>>; 1]| found.map(|s| s.map(Cow::into_owned));
+        nested_strs(json, ["type"], "response", ["id"]).map(|(top, inner)| (owned(top), inner.map(owned)))
+    }
+
+    #[test]
+    fn a_created_event_gives_its_type_and_the_response_id() {
+        let (top, inner) = nested_strs(CREATED, ["type"], "response", ["id"]).unwrap();
+        assert_eq!(top[0].as_deref(), Some("response.created"));
+        assert!(matches!(&inner.unwrap()[0], Some(Cow::Borrowed("resp_9c1"))));
+        assert_eq!(nested_scanned(CREATED), nested_by_serde(CREATED));
+        // No response member: no group; an empty one: a group without the id.
+        assert_eq!(nested_scanned(r#"{"type":"t"}"#), Some(([Some("t".into())], None)));
+        assert_eq!(nested_scanned(r#"{"response":{}}"#), Some(([None], Some([None]))));
+        // A member named like an inner one, at the top level, is not read as it.
+        assert_eq!(nested_scanned(r#"{"id":"x","response":{"n":{"id":"y"}}}"#), Some(([None], Some([None]))));
+    }
+
+    #[test]
+    fn a_nested_member_a_full_parse_reads_otherwise_is_declined() {
+        for json in [
+            r#"{"response":null}"#,                          // not an object
+            r#"{"response":"resp_1"}"#,
+            r#"{"response":["id","resp_1"]}"#,
+            r#"{"response":{"id":1}}"#,                      // the id is not a string
+            r#"{"response":{"id":"a","id":"b"}}"#,           // a repeated inner member
+            r#"{"response":{"id":"a"},"response":{"id":"a"}}"#, // a repeated nested member
+            r#"{"response":{"i\u0064":"a"}}"#,          // an escaped inner key
+            r#"{"response":{"id":"a"}"#,                     // unterminated
+            r#"{"response":{"id":"a"}} {}"#,
+        ] {
+            assert_eq!(nested_scanned(json), None, "should decline {json:?}");
+        }
+        let deep = format!(r#"{{"response":{{"a":{}{}}}}}"#, "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert_eq!(nested_scanned(&deep), None);
+    }
+
+    /// As for a delta: every cut or one-byte change of a created event is declined or read
+    /// exactly as a full parse reads it.
+    #[test]
+    fn a_mangled_created_event_is_declined_or_read_exactly() {
+        let bytes = CREATED.as_bytes();
+        let replacements = b"\"\\{}[],:0 -.eE+tfnu\x01a";
+        let mut answered = 0;
+        for at in 0..=bytes.len() {
+            for &r in replacements {
+                for mangled in [
+                    [&bytes[..at], &[r], bytes.get(at + 1..).unwrap_or(&[])].concat(),
+                    [&bytes[..at], &[r], &bytes[at..]].concat(),
+                    [&bytes[..at], b"}}"].concat(),
+                ] {
+                    let text = String::from_utf8(mangled).unwrap();
+                    if let Some(got) = nested_scanned(&text) {
+                        answered += 1;
+                        assert_eq!(Some(got), nested_by_serde(&text), "the scan answered where a full parse disagrees: {text:?}");
+                    }
+                }
+            }
+        }
         assert!(answered > 100, "only {answered} mangled texts read");
     }
 

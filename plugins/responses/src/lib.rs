@@ -537,6 +537,16 @@ impl StreamState {
                 self.push_delta(fx, delta.as_deref());
                 continue;
             }
+            // Until the id is known, the first of these is read for it alone, and it echoes the
+            // whole request (instructions, tools, and under `context-layout=instructions` the
+            // knowledge-base context): read the id one object down without a parser.
+            if let Some(name @ ("response.created" | "response.in_progress" | "response.queued")) = ev.event.as_deref()
+                && let Some(([ty], response)) = scan::nested_strs(data, ["type"], "response", ["id"])
+                && ty.as_deref().is_none_or(|ty| ty == name)
+            {
+                self.id = response.and_then(|[id]| id).map(std::borrow::Cow::into_owned);
+                continue;
+            }
             let event = match Event::parse(data) {
                 Ok(event) => event,
                 Err(e) => {

@@ -153,6 +153,42 @@ fn events_named_for_what_the_turn_does_not_read_go_unparsed_and_others_by_their_
 }
 
 #[test]
+fn a_created_event_is_scanned_for_its_id_alone_or_read_as_a_full_parse_reads_it() {
+    // Named by its `event:` line, an event that can carry the id is scanned for the response's
+    // id: the echoed request around it is skipped, an escaped id unescaped. An id that is not a
+    // string is declined to the full parse, which reads it as no id, so the next such event
+    // gives one; a `type` that says otherwise is read by the full parse, by that type.
+    let named = |name: &str, data: &str| json!({"event": name, "data": data});
+    let rest = [
+        json!({"event": "response.output_text.delta", "data": {"type": "response.output_text.delta", "delta": "ok"}}),
+        json!({"event": "response.completed", "data": {"type": "response.completed", "response": {"status": "completed"}}}),
+    ];
+    let run = |first: Vec<serde_json::Value>| {
+        let sse: Vec<_> = first.into_iter().chain(rest.iter().cloned()).collect();
+        let mut fx = ScriptedEffects::new(
+            vec![exchange(json!({"request": {"method": "POST", "path": "/responses"}, "sse": sse}))],
+            vec![],
+        );
+        let r = chat(&mut fx, &turn(Some("conv_1")));
+        (r, fx.pushed)
+    };
+    let (a, _) = run(vec![
+        named("response.created", r#"{"type":"response.created","response":{"id":7,"instructions":"x"}}"#),
+        named(
+            "response.in_progress",
+            r#"{"type":"response.in_progress","response":{"instructions":"ctx \"q\"","tools":[{"a":[1,{}]}],"id":"resp_\u0033"}}"#,
+        ),
+    ]);
+    assert_eq!(a.unwrap().turn_id, "resp_3");
+    let (r, pushed) = run(vec![named(
+        "response.created",
+        r#"{"type":"response.failed","response":{"id":"resp_f","status":"failed","error":{"code":"server_error","message":"boom"}}}"#,
+    )]);
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(pushed, "");
+}
+
+#[test]
 fn text_deltas_scanned_without_a_parser_read_as_a_full_parse_reads_them() {
     // An event its `event:` line names a text delta is read by a scan of its members; what the
     // scan declines (a repeated member, a delta that is not a string, broken JSON) and an event
